@@ -1,0 +1,31 @@
+# Pose Factory task runner. `make` (or `make help`) lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := scripts/.venv
+VENV_PY := $(VENV)/bin/python
+# Stamp so `make test` / `make demo` reinstall only when the pins or the package metadata change.
+VENV_STAMP := $(VENV)/.installed
+
+.PHONY: help setup demo test s3-local lint clean-demo
+
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(VENV_STAMP): requirements.lock pyproject.toml
+	@test -x $(VENV_PY) || $(PYTHON) -m venv $(VENV)
+	$(VENV_PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements.lock
+	$(VENV_PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	@touch $@
+
+setup: $(VENV_STAMP) ## Create scripts/.venv with the pinned versions from requirements.lock
+
+demo: $(VENV_STAMP) ## Generate two batches like a pod, publish them to the embedded local bucket, list them
+	$(VENV_PY) -m pose_factory.demo
+
+test: $(VENV_STAMP) ## Run the whole test suite (starts its own local S3 server)
+	$(VENV_PY) -m pytest
+
+s3-local: $(VENV_STAMP) ## Run a local S3 server (SeaweedFS) on 127.0.0.1 and print the exports to use it
+	$(VENV_PY) -m pose_factory.s3local

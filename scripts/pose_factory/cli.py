@@ -1,0 +1,210 @@
+"""`pose-sync`: the command line. It parses arguments, calls one library function, renders the result,
+and maps typed errors to a message and an exit code. It does no work of its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import date
+from pathlib import Path
+from typing import Any, Callable
+
+from . import __version__
+from .errors import PoseFactoryError, UsageError
+from .progress import Progress, human_bytes
+from .settings import (ENV_ACCESS_KEY, ENV_ACCOUNT_ID, ENV_BUCKET, ENV_ENDPOINT, ENV_SECRET_KEY, Settings,
+                       load_settings, redact, resolve_backend)
+
+CONFIG_JSON_VERSION = 1
+
+
+def _out(text: str = "") -> None:
+    print(redact(text))
+
+
+def _emit_json(document: dict[str, Any]) -> None:
+    print(redact(json.dumps(document, indent=2, sort_keys=False)))
+
+
+def _parse_day(text: str, flag: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise UsageError(f"{text!r} is not a date", where=flag, hint="use YYYY-MM-DD, e.g. 2026-11-28") from None
+
+
+# --- commands -----------------------------------------------------------------------------------------
+
+def cmd_generate(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
+    from .generate import default_job, generate_batch, load_job, parse_size
+
+    if args.job:
+        job = load_job(Path(args.job))
+    else:
+        job = default_job(args.project, args.samples, parse_size(args.size), args.seed, args.pose_set, args.rig)
+    result = generate_batch(job, Path(args.out), settings, batch_id=args.batch_id, replace=args.force,
+                            workers=args.workers, progress=progress)
+    print(f"generated {result.batch_id}: {result.samples} samples, {result.files} files, "
+          f"{human_bytes(result.bytes)} in {result.batch_dir}", file=sys.stderr)
+    _out(result.batch_id)
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
+    from .remote import publish_batch
+    from .storage import open_storage
+
+    storage = open_storage(settings, args.backend)
+    result = publish_batch(storage, settings, Path(args.batch_dir), progress=progress)
+    if args.json:
+        _emit_json(result.as_json())
+    elif result.already_complete:
+        _out(f"{result.batch_id}: already published and complete ({result.files} files) in {result.destination}")
+    else:
+        _out(f"published {result.batch_id} to {result.destination}: {result.uploaded} uploaded "
+             f"({human_bytes(result.uploaded_bytes)}), {result.skipped} already there"
+             + (f", {result.removed_stale} stale removed" if result.removed_stale else "") + "; marked complete")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
+    from .remote import list_batches, list_json
+    from .storage import open_storage
+
+    storage = open_storage(settings, args.backend)
+    since = _parse_day(args.since, "--since") if args.since else None
+    until = _parse_day(args.until, "--until") if args.until else None
+    if since and until and since > until:
+        raise UsageError("--since is after --until", where="--since/--until")
+    batches = list_batches(storage, settings, project=args.project, since=since, until=until)
+    if args.json:
+        _emit_json(list_json(storage, batches))
+        return 0
+    if not batches:
+        _out(f"no batches in {storage.description}")
+        return 0
+    rows = [("BATCH", "PROJECT", "DATE", "SAMPLES", "SIZE", "STATUS")]
+    for b in batches:
+        rows.append((b.batch_id, b.project or "?", b.day, "?" if b.samples is None else str(b.samples),
+                     "?" if b.bytes is None else human_bytes(b.bytes), b.status))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        _out("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    complete = sum(b.status == "complete" for b in batches)
+    _out(f"{len(batches)} batch(es) in {storage.description}: {complete} complete, "
+         f"{len(batches) - complete} still uploading")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
+    from . import contract
+
+    batch_dir = Path(args.batch_dir)
+    manifest = contract.load_manifest(batch_dir)
+    contract.verify_batch(batch_dir, manifest)
+    _out(f"{manifest['batch_id']}: {manifest['totals']['files']} files match manifest.json")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
+    import os
+
+    backend, credentials = resolve_backend(settings, args.backend)
+    document = {
+        "version": CONFIG_JSON_VERSION,
+        "root": str(settings.root),
+        "config_file": str(settings.config_file) if settings.config_file else None,
+        "backend": backend,
+        "bucket": settings.bucket,
+        "endpoint": credentials.endpoint_url if credentials else None,
+        "local_bucket_dir": str(settings.local_bucket_dir) if backend == "local" else None,
+        "prefixes": vars(settings.prefixes),
+        "data_root": str(settings.data_root),
+        "rclone_remote": settings.rclone_remote,
+        # Only whether each variable is set: values are never shown.
+        "environment": {name: ("set" if os.environ.get(name) else "not set")
+                        for name in (ENV_ACCESS_KEY, ENV_SECRET_KEY, ENV_ACCOUNT_ID, ENV_BUCKET, ENV_ENDPOINT)},
+    }
+    if args.json:
+        _emit_json(document)
+    else:
+        for key, value in document.items():
+            if key != "version":
+                _out(f"{key}: {value}")
+    return 0
+
+
+# --- parser ---------------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--backend", choices=["auto", "local", "r2"], default=None,
+                        help="storage to use: auto (default: R2 when credentials are set, else the local folder), "
+                             "local, or r2")
+    common.add_argument("--config", metavar="FILE", help="settings file (default: config/local.yaml if present)")
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+
+    parser = argparse.ArgumentParser(prog="pose-sync", description="Version synthetic pose batches from R2 with "
+                                     "git + DVC and hand them to ComfyUI.")
+    parser.add_argument("--version", action="version", version=f"pose-sync {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(name: str, handler: Callable, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
+        p.set_defaults(handler=handler)
+        return p
+
+    p = add("generate", cmd_generate, "Render a synthetic pose batch (no GPU) into a folder and print its id")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder to write the batch folder into")
+    p.add_argument("--project", default="run-cycle", help="project slug (default: run-cycle)")
+    p.add_argument("--samples", type=int, default=8, help="number of samples (default: 8)")
+    p.add_argument("--size", default="1024x1024", help="image size WIDTHxHEIGHT (default: 1024x1024)")
+    p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same images (default: 0)")
+    p.add_argument("--pose-set", default="run-cycle", help="run-cycle, walk-cycle or random-pose")
+    p.add_argument("--rig", default="mannequin-a", help="mannequin-a or mannequin-b")
+    p.add_argument("--job", metavar="JOB_FILE", help="render this job definition instead of the options above")
+    p.add_argument("--batch-id", help="batch id (default: <date>_<project> from the naming convention)")
+    p.add_argument("--force", action="store_true", help="replace an existing batch folder with the same id")
+    p.add_argument("--workers", type=int, default=None, help="render processes (default: one per core)")
+
+    p = add("publish", cmd_publish, "Upload a batch folder (pod side): verify, upload, mark complete last")
+    p.add_argument("batch_dir", metavar="BATCH_DIR")
+    p.add_argument("--json", action="store_true", help="machine-readable result")
+
+    p = add("list", cmd_list, "List the batches in the bucket")
+    p.add_argument("--project", help="only this project")
+    p.add_argument("--since", metavar="YYYY-MM-DD", help="only batches created on or after this day")
+    p.add_argument("--until", metavar="YYYY-MM-DD", help="only batches created on or before this day")
+    p.add_argument("--json", action="store_true", help="machine-readable listing")
+
+    p = add("verify", cmd_verify, "Check a local batch folder against its manifest (sizes, sha256, no extra files)")
+    p.add_argument("batch_dir", metavar="BATCH_DIR")
+
+    p = add("config", cmd_config, "Show the settings in effect (secrets shown only as set / not set)")
+    p.add_argument("--json", action="store_true", help="machine-readable settings")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        settings = load_settings(config_file=Path(args.config) if args.config else None)
+        return args.handler(args, settings, Progress(enabled=not args.quiet))
+    except PoseFactoryError as exc:
+        print(redact(f"error: {exc}"), file=sys.stderr)
+        if exc.hint:
+            print(redact(f"hint: {exc.hint}"), file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: nothing was marked complete; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

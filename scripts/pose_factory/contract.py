@@ -1,0 +1,196 @@
+"""The pose batch contract, version 1: layout, conventions, manifests and their verification.
+
+A batch is a folder named by its id holding `manifest.json`, which lists every other file of the batch
+with its size and sha256. In the bucket, `_complete.json` is written after everything else; a batch
+without it is still uploading. `docs/batch-contract.md` explains the contract for pod authors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from . import schemas
+from .errors import IntegrityError, UnsafeKeyError
+from .paths import COMPLETE_MARKER_NAME, MANIFEST_NAME
+from .storage import check_relative_path, file_digests
+
+CONTRACT_VERSION = "1.0.0"
+
+# modality -> (folder, extension, format). One name per sample across folders, so loaders pair by index.
+MODALITIES: dict[str, tuple[str, str, str]] = {
+    "rgb": ("rgb", ".png", "png-rgb8 shaded preview"),
+    "pose": ("pose", ".png", "png-rgb8 openpose skeleton (ControlNet colours)"),
+    "openpose_json": ("openpose_json", ".json", "openpose-json (POSE_KEYPOINT)"),
+    "depth": ("depth", ".png", "png-rgb8 depth, near white"),
+    "normal": ("normal", ".png", "png-rgb8 camera-space normals"),
+    "seg": ("seg", ".png", "png-rgb8 ADE20K palette"),
+}
+ALL_MODALITIES = tuple(MODALITIES)
+SAMPLE_ID_WIDTH = 6
+
+
+def sample_id(index: int) -> str:
+    """Zero-padded so that lexicographic order is sample order (ComfyUI batch loaders sort by name)."""
+    return f"{index:0{SAMPLE_ID_WIDTH}d}"
+
+
+def modality_path(modality: str, sid: str) -> str:
+    folder, extension, _ = MODALITIES[modality]
+    return f"{folder}/{sid}{extension}"
+
+
+def annotation_path(sid: str) -> str:
+    return f"annotations/{sid}.json"
+
+
+def modalities_block(modalities: list[str]) -> dict[str, Any]:
+    return {m: {"folder": MODALITIES[m][0], "extension": MODALITIES[m][1], "format": MODALITIES[m][2]}
+            for m in modalities}
+
+
+def utc_now() -> str:
+    """Now in RFC 3339 UTC; SOURCE_DATE_EPOCH pins it for reproducible output."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    moment = datetime.fromtimestamp(int(epoch), timezone.utc) if epoch else datetime.now(timezone.utc)
+    return moment.replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def dumps(document: Any) -> bytes:
+    """The one JSON encoding the contract uses: stable key order, UTF-8, trailing newline."""
+    return (json.dumps(document, indent=1, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def hash_files(root: Path, relative_paths: list[str], workers: int | None = None) -> dict[str, tuple[int, str, str]]:
+    """{path: (size, sha256, md5)} for files under root, hashed in parallel (hashlib releases the GIL)."""
+    workers = workers or min(32, (os.cpu_count() or 2) * 2)
+
+    def one(rel: str) -> tuple[str, tuple[int, str, str]]:
+        path = root / rel
+        sha, md5 = file_digests(path)
+        return rel, (path.stat().st_size, sha, md5)
+
+    with ThreadPoolExecutor(workers) as pool:
+        return dict(pool.map(one, relative_paths))
+
+
+def file_entries(root: Path, relative_paths: list[str]) -> list[dict[str, Any]]:
+    """Manifest `files` entries (path, size, sha256), sorted by path."""
+    digests = hash_files(root, sorted(relative_paths))
+    return [{"path": p, "size": digests[p][0], "sha256": digests[p][1]} for p in sorted(digests)]
+
+
+def load_manifest(batch_dir: Path) -> dict[str, Any]:
+    """Read and schema-check `<batch_dir>/manifest.json`."""
+    label = str(batch_dir / MANIFEST_NAME)
+    if not (batch_dir / MANIFEST_NAME).is_file():
+        raise IntegrityError("no manifest.json in the batch folder", where=str(batch_dir),
+                             hint="a batch folder holds manifest.json at its root; was the right folder given?")
+    manifest = schemas.load_json(batch_dir / MANIFEST_NAME, label)
+    schemas.check(manifest, "manifest", label)
+    return manifest
+
+
+def parse_manifest_bytes(data: bytes, label: str) -> dict[str, Any]:
+    """Parse and schema-check manifest bytes fetched from a bucket."""
+    try:
+        manifest = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        from .errors import SchemaError
+
+        raise SchemaError(f"malformed JSON: {exc}", where=label) from None
+    schemas.check(manifest, "manifest", label)
+    return manifest
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    """One way a batch folder differs from its manifest."""
+
+    path: str
+    problem: str
+    expected: str
+    found: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.problem}: expected {self.expected}, found {self.found}"
+
+
+def verify_batch(batch_dir: Path, manifest: dict[str, Any]) -> dict[str, tuple[int, str, str]]:
+    """Check every listed file exists with its size and sha256, and nothing else is there.
+
+    Returns the digests {path: (size, sha256, md5)} so callers need not hash twice.
+    Raises IntegrityError listing the mismatches (the first few in full, then a count).
+    """
+    where = str(batch_dir)
+    problems: list[Mismatch] = []
+    listed: dict[str, dict[str, Any]] = {}
+    for entry in manifest["files"]:
+        rel = check_relative_path(entry["path"], where=f"{batch_dir / MANIFEST_NAME}: files[].path")
+        if rel in (MANIFEST_NAME, COMPLETE_MARKER_NAME):
+            raise UnsafeKeyError(f"the manifest lists {rel} as a batch file", where=str(batch_dir / MANIFEST_NAME),
+                                 hint="manifest.json and _complete.json are not listed in files")
+        if rel in listed:
+            problems.append(Mismatch(rel, "listed twice", "one entry", "two"))
+        listed[rel] = entry
+    on_disk: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(batch_dir):
+        for name in dirnames + filenames:
+            full = Path(dirpath, name)
+            if full.is_symlink():
+                rel = full.relative_to(batch_dir).as_posix()
+                problems.append(Mismatch(rel, "symlink in a batch", "a regular file", "a symlink"))
+        for name in filenames:
+            full = Path(dirpath, name)
+            if not full.is_symlink():
+                on_disk.add(full.relative_to(batch_dir).as_posix())
+    on_disk.discard(MANIFEST_NAME)
+    on_disk.discard(COMPLETE_MARKER_NAME)
+    for rel in sorted(set(listed) - on_disk):
+        if not any(p.path == rel for p in problems):
+            problems.append(Mismatch(rel, "missing", "a file", "nothing"))
+    for rel in sorted(on_disk - set(listed)):
+        problems.append(Mismatch(rel, "not in the manifest", "no file", f"{(batch_dir / rel).stat().st_size} bytes"))
+    present = sorted(set(listed) & on_disk)
+    digests = hash_files(batch_dir, present)
+    for rel in present:
+        size, sha, _ = digests[rel]
+        entry = listed[rel]
+        if size != entry["size"]:
+            problems.append(Mismatch(rel, "size differs", f"{entry['size']} bytes", f"{size} bytes"))
+        elif sha != entry["sha256"]:
+            problems.append(Mismatch(rel, "sha256 differs", entry["sha256"][:16] + "...", sha[:16] + "..."))
+    if problems:
+        problems.sort(key=lambda p: p.path)
+        raise IntegrityError(
+            f"{len(problems)} file(s) do not match manifest.json:\n" + schemas.summarise(problems),
+            where=where,
+            hint="the batch is damaged or was changed after its manifest was written; regenerate or re-download it",
+        )
+    return digests
+
+
+def completion_marker(manifest: dict[str, Any], manifest_bytes: bytes) -> dict[str, Any]:
+    """The `_complete.json` document for a manifest as uploaded."""
+    totals = manifest["totals"]
+    return {
+        "version": 1,
+        "batch_id": manifest["batch_id"],
+        "manifest_sha256": sha256_bytes(manifest_bytes),
+        "project": manifest["project"],
+        "created_at": manifest["created_at"],
+        "samples": totals["samples"],
+        "files": totals["files"],
+        "bytes": totals["bytes"],
+        "completed_at": utc_now(),
+    }

@@ -1,0 +1,71 @@
+"""Typed errors: every failure a user can cause is one of these, reported once by the CLI.
+
+Each error carries what went wrong, where (a file, key, field or object) and, when the fix is known,
+a hint. The CLI prints ``error: <message> (<where>)`` and ``hint: <hint>`` and exits non-zero with no
+traceback. Messages must never contain secrets: build them from names, never from credential values.
+"""
+
+from __future__ import annotations
+
+
+class PoseFactoryError(Exception):
+    """Base class of every expected, user-facing failure."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, where: str | None = None, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.where = where
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.where})" if self.where else self.message
+
+
+class ConfigError(PoseFactoryError):
+    """The configuration file is missing, malformed or has a wrong key or value."""
+
+    exit_code = 2
+
+
+class CredentialsError(PoseFactoryError):
+    """R2 was requested but credentials are missing, or the store rejected them."""
+
+    exit_code = 3
+
+
+class StorageError(PoseFactoryError):
+    """The object store failed: unreachable endpoint, missing bucket, or an error after retries."""
+
+    exit_code = 4
+
+
+class UnsafeKeyError(PoseFactoryError):
+    """An object key or manifest path would land outside its batch folder."""
+
+    exit_code = 5
+
+
+class SchemaError(PoseFactoryError):
+    """A JSON document violates its schema."""
+
+    exit_code = 6
+
+
+class IntegrityError(PoseFactoryError):
+    """Files on disk or in the bucket do not match the batch manifest."""
+
+    exit_code = 7
+
+
+class BatchNotFoundError(PoseFactoryError):
+    """A batch id names no batch in the place it was looked for."""
+
+    exit_code = 8
+
+
+class UsageError(PoseFactoryError):
+    """Command-line arguments that parse but make no sense together."""
+
+    exit_code = 2

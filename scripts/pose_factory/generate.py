@@ -1,0 +1,270 @@
+"""`pose-sync generate`: a realistic synthetic batch without a GPU or Blender (the pod's stand-in).
+
+Writes the whole batch into a hidden temporary folder next to the destination and renames it into
+place only when every file and the manifest are written, so an interrupted run leaves nothing that
+looks like a batch.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import platform
+import re
+import shutil
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__, contract, schemas
+from .errors import PoseFactoryError, UsageError
+from .paths import MANIFEST_NAME
+from .progress import Progress
+from .settings import Settings
+
+DEFAULT_AZIMUTHS = [0, 45, 90, 135, 180, 225, 270, 315]
+DEFAULT_SIZE = (1024, 1024)
+SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'1024x768' -> (1024, 768)."""
+    match = re.fullmatch(r"(\d+)[xX](\d+)", text.strip())
+    if not match:
+        raise UsageError(f"image size {text!r} is not WIDTHxHEIGHT", where="--size", hint="e.g. --size 1024x1024")
+    width, height = int(match.group(1)), int(match.group(2))
+    if not (16 <= width <= 8192 and 16 <= height <= 8192):
+        raise UsageError(f"image size {text!r} is out of range 16..8192", where="--size")
+    return width, height
+
+
+def default_job(project: str, samples: int, size: tuple[int, int], seed: int, pose_set: str = "run-cycle",
+                rig: str = "mannequin-a") -> dict[str, Any]:
+    """The job a pod would receive, for a synthetic batch."""
+    if not SLUG.match(project):
+        raise UsageError(f"project {project!r} is not a slug (lowercase letters, digits and '-')", where="--project",
+                         hint="e.g. --project run-cycle")
+    return {
+        "schema_version": contract.CONTRACT_VERSION,
+        "job_id": f"job-{project}-{seed}",
+        "project": project,
+        "generator": "synthetic",
+        "scene": {"name": "studio-floor"},
+        "rig": {"name": rig, "character": "mannequin"},
+        "poses": {"set": pose_set},
+        "cameras": {"azimuths_deg": DEFAULT_AZIMUTHS, "elevations_deg": [10], "distances_m": [4.0],
+                    "focal_length_mm": 50},
+        "image": {"width": size[0], "height": size[1]},
+        "samples": samples,
+        "seed": seed,
+        "render": {"engine": "synthetic", "modalities": list(contract.ALL_MODALITIES)},
+    }
+
+
+def load_job(path: Path) -> dict[str, Any]:
+    """Read and schema-check a job definition file."""
+    job = schemas.load_json(path)
+    schemas.check(job, "job", str(path))
+    return job
+
+
+def batch_id_for(job: dict[str, Any], settings: Settings, on: date | None = None) -> str:
+    """The batch id from the naming convention (date + project), unless the job names one."""
+    if job.get("batch_id"):
+        return job["batch_id"]
+    day = (on or date.today()).strftime(settings.date_format)
+    return settings.batch_pattern.format(date=day, project=job["project"])
+
+
+def camera_views(job: dict[str, Any]) -> list[tuple[float, float, float]]:
+    """(azimuth, elevation, distance) for every view, azimuths varying slowest."""
+    cams = job["cameras"]
+    return list(itertools.product(cams["azimuths_deg"], cams["elevations_deg"], cams["distances_m"]))
+
+
+@dataclass(frozen=True)
+class _SampleTask:
+    index: int
+    job: dict[str, Any]
+    batch_id: str
+    out_dir: str
+
+
+def _save_png(array: np.ndarray, path: Path) -> None:
+    from PIL import Image
+
+    Image.fromarray(array, mode="RGB").save(path, format="PNG", compress_level=6)
+
+
+def _render_sample(task: _SampleTask) -> dict[str, Any]:
+    """Render and write one sample; return its manifest `samples` entry. Runs in a worker process."""
+    from . import figure
+
+    job = task.job
+    views = camera_views(job)
+    view_index = task.index % len(views)
+    frame = task.index // len(views)
+    azimuth, elevation, distance = views[view_index]
+    width, height = job["image"]["width"], job["image"]["height"]
+    camera = figure.Camera(azimuth_deg=azimuth, elevation_deg=elevation, distance_m=distance,
+                           focal_mm=job["cameras"]["focal_length_mm"], width=width, height=height,
+                           sensor_mm=job["cameras"].get("sensor_width_mm", 36.0))
+    pose = figure.make_pose(job["poses"]["set"], job["rig"]["name"], job["seed"], frame)
+    result = figure.render(pose, camera)
+    sid = contract.sample_id(task.index)
+    out = Path(task.out_dir)
+    wanted = job["render"]["modalities"]
+    files: dict[str, str] = {}
+    images = {"rgb": result.rgb, "pose": result.pose_map, "depth": result.depth, "normal": result.normal,
+              "seg": result.seg}
+    for modality in wanted:
+        rel = contract.modality_path(modality, sid)
+        files[modality] = rel
+        if modality == "openpose_json":
+            (out / rel).write_bytes(contract.dumps(figure.openpose_json(result.keypoints_2d, width, height)))
+        else:
+            _save_png(images[modality], out / rel)
+    annotation = {
+        "schema_version": contract.CONTRACT_VERSION,
+        "batch_id": task.batch_id,
+        "sample_id": sid,
+        "index": task.index,
+        "files": files,
+        "camera": {
+            "width": width, "height": height,
+            "K": _rounded(camera.K()), "R_w2c": _rounded(camera.R_w2c()), "t_w2c": _rounded(camera.t_w2c()),
+            "azimuth_deg": float(azimuth), "elevation_deg": float(elevation), "distance_m": float(distance),
+            "focal_length_mm": float(job["cameras"]["focal_length_mm"]), "view_index": view_index,
+        },
+        "pose": {"set": pose.pose_set, "rig": pose.rig, "frame": frame, "phase": round(float(pose.phase), 6),
+                 "joint_angles_deg": {k: round(float(v), 4) for k, v in sorted(pose.joint_angles_deg.items())}},
+        "persons": [{
+            "instance_id": 0,
+            "keypoints_2d": [[round(float(x), 2), round(float(y), 2), int(v)] for x, y, v in result.keypoints_2d],
+            "keypoints_3d_cam": _rounded(result.keypoints_cam),
+            "bbox": [round(float(v), 2) for v in result.bbox],
+            "visible_fraction": round(float(result.visible_fraction), 4),
+        }],
+        "depth_range_m": [round(float(result.depth_near_m), 4), round(float(result.depth_far_m), 4)],
+    }
+    (out / contract.annotation_path(sid)).write_bytes(contract.dumps(annotation))
+    return {"sample_id": sid, "annotation": contract.annotation_path(sid), "files": files}
+
+
+def _rounded(array: np.ndarray) -> Any:
+    return np.round(np.asarray(array, dtype=float), 6).tolist()
+
+
+def _conventions() -> dict[str, Any]:
+    from . import figure
+
+    return {
+        "keypoints": {"format": "coco18", "units": "pixels", "origin": "top-left",
+                      "joints": list(figure.COCO18_JOINTS), "limbs": [list(p) for p in figure.OPENPOSE_LIMBS]},
+        "visibility": "coco",
+        "depth": {"encoding": "linear-normalised-per-sample", "bit_depth": 8, "channels": 3, "near": "white",
+                  "background": 0},
+        "normal": {"space": "camera", "encoding": "rgb=(n+1)/2*255", "red": "left", "green": "up",
+                   "blue": "towards-camera"},
+        "segmentation": {"palette": "ade20k", "labels": {k: list(v) for k, v in figure.SEG_PALETTE.items()}},
+        "camera": {"frame": "opencv", "world_frame": "z-up-right-handed", "units": "metres",
+                   "extrinsics": "world-to-camera"},
+    }
+
+
+def _software() -> dict[str, Any]:
+    import PIL
+
+    return {"generator": "pose-factory-synthetic", "generator_version": __version__, "generator_commit": None,
+            "blender_version": None, "render_engine": "synthetic", "gpu": None,
+            "python_version": platform.python_version(),
+            "libraries": {"numpy": np.__version__, "pillow": PIL.__version__}}
+
+
+@dataclass(frozen=True)
+class GenerateResult:
+    batch_id: str
+    batch_dir: Path
+    samples: int
+    files: int
+    bytes: int
+
+
+def generate_batch(job: dict[str, Any], out_root: Path, settings: Settings, *, batch_id: str | None = None,
+                   replace: bool = False, workers: int | None = None, progress: Progress | None = None
+                   ) -> GenerateResult:
+    """Render every sample of the job into `<out_root>/<batch_id>/` and write its manifest."""
+    from . import figure
+
+    schemas.check(job, "job", "job definition")
+    if job["poses"]["set"] not in figure.POSE_SETS:
+        raise UsageError(f"unknown pose set {job['poses']['set']!r}", where="job.poses.set",
+                         hint="the synthetic generator knows: " + ", ".join(figure.POSE_SETS))
+    if job["rig"]["name"] not in figure.RIGS:
+        raise UsageError(f"unknown rig {job['rig']['name']!r}", where="job.rig.name",
+                         hint="the synthetic generator knows: " + ", ".join(figure.RIGS))
+    batch_id = batch_id or batch_id_for(job, settings)
+    schemas.check({**job, "batch_id": batch_id}, "job", "batch id")
+    final_dir = out_root / batch_id
+    if final_dir.exists() and not replace:
+        raise PoseFactoryError("a batch with this id already exists", where=str(final_dir),
+                               hint="pass --force to replace it, or --batch-id for another id")
+    out_root.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{batch_id}.", suffix=".partial", dir=out_root))
+    try:
+        for modality in job["render"]["modalities"]:
+            (work / contract.MODALITIES[modality][0]).mkdir()
+        (work / "annotations").mkdir()
+        tasks = [_SampleTask(i, job, batch_id, str(work)) for i in range(job["samples"])]
+        workers = workers or min(os.cpu_count() or 1, max(1, len(tasks) // 4))
+        progress = progress or Progress(enabled=False)
+        with progress.task(f"generate {batch_id}", len(tasks), "samples") as bar:
+            if workers > 1:
+                with ProcessPoolExecutor(workers) as pool:
+                    samples = []
+                    for entry in pool.map(_render_sample, tasks, chunksize=4):
+                        samples.append(entry)
+                        bar.advance()
+            else:
+                samples = []
+                for task in tasks:
+                    samples.append(_render_sample(task))
+                    bar.advance()
+        rel_files = [p.relative_to(work).as_posix() for p in sorted(work.rglob("*")) if p.is_file()]
+        files = contract.file_entries(work, rel_files)
+        manifest = {
+            "schema_version": contract.CONTRACT_VERSION,
+            "batch_id": batch_id,
+            "project": job["project"],
+            "created_at": contract.utc_now(),
+            "job": job,
+            "software": _software(),
+            "conventions": _conventions(),
+            "image": dict(job["image"]),
+            "modalities": contract.modalities_block(job["render"]["modalities"]),
+            "samples": samples,
+            "files": files,
+            "totals": {"samples": len(samples), "files": len(files), "bytes": sum(f["size"] for f in files)},
+        }
+        schemas.check(manifest, "manifest", f"{batch_id}/{MANIFEST_NAME}")
+        (work / MANIFEST_NAME).write_bytes(contract.dumps(manifest))
+        if final_dir.exists():
+            _retire(final_dir)
+        os.replace(work, final_dir)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return GenerateResult(batch_id, final_dir, len(samples), len(files), manifest["totals"]["bytes"])
+
+
+def _retire(folder: Path) -> None:
+    """Move an old batch aside, then delete it, so the new one can take its name atomically."""
+    trash = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+    os.replace(folder, trash)
+    shutil.rmtree(trash, ignore_errors=True)

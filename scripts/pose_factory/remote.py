@@ -1,0 +1,189 @@
+"""Batches in the bucket: publish one (the pod-side upload) and list them.
+
+Publish order is what makes a half-uploaded batch recognisable: an old completion marker is removed
+first, then manifest.json, then every file, then stale objects of an earlier render, and the marker
+`_complete.json` last. Re-running after an interruption uploads only what is missing or different.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from . import contract, schemas
+from .errors import BatchNotFoundError, IntegrityError, SchemaError
+from .paths import COMPLETE_MARKER_NAME, MANIFEST_NAME
+from .progress import Progress
+from .settings import Settings
+from .storage import ObjectInfo, ObjectMissingError, S3Storage, Storage, join_key
+
+LIST_JSON_VERSION = 1
+PUBLISH_JSON_VERSION = 1
+
+
+def batch_prefix(settings: Settings, batch_id: str) -> str:
+    """`<batches prefix><batch_id>/`."""
+    return join_key(settings.prefixes.batches, batch_id) + "/"
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    batch_id: str
+    destination: str
+    files: int
+    uploaded: int
+    skipped: int
+    uploaded_bytes: int
+    removed_stale: int
+    already_complete: bool
+
+    def as_json(self) -> dict[str, Any]:
+        return {"version": PUBLISH_JSON_VERSION, **asdict(self)}
+
+
+def _same_object(storage: Storage, remote: ObjectInfo | None, size: int, sha256: str, md5: str) -> bool:
+    """True when the object in the bucket already holds exactly this content."""
+    if remote is None or remote.size != size:
+        return False
+    if remote.etag and "-" not in remote.etag:
+        return remote.etag == md5
+    # Multipart ETags are not an MD5 of the content: fall back to the sha256 stored at upload.
+    return isinstance(storage, S3Storage) and storage.head_sha256(remote.key) == sha256
+
+
+def publish_batch(storage: Storage, settings: Settings, batch_dir: Path, *, progress: Progress | None = None
+                  ) -> PublishResult:
+    """Verify a local batch against its manifest, upload it, and mark it complete last."""
+    progress = progress or Progress(enabled=False)
+    batch_dir = batch_dir.resolve()
+    manifest = contract.load_manifest(batch_dir)
+    batch_id = manifest["batch_id"]
+    if batch_dir.name != batch_id:
+        raise IntegrityError(f"the folder is named {batch_dir.name!r} but its manifest says batch_id {batch_id!r}",
+                             where=str(batch_dir / MANIFEST_NAME), hint="rename the folder to its batch id")
+    digests = contract.verify_batch(batch_dir, manifest)
+    manifest_bytes = (batch_dir / MANIFEST_NAME).read_bytes()
+    marker = contract.completion_marker(manifest, manifest_bytes)
+    prefix = batch_prefix(settings, batch_id)
+    marker_key, manifest_key = prefix + COMPLETE_MARKER_NAME, prefix + MANIFEST_NAME
+
+    storage.ensure_bucket()
+    remote = {info.key: info for info in storage.list_objects(prefix)}
+    existing_marker = _read_marker(storage, marker_key) if marker_key in remote else None
+    if existing_marker and existing_marker.get("manifest_sha256") != marker["manifest_sha256"]:
+        # A new render of the same batch: un-mark first, so nobody pulls a mix of two renders.
+        storage.delete(marker_key)
+        existing_marker = None
+
+    wanted = {prefix + rel: (rel, *digests[rel]) for rel in digests}
+    manifest_md5 = hashlib.md5(manifest_bytes, usedforsecurity=False).hexdigest()
+    if not _same_object(storage, remote.get(manifest_key), len(manifest_bytes), marker["manifest_sha256"],
+                        manifest_md5):
+        storage.put_bytes(manifest_key, manifest_bytes)
+
+    to_upload = [(key, rel, size, sha) for key, (rel, size, sha, md5) in wanted.items()
+                 if not _same_object(storage, remote.get(key), size, sha, md5)]
+    stale = sorted(k for k in remote if k not in wanted and k not in (manifest_key, marker_key))
+    total_bytes = sum(size for _, _, size, _ in to_upload)
+    with progress.task(f"publish {batch_id}", total_bytes, "bytes") as bar:
+        def upload(item: tuple[str, str, int, str]) -> None:
+            key, rel, size, sha = item
+            storage.upload_file(key, batch_dir / rel, sha)
+            bar.advance(size)
+
+        with ThreadPoolExecutor(settings.concurrency) as pool:
+            futures = [pool.submit(upload, item) for item in to_upload]
+            done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+            for future in pending:
+                future.cancel()
+            for future in done:
+                future.result()
+    for key in stale:
+        storage.delete(key)
+    already = existing_marker is not None and not to_upload and not stale
+    if not already:
+        storage.put_bytes(marker_key, contract.dumps(marker))
+    return PublishResult(batch_id, f"{storage.description}: {prefix}", len(wanted), len(to_upload),
+                         len(wanted) - len(to_upload), total_bytes, len(stale), already)
+
+
+def _read_marker(storage: Storage, key: str) -> dict[str, Any] | None:
+    """The completion marker if it exists and is well-formed; a damaged marker counts as absent."""
+    try:
+        marker = json.loads(storage.read_bytes(key))
+    except ObjectMissingError:
+        return None
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return marker if not schemas.problems(marker, "complete", key) else None
+
+
+@dataclass(frozen=True)
+class BatchListing:
+    batch_id: str
+    project: str | None
+    created_at: str | None
+    samples: int | None
+    files: int | None
+    bytes: int | None
+    status: str  # complete | uploading
+    problem: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def day(self) -> str:
+        return (self.created_at or self.batch_id)[:10]
+
+
+def describe_batch(storage: Storage, settings: Settings, batch_id: str) -> BatchListing:
+    """What the bucket holds for one batch id: complete (marker), uploading, or a problem."""
+    prefix = batch_prefix(settings, batch_id)
+    marker = _read_marker(storage, prefix + COMPLETE_MARKER_NAME)
+    if marker and marker.get("batch_id") == batch_id:
+        return BatchListing(batch_id, marker["project"], marker["created_at"], marker["samples"], marker["files"],
+                            marker["bytes"], "complete")
+    try:
+        manifest = contract.parse_manifest_bytes(storage.read_bytes(prefix + MANIFEST_NAME), prefix + MANIFEST_NAME)
+    except ObjectMissingError:
+        if not any(True for _ in storage.list_objects(prefix)):
+            raise BatchNotFoundError(f"no batch {batch_id!r}", where=storage.description,
+                                     hint="run `pose-sync list` to see the batches there") from None
+        return BatchListing(batch_id, None, None, None, None, None, "uploading", "no manifest.json yet")
+    except SchemaError as exc:
+        return BatchListing(batch_id, None, None, None, None, None, "uploading", f"bad manifest: {exc.message}")
+    totals = manifest["totals"]
+    return BatchListing(batch_id, manifest["project"], manifest["created_at"], totals["samples"], totals["files"],
+                        totals["bytes"], "uploading")
+
+
+def list_batches(storage: Storage, settings: Settings, *, project: str | None = None, since: date | None = None,
+                 until: date | None = None) -> list[BatchListing]:
+    """Every batch under the batches prefix, optionally filtered, newest first."""
+    found = []
+    for batch_id in storage.list_folders(settings.prefixes.batches):
+        try:
+            listing = describe_batch(storage, settings, batch_id)
+        except BatchNotFoundError:
+            continue
+        if project and listing.project != project:
+            continue
+        if since and listing.day < since.isoformat():
+            continue
+        if until and listing.day > until.isoformat():
+            continue
+        found.append(listing)
+    return sorted(found, key=lambda b: (b.created_at or "", b.batch_id), reverse=True)
+
+
+def list_json(storage: Storage, batches: list[BatchListing]) -> dict[str, Any]:
+    """The versioned `list --json` document."""
+    return {"version": LIST_JSON_VERSION, "backend": storage.kind, "bucket": storage.bucket,
+            "batches": [b.as_dict() for b in batches]}
+

@@ -1,0 +1,166 @@
+"""The JSON Schemas of the batch contract, compiled once, and schema errors a person can act on.
+
+A violation is reported as file + JSON path + what was expected + what was found, e.g.
+``manifest.json: $.files[3].sha256: expected a string matching ^[0-9a-f]{64}$, found 'abc'``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterable
+
+from jsonschema import Draft202012Validator, FormatChecker
+from jsonschema.exceptions import ValidationError
+from referencing import Registry, Resource
+
+from .errors import SchemaError
+from .paths import SCHEMA_DIR
+
+SCHEMA_FILES = {
+    "config": "config.schema.json",
+    "job": "job.schema.json",
+    "manifest": "manifest.schema.json",
+    "sample": "sample.schema.json",
+    "openpose": "openpose.schema.json",
+    "complete": "complete.schema.json",
+}
+
+# How many violations one error message spells out in full before it only counts the rest.
+SHOWN_PROBLEMS = 5
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One violation: where it is and what is wrong, in words."""
+
+    file: str
+    path: str
+    expected: str
+    found: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.path}: expected {self.expected}, found {self.found}"
+
+    def as_dict(self) -> dict[str, str]:
+        return {"file": self.file, "path": self.path, "expected": self.expected, "found": self.found}
+
+
+@lru_cache(maxsize=1)
+def _registry() -> Registry:
+    resources = []
+    for file_name in SCHEMA_FILES.values():
+        contents = json.loads((SCHEMA_DIR / file_name).read_text())
+        resource = Resource.from_contents(contents)
+        resources.append((contents["$id"], resource))
+    return Registry().with_resources(resources)
+
+
+@lru_cache(maxsize=None)
+def validator(name: str) -> Draft202012Validator:
+    """The compiled validator for one schema (compiled once per process)."""
+    contents = json.loads((SCHEMA_DIR / SCHEMA_FILES[name]).read_text())
+    return Draft202012Validator(contents, registry=_registry(), format_checker=FormatChecker())
+
+
+def json_path(parts: Iterable[Any]) -> str:
+    """``$.files[3].sha256`` from jsonschema's path deque."""
+    out = "$"
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = json.dumps(value, default=str) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_TYPE_WORDS = {"object": "an object", "array": "a list", "string": "a string", "integer": "an integer",
+               "number": "a number", "boolean": "true or false", "null": "null"}
+
+
+def _describe(error: ValidationError) -> tuple[str, str, str]:
+    """(path, expected, found) for one jsonschema error, in words."""
+    path = json_path(error.absolute_path)
+    kind, rule, found = error.validator, error.validator_value, error.instance
+    if kind == "additionalProperties":
+        allowed = sorted((error.schema.get("properties") or {}).keys())
+        extra = sorted(set(found) - set(allowed)) if isinstance(found, dict) else []
+        unknown = extra[0] if extra else "?"
+        close = difflib.get_close_matches(unknown, allowed, n=1)
+        expected = f"one of the known keys ({', '.join(allowed)})" if allowed else "no extra keys"
+        if close:
+            expected += f"; did you mean '{close[0]}'?"
+        return json_path([*error.absolute_path, unknown]), expected, f"unknown key '{unknown}'"
+    if kind == "required":
+        missing = error.message.split("'")[1] if "'" in error.message else str(rule)
+        return json_path([*error.absolute_path, missing]), "this key to be present", "it missing"
+    if kind == "type":
+        types = rule if isinstance(rule, list) else [rule]
+        return path, " or ".join(_TYPE_WORDS.get(t, t) for t in types), _short(found)
+    if kind == "enum":
+        return path, "one of " + ", ".join(_short(v) for v in rule), _short(found)
+    if kind == "const":
+        return path, f"exactly {_short(rule)}", _short(found)
+    if kind == "pattern":
+        return path, f"a string matching {rule}", _short(found)
+    if kind in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        words = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}[kind]
+        return path, f"a number {words} {rule}", _short(found)
+    if kind in ("minItems", "maxItems"):
+        count = len(found) if isinstance(found, list) else "?"
+        return path, f"{'at least' if kind == 'minItems' else 'at most'} {rule} items", f"{count} items"
+    if kind == "propertyNames":
+        return path, "keys that are " + error.message.split(" is not ")[-1], _short(found)
+    return path, error.message.split(" is not ")[-1] if " is not " in error.message else error.message, _short(found)
+
+
+def problems(document: Any, schema_name: str, file_label: str) -> list[Problem]:
+    """Every violation of a schema, deepest first within each location, ordered by JSON path."""
+    found: list[Problem] = []
+    for error in validator(schema_name).iter_errors(document):
+        # oneOf/anyOf wrap the useful cause; report the best leaf instead of "is not valid under any".
+        if error.context:
+            error = min(error.context, key=lambda e: (-len(e.absolute_path), e.validator != "type"))
+        path, expected, got = _describe(error)
+        found.append(Problem(file_label, path, expected, got))
+    return sorted(found, key=lambda p: p.path)
+
+
+def summarise(items: list[Any], shown: int = SHOWN_PROBLEMS) -> str:
+    """The first few problems in full, then a count of the rest."""
+    lines = [f"  - {p}" for p in items[:shown]]
+    if len(items) > shown:
+        lines.append(f"  ... and {len(items) - shown} more")
+    return "\n".join(lines)
+
+
+def check(document: Any, schema_name: str, file_label: str, *, hint: str | None = None) -> None:
+    """Raise SchemaError listing the violations, if any."""
+    found = problems(document, schema_name, file_label)
+    if not found:
+        return
+    first = found[0]
+    if len(found) == 1:
+        message = f"{first.path}: expected {first.expected}, found {first.found}"
+    else:
+        message = f"{len(found)} schema violations:\n" + summarise(found)
+    raise SchemaError(message, where=file_label, hint=hint or f"fix the document to match schemas/{SCHEMA_FILES[schema_name]}")
+
+
+def load_json(path: Path, label: str | None = None) -> Any:
+    """Parse a JSON file, turning syntax errors into a SchemaError naming the line and column."""
+    label = label or str(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SchemaError("file not found", where=label) from None
+    except UnicodeDecodeError:
+        raise SchemaError("not UTF-8 text", where=label, hint="the file is binary or corrupt") from None
+    except json.JSONDecodeError as exc:
+        raise SchemaError(f"malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}", where=label,
+                          hint="fix the JSON syntax (a trailing comma or a missing quote is common)") from None

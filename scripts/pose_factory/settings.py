@@ -1,0 +1,218 @@
+"""Settings and secrets: one place.
+
+Non-secret settings come from built-in defaults, overlaid by `config/local.yaml` when it exists
+(validated against `schemas/config.schema.json`), then by environment overrides. Secrets come only from
+the environment or a git-ignored `.env` at the project root (the environment wins over `.env`).
+Nothing here ever puts a secret value in a message: errors name variables, not their contents.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from dotenv import dotenv_values
+
+from . import schemas
+from .errors import ConfigError, CredentialsError
+from .paths import project_root
+
+CONFIG_RELATIVE = Path("config") / "local.yaml"
+
+ENV_ACCESS_KEY = "CLOUDFLARE_R2_ACCESS_KEY_ID"
+ENV_SECRET_KEY = "CLOUDFLARE_R2_SECRET_ACCESS_KEY"
+ENV_ACCOUNT_ID = "CLOUDFLARE_R2_ACCOUNT_ID"
+ENV_BUCKET = "POSE_FACTORY_R2_BUCKET"
+ENV_ENDPOINT = "POSE_FACTORY_R2_ENDPOINT"
+ENV_CONFIG = "POSE_FACTORY_CONFIG"
+ENV_BACKEND = "POSE_FACTORY_BACKEND"
+SECRET_ENV_NAMES = (ENV_ACCESS_KEY, ENV_SECRET_KEY)
+
+DEFAULTS: dict[str, Any] = {
+    "bucket": "pose-factory",
+    "storage": {
+        "backend": "auto",
+        "local_bucket_dir": "data/local-bucket",
+        "concurrency": 8,
+        "max_attempts": 8,
+        "connect_timeout_s": 10,
+        "read_timeout_s": 60,
+    },
+    "prefixes": {"batches": "batches/", "dvc": "dvc/", "jobs": "jobs/"},
+    "rclone_remote": "r2_pose_factory",
+    "data_root": "data/raw",
+    "batch_naming": {"pattern": "{date}_{project}", "date_format": "%Y-%m-%d"},
+    "workflows": {},
+}
+
+
+@dataclass(frozen=True)
+class Prefixes:
+    batches: str
+    dvc: str
+    jobs: str
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every non-secret setting the tool reads, resolved to absolute paths."""
+
+    root: Path
+    config_file: Path | None
+    bucket: str
+    backend: str
+    local_bucket_dir: Path
+    concurrency: int
+    max_attempts: int
+    connect_timeout_s: float
+    read_timeout_s: float
+    prefixes: Prefixes
+    rclone_remote: str
+    data_root: Path
+    batch_pattern: str
+    date_format: str
+    workflows: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class R2Credentials:
+    """What it takes to reach R2 (or any S3-compatible store). repr never shows the secret."""
+
+    access_key_id: str = field(repr=False)
+    secret_access_key: str = field(repr=False)
+    endpoint_url: str
+    account_id: str | None = field(default=None, repr=False)
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and key != "workflows":
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    label = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read the config file: {exc.strerror}", where=label) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"malformed YAML{at}: {problem}", where=label,
+                          hint="compare with config/local.example.yaml (indentation and colons)") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"expected a mapping of settings at the top level, found {type(data).__name__}",
+                          where=label, hint="see config/local.example.yaml for the shape")
+    found = schemas.problems(data, "config", label)
+    if found:
+        first = found[0]
+        key = first.path.removeprefix("$.")
+        more = f" (and {len(found) - 1} more problem(s))" if len(found) > 1 else ""
+        raise ConfigError(f"key '{key}': expected {first.expected}, found {first.found}{more}", where=label,
+                          hint="see config/local.example.yaml for every key and its default")
+    return data
+
+
+def load_dotenv(root: Path) -> None:
+    """Load `<root>/.env` into the environment without overriding what is already set."""
+    env_file = root / ".env"
+    if env_file.is_file():
+        for key, value in dotenv_values(env_file).items():
+            if value is not None and key not in os.environ:
+                os.environ[key] = value
+
+
+def load_settings(root: Path | None = None, config_file: Path | None = None) -> Settings:
+    """Defaults, overlaid by the config file (if any), overlaid by environment overrides."""
+    root = root or project_root()
+    load_dotenv(root)
+    if config_file is None and os.environ.get(ENV_CONFIG):
+        config_file = Path(os.environ[ENV_CONFIG])
+        if not config_file.is_file():
+            raise ConfigError("the config file named by POSE_FACTORY_CONFIG does not exist", where=str(config_file),
+                              hint="point POSE_FACTORY_CONFIG at a YAML file or unset it")
+    if config_file is None and (root / CONFIG_RELATIVE).is_file():
+        config_file = root / CONFIG_RELATIVE
+    merged = _deep_merge(DEFAULTS, _read_config_file(config_file) if config_file else {})
+    storage = merged["storage"]
+    backend = os.environ.get(ENV_BACKEND) or storage["backend"]
+    if backend not in ("auto", "local", "r2"):
+        raise ConfigError(f"expected one of auto, local, r2, found {backend!r}", where=ENV_BACKEND)
+    return Settings(
+        root=root,
+        config_file=config_file,
+        bucket=os.environ.get(ENV_BUCKET) or merged["bucket"],
+        backend=backend,
+        local_bucket_dir=(root / storage["local_bucket_dir"]).resolve(),
+        concurrency=storage["concurrency"],
+        max_attempts=storage["max_attempts"],
+        connect_timeout_s=float(storage["connect_timeout_s"]),
+        read_timeout_s=float(storage["read_timeout_s"]),
+        prefixes=Prefixes(**merged["prefixes"]),
+        rclone_remote=merged["rclone_remote"],
+        data_root=(root / merged["data_root"]).resolve(),
+        batch_pattern=merged["batch_naming"]["pattern"],
+        date_format=merged["batch_naming"]["date_format"],
+        workflows=merged["workflows"],
+    )
+
+
+def r2_credentials(*, required: bool) -> R2Credentials | None:
+    """R2 credentials from the environment; None when none are set and they are not required.
+
+    Partly set credentials are always an error: silently falling back to the local bucket would
+    make a user believe they pushed to R2.
+    """
+    key = os.environ.get(ENV_ACCESS_KEY, "").strip()
+    secret = os.environ.get(ENV_SECRET_KEY, "").strip()
+    account = os.environ.get(ENV_ACCOUNT_ID, "").strip()
+    endpoint = os.environ.get(ENV_ENDPOINT, "").strip()
+    if not (key or secret) and not required:
+        return None
+    missing = [name for name, value in ((ENV_ACCESS_KEY, key), (ENV_SECRET_KEY, secret)) if not value]
+    if not endpoint and not account:
+        missing.append(ENV_ACCOUNT_ID)
+    if missing:
+        raise CredentialsError(
+            "R2 credentials are incomplete: " + ", ".join(missing) + " not set",
+            where="environment / .env",
+            hint="set them in the environment or in .env at the project root (see README, 'Connect a real R2 "
+                 "bucket'); set POSE_FACTORY_R2_ENDPOINT instead of the account id for another S3 store",
+        )
+    endpoint_url = endpoint or f"https://{account}.r2.cloudflarestorage.com"
+    return R2Credentials(key, secret, endpoint_url, account or None)
+
+
+def resolve_backend(settings: Settings, requested: str | None = None) -> tuple[str, R2Credentials | None]:
+    """('local', None) or ('r2', credentials) for the backend asked for (CLI flag, env, config, auto)."""
+    choice = requested or settings.backend
+    if choice == "local":
+        return "local", None
+    credentials = r2_credentials(required=choice == "r2")
+    return ("r2", credentials) if credentials else ("local", None)
+
+
+def secret_values() -> list[str]:
+    """The secret values currently set, for scrubbing text before it is shown or written."""
+    return [v for v in (os.environ.get(n, "") for n in SECRET_ENV_NAMES) if len(v) >= 4]
+
+
+def redact(text: str) -> str:
+    """Replace every known secret value in text with '***'."""
+    for value in secret_values():
+        text = text.replace(value, "***")
+    return text
