@@ -133,7 +133,7 @@ class Storage(ABC):
         """Delete one object; missing is fine."""
 
     def ensure_bucket(self) -> None:
-        """Create the bucket if the backend allows (local folder, local S3 server)."""
+        """Make sure the bucket can be used: the local folder is created, an R2 bucket must exist."""
 
 
 class LocalFolderStorage(Storage):
@@ -256,12 +256,12 @@ class S3Storage(Storage):
             error = exc.response.get("Error", {})
             code = str(error.get("Code", ""))
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            if code in ("NoSuchKey", "404", "NotFound"):
-                raise ObjectMissingError("no such object", where=where) from None
-            if code == "NoSuchBucket":
+            if code == "NoSuchBucket" or (action == "open the bucket" and status == 404):
                 raise StorageError(f"bucket '{self.bucket}' does not exist", where=self.endpoint_url,
                                    hint="create it in the Cloudflare dashboard, or set POSE_FACTORY_R2_BUCKET / "
                                         "'bucket' in config/local.yaml to the right name") from None
+            if code in ("NoSuchKey", "404", "NotFound"):
+                raise ObjectMissingError("no such object", where=where) from None
             if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "Unauthorized",
                         "InvalidToken", "403") or status in (401, 403):
                 raise CredentialsError(f"the store refused the credentials while trying to {action} ({code or status})",
@@ -279,17 +279,9 @@ class S3Storage(Storage):
                                     "again (it resumes)") from None
 
     def ensure_bucket(self) -> None:
-        from botocore.exceptions import ClientError
-
-        try:
+        # Never create an R2 bucket implicitly: a typo in the bucket name must be an error, not a new bucket.
+        with self._translate("open the bucket"):
             self._client.head_bucket(Bucket=self.bucket)
-            return
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket", "NotFound"):
-                with self._translate("check the bucket"):
-                    raise
-        with self._translate("create the bucket"):
-            self._client.create_bucket(Bucket=self.bucket)
 
     def list_objects(self, prefix: str) -> Iterator[ObjectInfo]:
         paginator = self._client.get_paginator("list_objects_v2")

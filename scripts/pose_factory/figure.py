@@ -1,0 +1,836 @@
+"""Synthetic posed human figure: a numpy + Pillow stand-in for a Blender render.
+
+One call to :func:`make_pose` builds a procedurally posed skeleton; :func:`render`
+ray-casts a body made of capsules and ellipsoids around that skeleton and returns
+an RGB preview plus the ControlNet control maps (OpenPose skeleton, depth, normal,
+segmentation), all taken from the same z-buffer so they agree pixel for pixel.
+
+Conventions
+-----------
+World frame
+    Metres, right-handed, Z up. The floor is the plane z = 0 (a finite 8 m x 8 m
+    stage centred on the origin; beyond it is sky). The figure's pelvis stands
+    above the origin and the figure FACES -Y, so its left side is at +X and its
+    right side at -X. The lowest point of the body (normally a sole) touches z = 0.
+Camera
+    ``Camera(azimuth_deg, elevation_deg, distance_m, ...)`` sits at
+    ``target + distance * (sin(az) cos(el), -cos(az) cos(el), sin(el))`` and looks
+    at ``target``. Azimuth 0 is therefore in front of the figure (on -Y),
+    azimuth 90 on the figure's left (+X), 180 behind it. Elevation is above the
+    horizon. Extrinsics are world-to-camera in the OpenCV/BOP convention
+    (x right, y down, z forward): ``p_cam = R_w2c @ p_world + t_w2c``.
+    Intrinsics: square pixels, ``f_px = focal_mm / sensor_mm * max(width, height)``
+    (Blender's "Auto" sensor fit), principal point at the image centre
+    ``(width/2, height/2)``. Pixel (row i, column j) covers [j, j+1) x [i, i+1), so
+    its centre is (j + 0.5, i + 0.5) and a keypoint at (x, y) lies in pixel
+    (int(y), int(x)).
+Depth (8-bit, 3 equal channels)
+    Linear in camera z: ``value = 255 * (far - z) / (far - near)``, rounded and
+    clipped, NEAR = WHITE. ``near``/``far`` are per image: the nearest and farthest
+    rendered surface rounded outwards to 0.1 m, with far pushed 0.1 m further so
+    the farthest surface stays above 0. Pixels with no geometry (sky) are 0.
+    ``Render.depth_near_m``/``depth_far_m`` record the range.
+Normal (8-bit RGB)
+    Camera-space unit normals encoded as ``(c + 1) / 2 * 255`` in ControlNet 1.1's
+    wording "blue is front, red is left, green is top": R = image-left component
+    (-x_cv), G = image-up component (-y_cv), B = towards-the-camera component
+    (-z_cv). A surface facing the camera is (128, 128, 255). Pixels with no
+    geometry (sky) get that same flat "facing the camera" colour (128, 128, 255),
+    which is what ControlNet's MiDaS-normal annotator writes for background.
+Segmentation
+    Exact ADE20K colours from :data:`SEG_PALETTE`, no anti-aliasing: person for
+    every body primitive, floor for the stage, sky where nothing is hit. "wall" is
+    in the palette for downstream legends but this scene has no wall.
+Keypoints
+    COCO-18 (OpenPose) order, (x, y, v) with x, y in pixels from the top-left and
+    COCO visibility: 0 = not labelled (behind the camera or projecting outside
+    the canvas; x = y = 0), 1 = inside the canvas but occluded, 2 = visible. The
+    occlusion test compares the joint's camera z with the rendered z-buffer at its
+    pixel; because joint centres sit inside the flesh, the tolerance is the
+    joint's embedding depth (the radius of the body part around it, 0 for the
+    face points) plus 2 cm.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+__all__ = [
+    "COCO18_JOINTS",
+    "OPENPOSE_COLORS",
+    "OPENPOSE_LIMBS",
+    "SEG_PALETTE",
+    "POSE_SETS",
+    "RIGS",
+    "JOINT_LIMITS_DEG",
+    "Camera",
+    "Pose",
+    "Render",
+    "make_pose",
+    "render",
+    "draw_openpose",
+    "openpose_json",
+]
+
+COCO18_JOINTS: tuple[str, ...] = (
+    "nose", "neck",
+    "r_shoulder", "r_elbow", "r_wrist",
+    "l_shoulder", "l_elbow", "l_wrist",
+    "r_hip", "r_knee", "r_ankle",
+    "l_hip", "l_knee", "l_ankle",
+    "r_eye", "l_eye", "r_ear", "l_ear",
+)
+
+OPENPOSE_COLORS: tuple[tuple[int, int, int], ...] = (
+    (255, 0, 0), (255, 85, 0), (255, 170, 0), (255, 255, 0), (170, 255, 0),
+    (85, 255, 0), (0, 255, 0), (0, 255, 85), (0, 255, 170), (0, 255, 255),
+    (0, 170, 255), (0, 85, 255), (0, 0, 255), (85, 0, 255), (170, 0, 255),
+    (255, 0, 255), (255, 0, 170), (255, 0, 85),
+)
+
+OPENPOSE_LIMBS: tuple[tuple[int, int], ...] = (
+    (2, 3), (2, 6), (3, 4), (4, 5), (6, 7), (7, 8), (2, 9), (9, 10), (10, 11),
+    (2, 12), (12, 13), (13, 14), (2, 1), (1, 15), (15, 17), (1, 16), (16, 18),
+)
+
+SEG_PALETTE: dict[str, tuple[int, int, int]] = {
+    "person": (150, 5, 61),
+    "floor": (80, 50, 50),
+    "wall": (120, 120, 120),
+    "sky": (6, 230, 230),
+}
+
+POSE_SETS: tuple[str, ...] = ("walk-cycle", "run-cycle", "random-pose")
+
+# Frames per cycle: ~1.1 s walking and ~0.7 s running stride at 30 fps.
+_FRAMES_PER_CYCLE = {"walk-cycle": 32, "run-cycle": 20}
+
+# Anatomical range of motion (degrees) that every generated angle respects.
+# Flexion is forward swing of the limb, knee flexion folds the shank backwards,
+# elbow flexion folds the forearm forwards, ankle flexion > 0 is dorsiflexion.
+JOINT_LIMITS_DEG: dict[str, tuple[float, float]] = {
+    "hip_flex": (-30.0, 120.0),
+    "hip_abd": (-20.0, 45.0),
+    "knee_flex": (0.0, 145.0),
+    "ankle_flex": (-45.0, 25.0),
+    "shoulder_flex": (-60.0, 180.0),
+    "shoulder_abd": (-10.0, 180.0),
+    "elbow_flex": (0.0, 145.0),
+    "spine_lean": (-25.0, 70.0),
+    "spine_side": (-30.0, 30.0),
+    "spine_twist": (-45.0, 45.0),
+    "head_yaw": (-75.0, 75.0),
+    "head_pitch": (-45.0, 55.0),
+    "root_yaw": (-180.0, 180.0),
+}
+
+
+def _make_rig(height: float, *, shoulder_half: float, hip_half: float, girth: float,
+              colors: dict[str, tuple[int, int, int]]) -> dict:
+    # Segment lengths follow Drillis & Contini's fractions of stature, so the two
+    # rigs differ in build (shoulder/hip width, girth) and not just in scale.
+    h = height
+    g = girth * h / 1.78
+    return {
+        "height_m": h,
+        "lengths_m": {
+            "thigh": 0.245 * h, "shank": 0.246 * h, "ankle_height": 0.039 * h,
+            "foot": 0.152 * h, "upper_arm": 0.186 * h, "forearm": 0.146 * h,
+            "hand": 0.085 * h, "spine_to_shoulder": 0.288 * h,
+            "spine_root": 0.02 * h, "neck": 0.05 * h, "head_center": 0.065 * h,
+            "shoulder_half_width": shoulder_half * h, "hip_half_width": hip_half * h,
+        },
+        "radii_m": {
+            "head": (0.075 * h / 1.78, 0.096 * h / 1.78, 0.115 * h / 1.78),
+            "neck": 0.05 * g, "chest": (0.155 * g, 0.105 * g, 0.17 * g),
+            "abdomen": 0.12 * g, "pelvis": (0.085 * h + 0.07 * g, 0.11 * g, 0.12 * g),
+            "shoulder_bar": 0.052 * g, "upper_arm": 0.045 * g, "forearm": 0.037 * g,
+            "hand": 0.03 * g, "thigh": 0.072 * g, "shank": 0.052 * g, "foot": 0.035 * g,
+        },
+        "colors": colors,
+    }
+
+
+RIGS: dict[str, dict] = {
+    "mannequin-a": _make_rig(
+        1.78, shoulder_half=0.102, hip_half=0.052, girth=1.0,
+        colors={"skin": (222, 176, 146), "hair": (62, 42, 28), "shirt": (58, 96, 168),
+                "trousers": (52, 54, 64), "shoes": (34, 30, 30)}),
+    "mannequin-b": _make_rig(
+        1.62, shoulder_half=0.094, hip_half=0.058, girth=0.92,
+        colors={"skin": (196, 142, 112), "hair": (28, 20, 16), "shirt": (176, 62, 72),
+                "trousers": (44, 58, 92), "shoes": (240, 240, 236)}),
+}
+
+
+# --------------------------------------------------------------------------- camera
+
+
+@dataclass(frozen=True)
+class Camera:
+    azimuth_deg: float
+    elevation_deg: float
+    distance_m: float
+    focal_mm: float
+    width: int
+    height: int
+    sensor_mm: float = 36.0
+    target: tuple[float, float, float] = (0.0, 0.0, 0.9)
+
+    def position(self) -> np.ndarray:
+        az, el = math.radians(self.azimuth_deg), math.radians(self.elevation_deg)
+        d = np.array([math.sin(az) * math.cos(el), -math.cos(az) * math.cos(el), math.sin(el)])
+        return np.asarray(self.target, dtype=float) + self.distance_m * d
+
+    def K(self) -> np.ndarray:
+        f = self.focal_mm / self.sensor_mm * max(self.width, self.height)
+        return np.array([[f, 0.0, self.width / 2.0], [0.0, f, self.height / 2.0], [0.0, 0.0, 1.0]])
+
+    def R_w2c(self) -> np.ndarray:
+        fwd = np.asarray(self.target, dtype=float) - self.position()
+        fwd /= np.linalg.norm(fwd)
+        right = np.cross(fwd, [0.0, 0.0, 1.0])
+        if np.linalg.norm(right) < 1e-6:
+            # Looking straight up/down: keep image-up along world +Y (the figure's back).
+            right = np.cross(fwd, [0.0, 1.0, 0.0])
+        right /= np.linalg.norm(right)
+        down = np.cross(fwd, right)
+        return np.stack([right, down, fwd])
+
+    def t_w2c(self) -> np.ndarray:
+        return -self.R_w2c() @ self.position()
+
+    def project(self, points_world: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        p = np.asarray(points_world, dtype=float).reshape(-1, 3)
+        pc = p @ self.R_w2c().T + self.t_w2c()
+        z = pc[:, 2]
+        k = self.K()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            uv = np.stack([k[0, 0] * pc[:, 0] / z + k[0, 2], k[1, 1] * pc[:, 1] / z + k[1, 2]], axis=1)
+        return uv, z
+
+
+# --------------------------------------------------------------------------- poses
+
+
+@dataclass
+class Pose:
+    pose_set: str
+    rig: str
+    phase: float
+    joint_angles_deg: dict[str, float]
+    joints_world: dict[str, np.ndarray]
+
+
+def _rx(a: float) -> np.ndarray:
+    c, s = math.cos(math.radians(a)), math.sin(math.radians(a))
+    return np.array([[1.0, 0, 0], [0, c, -s], [0, s, c]])
+
+
+def _ry(a: float) -> np.ndarray:
+    c, s = math.cos(math.radians(a)), math.sin(math.radians(a))
+    return np.array([[c, 0, s], [0, 1.0, 0], [-s, 0, c]])
+
+
+def _rz(a: float) -> np.ndarray:
+    c, s = math.cos(math.radians(a)), math.sin(math.radians(a))
+    return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]])
+
+
+def _bump(x: float, centre: float, width: float) -> float:
+    d = (x - centre + 0.5) % 1.0 - 0.5  # wrap so the bump is periodic in phase
+    return math.exp(-0.5 * (d / width) ** 2)
+
+
+def _cycle_angles(kind: str, phase: float, style: dict[str, float]) -> dict[str, float]:
+    """Sagittal gait curves; the left side runs half a cycle behind the right."""
+    a: dict[str, float] = {}
+    s, arm = style["stride"], style["arm"]
+    for side, ph in (("r", phase), ("l", (phase + 0.5) % 1.0)):
+        c = math.cos(2 * math.pi * ph)
+        if kind == "walk-cycle":
+            # Heel strike at ph=0 (hip flexed, knee ~straight), toe-off near 0.6, swing-knee peak ~0.72.
+            a[f"hip_flex_{side}"] = s * (7.0 + 19.0 * c)
+            a[f"knee_flex_{side}"] = 3.0 + s * (14.0 * _bump(ph, 0.12, 0.06) + 58.0 * _bump(ph, 0.72, 0.09))
+            a[f"ankle_flex_{side}"] = 4.0 - 18.0 * _bump(ph, 0.6, 0.05)
+            a[f"shoulder_flex_{side}"] = -arm * 18.0 * c
+            a[f"elbow_flex_{side}"] = 12.0 + arm * 12.0 * (1.0 - c) / 2.0
+            a[f"shoulder_abd_{side}"] = 8.0
+        else:
+            # Shorter stance (~40 %), deep swing-knee fold, arms bent ~90 degrees.
+            a[f"hip_flex_{side}"] = s * (14.0 + 31.0 * c)
+            a[f"knee_flex_{side}"] = 12.0 + s * (30.0 * _bump(ph, 0.15, 0.07) + 95.0 * _bump(ph, 0.66, 0.12))
+            a[f"ankle_flex_{side}"] = 6.0 - 28.0 * _bump(ph, 0.4, 0.06)
+            a[f"shoulder_flex_{side}"] = -arm * 38.0 * c
+            a[f"elbow_flex_{side}"] = 88.0 + arm * 14.0 * (1.0 - c) / 2.0
+            a[f"shoulder_abd_{side}"] = 12.0
+        a[f"hip_abd_{side}"] = 2.0
+    c = math.cos(2 * math.pi * phase)
+    lean = 4.0 if kind == "walk-cycle" else 11.0
+    a["spine_lean"] = lean + style["lean"]
+    a["spine_side"] = 0.0
+    a["spine_twist"] = (5.0 if kind == "walk-cycle" else 9.0) * arm * c
+    a["head_yaw"] = style["head_yaw"]
+    a["head_pitch"] = style["head_pitch"] - 0.5 * a["spine_lean"]  # keep the gaze roughly level
+    a["root_yaw"] = 0.0
+    return a
+
+
+def _random_angles(rng: np.random.Generator) -> dict[str, float]:
+    # One support leg keeps a standing range so the body rests on a foot instead
+    # of floating; the free leg, arms and spine use most of their range.
+    support_left = bool(rng.integers(2))
+    a: dict[str, float] = {}
+    for side in ("r", "l"):
+        support = (side == "l") == support_left
+        a[f"hip_flex_{side}"] = rng.uniform(-15, 35) if support else rng.uniform(-25, 100)
+        a[f"hip_abd_{side}"] = rng.uniform(-5, 15) if support else rng.uniform(-10, 40)
+        a[f"knee_flex_{side}"] = rng.uniform(0, 40) if support else rng.uniform(0, 120)
+        a[f"ankle_flex_{side}"] = rng.uniform(-20, 15)
+        a[f"shoulder_flex_{side}"] = rng.uniform(-40, 170)
+        a[f"shoulder_abd_{side}"] = rng.uniform(5, 120)
+        a[f"elbow_flex_{side}"] = rng.uniform(0, 140)
+    a["spine_lean"] = rng.uniform(-10, 35)
+    a["spine_side"] = rng.uniform(-15, 15)
+    a["spine_twist"] = rng.uniform(-30, 30)
+    a["head_yaw"] = rng.uniform(-60, 60)
+    a["head_pitch"] = rng.uniform(-25, 35)
+    a["root_yaw"] = rng.uniform(-20, 20)
+    return a
+
+
+def _clamp_to_limits(angles: dict[str, float]) -> dict[str, float]:
+    out = {}
+    for name, value in angles.items():
+        key = name[:-2] if name[-2:] in ("_l", "_r") else name
+        lo, hi = JOINT_LIMITS_DEG[key]
+        out[name] = float(min(max(value, lo), hi))
+    return out
+
+
+def _skeleton(rig: dict, a: dict[str, float]) -> dict[str, np.ndarray]:
+    """Forward kinematics in the body frame (x = figure's right, y = forward, z = up)."""
+    L = rig["lengths_m"]
+    rh = rig["radii_m"]["head"]
+    j: dict[str, np.ndarray] = {}
+    root = np.zeros(3)  # hip-joint midpoint
+    j["pelvis"] = root
+    sign = {"r": 1.0, "l": -1.0}  # +x is the figure's right in the body frame
+
+    for side in ("r", "l"):
+        hip = root + np.array([sign[side] * L["hip_half_width"], 0.0, 0.0])
+        # Abduction moves the limb away from the midline: +x for right, -x for left.
+        r_thigh = _rx(a[f"hip_flex_{side}"]) @ _ry(-sign[side] * a[f"hip_abd_{side}"])
+        knee = hip + r_thigh @ np.array([0.0, 0.0, -L["thigh"]])
+        r_shank = r_thigh @ _rx(-a[f"knee_flex_{side}"])
+        ankle = knee + r_shank @ np.array([0.0, 0.0, -L["shank"]])
+        r_foot = r_shank @ _rx(a[f"ankle_flex_{side}"])
+        sole = L["ankle_height"] - rig["radii_m"]["foot"]
+        j[f"{side}_hip"], j[f"{side}_knee"], j[f"{side}_ankle"] = hip, knee, ankle
+        j[f"{side}_heel"] = ankle + r_foot @ np.array([0.0, -0.22 * L["foot"], -sole])
+        j[f"{side}_toe"] = ankle + r_foot @ np.array([0.0, 0.74 * L["foot"], -sole])
+
+    spine_base = root + np.array([0.0, 0.0, L["spine_root"]])
+    r_spine = _rz(a["spine_twist"]) @ _rx(-a["spine_lean"]) @ _ry(a["spine_side"])
+    j["spine_base"] = spine_base
+    j["chest"] = spine_base + r_spine @ np.array([0.0, 0.0, 0.6 * L["spine_to_shoulder"]])
+    shoulder_z = L["spine_to_shoulder"] - L["spine_root"]
+    for side in ("r", "l"):
+        sh = spine_base + r_spine @ np.array([sign[side] * L["shoulder_half_width"], 0.0, shoulder_z])
+        r_up = r_spine @ _rx(a[f"shoulder_flex_{side}"]) @ _ry(-sign[side] * a[f"shoulder_abd_{side}"])
+        elbow = sh + r_up @ np.array([0.0, 0.0, -L["upper_arm"]])
+        r_fore = r_up @ _rx(a[f"elbow_flex_{side}"])
+        wrist = elbow + r_fore @ np.array([0.0, 0.0, -L["forearm"]])
+        j[f"{side}_shoulder"], j[f"{side}_elbow"], j[f"{side}_wrist"] = sh, elbow, wrist
+        j[f"{side}_hand"] = wrist + r_fore @ np.array([0.0, 0.0, -L["hand"]])
+    j["neck"] = 0.5 * (j["r_shoulder"] + j["l_shoulder"])
+    j["neck_top"] = spine_base + r_spine @ np.array([0.0, 0.01, shoulder_z + L["neck"]])
+
+    r_head = r_spine @ _rz(a["head_yaw"]) @ _rx(-a["head_pitch"])
+    hc = j["neck_top"] + r_head @ np.array([0.0, 0.012, L["head_center"]])
+    j["head_center"] = hc
+    j["head_top"] = hc + r_head @ np.array([0.0, 0.0, rh[2]])
+
+    def on_head(x: float, z: float) -> np.ndarray:
+        # Face points lie on the front of the head ellipsoid so the depth test sees them.
+        y = rh[1] * math.sqrt(max(0.0, 1.0 - (x / rh[0]) ** 2 - (z / rh[2]) ** 2))
+        return hc + r_head @ np.array([x, y, z])
+
+    j["nose"] = on_head(0.0, -0.01 * rh[2] / 0.115) + r_head @ np.array([0.0, 0.016, 0.0])
+    for side in ("r", "l"):
+        j[f"{side}_eye"] = on_head(sign[side] * 0.032 * rh[0] / 0.075, 0.022 * rh[2] / 0.115)
+        j[f"{side}_ear"] = hc + r_head @ np.array([sign[side] * rh[0], -0.006, 0.0])
+    return j
+
+
+def _lowest_point(rig: dict, j: dict[str, np.ndarray]) -> float:
+    r = rig["radii_m"]
+    probes = [("r_knee", r["thigh"]), ("l_knee", r["thigh"]), ("r_hand", r["hand"]), ("l_hand", r["hand"])]
+    low = min(float(j[n][2]) - rad for n, rad in probes)
+    for s in ("r", "l"):
+        centre, rot, radii = _foot_spheroid(j[f"{s}_heel"], j[f"{s}_toe"], r["foot"])
+        # Lowest point of an ellipsoid: centre minus its support distance along -z.
+        low = min(low, float(centre[2] - np.linalg.norm(rot[2, :] * np.asarray(radii))))
+    return low
+
+
+def _foot_spheroid(heel: np.ndarray, toe: np.ndarray, r: float) -> tuple:
+    """Shoe as a spheroid along heel->toe; its top slopes down from the instep like a real foot.
+
+    Equal radii across the axis make its roll irrelevant, so any perpendicular frame works.
+    """
+    axis = toe - heel
+    half = 0.5 * float(np.linalg.norm(axis)) + 0.02
+    y = axis / np.linalg.norm(axis)
+    helper = np.array([1.0, 0.0, 0.0]) if abs(y[0]) < 0.9 else np.array([0.0, 0.0, 1.0])
+    x = np.cross(y, helper)
+    x /= np.linalg.norm(x)
+    rot = np.stack([x, y, np.cross(x, y)], axis=1)
+    return 0.5 * (heel + toe), rot, (r, half, r)
+
+
+def make_pose(pose_set: str, rig: str, seed: int, index: int) -> Pose:
+    if pose_set not in POSE_SETS:
+        raise ValueError(f"unknown pose_set {pose_set!r}; allowed: {', '.join(POSE_SETS)}")
+    if rig not in RIGS:
+        raise ValueError(f"unknown rig {rig!r}; allowed: {', '.join(sorted(RIGS))}")
+    spec = RIGS[rig]
+    if pose_set == "random-pose":
+        phase = 0.0
+        angles = _random_angles(np.random.default_rng((int(seed), int(index))))
+    else:
+        # The seed picks a gait "style" and a starting phase; index walks along the cycle.
+        rng = np.random.default_rng((int(seed), POSE_SETS.index(pose_set), 0x5EED))
+        style = {"phase0": rng.uniform(0, 1), "stride": rng.uniform(0.85, 1.15),
+                 "arm": rng.uniform(0.8, 1.2), "lean": rng.uniform(-2, 2),
+                 "head_yaw": rng.uniform(-12, 12), "head_pitch": rng.uniform(-4, 8)}
+        phase = float((style["phase0"] + index / _FRAMES_PER_CYCLE[pose_set]) % 1.0)
+        angles = _cycle_angles(pose_set, phase, style)
+    angles = _clamp_to_limits(angles)
+
+    body = _skeleton(spec, angles)
+    # Body frame (x right, y forward, z up) -> world: the figure faces -Y, its right is -X.
+    to_world = _rz(angles["root_yaw"]) @ np.diag([-1.0, -1.0, 1.0])
+    lift = -_lowest_point(spec, body)
+    joints = {n: to_world @ p + np.array([0.0, 0.0, lift]) for n, p in body.items()}
+    return Pose(pose_set=pose_set, rig=rig, phase=phase, joint_angles_deg=angles, joints_world=joints)
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+@dataclass
+class Render:
+    rgb: np.ndarray
+    pose_map: np.ndarray
+    depth: np.ndarray
+    normal: np.ndarray
+    seg: np.ndarray
+    keypoints_2d: np.ndarray
+    keypoints_cam: np.ndarray
+    bbox: tuple[float, float, float, float]
+    visible_fraction: float
+    depth_near_m: float
+    depth_far_m: float
+
+
+_SKY, _FLOOR, _SKIN, _HAIR, _SHIRT, _TROUSERS, _SHOES = range(7)
+_FLOOR_HALF_M = 4.0
+_NEAR_CLIP_M = 0.01
+_KP_TOL_M = 0.02
+_LIGHT_CAM = np.array([-0.45, -0.65, -0.6]) / np.linalg.norm([-0.45, -0.65, -0.6])
+
+
+def _frame(x_hint: np.ndarray, z_hint: np.ndarray) -> np.ndarray:
+    """Orthonormal rotation whose columns are (x, y, z) with z along z_hint."""
+    z = z_hint / np.linalg.norm(z_hint)
+    x = x_hint - z * (x_hint @ z)
+    x /= np.linalg.norm(x)
+    return np.stack([x, np.cross(z, x), z], axis=1)
+
+
+def _primitives(pose: Pose) -> list[tuple]:
+    """Body as ('cap', A, B, r, mat) and ('ell', centre, rotation, radii, mat), world frame."""
+    rig = RIGS[pose.rig]
+    R = rig["radii_m"]
+    j = pose.joints_world
+    across = j["l_hip"] - j["r_hip"]  # world direction of the figure's left
+    up_pelvis = np.array([0.0, 0.0, 1.0])
+    pelvis_frame = _frame(across, up_pelvis)
+    chest_frame = _frame(j["l_shoulder"] - j["r_shoulder"], j["neck"] - j["spine_base"])
+    head_frame = _frame(j["l_ear"] - j["r_ear"], j["head_top"] - j["head_center"])
+    # _frame builds (x, z cross x, z); with x = figure-left the y column points backwards,
+    # which is irrelevant for symmetric radii but matters for the hair offset below.
+    back = head_frame[:, 1]
+    prims: list[tuple] = [
+        ("ell", j["pelvis"] + up_pelvis * 0.03, pelvis_frame, R["pelvis"], _TROUSERS),
+        ("cap", j["pelvis"] + up_pelvis * 0.05, j["chest"], R["abdomen"], _SHIRT),
+        ("ell", j["chest"], chest_frame, R["chest"], _SHIRT),
+        ("cap", j["r_shoulder"], j["l_shoulder"], R["shoulder_bar"], _SHIRT),
+        ("cap", j["neck"], j["neck_top"], R["neck"], _SKIN),
+        ("ell", j["head_center"], head_frame, R["head"], _SKIN),
+        ("ell", j["head_center"] + 0.012 * back + 0.018 * head_frame[:, 2], head_frame,
+         (R["head"][0] * 1.055, R["head"][1] * 0.97, R["head"][2] * 0.975), _HAIR),
+        ("ell", j["nose"] - 0.004 * (j["nose"] - j["head_center"]) / np.linalg.norm(j["nose"] - j["head_center"]),
+         np.eye(3), (0.016, 0.016, 0.016), _SKIN),
+    ]
+    for s in ("r", "l"):
+        prims += [
+            ("cap", j[f"{s}_shoulder"], j[f"{s}_elbow"], R["upper_arm"], _SHIRT),
+            ("cap", j[f"{s}_elbow"], j[f"{s}_wrist"], R["forearm"], _SKIN),
+            ("cap", j[f"{s}_wrist"], j[f"{s}_hand"], R["hand"], _SKIN),
+            ("cap", j[f"{s}_hip"], j[f"{s}_knee"], R["thigh"], _TROUSERS),
+            ("cap", j[f"{s}_knee"], j[f"{s}_ankle"], R["shank"], _TROUSERS),
+            ("ell",) + _foot_spheroid(j[f"{s}_heel"], j[f"{s}_toe"], R["foot"]) + (_SHOES,),
+        ]
+    return prims
+
+
+def _embed_depth(rig: dict) -> np.ndarray:
+    R = rig["radii_m"]
+    per = {"nose": 0.0, "r_eye": 0.0, "l_eye": 0.0, "r_ear": 0.03, "l_ear": 0.03,
+           "neck": R["chest"][1], "r_shoulder": R["shoulder_bar"] + 0.01, "l_shoulder": R["shoulder_bar"] + 0.01,
+           "r_elbow": R["upper_arm"], "l_elbow": R["upper_arm"], "r_wrist": R["forearm"], "l_wrist": R["forearm"],
+           "r_hip": R["pelvis"][1], "l_hip": R["pelvis"][1], "r_knee": R["thigh"], "l_knee": R["thigh"],
+           "r_ankle": R["shank"], "l_ankle": R["shank"]}
+    return np.array([per[n] for n in COCO18_JOINTS])
+
+
+def _screen_box(corners_cam: np.ndarray, k: np.ndarray, w: int, h: int) -> tuple[int, int, int, int] | None:
+    z = corners_cam[:, 2]
+    if np.all(z <= _NEAR_CLIP_M):
+        return None
+    if np.any(z <= _NEAR_CLIP_M):
+        return 0, h, 0, w  # straddles the camera plane: projection is unbounded
+    u = k[0, 0] * corners_cam[:, 0] / z + k[0, 2]
+    v = k[1, 1] * corners_cam[:, 1] / z + k[1, 2]
+    c0, c1 = max(0, int(math.floor(u.min())) - 1), min(w, int(math.ceil(u.max())) + 1)
+    r0, r1 = max(0, int(math.floor(v.min())) - 1), min(h, int(math.ceil(v.max())) + 1)
+    if c0 >= c1 or r0 >= r1:
+        return None
+    return r0, r1, c0, c1
+
+
+def _box_corners(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    return np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+
+
+def _hit_capsule(dx, dy, A, B, r):
+    """Ray o=0, d=(dx,dy,1) against a capsule; returns t (= camera z) and hit mask.
+
+    t is the ray parameter with an unnormalised direction whose z is 1, so t is the
+    camera-space depth directly.
+    """
+    ba = B - A
+    oa = -A
+    baba = ba @ ba
+    if baba < 1e-12:
+        return _hit_sphere(dx, dy, A, r)
+    baoa, oaoa = ba @ oa, oa @ oa
+    bard = ba[0] * dx + ba[1] * dy + ba[2]
+    rdoa = oa[0] * dx + oa[1] * dy + oa[2]
+    rdrd = dx * dx + dy * dy + 1.0
+    a = baba * rdrd - bard * bard
+    b = baba * rdoa - baoa * bard
+    c = baba * oaoa - baoa * baoa - r * r * baba
+    h = b * b - a * c
+    hit = h >= 0.0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        t = (-b - np.sqrt(np.where(hit, h, 0.0))) / a
+        y = baoa + t * bard
+        body = hit & (y > 0.0) & (y < baba)
+        # Outside the cylinder span the first hit can only be the end sphere on that side.
+        cap_a = y <= 0.0
+        cx = np.where(cap_a, A[0], B[0])
+        cy = np.where(cap_a, A[1], B[1])
+        cz = np.where(cap_a, A[2], B[2])
+        bc = -(dx * cx + dy * cy + cz)
+        cc = cx * cx + cy * cy + cz * cz - r * r
+        hc = bc * bc - rdrd * cc
+        tc = (-bc - np.sqrt(np.where(hc >= 0.0, hc, 0.0))) / rdrd
+    t = np.where(body, t, np.where(hit & (hc >= 0.0), tc, np.inf))
+    return t
+
+
+def _hit_sphere(dx, dy, C, r):
+    rdrd = dx * dx + dy * dy + 1.0
+    b = -(dx * C[0] + dy * C[1] + C[2])
+    c = C @ C - r * r
+    h = b * b - rdrd * c
+    with np.errstate(invalid="ignore"):
+        t = (-b - np.sqrt(np.where(h >= 0, h, 0.0))) / rdrd
+    return np.where(h >= 0, t, np.inf)
+
+
+def _hit_ellipsoid(dx, dy, C, Rot, radii):
+    M = (Rot.T / np.asarray(radii)[:, None])  # world->unit-sphere space
+    ol = M @ (-C)
+    dlx = M[0, 0] * dx + M[0, 1] * dy + M[0, 2]
+    dly = M[1, 0] * dx + M[1, 1] * dy + M[1, 2]
+    dlz = M[2, 0] * dx + M[2, 1] * dy + M[2, 2]
+    a = dlx * dlx + dly * dly + dlz * dlz
+    b = ol[0] * dlx + ol[1] * dly + ol[2] * dlz
+    c = ol @ ol - 1.0
+    h = b * b - a * c
+    with np.errstate(invalid="ignore"):
+        t = (-b - np.sqrt(np.where(h >= 0, h, 0.0))) / a
+    return np.where(h >= 0, t, np.inf)
+
+
+def _normals_capsule(p, A, B):
+    ba = B - A
+    baba = ba @ ba
+    s = np.clip(((p - A) @ ba) / baba, 0.0, 1.0) if baba > 1e-12 else np.zeros(len(p))
+    n = p - A - s[:, None] * ba
+    return n
+
+
+def _normals_ellipsoid(p, C, Rot, radii):
+    local = (p - C) @ Rot  # coordinates along the ellipsoid axes
+    return (local / np.asarray(radii) ** 2) @ Rot.T
+
+
+def render(pose: Pose, camera: Camera) -> Render:
+    W, H = int(camera.width), int(camera.height)
+    k = camera.K()
+    Rw, tw = camera.R_w2c(), camera.t_w2c()
+    cam_pos = camera.position()
+    dx_row = (np.arange(W) + 0.5 - k[0, 2]) / k[0, 0]
+    dy_col = (np.arange(H) + 0.5 - k[1, 2]) / k[1, 1]
+
+    zbuf = np.full((H, W), np.inf)
+    nbuf = np.zeros((H, W, 3))
+    mat = np.zeros((H, W), dtype=np.uint8)
+
+    # Floor: one plane for the whole image. World ray direction = Rw.T @ (dx, dy, 1).
+    DX, DY = np.meshgrid(dx_row, dy_col)
+    dwx = Rw[0, 0] * DX + Rw[1, 0] * DY + Rw[2, 0]
+    dwy = Rw[0, 1] * DX + Rw[1, 1] * DY + Rw[2, 1]
+    dwz = Rw[0, 2] * DX + Rw[1, 2] * DY + Rw[2, 2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tf = -cam_pos[2] / dwz
+    fx_w = cam_pos[0] + tf * dwx
+    fy_w = cam_pos[1] + tf * dwy
+    on_floor = (tf > _NEAR_CLIP_M) & (np.abs(fx_w) <= _FLOOR_HALF_M) & (np.abs(fy_w) <= _FLOOR_HALF_M)
+    zbuf[on_floor] = tf[on_floor]
+    n_floor = Rw @ np.array([0.0, 0.0, 1.0 if cam_pos[2] >= 0 else -1.0])
+    nbuf[on_floor] = n_floor
+    mat[on_floor] = _FLOOR
+
+    for prim in _primitives(pose):
+        kind = prim[0]
+        if kind == "cap":
+            _, A, B, r, m = prim
+            Ac, Bc = Rw @ A + tw, Rw @ B + tw
+            lo, hi = np.minimum(Ac, Bc) - r, np.maximum(Ac, Bc) + r
+        else:
+            _, C, Rot, radii, m = prim
+            Cc, Rc = Rw @ C + tw, Rw @ Rot
+            ext = np.abs(Rc) @ np.asarray(radii)  # half-extent of the rotated ellipsoid's AABB
+            lo, hi = Cc - ext, Cc + ext
+        box = _screen_box(_box_corners(lo, hi), k, W, H)
+        if box is None:
+            continue
+        r0, r1, c0, c1 = box
+        dx = dx_row[None, c0:c1]
+        dy = dy_col[r0:r1, None]
+        dx, dy = np.broadcast_arrays(dx, dy)
+        if kind == "cap":
+            t = _hit_capsule(dx, dy, Ac, Bc, r)
+        else:
+            t = _hit_ellipsoid(dx, dy, Cc, Rc, radii)
+        zsub = zbuf[r0:r1, c0:c1]
+        win = (t > _NEAR_CLIP_M) & (t < zsub)
+        if not win.any():
+            continue
+        p = np.stack([dx[win], dy[win], np.ones(int(win.sum()))], axis=1) * t[win][:, None]
+        n = _normals_capsule(p, Ac, Bc) if kind == "cap" else _normals_ellipsoid(p, Cc, Rc, radii)
+        zsub[win] = t[win]
+        nbuf[r0:r1, c0:c1][win] = n / np.linalg.norm(n, axis=1, keepdims=True)
+        mat[r0:r1, c0:c1][win] = m
+
+    geom = np.isfinite(zbuf)
+    person = mat >= _SKIN
+
+    # ---- depth
+    if geom.any():
+        zmin, zmax = float(zbuf[geom].min()), float(zbuf[geom].max())
+        near = math.floor(zmin * 10.0) / 10.0
+        far = math.ceil(zmax * 10.0) / 10.0 + 0.1
+        near = max(near, 0.0)
+    else:
+        near, far = 0.0, 1.0
+    d8 = np.zeros((H, W), dtype=np.uint8)
+    d8[geom] = np.clip(np.rint(255.0 * (far - zbuf[geom]) / (far - near)), 0, 255).astype(np.uint8)
+    depth = np.repeat(d8[:, :, None], 3, axis=2)
+
+    # ---- normal: ControlNet 1.1 "red left, green top, blue front" from OpenCV camera axes
+    enc = np.empty((H, W, 3))
+    enc[..., 0] = -nbuf[..., 0]
+    enc[..., 1] = -nbuf[..., 1]
+    enc[..., 2] = -nbuf[..., 2]
+    enc[~geom] = (0.0, 0.0, 1.0)
+    normal = np.clip(np.rint((enc + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+    # ---- seg
+    seg = np.empty((H, W, 3), dtype=np.uint8)
+    seg[:] = SEG_PALETTE["sky"]
+    seg[mat == _FLOOR] = SEG_PALETTE["floor"]
+    seg[person] = SEG_PALETTE["person"]
+
+    # ---- rgb
+    rgb = _shade(pose, mat, nbuf, geom, fx_w, fy_w, dwz / np.sqrt(dwx**2 + dwy**2 + dwz**2))
+
+    # ---- keypoints
+    kp_world = np.stack([pose.joints_world[n] for n in COCO18_JOINTS])
+    kp_cam = kp_world @ Rw.T + tw
+    uv, z = camera.project(kp_world)
+    kp2d = np.zeros((18, 3))
+    embed = _embed_depth(RIGS[pose.rig])
+    for i in range(18):
+        u, v = uv[i]
+        if not (z[i] > _NEAR_CLIP_M and 0.0 <= u < W and 0.0 <= v < H):
+            continue
+        surface = zbuf[int(v), int(u)]
+        vis = 2 if z[i] <= surface + embed[i] + _KP_TOL_M else 1
+        kp2d[i] = (u, v, vis)
+
+    if person.any():
+        rows, cols = np.nonzero(person)
+        bbox = (float(cols.min()), float(rows.min()),
+                float(cols.max() - cols.min() + 1), float(rows.max() - rows.min() + 1))
+    else:
+        bbox = (0.0, 0.0, 0.0, 0.0)
+
+    return Render(
+        rgb=rgb, pose_map=draw_openpose(kp2d, W, H), depth=depth, normal=normal, seg=seg,
+        keypoints_2d=kp2d, keypoints_cam=kp_cam, bbox=bbox,
+        visible_fraction=float(np.mean(kp2d[:, 2] == 2)), depth_near_m=float(near), depth_far_m=float(far),
+    )
+
+
+def _shade(pose: Pose, mat, nbuf, geom, fx_w, fy_w, up_component) -> np.ndarray:
+    colors = RIGS[pose.rig]["colors"]
+    H, W = mat.shape
+    base = np.zeros((H, W, 3))
+    # Light rides with the camera (key light above-left) so every view is readable.
+    lam = np.clip(nbuf @ _LIGHT_CAM, 0.0, 1.0)
+    shade = 0.32 + 0.68 * lam
+    for m, name in ((_SKIN, "skin"), (_HAIR, "hair"), (_SHIRT, "shirt"), (_TROUSERS, "trousers"), (_SHOES, "shoes")):
+        base[mat == m] = colors[name]
+
+    fl = mat == _FLOOR
+    if fl.any():
+        x, y = fx_w[fl], fy_w[fl]
+        checker = (np.floor(x / 0.5) + np.floor(y / 0.5)) % 2
+        c = np.where(checker[:, None] > 0, np.array([168.0, 164.0, 156.0]), np.array([128.0, 124.0, 118.0]))
+        # Blob shadows ground the figure; no real shadow rays are cast.
+        j = pose.joints_world
+        occl = np.ones_like(x)
+        for name, sigma, strength in (("pelvis", 0.32, 0.45), ("r_ankle", 0.12, 0.5), ("l_ankle", 0.12, 0.5)):
+            px, py, pz = j[name]
+            fade = math.exp(-max(pz - 0.08, 0.0) / 0.4) if name != "pelvis" else 1.0
+            occl *= 1.0 - strength * fade * np.exp(-((x - px) ** 2 + (y - py) ** 2) / (2 * sigma**2))
+        edge = np.clip((_FLOOR_HALF_M - np.maximum(np.abs(x), np.abs(y))) / 1.5, 0.0, 1.0)
+        base[fl] = c * (0.55 + 0.45 * edge[:, None]) * occl[:, None]
+        shade[fl] = 0.75 + 0.25 * lam[fl]
+
+    out = base * shade[..., None]
+    sky = ~geom
+    if sky.any():
+        s = np.clip(up_component[sky], 0.0, 1.0) ** 0.6
+        horizon, zenith = np.array([214.0, 222.0, 232.0]), np.array([92.0, 140.0, 204.0])
+        out[sky] = horizon + (zenith - horizon) * s[:, None]
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- OpenPose
+
+
+def _ellipse2poly(center: tuple[int, int], axes: tuple[int, int], angle: int,
+                  arc_start: int = 0, arc_end: int = 360, delta: int = 1) -> np.ndarray:
+    """numpy port of cv2.ellipse2Poly (integer overload), including its rounding and dedup."""
+    while angle < 0:
+        angle += 360
+    while angle > 360:
+        angle -= 360
+    if arc_start > arc_end:
+        arc_start, arc_end = arc_end, arc_start
+    while arc_start < 0:
+        arc_start += 360
+        arc_end += 360
+    while arc_end > 360:
+        arc_end -= 360
+        arc_start -= 360
+    if arc_end - arc_start > 360:
+        arc_start, arc_end = 0, 360
+    alpha, beta = math.cos(math.radians(angle)), math.sin(math.radians(angle))
+    ang = np.minimum(np.arange(arc_start, arc_end + delta, delta), arc_end)
+    ang = np.where(ang < 0, ang + 360, ang)
+    rad = np.radians(ang.astype(float))
+    x = axes[0] * np.cos(rad)
+    y = axes[1] * np.sin(rad)
+    px = np.rint(center[0] + x * alpha - y * beta).astype(np.int64)  # cvRound = round half to even
+    py = np.rint(center[1] + x * beta + y * alpha).astype(np.int64)
+    pts = np.stack([px, py], axis=1)
+    keep = np.ones(len(pts), dtype=bool)
+    keep[1:] = np.any(pts[1:] != pts[:-1], axis=1)
+    pts = pts[keep]
+    if len(pts) == 1:
+        pts = np.array([center, center], dtype=np.int64)
+    return pts
+
+
+def draw_openpose(keypoints_2d: np.ndarray, width: int, height: int, stickwidth: int = 4) -> np.ndarray:
+    """ControlNet / controlnet_aux ``draw_bodypose`` on a black canvas (pixel coordinates)."""
+    kp = np.asarray(keypoints_2d, dtype=float).reshape(-1, 3)
+    img = Image.new("RGB", (int(width), int(height)), (0, 0, 0))
+    draw = ImageDraw.Draw(img)
+    for (a, b), color in zip(OPENPOSE_LIMBS, OPENPOSE_COLORS):
+        p1, p2 = kp[a - 1], kp[b - 1]
+        if p1[2] <= 0 or p2[2] <= 0:
+            continue
+        # Same variable juggling as the annotator: X holds y values, Y holds x values.
+        Y = np.array([p1[0], p2[0]])
+        X = np.array([p1[1], p2[1]])
+        mX, mY = float(np.mean(X)), float(np.mean(Y))
+        length = float(((X[0] - X[1]) ** 2 + (Y[0] - Y[1]) ** 2) ** 0.5)
+        angle = math.degrees(math.atan2(X[0] - X[1], Y[0] - Y[1]))
+        poly = _ellipse2poly((int(mY), int(mX)), (int(length / 2), int(stickwidth)), int(angle), 0, 360, 1)
+        fill = tuple(int(float(c) * 0.6) for c in color)
+        draw.polygon([tuple(map(int, p)) for p in poly], fill=fill)
+    canvas = np.asarray(img).copy()
+    H, W = canvas.shape[:2]
+    radius = 4
+    yy, xx = np.mgrid[-radius:radius + 1, -radius:radius + 1]
+    # Shape of cv2.circle(radius=4, thickness=-1): the midpoint-circle disc, d^2 <= r(r+1).
+    disc = xx * xx + yy * yy <= radius * (radius + 1)
+    for p, color in zip(kp, OPENPOSE_COLORS):
+        if p[2] <= 0:
+            continue
+        cx, cy = int(p[0]), int(p[1])
+        ys, xs = yy[disc] + cy, xx[disc] + cx
+        ok = (ys >= 0) & (ys < H) & (xs >= 0) & (xs < W)
+        canvas[ys[ok], xs[ok]] = color
+    return canvas
+
+
+def openpose_json(keypoints_2d: np.ndarray, width: int, height: int) -> dict:
+    kp = np.asarray(keypoints_2d, dtype=float).reshape(-1, 3)
+    flat: list[float] = []
+    for x, y, v in kp:
+        flat += [round(float(x), 2), round(float(y), 2), 1.0] if v > 0 else [0.0, 0.0, 0.0]
+    return {
+        "people": [{
+            "pose_keypoints_2d": flat,
+            "face_keypoints_2d": None,
+            "hand_left_keypoints_2d": None,
+            "hand_right_keypoints_2d": None,
+        }],
+        "canvas_width": int(width),
+        "canvas_height": int(height),
+    }

@@ -1,0 +1,76 @@
+"""The README is the manual: its set-up commands, command reference and examples must stay true."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+from conftest import REPO, run_script
+from pose_factory.cli import build_parser
+
+README = (REPO / "README.md").read_text()
+
+
+def test_quick_start_has_exactly_the_two_commands_and_ci_runs_the_test_one():
+    quick_start = README.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```sh\n(.*?)```", quick_start, re.S).group(1)
+    commands = [line.split("#")[0].strip() for line in block.splitlines() if line.strip()]
+    assert commands == ["make demo", "make test"]
+    ci = (REPO / ".ci" / "run").read_text()
+    assert "\nmake test\n" in ci
+
+
+def test_every_command_is_in_the_reference_and_every_documented_option_exists():
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if a.dest == "command").choices
+    reference = README.split("## Command reference", 1)[1].split("\n## ", 1)[0]
+    for name, sub in subparsers.items():
+        assert f"`pose-sync {name}" in reference, f"{name} is not in the README command reference"
+        options = {opt for action in sub._actions for opt in action.option_strings}
+        row = next(line for line in reference.splitlines() if line.startswith(f"| `pose-sync {name}"))
+        for documented in re.findall(r"(--[a-z][a-z-]*)", row):
+            assert documented in options, f"README documents {documented} for {name}, which does not exist"
+
+
+def test_make_help_lists_the_documented_targets():
+    result = subprocess.run(["make", "-s", "help"], cwd=REPO, capture_output=True, text=True, check=True)
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", result.stdout)
+    for target in ("setup", "demo", "test", "s3-local"):
+        assert re.search(rf"^\s+{target}\s+\S", plain, re.M), target
+        assert f"make {target}" in README or target == "setup"
+
+
+def test_readme_example_commands_run(project, tmp_path):
+    example = README.split("Example:", 1)[1]
+    block = re.search(r"```sh\n(.*?)```", example, re.S).group(1)
+    lines = [line for line in block.splitlines() if line.startswith("pose-sync ")]
+    assert len(lines) == 3
+    generate = lines[0].split()[1:]
+    generate[generate.index("--samples") + 1] = "2"  # same command, smaller: the suite stays fast
+    generate[generate.index("--size") + 1] = "64x64"
+    made = run_script([*generate, "-q"], cwd=project.root)
+    assert made.returncode == 0, made.stderr
+    batch_id = made.stdout.strip()
+    publish = [part.replace("2026-11-28_run-cycle", batch_id) for part in lines[1].split()[1:]]
+    assert run_script(publish, cwd=project.root).returncode == 0
+    listing = run_script(lines[2].split()[1:], cwd=project.root)
+    assert listing.returncode == 0
+    assert [b["batch_id"] for b in json.loads(listing.stdout)["batches"]] == [batch_id]
+
+
+def test_demo_runs_on_the_embedded_default_even_with_r2_credentials_set(project):
+    env = {"CLOUDFLARE_R2_ACCESS_KEY_ID": "AKIAREALLOOKINGKEY01", "CLOUDFLARE_R2_SECRET_ACCESS_KEY": "real-secret-x",
+           "CLOUDFLARE_R2_ACCOUNT_ID": "deadbeef", "POSE_FACTORY_ROOT": str(project.root)}
+    import os
+
+    result = subprocess.run([sys.executable, "-m", "pose_factory.demo", "--samples", "2", "--size", "64x64"],
+                            cwd=project.root, env={**os.environ, **env}, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "2 batch(es) in local folder" in result.stdout and "2 complete" in result.stdout
+    assert "real-secret-x" not in result.stdout + result.stderr
+    published = sorted(p.name for p in (project.bucket_dir / "pose-factory" / "batches").iterdir())
+    assert [name.split("_", 1)[1] for name in published] == ["run-cycle", "walk-cycle"]
+    assert project.files_outside_data() == []
