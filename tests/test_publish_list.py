@@ -254,3 +254,25 @@ def test_script_entry_point_matches_the_console_script(backend, batch, cli, proj
     result = run_script(["list", "--json"], cwd=project.root)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == json.loads(cli("list", "--json").out)
+
+
+def test_repairing_a_damaged_published_batch_unmarks_it_first(project, batch, cli, monkeypatch):
+    monkeypatch.setenv("POSE_FACTORY_BACKEND", "local")
+    assert cli("publish", batch, "-q").code == 0
+    storage = open_storage(load_settings())
+    storage.delete(f"batches/{BATCH_ID}/seg/000001.png")
+
+    def die(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(LocalFolderStorage, "upload_file", die)
+    with pytest.raises(KeyboardInterrupt):
+        publish_batch(storage, load_settings(), batch)
+    [entry] = listed(cli)
+    assert entry["status"] == "uploading", "a batch missing a file must not stay marked complete"
+    monkeypatch.undo()
+    monkeypatch.setenv("POSE_FACTORY_ROOT", str(project.root))
+    monkeypatch.setenv("POSE_FACTORY_BACKEND", "local")
+    report = json.loads(cli("publish", batch, "--json").out)
+    assert report["uploaded"] == 1 and report["skipped"] == 27
+    assert listed(cli)[0]["status"] == "complete"

@@ -12,7 +12,7 @@ import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,11 @@ def utc_now() -> str:
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
     moment = datetime.fromtimestamp(int(epoch), timezone.utc) if epoch else datetime.now(timezone.utc)
     return moment.replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def utc_today() -> date:
+    """Today's date in UTC (SOURCE_DATE_EPOCH pins it too)."""
+    return datetime.fromisoformat(utc_now().replace("Z", "+00:00")).date()
 
 
 def dumps(document: Any) -> bytes:

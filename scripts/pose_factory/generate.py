@@ -78,7 +78,8 @@ def batch_id_for(job: dict[str, Any], settings: Settings, on: date | None = None
     """The batch id from the naming convention (date + project), unless the job names one."""
     if job.get("batch_id"):
         return job["batch_id"]
-    day = (on or date.today()).strftime(settings.date_format)
+    # The UTC day, the same clock as the manifest's created_at, so the two never disagree near midnight.
+    day = (on or contract.utc_today()).strftime(settings.date_format)
     return settings.batch_pattern.format(date=day, project=job["project"])
 
 
@@ -109,7 +110,7 @@ def _render_sample(task: _SampleTask) -> dict[str, Any]:
     job = task.job
     views = camera_views(job)
     view_index = task.index % len(views)
-    frame = task.index // len(views)
+    frame = (task.index // len(views)) * job["poses"].get("frame_step", 1)
     azimuth, elevation, distance = views[view_index]
     width, height = job["image"]["width"], job["image"]["height"]
     camera = figure.Camera(azimuth_deg=azimuth, elevation_deg=elevation, distance_m=distance,
@@ -141,6 +142,7 @@ def _render_sample(task: _SampleTask) -> dict[str, Any]:
             "K": _rounded(camera.K()), "R_w2c": _rounded(camera.R_w2c()), "t_w2c": _rounded(camera.t_w2c()),
             "azimuth_deg": float(azimuth), "elevation_deg": float(elevation), "distance_m": float(distance),
             "focal_length_mm": float(job["cameras"]["focal_length_mm"]), "view_index": view_index,
+            "target": [float(v) for v in camera.target],
         },
         "pose": {"set": pose.pose_set, "rig": pose.rig, "frame": frame, "phase": round(float(pose.phase), 6),
                  "joint_angles_deg": {k: round(float(v), 4) for k, v in sorted(pose.joint_angles_deg.items())}},
@@ -171,7 +173,7 @@ def _conventions() -> dict[str, Any]:
         "depth": {"encoding": "linear-normalised-per-sample", "bit_depth": 8, "channels": 3, "near": "white",
                   "background": 0},
         "normal": {"space": "camera", "encoding": "rgb=(n+1)/2*255", "red": "left", "green": "up",
-                   "blue": "towards-camera"},
+                   "blue": "towards-camera", "background": [128, 128, 255]},
         "segmentation": {"palette": "ade20k", "labels": {k: list(v) for k, v in figure.SEG_PALETTE.items()}},
         "camera": {"frame": "opencv", "world_frame": "z-up-right-handed", "units": "metres",
                    "extrinsics": "world-to-camera"},

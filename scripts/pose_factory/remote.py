@@ -81,14 +81,17 @@ def publish_batch(storage: Storage, settings: Settings, batch_dir: Path, *, prog
         existing_marker = None
 
     wanted = {prefix + rel: (rel, *digests[rel]) for rel in digests}
+    to_upload = [(key, rel, size, sha) for key, (rel, size, sha, md5) in wanted.items()
+                 if not _same_object(storage, remote.get(key), size, sha, md5)]
+    stale = sorted(k for k in remote if k not in wanted and k not in (manifest_key, marker_key))
+    if existing_marker and (to_upload or stale):
+        # Same manifest but damaged or missing objects: un-mark while repairing.
+        storage.delete(marker_key)
+        existing_marker = None
     manifest_md5 = hashlib.md5(manifest_bytes, usedforsecurity=False).hexdigest()
     if not _same_object(storage, remote.get(manifest_key), len(manifest_bytes), marker["manifest_sha256"],
                         manifest_md5):
         storage.put_bytes(manifest_key, manifest_bytes)
-
-    to_upload = [(key, rel, size, sha) for key, (rel, size, sha, md5) in wanted.items()
-                 if not _same_object(storage, remote.get(key), size, sha, md5)]
-    stale = sorted(k for k in remote if k not in wanted and k not in (manifest_key, marker_key))
     total_bytes = sum(size for _, _, size, _ in to_upload)
     with progress.task(f"publish {batch_id}", total_bytes, "bytes") as bar:
         def upload(item: tuple[str, str, int, str]) -> None:
