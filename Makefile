@@ -17,6 +17,8 @@ $(VENV_STAMP): requirements.lock pyproject.toml
 	@test -x $(VENV_PY) || $(PYTHON) -m venv $(VENV)
 	$(VENV_PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements.lock
 	$(VENV_PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	# Plain `dvc` in this virtualenv then talks to R2 correctly (checksum settings, credentials from .env).
+	$(VENV_PY) -m pose_factory.envhook install
 	@touch $@
 
 setup: $(VENV_STAMP) ## Create scripts/.venv with the pinned versions from requirements.lock

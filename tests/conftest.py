@@ -25,7 +25,7 @@ TEST_ACCESS_KEY = "test-access-key-0001"
 TEST_SECRET_KEY = "test-secret-key-do-not-leak-0123456789"
 ENV_NAMES = ("CLOUDFLARE_R2_ACCESS_KEY_ID", "CLOUDFLARE_R2_SECRET_ACCESS_KEY", "CLOUDFLARE_R2_ACCOUNT_ID",
              "POSE_FACTORY_R2_BUCKET", "POSE_FACTORY_R2_ENDPOINT", "POSE_FACTORY_CONFIG", "POSE_FACTORY_BACKEND",
-             "POSE_FACTORY_ROOT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE")
+             "POSE_FACTORY_ROOT", "POSE_FACTORY_DVC_LOCAL_REMOTE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE")
 
 
 @pytest.fixture(scope="session")
@@ -44,6 +44,7 @@ def clean_environment(monkeypatch, tmp_path):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("DVC_SITE_CACHE_DIR", str(tmp_path / "dvc-site-cache"))
     monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
+    monkeypatch.setenv("POSE_FACTORY_DVC_LOCAL_REMOTE", str(tmp_path / "dvc-local-remote"))
 
 
 @dataclass
@@ -51,15 +52,23 @@ class Project:
     """A fresh dataset project folder with the layout the tool expects."""
 
     root: Path
+    baseline: frozenset = frozenset()
+
+    def _files(self) -> set[str]:
+        return {p.relative_to(self.root).as_posix() for p in self.root.rglob("*")
+                if p.is_file() and p.relative_to(self.root).parts[0] not in ("data", "config", ".dvc", ".git")}
+
+    def snapshot(self) -> None:
+        """Remember the files that exist now, so later checks see only what the tool added."""
+        self.baseline = frozenset(self._files())
 
     @property
     def bucket_dir(self) -> Path:
         return self.root / "data" / "local-bucket"
 
     def files_outside_data(self) -> list[str]:
-        """Every file the tool wrote outside data/ (there should be none beyond what the test made)."""
-        return sorted(p.relative_to(self.root).as_posix() for p in self.root.rglob("*")
-                      if p.is_file() and p.relative_to(self.root).parts[0] not in ("data", "config", ".dvc"))
+        """Files that appeared outside data/ (and git's and DVC's own folders) since the snapshot."""
+        return sorted(self._files() - self.baseline)
 
 
 @pytest.fixture
@@ -160,3 +169,52 @@ def batch(template_batch, tmp_path) -> Path:
     dest = tmp_path / "pod" / template_batch.name
     shutil.copytree(template_batch, dest)
     return dest
+
+
+def git(root: Path, *args: str) -> str:
+    """Run real git in a test repository."""
+    return subprocess.run(["git", *args], cwd=root, check=True, capture_output=True, text=True).stdout
+
+
+def dvc(root: Path, *args: str, env: dict[str, str] | None = None, check: bool = True
+        ) -> subprocess.CompletedProcess:
+    """Run the virtualenv's real `dvc` executable, as a user would type it."""
+    dvc_binary = Path(sys.executable).with_name("dvc")
+    result = subprocess.run([str(dvc_binary), *args], cwd=root, capture_output=True, text=True,
+                            env={**os.environ, **(env or {})})
+    if check and result.returncode != 0:
+        raise AssertionError(f"dvc {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture
+def repo(project, backend, cli) -> Project:
+    """A dataset repository as a user has it: git + DVC, this project's .gitignore, `pose-sync init` done."""
+    root = project.root
+    shutil.rmtree(root / ".dvc")
+    shutil.copy(REPO / ".gitignore", root / ".gitignore")
+    (root / "params.yaml").write_text("# Parameters the DVC pipeline reads.\nbatches: []\n")
+    git(root, "init", "-q", "-b", "main")
+    git(root, "config", "user.email", "tester@example.invalid")
+    git(root, "config", "user.name", "Tester")
+    dvc(root, "init", "-q")
+    result = cli("init")
+    assert result.code == 0, result.err
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "dataset repository")
+    project.snapshot()
+    return project
+
+
+def publish_generated(tmp_path: Path, cli, batch_id: str, *, samples: int = 3, seed: int = 1,
+                      project: str = "run-cycle") -> Path:
+    """Generate a small batch like a pod and publish it to the current backend; return its folder."""
+    from pose_factory.generate import default_job, generate_batch
+    from pose_factory.settings import load_settings
+
+    job = default_job(project, samples, (48, 48), seed=seed)
+    made = generate_batch(job, tmp_path / f"pod-{seed}", load_settings(root=tmp_path), batch_id=batch_id,
+                          replace=True, workers=1)
+    result = cli("publish", made.batch_dir, "-q")
+    assert result.code == 0, result.err
+    return made.batch_dir

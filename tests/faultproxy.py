@@ -21,6 +21,7 @@ from xml.sax.saxutils import escape
 _COPY_SIZE = 64 * 1024
 _ERROR_CODES = {
     400: ("BadRequest", "Bad request (injected by FaultProxy)."),
+    401: ("Unauthorized", "Unauthorized (checksum headers refused, as R2 does)."),
     403: ("AccessDenied", "Access Denied (injected by FaultProxy)."),
     429: ("SlowDown", "Too many requests, please reduce your request rate (injected by FaultProxy)."),
     500: ("InternalError", "We encountered an internal error, please try again (injected by FaultProxy)."),
@@ -64,6 +65,10 @@ class FaultProxy:
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._connections: set[socket.socket] = set()
+        # Like Cloudflare R2 (see shared notes): refuse requests that carry botocore's default
+        # flexible-checksum headers, so a test proves a client really sends `when_required`.
+        self.reject_checksum_headers = False
+        self.checksum_rejections = 0
 
     # -- control --------------------------------------------------------------------------------
 
@@ -173,6 +178,15 @@ class _ProxyHandler(BaseHTTPRequestHandler):
 
     def _handle(self) -> None:
         method, path = self.command, self.path
+        if self.owner.reject_checksum_headers and any(
+                name.lower() in ("x-amz-trailer", "x-amz-sdk-checksum-algorithm")
+                or name.lower().startswith("x-amz-checksum-") for name in self.headers.keys()):
+            self._copy_request_body(None)
+            with self.owner._lock:
+                self.owner.checksum_rejections += 1
+            self.owner._record(method, path, "rejected checksum headers 401")
+            self._send_error_xml(401, path)
+            return
         rule = self.owner._decide(method, path)
         if rule is None:
             self._forward(method, path)

@@ -136,6 +136,145 @@ def cmd_config(args: argparse.Namespace, settings: Settings, progress: Progress)
     return 0
 
 
+def _pull_common(args: argparse.Namespace, settings: Settings, progress: Progress, latest: bool) -> int:
+    from .pull import choose_batches, pull
+    from .storage import open_storage
+
+    storage = open_storage(settings, args.backend)
+    since = _parse_day(args.since, "--since") if args.since else None
+    until = _parse_day(args.until, "--until") if args.until else None
+    ids = getattr(args, "batch_ids", None) or None
+    if not latest and not ids and not (args.project or since or until):
+        raise UsageError("name the batches to pull, or filter them", where="pose-sync pull",
+                         hint="e.g. `pose-sync pull 2026-11-28_run-cycle`, `pose-sync pull --project run-cycle "
+                              "--since 2026-11-01`, or `pose-sync pull-latest`")
+    chosen = choose_batches(storage, settings, batch_ids=ids, latest=latest, project=args.project, since=since,
+                            until=until, allow_incomplete=args.allow_incomplete)
+    report = pull(storage, settings, chosen, engine=args.engine, allow_incomplete=args.allow_incomplete,
+                  commit=args.commit, progress=progress)
+    if args.json:
+        _emit_json(report.as_json())
+        return 0
+    for b in report.batches:
+        if b.action == "up-to-date":
+            _out(f"{b.batch_id}: up to date in {b.path}")
+        else:
+            _out(f"{b.batch_id}: {b.action} into {b.path} ({b.files} files verified, {b.downloaded} downloaded, "
+                 f"{b.reused} reused, {human_bytes(b.bytes)}), tracked by {b.dvc_file}")
+    if report.commit:
+        _out(f"committed {report.commit[:12]}: record of the new dataset version")
+    elif report.to_commit:
+        _out("to record this dataset version: git add " + " ".join(report.to_commit) + " && git commit")
+    return 0
+
+
+def cmd_pull(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
+    return _pull_common(args, settings, progress, latest=False)
+
+
+def cmd_pull_latest(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
+    return _pull_common(args, settings, progress, latest=True)
+
+
+def cmd_init(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
+    from . import dvcrepo
+
+    if not (settings.root / ".git").exists():
+        raise UsageError("the project is not a git repository", where=str(settings.root), hint="run `git init` first")
+    backend, credentials = resolve_backend(settings, args.backend)
+    remote = dvcrepo.configure_remote(settings, credentials)
+    if args.json:
+        _emit_json({"version": 1, "remote": remote.as_dict(), "backend": backend})
+        return 0
+    _out(f"DVC remote '{remote.name}' ({remote.kind}) is the default: {remote.url}")
+    if remote.kind == "r2":
+        _out("credentials stay in the environment / .env; `dvc push`, `dvc pull` and `dvc status -c` in the "
+             "virtualenv find them")
+    _out("commit .dvc/config to share the remote: git add .dvc/config && git commit -m 'DVC remote'")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
+    from . import dvcrepo
+    from .mirror import status, status_json
+    from .storage import open_storage
+
+    dvcrepo.require_repository(settings.root)
+    states = status(open_storage(settings, args.backend), settings)
+    document = status_json(states)
+    if args.json:
+        _emit_json(document)
+        return 0
+    if not states:
+        _out("no batches in the bucket, the mirror or the archive")
+        return 0
+    rows = [("BATCH", "STATE", "BUCKET", "LOCAL", "PUSHED")]
+    for s in states:
+        where = "archive" if s.archived else ("raw" if s.local else "-")
+        pushed = "-" if s.pushed is None else ("yes" if s.pushed else "no")
+        rows.append((s.batch_id, s.state, s.remote or "-", where, pushed))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        _out("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    _out(", ".join(f"{count} {state}" for state, count in sorted(document["summary"].items())))
+    return 0
+
+
+def _archive_like(args: argparse.Namespace, settings: Settings, action) -> int:
+    changed = action(settings, args.batch_id)
+    _out(f"{args.batch_id}: {args.command}d; to record it: git add -A data params.yaml && git commit")
+    for line in changed:
+        _out(f"  {line}")
+    return 0
+
+
+def cmd_archive(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
+    from .mirror import archive
+
+    return _archive_like(args, settings, archive)
+
+
+def cmd_restore(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
+    from .mirror import restore
+
+    return _archive_like(args, settings, restore)
+
+
+def cmd_push_job(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
+    from .jobs import push_job
+    from .storage import open_storage
+
+    storage = open_storage(settings, args.backend)
+    job_id, key = push_job(storage, settings, Path(args.job_file))
+    _out(f"uploaded job {job_id} to {storage.description}: {key}")
+    return 0
+
+
+def cmd_list_jobs(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
+    from .jobs import jobs_json, list_jobs
+    from .storage import open_storage
+
+    storage = open_storage(settings, args.backend)
+    jobs = list_jobs(storage, settings)
+    if args.json:
+        _emit_json(jobs_json(jobs))
+        return 0
+    if not jobs:
+        _out(f"no jobs in {storage.description}")
+    for job in jobs:
+        _out(f"{job.job_id}  {job.project or '?'}  {job.generator or '?'}  {job.samples or '?'} samples"
+             + (f"  INVALID: {job.problem}" if job.problem else ""))
+    return 0
+
+
+def cmd_rclone_config(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
+    from .rclone import config_section
+
+    text = config_section(settings, show_secrets=args.show_secrets)
+    sys.stdout.write(text if args.show_secrets else redact(text))
+    return 0
+
+
 # --- parser ---------------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -184,6 +323,45 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("config", cmd_config, "Show the settings in effect (secrets shown only as set / not set)")
     p.add_argument("--json", action="store_true", help="machine-readable settings")
+
+    def pull_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--project", help="only batches of this project")
+        p.add_argument("--since", metavar="YYYY-MM-DD", help="only batches created on or after this day")
+        p.add_argument("--until", metavar="YYYY-MM-DD", help="only batches created on or before this day")
+        p.add_argument("--engine", choices=["boto3", "rclone"], default="boto3",
+                       help="transfer engine (default: boto3); both verify every file the same way")
+        p.add_argument("--allow-incomplete", action="store_true",
+                       help="also pull a batch without _complete.json if every file its manifest lists is there")
+        p.add_argument("--commit", action="store_true", help="git commit the new dataset version")
+        p.add_argument("--json", action="store_true", help="machine-readable report")
+
+    p = add("pull", cmd_pull, "Pull batches into data/raw/pose-factory/, verify them and version them with DVC")
+    p.add_argument("batch_ids", nargs="*", metavar="BATCH_ID")
+    pull_options(p)
+
+    p = add("pull-latest", cmd_pull_latest, "Pull the newest complete batch (optionally of one project)")
+    pull_options(p)
+
+    p = add("init", cmd_init, "Make the DVC remote the default: R2 with credentials, else a local folder")
+    p.add_argument("--json", action="store_true", help="machine-readable result")
+
+    p = add("status", cmd_status, "Batches in the bucket, the mirror and the archive, and what differs")
+    p.add_argument("--json", action="store_true", help="machine-readable status")
+
+    p = add("archive", cmd_archive, "Move a batch to data/archive/ (still versioned, out of the pipeline)")
+    p.add_argument("batch_id", metavar="BATCH_ID")
+
+    p = add("restore", cmd_restore, "Move an archived batch back to data/raw/ and into the pipeline")
+    p.add_argument("batch_id", metavar="BATCH_ID")
+
+    p = add("push-job", cmd_push_job, "Validate a job definition and upload it to the bucket's jobs prefix")
+    p.add_argument("job_file", metavar="JOB_FILE")
+
+    p = add("list-jobs", cmd_list_jobs, "List the job definitions in the bucket")
+    p.add_argument("--json", action="store_true", help="machine-readable listing")
+
+    p = add("rclone-config", cmd_rclone_config, "Print an rclone.conf section for the R2 remote")
+    p.add_argument("--show-secrets", action="store_true", help="include the access key and secret")
     return parser
 
 

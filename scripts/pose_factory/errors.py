@@ -69,3 +69,15 @@ class UsageError(PoseFactoryError):
     """Command-line arguments that parse but make no sense together."""
 
     exit_code = 2
+
+
+class ToolError(PoseFactoryError):
+    """A git, dvc or rclone command the tool ran failed."""
+
+    exit_code = 9
+
+
+class RepositoryError(PoseFactoryError):
+    """The project is not in the state the command needs (not a git repository, batch not tracked, ...)."""
+
+    exit_code = 10

@@ -98,12 +98,6 @@ def _reserve_ports(count: int, paired_offset: int = 0, avoid: set[int | None] = 
             sock.close()
 
 
-def _port_open(port: int) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection((HOST, port), timeout=0.5):
-        return True
-    return False
-
-
 class LocalS3Server:
     """SeaweedFS `weed mini` on 127.0.0.1 with free ports, standing in for R2."""
 
@@ -414,7 +408,9 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m pose_factory.s3local",
         description="Run a local SeaweedFS S3 server standing in for Cloudflare R2.",
     )
-    parser.add_argument("--dir", type=Path, help="work directory for data and logs (default: a new temp dir)")
+    parser.add_argument(
+        "--dir", type=Path, help="work directory for data and logs, kept (default: a temp dir, removed on exit)"
+    )
     parser.add_argument("--port", type=int, help="S3 port (default: a free port)")
     parser.add_argument("--bucket", default="pose-factory", help="bucket to create (default: %(default)s)")
     args = parser.parse_args(argv)
@@ -423,6 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     from_env = bool(env_key and env_secret)
     access_key = env_key if from_env else "LOCAL" + secrets.token_hex(8).upper()
     secret_key = env_secret if from_env else secrets.token_urlsafe(30)
+    throwaway = args.dir is None
     workdir = args.dir or Path(tempfile.mkdtemp(prefix="pose-factory-s3-"))
 
     server = LocalS3Server(workdir, access_key, secret_key, s3_port=args.port)
@@ -449,7 +446,8 @@ def main(argv: list[str] | None = None) -> int:
         if from_env
         else f"export CLOUDFLARE_R2_SECRET_ACCESS_KEY={_shell_quote(secret_key)}"
     )
-    print(f"# local S3 server (SeaweedFS) running, pid {server.pid}, data in {workdir}", flush=True)
+    kept = "removed on exit" if throwaway else "kept"
+    print(f"# local S3 server (SeaweedFS) running, pid {server.pid}, data in {workdir} ({kept})", flush=True)
     print(f"# started in {server.start_seconds:.1f} s; paste these lines into your shell:")
     print(f"export POSE_FACTORY_R2_ENDPOINT={server.endpoint_url}")
     print(f"export CLOUDFLARE_R2_ACCESS_KEY_ID={_shell_quote(access_key)}")
@@ -465,6 +463,8 @@ def main(argv: list[str] | None = None) -> int:
         stop_event.wait(1.0)
     print("stopping local S3 server ...", file=sys.stderr, flush=True)
     server.stop()
+    if throwaway:
+        shutil.rmtree(workdir, ignore_errors=True)
     print(f"stopped in {server.stop_seconds:.1f} s", file=sys.stderr)
     return 0
 

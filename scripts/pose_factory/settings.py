@@ -30,6 +30,7 @@ ENV_BUCKET = "POSE_FACTORY_R2_BUCKET"
 ENV_ENDPOINT = "POSE_FACTORY_R2_ENDPOINT"
 ENV_CONFIG = "POSE_FACTORY_CONFIG"
 ENV_BACKEND = "POSE_FACTORY_BACKEND"
+ENV_DVC_LOCAL_REMOTE = "POSE_FACTORY_DVC_LOCAL_REMOTE"
 SECRET_ENV_NAMES = (ENV_ACCESS_KEY, ENV_SECRET_KEY)
 
 DEFAULTS: dict[str, Any] = {
@@ -41,6 +42,7 @@ DEFAULTS: dict[str, Any] = {
         "max_attempts": 8,
         "connect_timeout_s": 10,
         "read_timeout_s": 60,
+        "dvc_local_remote": "~/.local/share/pose-factory/dvc-remote",
     },
     "prefixes": {"batches": "batches/", "dvc": "dvc/", "jobs": "jobs/"},
     "rclone_remote": "r2_pose_factory",
@@ -70,12 +72,32 @@ class Settings:
     max_attempts: int
     connect_timeout_s: float
     read_timeout_s: float
+    dvc_local_remote: Path
     prefixes: Prefixes
     rclone_remote: str
     data_root: Path
     batch_pattern: str
     date_format: str
     workflows: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def mirror_dir(self) -> Path:
+        """`data/raw/pose-factory/`: the read-only mirror of the bucket's batches, one folder per batch."""
+        return self.data_root / "pose-factory"
+
+    @property
+    def archive_dir(self) -> Path:
+        """`data/archive/pose-factory/`: archived batches, still versioned, out of the pipeline."""
+        return self.root / "data" / "archive" / "pose-factory"
+
+    @property
+    def staging_dir(self) -> Path:
+        """`data/staging/`: downloads land here and are verified before they enter the mirror."""
+        return self.root / "data" / "staging"
+
+    @property
+    def params_file(self) -> Path:
+        return self.root / "params.yaml"
 
 
 @dataclass(frozen=True)
@@ -162,6 +184,7 @@ def load_settings(root: Path | None = None, config_file: Path | None = None) -> 
         max_attempts=storage["max_attempts"],
         connect_timeout_s=float(storage["connect_timeout_s"]),
         read_timeout_s=float(storage["read_timeout_s"]),
+        dvc_local_remote=Path(os.environ.get(ENV_DVC_LOCAL_REMOTE) or storage["dvc_local_remote"]).expanduser(),
         prefixes=Prefixes(**merged["prefixes"]),
         rclone_remote=merged["rclone_remote"],
         data_root=(root / merged["data_root"]).resolve(),

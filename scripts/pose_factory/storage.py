@@ -150,7 +150,15 @@ class LocalFolderStorage(Storage):
         return f"local folder {self.root}"
 
     def _path(self, key: str) -> Path:
-        return self.root.joinpath(*check_key(key).split("/"))
+        path = self.root.joinpath(*check_key(key).split("/"))
+        # A symlink inside the bucket folder could point anywhere on disk: treat it like an escaping key.
+        for candidate in (path, *path.parents):
+            if candidate == self.root:
+                break
+            if candidate.is_symlink():
+                raise UnsafeKeyError(f"symlink in the bucket folder: {key!r}", where=str(candidate),
+                                     hint="the batch was written by a broken or hostile uploader; it is not pulled")
+        return path
 
     def ensure_bucket(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -161,13 +169,18 @@ class LocalFolderStorage(Storage):
         base = self.root
         for dirpath, dirnames, filenames in os.walk(base):
             dirnames.sort()
-            for name in sorted(filenames):
+            for name in sorted(filenames) + [d for d in dirnames if Path(dirpath, d).is_symlink()]:
                 if name.endswith(PARTIAL_SUFFIX):
                     continue
                 full = Path(dirpath, name)
                 key = full.relative_to(base).as_posix()
-                if key.startswith(prefix):
-                    yield ObjectInfo(key, full.stat().st_size, file_digests(full)[1])
+                if not key.startswith(prefix):
+                    continue
+                if full.is_symlink():
+                    raise UnsafeKeyError(f"symlink in the bucket folder: {key!r}", where=str(full),
+                                         hint="the batch was written by a broken or hostile uploader; it is not "
+                                              "pulled")
+                yield ObjectInfo(key, full.stat().st_size, file_digests(full)[1])
 
     def list_folders(self, prefix: str) -> list[str]:
         folder = self.root.joinpath(*[p for p in prefix.split("/") if p])

@@ -1,0 +1,216 @@
+"""The git + DVC side: run real `git` and `dvc` commands on the project, configure the DVC remote,
+track batches and keep `params.yaml` in step with what is in the mirror.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import subprocess
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import RepositoryError, ToolError
+from .settings import R2Credentials, Settings, redact
+
+R2_REMOTE = "r2"
+LOCAL_REMOTE = "local"
+# Hardlinks keep one copy of each file and DVC makes them read-only, which is what a raw mirror wants;
+# reflinks (APFS, btrfs, XFS) are better still where the filesystem has them; copy is the fallback.
+CACHE_TYPE = "reflink,hardlink,copy"
+
+
+def _run(command: list[str], root: Path, what: str, *, env: dict[str, str] | None = None) -> str:
+    full_env = {**os.environ, "DVC_NO_ANALYTICS": "1", **(env or {})}
+    try:
+        done = subprocess.run(command, cwd=root, capture_output=True, text=True, env=full_env)
+    except FileNotFoundError:
+        raise ToolError(f"cannot run {command[0]}", where=what, hint="install it (make setup installs dvc)") from None
+    if done.returncode != 0:
+        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-6:])
+        raise ToolError(f"{what} failed:\n{redact(tail)}", where=str(root),
+                        hint="run the same command by hand to see the whole output")
+    return done.stdout
+
+
+def dvc(root: Path, *args: str) -> str:
+    """Run `dvc ARGS` (the virtualenv's dvc) in the project."""
+    return _run([sys.executable, "-m", "dvc", *args], root, f"dvc {' '.join(args[:2])}")
+
+
+def git(root: Path, *args: str) -> str:
+    """Run `git ARGS` in the project."""
+    return _run(["git", *args], root, f"git {args[0]}")
+
+
+def require_repository(root: Path) -> None:
+    """Raise unless the project is a git repository with DVC initialised."""
+    if not (root / ".git").exists():
+        raise RepositoryError("the project is not a git repository", where=str(root),
+                              hint="run `git init` there, then `pose-sync init`")
+    if not (root / ".dvc").is_dir() or not (root / ".dvc" / "config").exists():
+        raise RepositoryError("DVC is not initialised in the project", where=str(root), hint="run `pose-sync init`")
+
+
+@dataclass(frozen=True)
+class RemoteInfo:
+    name: str
+    url: str
+    kind: str  # r2 | local
+
+    def as_dict(self) -> dict[str, str]:
+        return {"name": self.name, "url": self.url, "kind": self.kind}
+
+
+@contextmanager
+def open_repo(root: Path) -> Iterator[Any]:
+    """DVC's own Repo, in-process: one import instead of a dvc process per small step.
+
+    DVC's chatter goes to stderr-less quiet; its failures become ToolError with DVC's message.
+    """
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    logger = logging.getLogger("dvc")
+    level = logger.level
+    # DVC's hints ("To track the changes with git, run ...") are for its own CLI; our summary says it.
+    logger.setLevel(logging.ERROR)
+    try:
+        # DVC resolves targets and stage folders against the working directory.
+        with contextlib.chdir(root), contextlib.redirect_stdout(io.StringIO()), Repo(str(root)) as repo:
+            yield repo
+    except DvcException as exc:
+        raise ToolError(f"dvc failed: {redact(str(exc))}", where=str(root),
+                        hint="run `dvc doctor` and `dvc status` in the project to see more") from None
+    finally:
+        logger.setLevel(level)
+
+
+def configure_remote(settings: Settings, credentials: R2Credentials | None) -> RemoteInfo:
+    """Make the DVC remote the default: R2 at s3://<bucket>/<dvc prefix>, or a local folder.
+
+    Only the URL, endpoint and region go into `.dvc/config` (committed). Credentials stay in the
+    environment / `.env`, from where the virtualenv's start-up hook hands them to dvc (see envhook).
+    """
+    root = settings.root
+    if not (root / ".dvc" / "config").exists():
+        from dvc.repo import Repo
+
+        with contextlib.redirect_stdout(io.StringIO()):
+            Repo.init(str(root), force=(root / ".dvc").exists())
+    if credentials:
+        info = RemoteInfo(R2_REMOTE, f"s3://{settings.bucket}/{settings.prefixes.dvc.rstrip('/')}", "r2")
+        options = {"url": info.url, "endpointurl": credentials.endpoint_url, "region": "auto"}
+    else:
+        folder = settings.dvc_local_remote.resolve()
+        folder.mkdir(parents=True, exist_ok=True)
+        info = RemoteInfo(LOCAL_REMOTE, str(folder), "local")
+        options = {"url": info.url}
+    with open_repo(root) as repo, repo.config.edit("repo") as conf:
+        conf["core"]["analytics"] = "false"
+        conf["cache"]["type"] = CACHE_TYPE
+        conf["remote"][info.name] = options
+        conf["core"]["remote"] = info.name
+    return info
+
+
+def default_remote(root: Path) -> str | None:
+    """The name of the default DVC remote, if one is set."""
+    with open_repo(root) as repo:
+        return repo.config["core"].get("remote") or None
+
+
+def track(root: Path, folders: list[Path]) -> list[Path]:
+    """`dvc add` each folder (one .dvc file per batch); return the .dvc files."""
+    if not folders:
+        return []
+    targets = [str(f.relative_to(root)) for f in folders]
+    with open_repo(root) as repo:
+        repo.add(targets)
+        # `dvc add` leaves a second copy in the workspace; relinking keeps one copy on disk (hardlink
+        # or reflink, read-only), which matters for datasets of many gigabytes.
+        repo.checkout(targets=[t + ".dvc" for t in targets], relink=True)
+    return [f.with_name(f.name + ".dvc") for f in folders]
+
+
+def move(root: Path, source: Path, dest: Path) -> None:
+    """`dvc move`: the data, its .dvc file and the .gitignore entries move together."""
+    with open_repo(root) as repo:
+        repo.move(str(source.relative_to(root)), str(dest.relative_to(root)))
+
+
+def not_pushed(root: Path, dvc_files: list[Path]) -> set[str]:
+    """Which of these .dvc files have data missing from the default remote (`dvc status -c`)."""
+    if not dvc_files:
+        return set()
+    if default_remote(root) is None:
+        return {f.name.removesuffix(".dvc") for f in dvc_files}
+    out = dvc(root, "status", "-c", "--json", *[str(f.relative_to(root)) for f in dvc_files])
+    report: dict[str, Any] = json.loads(out or "{}")
+    missing = set()
+    for key in report:
+        name = Path(key).name.removesuffix(".dvc")
+        missing.add(name)
+    return missing
+
+
+def git_status(root: Path) -> list[str]:
+    """`git status --porcelain` lines."""
+    return [line for line in git(root, "status", "--porcelain", "--untracked-files=all").splitlines() if line]
+
+
+def commit(root: Path, paths: list[Path], message: str) -> str:
+    """Stage exactly these paths and commit; return the new commit id."""
+    git(root, "add", "--", *[str(p.relative_to(root)) for p in paths])
+    git(root, "commit", "-q", "-m", message, "--", *[str(p.relative_to(root)) for p in paths])
+    return git(root, "rev-parse", "HEAD").strip()
+
+
+# --- params.yaml ----------------------------------------------------------------------------------
+
+def _yaml():
+    from ruamel.yaml import YAML
+
+    yaml = YAML()
+    yaml.indent(mapping=2, sequence=4, offset=2)
+    return yaml
+
+
+def read_params(settings: Settings) -> dict[str, Any]:
+    """params.yaml as a round-trip mapping (comments kept)."""
+    path = settings.params_file
+    if not path.exists():
+        return {}
+    data = _yaml().load(path.read_text())
+    return data if data is not None else {}
+
+
+def write_params(settings: Settings, params: dict[str, Any]) -> None:
+    """Write params.yaml atomically."""
+    from io import StringIO
+
+    from .storage import atomic_write_path
+
+    buffer = StringIO()
+    _yaml().dump(params, buffer)
+    with atomic_write_path(settings.params_file) as tmp:
+        tmp.write_text(buffer.getvalue())
+
+
+def register(settings: Settings, *, add: list[str] = (), remove: list[str] = (), archive: list[str] = (),
+             unarchive: list[str] = ()) -> None:
+    """Update the pipeline's batch list (`batches:`) and the archived list (`archived:`), sorted."""
+    params = read_params(settings)
+    batches = set(params.get("batches") or []) | set(add) | set(unarchive)
+    batches -= set(remove) | set(archive)
+    archived = (set(params.get("archived") or []) | set(archive)) - set(unarchive) - set(add)
+    params["batches"] = sorted(batches)
+    if archived or "archived" in params:
+        params["archived"] = sorted(archived)
+    write_params(settings, params)

@@ -1,0 +1,83 @@
+"""Make plain `dvc` commands in this virtualenv talk to R2 correctly, with nothing exported by hand.
+
+dvc-s3 has no setting for botocore's checksum behaviour, which R2 rejects by default, and reads
+credentials only from AWS_* variables or `.dvc/config.local`. `make setup` installs a `.pth` file into
+the virtualenv so that every Python process started from it (`dvc`, `pose-sync`, `python`) runs
+`apply()` at start-up: it sets the two checksum variables to `when_required` and, inside a Pose Factory
+project, maps the R2 credentials from the environment or the project's `.env` to the AWS_* names dvc
+reads. Nothing is written to disk and nothing is set that the user has already set.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import sysconfig
+from pathlib import Path
+
+CHECKSUM_SETTINGS = {
+    "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
+    "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required",
+}
+CREDENTIAL_MAP = {
+    "CLOUDFLARE_R2_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
+    "CLOUDFLARE_R2_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY",
+}
+DISABLE_VARIABLE = "POSE_FACTORY_ENVHOOK"  # set to "off" to see what happens without the hook
+PTH_NAME = "pose_factory_r2_env.pth"
+PTH_LINE = ("import os; exec(\"try:\\n import pose_factory.envhook as _pf\\n _pf.apply()\\nexcept Exception:\\n pass\")"
+            " if os.environ.get('POSE_FACTORY_ENVHOOK') != 'off' else None\n")
+
+
+def _project_dotenv(start: Path) -> Path | None:
+    for folder in (start, *start.parents):
+        if (folder / ".dvc").is_dir() and (folder / "config").is_dir():
+            candidate = folder / ".env"
+            return candidate if candidate.is_file() else None
+    return None
+
+
+def _read_dotenv(path: Path) -> dict[str, str]:
+    # A minimal reader: this runs at every interpreter start, so it must be cheap and never fail.
+    values: dict[str, str] = {}
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, value = line.removeprefix("export ").split("=", 1)
+        values[key.strip()] = value.strip().strip("'\"")
+    return values
+
+
+def apply(environ: os._Environ | dict | None = None, cwd: Path | None = None) -> None:
+    """Set the R2 checksum variables and the AWS_* credential names, never overriding what is set."""
+    environ = os.environ if environ is None else environ
+    if environ.get(DISABLE_VARIABLE) == "off":
+        return
+    for key, value in CHECKSUM_SETTINGS.items():
+        environ.setdefault(key, value)
+    source = {name: environ[name] for name in CREDENTIAL_MAP if environ.get(name)}
+    if len(source) < len(CREDENTIAL_MAP):
+        dotenv = _project_dotenv(cwd or Path.cwd())
+        if dotenv:
+            for name, value in _read_dotenv(dotenv).items():
+                if name in CREDENTIAL_MAP and value and name not in source:
+                    source[name] = value
+    if len(source) == len(CREDENTIAL_MAP):
+        for name, aws_name in CREDENTIAL_MAP.items():
+            environ.setdefault(aws_name, source[name])
+
+
+def install(site_packages: Path | None = None) -> Path:
+    """Write the .pth file into this interpreter's site-packages; return its path."""
+    target = (site_packages or Path(sysconfig.get_paths()["purelib"])) / PTH_NAME
+    target.write_text(PTH_LINE)
+    return target
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["install"]:
+        print(f"installed {install()}")
+    else:
+        print("usage: python -m pose_factory.envhook install", file=sys.stderr)
+        sys.exit(2)

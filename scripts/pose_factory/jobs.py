@@ -1,0 +1,60 @@
+"""Job definitions in the bucket: `push-job` validates and uploads one, `list-jobs` lists them."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from . import contract, schemas
+from .settings import Settings
+from .storage import Storage, join_key
+
+JOBS_JSON_VERSION = 1
+
+
+def job_key(settings: Settings, job_id: str) -> str:
+    return join_key(settings.prefixes.jobs, f"{job_id}.json")
+
+
+def push_job(storage: Storage, settings: Settings, job_file: Path) -> tuple[str, str]:
+    """Validate a job definition against schemas/job.schema.json and upload it; return (job id, key)."""
+    job = schemas.load_json(job_file)
+    schemas.check(job, "job", str(job_file))
+    storage.ensure_bucket()
+    key = job_key(settings, job["job_id"])
+    storage.put_bytes(key, contract.dumps(job))
+    return job["job_id"], key
+
+
+@dataclass(frozen=True)
+class JobListing:
+    job_id: str
+    project: str | None
+    generator: str | None
+    samples: int | None
+    key: str
+    problem: str | None = None
+
+
+def list_jobs(storage: Storage, settings: Settings) -> list[JobListing]:
+    """The job definitions under the jobs prefix (a broken one is listed with its problem)."""
+    found = []
+    for info in storage.list_objects(settings.prefixes.jobs):
+        if not info.key.endswith(".json"):
+            continue
+        job_id = info.key.rsplit("/", 1)[-1].removesuffix(".json")
+        try:
+            job = json.loads(storage.read_bytes(info.key))
+            problems = schemas.problems(job, "job", info.key)
+        except ValueError as exc:
+            found.append(JobListing(job_id, None, None, None, info.key, f"malformed JSON: {exc}"))
+            continue
+        found.append(JobListing(job.get("job_id", job_id), job.get("project"), job.get("generator"),
+                                job.get("samples"), info.key, str(problems[0]) if problems else None))
+    return found
+
+
+def jobs_json(jobs: list[JobListing]) -> dict[str, Any]:
+    return {"version": JOBS_JSON_VERSION, "jobs": [asdict(j) for j in jobs]}

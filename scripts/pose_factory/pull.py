@@ -1,0 +1,264 @@
+"""`pose-sync pull`: bring complete batches from the bucket into the read-only mirror and version them.
+
+For each batch: refuse anything unsafe before writing a byte (keys that climb out of the folder, a
+stale or missing completion marker, a manifest that breaks the schema), download into
+`data/staging/<batch>/` (files already there and verified are kept, so an interrupted pull resumes),
+verify every file's size and sha256 against the manifest, then swap the folder into
+`data/raw/pose-factory/<batch>/`, make it read-only, `dvc add` it and register it in `params.yaml`.
+A failure at any point leaves the mirror as it was.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from . import contract, dvcrepo, rclone
+from .errors import BatchNotFoundError, IntegrityError, PoseFactoryError, UnsafeKeyError, UsageError
+from .paths import COMPLETE_MARKER_NAME, MANIFEST_NAME
+from .progress import Progress
+from .remote import _read_marker, batch_prefix, list_batches
+from .settings import Settings
+from .storage import Storage, check_key, check_relative_path
+
+PULL_JSON_VERSION = 1
+ENGINES = ("boto3", "rclone")
+
+
+@dataclass
+class PulledBatch:
+    batch_id: str
+    action: str  # pulled | updated | up-to-date
+    files: int = 0
+    downloaded: int = 0
+    reused: int = 0
+    bytes: int = 0
+    path: str = ""
+    dvc_file: str = ""
+
+
+@dataclass
+class PullReport:
+    batches: list[PulledBatch] = field(default_factory=list)
+    engine: str = "boto3"
+    commit: str | None = None
+    to_commit: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"version": PULL_JSON_VERSION, "engine": self.engine, "commit": self.commit,
+                "to_commit": self.to_commit, "batches": [asdict(b) for b in self.batches]}
+
+
+def choose_batches(storage: Storage, settings: Settings, *, batch_ids: list[str] | None = None, latest: bool = False,
+                   project: str | None = None, since: date | None = None, until: date | None = None,
+                   allow_incomplete: bool = False) -> list[str]:
+    """The batch ids a pull command means: named ones, the latest, or every one matching the filters."""
+    if batch_ids:
+        for batch_id in batch_ids:
+            check_relative_path(batch_id, where="batch id")
+            if "/" in batch_id:
+                raise UsageError(f"{batch_id!r} is not a batch id", where="BATCH_ID", hint="e.g. 2026-11-28_run-cycle")
+        return list(dict.fromkeys(batch_ids))
+    listed = list_batches(storage, settings, project=project, since=since, until=until)
+    eligible = [b for b in listed if b.status == "complete" or allow_incomplete]
+    if not eligible:
+        filters = ", ".join(f for f in (project and f"project {project}", since and f"since {since}",
+                                        until and f"until {until}") if f) or "no filter"
+        raise BatchNotFoundError(f"no complete batch matches ({filters})", where=storage.description,
+                                 hint="`pose-sync list` shows what is there and what is still uploading")
+    return [eligible[0].batch_id] if latest else [b.batch_id for b in eligible]
+
+
+def _local_manifest_sha(folder: Path) -> str | None:
+    manifest = folder / MANIFEST_NAME
+    return contract.sha256_bytes(manifest.read_bytes()) if manifest.is_file() else None
+
+
+def _remote_manifest(storage: Storage, settings: Settings, batch_id: str, allow_incomplete: bool
+                     ) -> tuple[dict[str, Any], bytes, list[str]]:
+    """Fetch and check what the bucket holds for a batch; return (manifest, its bytes, object keys)."""
+    prefix = batch_prefix(settings, batch_id)
+    keys = [info.key for info in storage.list_objects(prefix)]
+    if not keys:
+        raise BatchNotFoundError(f"no batch {batch_id!r}", where=storage.description,
+                                 hint="`pose-sync list` shows the batches there")
+    for key in keys:
+        check_key(key)  # a key with '..', a backslash or an empty segment would escape the batch folder
+    marker = _read_marker(storage, prefix + COMPLETE_MARKER_NAME)
+    if prefix + MANIFEST_NAME not in keys:
+        raise IntegrityError("the batch has no manifest.json yet: it is still uploading", where=f"{prefix}",
+                             hint="wait for the pod to finish, then pull again")
+    manifest_bytes = storage.read_bytes(prefix + MANIFEST_NAME)
+    if marker is None and not allow_incomplete:
+        raise IntegrityError("the batch is still uploading (no _complete.json)", where=prefix,
+                             hint="wait for the pod to finish, or pass --allow-incomplete to pull it if every "
+                                  "file its manifest lists is already there")
+    if marker is not None and marker["manifest_sha256"] != contract.sha256_bytes(manifest_bytes):
+        raise IntegrityError("_complete.json belongs to another manifest: the batch is being re-uploaded",
+                             where=prefix + COMPLETE_MARKER_NAME, hint="wait for the upload to finish, then pull again")
+    manifest = contract.parse_manifest_bytes(manifest_bytes, prefix + MANIFEST_NAME)
+    if manifest["batch_id"] != batch_id:
+        raise IntegrityError(f"manifest.json says batch_id {manifest['batch_id']!r}", where=prefix + MANIFEST_NAME,
+                             hint="the batch folder in the bucket is misnamed; fix it on the pod side")
+    for entry in manifest["files"]:
+        check_relative_path(entry["path"], where=f"{prefix}{MANIFEST_NAME}: files[].path")
+    listed = {prefix + entry["path"] for entry in manifest["files"]}
+    missing = sorted(listed - set(keys))
+    if missing:
+        raise IntegrityError(f"{len(missing)} file(s) listed in manifest.json are not in the bucket, e.g. "
+                             f"{missing[0][len(prefix):]}", where=prefix,
+                             hint="the upload is incomplete; run `pose-sync publish` again on the pod")
+    return manifest, manifest_bytes, keys
+
+
+def _verify_staged(staging: Path, entries: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+    """Split manifest entries into (still to fetch, count already verified in staging)."""
+    present = [e for e in entries if (staging / e["path"]).is_file()]
+    digests = contract.hash_files(staging, [e["path"] for e in present]) if present else {}
+    good = {e["path"] for e in present if digests[e["path"]][0] == e["size"] and digests[e["path"]][1] == e["sha256"]}
+    for entry in present:
+        if entry["path"] not in good:
+            (staging / entry["path"]).unlink()
+    return [e for e in entries if e["path"] not in good], len(good)
+
+
+def _download_boto3(storage: Storage, settings: Settings, prefix: str, staging: Path, todo: list[dict[str, Any]],
+                    bar) -> None:
+    def fetch(entry: dict[str, Any]) -> None:
+        storage.download_file(prefix + entry["path"], staging / entry["path"])
+        bar.advance(entry["size"])
+
+    with ThreadPoolExecutor(max(1, settings.concurrency * 2)) as pool:
+        futures = [pool.submit(fetch, entry) for entry in todo]
+        done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+        for future in pending:
+            future.cancel()
+        for future in done:
+            future.result()
+
+
+def _check_downloaded(staging: Path, todo: list[dict[str, Any]], where: str) -> None:
+    digests = contract.hash_files(staging, [e["path"] for e in todo])
+    problems = []
+    for entry in todo:
+        size, sha, _ = digests[entry["path"]]
+        if size != entry["size"]:
+            problems.append(f"{entry['path']}: size differs: expected {entry['size']} bytes, found {size} bytes")
+        elif sha != entry["sha256"]:
+            problems.append(f"{entry['path']}: sha256 differs: expected {entry['sha256'][:16]}..., "
+                            f"found {sha[:16]}...")
+    if problems:
+        for entry in todo:
+            (staging / entry["path"]).unlink(missing_ok=True)
+        raise IntegrityError(f"{len(problems)} downloaded file(s) do not match manifest.json:\n"
+                             + "\n".join(f"  - {p}" for p in problems[:5])
+                             + (f"\n  ... and {len(problems) - 5} more" if len(problems) > 5 else ""),
+                             where=where, hint="the bucket holds damaged files; re-publish the batch from the pod")
+
+
+def _make_read_only(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            mode = path.stat().st_mode
+            path.chmod(mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+
+
+def _swap_into_mirror(staging: Path, final: Path) -> None:
+    """Replace final with staging; the old version leaves only after the new one is in place."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    old = final.with_name(f".{final.name}.old-{os.getpid()}")
+    if final.exists():
+        os.replace(final, old)
+    try:
+        os.replace(staging, final)
+    except BaseException:
+        if old.exists() and not final.exists():
+            os.replace(old, final)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def fetch_batch(storage: Storage, settings: Settings, batch_id: str, *, engine: str, allow_incomplete: bool,
+                progress: Progress) -> PulledBatch:
+    """Download and verify one batch into the mirror (not yet tracked). Returns what was done."""
+    manifest, manifest_bytes, keys = _remote_manifest(storage, settings, batch_id, allow_incomplete)
+    final = settings.mirror_dir / batch_id
+    remote_sha = contract.sha256_bytes(manifest_bytes)
+    rel_final = final.relative_to(settings.root).as_posix()
+    local_sha = _local_manifest_sha(final)
+    if local_sha == remote_sha:
+        return PulledBatch(batch_id, "up-to-date", len(manifest["files"]), 0, len(manifest["files"]), 0, rel_final)
+    staging = settings.staging_dir / batch_id
+    staging.mkdir(parents=True, exist_ok=True)
+    entries = manifest["files"]
+    todo, reused = _verify_staged(staging, entries)
+    where = f"{storage.description}: {batch_prefix(settings, batch_id)}"
+    prefix = batch_prefix(settings, batch_id)
+    total = sum(e["size"] for e in todo)
+    with progress.task(f"pull {batch_id}", total, "bytes") as bar:
+        if engine == "rclone" and todo:
+            rclone.copy_files(storage, settings, prefix, staging, [e["path"] for e in todo], bar, total)
+        elif todo:
+            _download_boto3(storage, settings, prefix, staging, todo, bar)
+    _check_downloaded(staging, todo, where)
+    (staging / MANIFEST_NAME).write_bytes(manifest_bytes)
+    contract.verify_batch(staging, manifest)  # nothing extra, nothing missing, every hash right
+    _make_read_only(staging)
+    _swap_into_mirror(staging, final)
+    return PulledBatch(batch_id, "updated" if local_sha else "pulled", len(entries), len(todo), reused, total,
+                       rel_final)
+
+
+def pull(storage: Storage, settings: Settings, batch_ids: list[str], *, engine: str = "boto3",
+         allow_incomplete: bool = False, commit: bool = False, progress: Progress | None = None) -> PullReport:
+    """Pull batches, then track each with DVC, register it in params.yaml and optionally commit."""
+    if engine not in ENGINES:
+        raise UsageError(f"unknown engine {engine!r}", where="--engine", hint="use boto3 or rclone")
+    dvcrepo.require_repository(settings.root)
+    progress = progress or Progress(enabled=False)
+    storage.ensure_bucket()
+    report = PullReport(engine=engine)
+    failures: list[PoseFactoryError] = []
+    for batch_id in batch_ids:
+        try:
+            report.batches.append(fetch_batch(storage, settings, batch_id, engine=engine,
+                                              allow_incomplete=allow_incomplete, progress=progress))
+        except PoseFactoryError as exc:
+            if len(batch_ids) == 1:
+                raise
+            failures.append(exc)
+    changed = [b for b in report.batches if b.action != "up-to-date"]
+    dvc_files = dvcrepo.track(settings.root, [settings.root / b.path for b in changed])
+    for b, dvc_file in zip(changed, dvc_files):
+        b.dvc_file = dvc_file.relative_to(settings.root).as_posix()
+    for b in report.batches:
+        if not b.dvc_file:
+            b.dvc_file = b.path + ".dvc"
+    if changed:
+        _make_read_only_all(settings, changed)
+        dvcrepo.register(settings, add=[b.batch_id for b in changed])
+    paths = [settings.root / b.dvc_file for b in changed]
+    if changed:
+        paths += [settings.mirror_dir / ".gitignore", settings.params_file]
+    report.to_commit = sorted({p.relative_to(settings.root).as_posix() for p in paths})
+    if commit and changed:
+        names = ", ".join(b.batch_id for b in changed)
+        report.commit = dvcrepo.commit(settings.root, paths, f"Pull pose batches: {names}")
+    if failures:
+        first = failures[0]
+        others = f" ({len(failures) - 1} more batch(es) failed too)" if len(failures) > 1 else ""
+        raise type(first)(first.message + others, where=first.where, hint=first.hint)
+    return report
+
+
+def _make_read_only_all(settings: Settings, batches: list[PulledBatch]) -> None:
+    # `dvc add` may have re-created files through its cache (copy or reflink): make them read-only again.
+    for b in batches:
+        _make_read_only(settings.root / b.path)
