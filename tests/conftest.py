@@ -176,12 +176,13 @@ def git(root: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=root, check=True, capture_output=True, text=True).stdout
 
 
-def dvc(root: Path, *args: str, env: dict[str, str] | None = None, check: bool = True
-        ) -> subprocess.CompletedProcess:
+def dvc(root: Path, *args: str, env: dict[str, str] | None = None, unset: tuple[str, ...] = (),
+        check: bool = True) -> subprocess.CompletedProcess:
     """Run the virtualenv's real `dvc` executable, as a user would type it."""
     dvc_binary = Path(sys.executable).with_name("dvc")
+    full_env = {k: v for k, v in os.environ.items() if k not in unset}
     result = subprocess.run([str(dvc_binary), *args], cwd=root, capture_output=True, text=True,
-                            env={**os.environ, **(env or {})})
+                            env={**full_env, **(env or {})})
     if check and result.returncode != 0:
         raise AssertionError(f"dvc {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
     return result
