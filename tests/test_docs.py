@@ -60,7 +60,7 @@ def test_readme_example_commands_run(project, tmp_path):
     assert [b["batch_id"] for b in json.loads(listing.stdout)["batches"]] == [batch_id]
 
 
-def test_demo_runs_on_the_embedded_default_even_with_r2_credentials_set(project):
+def test_demo_runs_the_loop_on_the_embedded_default_even_with_r2_credentials_set(project):
     env = {"CLOUDFLARE_R2_ACCESS_KEY_ID": "AKIAREALLOOKINGKEY01", "CLOUDFLARE_R2_SECRET_ACCESS_KEY": "real-secret-x",
            "CLOUDFLARE_R2_ACCOUNT_ID": "deadbeef", "POSE_FACTORY_ROOT": str(project.root)}
     import os
@@ -68,9 +68,15 @@ def test_demo_runs_on_the_embedded_default_even_with_r2_credentials_set(project)
     result = subprocess.run([sys.executable, "-m", "pose_factory.demo", "--samples", "2", "--size", "64x64"],
                             cwd=project.root, env={**os.environ, **env}, capture_output=True, text=True,
                             timeout=300)
-    assert result.returncode == 0, result.stderr
-    assert "2 batch(es) in local folder" in result.stdout and "2 complete" in result.stdout
-    assert "real-secret-x" not in result.stdout + result.stderr
-    published = sorted(p.name for p in (project.bucket_dir / "pose-factory" / "batches").iterdir())
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "2 batch(es) in local folder" in out and "2 complete" in out
+    assert "files pushed" in out and "2 up-to-date" in out
+    assert "real-secret-x" not in out + result.stderr
+    sandbox = project.root / "data" / "demo" / "repo"
+    published = sorted(p.name for p in (sandbox / "data" / "local-bucket" / "pose-factory" / "batches").iterdir())
     assert [name.split("_", 1)[1] for name in published] == ["run-cycle", "walk-cycle"]
+    log = subprocess.run(["git", "log", "--format=%s"], cwd=sandbox, capture_output=True, text=True).stdout
+    assert log.count("Pull pose batches") == 2
+    assert any((project.root / "data" / "demo" / "dvc-remote").rglob("*")), "dvc push reached the remote"
     assert project.files_outside_data() == []

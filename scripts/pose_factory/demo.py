@@ -1,9 +1,13 @@
-"""`make demo`: the main job on the embedded default, no account needed.
+"""`make demo`: the whole loop on the embedded default, no account needed.
 
-It plays the pod (generates two batches and publishes them) and then the user (lists the bucket),
-running the same `pose-sync` commands a person would type, and shows each one. It never touches a real
-bucket: R2 credentials are removed from the environment of every command it runs, and the storage is
-the local folder, or a throw-away local S3 server with `--s3-local`.
+A sandbox dataset repository is made in `data/demo/repo/` (git + DVC, like a user's clone). A pod
+renders two batches and publishes them to the bucket; then, as the user: list the bucket,
+`pull-latest` and a filtered pull (verified, read-only, tracked by DVC, committed), `dvc push` to the
+default DVC remote, and `status`. Every step is the command a person would type, shown before it runs.
+
+It never touches a real bucket or the repository you run it from: R2 credentials are removed from the
+environment of every command, the bucket is a local folder (or, with `--s3-local`, a throw-away local
+S3 server), and the DVC remote is `data/demo/dvc-remote/`.
 """
 
 from __future__ import annotations
@@ -11,33 +15,62 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import shutil
+import stat
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from .paths import project_root
-from .settings import ENV_ACCESS_KEY, ENV_ACCOUNT_ID, ENV_BACKEND, ENV_BUCKET, ENV_ENDPOINT, ENV_SECRET_KEY
+from .paths import CODE_ROOT, project_root
+from .settings import (ENV_ACCESS_KEY, ENV_ACCOUNT_ID, ENV_BACKEND, ENV_BUCKET, ENV_DVC_LOCAL_REMOTE,
+                       ENV_ENDPOINT, ENV_SECRET_KEY)
 
 DEMO_BATCHES = (("run-cycle", "run-cycle", 11), ("walk-cycle", "walk-cycle", 12))
-POD_OUTBOX = Path("data") / "pod-outbox"
 
 
-def _run(args: list[str], env: dict[str, str], root: Path) -> str:
-    print(f"\n$ pose-sync {shlex.join(args)}", flush=True)
-    done = subprocess.run([sys.executable, "-m", "pose_factory", *args], cwd=root, env=env, text=True,
-                          stdout=subprocess.PIPE)
+def _show_and_run(label: str, command: list[str], env: dict[str, str], cwd: Path) -> str:
+    print(f"\n$ {label}", flush=True)
+    done = subprocess.run(command, cwd=cwd, env=env, text=True, stdout=subprocess.PIPE)
     sys.stdout.write(done.stdout)
     if done.returncode != 0:
-        raise SystemExit(f"demo step failed (exit {done.returncode}): pose-sync {shlex.join(args)}")
+        raise SystemExit(f"demo step failed (exit {done.returncode}): {label}")
     return done.stdout
 
 
+def _remove_tree(folder: Path) -> None:
+    # The mirror is read-only by design; make it writable again so the old sandbox can go.
+    def unlock(function, path, _excinfo):
+        os.chmod(path, stat.S_IWUSR | stat.S_IRUSR | stat.S_IXUSR)
+        function(path)
+
+    if folder.exists():
+        shutil.rmtree(folder, onexc=unlock) if sys.version_info >= (3, 12) else shutil.rmtree(folder, onerror=unlock)
+
+
+def make_sandbox(repo: Path) -> None:
+    """A fresh dataset repository laid out like this one."""
+    _remove_tree(repo)
+    (repo / "config").mkdir(parents=True)
+    for name in (".gitignore", "params.yaml", "config/local.example.yaml"):
+        shutil.copy(CODE_ROOT / name, repo / name)
+    (repo / "params.yaml").write_text("# Parameters the DVC pipeline reads.\nbatches: []\n")
+    for command in (["git", "init", "-q", "-b", "main"], ["git", "config", "user.name", "Pose Factory demo"],
+                    ["git", "config", "user.email", "demo@pose-factory.invalid"],
+                    [sys.executable, "-m", "dvc", "init", "-q"]):
+        subprocess.run(command, cwd=repo, check=True, capture_output=True)
+
+
 def run_demo(samples: int, size: str, s3_local: bool) -> None:
-    root = project_root()
+    demo = project_root() / "data" / "demo"
+    repo, outbox, dvc_remote = demo / "repo", demo / "pod-outbox", demo / "dvc-remote"
+    make_sandbox(repo)
+    _remove_tree(dvc_remote)
     env = {k: v for k, v in os.environ.items() if k not in (ENV_ACCESS_KEY, ENV_SECRET_KEY, ENV_ACCOUNT_ID,
-                                                             ENV_ENDPOINT, ENV_BUCKET)}
-    env[ENV_BACKEND] = "local"
+                                                             ENV_ENDPOINT, ENV_BUCKET, "AWS_ACCESS_KEY_ID",
+                                                             "AWS_SECRET_ACCESS_KEY")}
+    env.update({ENV_BACKEND: "local", "POSE_FACTORY_ROOT": str(repo), ENV_DVC_LOCAL_REMOTE: str(dvc_remote),
+                "DVC_NO_ANALYTICS": "1"})
     server = None
     if s3_local:
         import secrets
@@ -48,18 +81,34 @@ def run_demo(samples: int, size: str, s3_local: bool) -> None:
         server = LocalS3Server(Path(tempfile.mkdtemp(prefix="pose-factory-demo-s3-")), key, secret).start()
         server.create_bucket("pose-factory")
         env.update({ENV_BACKEND: "r2", ENV_ENDPOINT: server.endpoint_url, ENV_ACCESS_KEY: key,
-                    ENV_SECRET_KEY: secret, ENV_BUCKET: "pose-factory"})
+                    ENV_SECRET_KEY: secret, ENV_BUCKET: "pose-factory", "AWS_ACCESS_KEY_ID": key,
+                    "AWS_SECRET_ACCESS_KEY": secret})
+    pose_sync = [sys.executable, "-m", "pose_factory"]
+
+    def step(*args: str) -> str:
+        return _show_and_run("pose-sync " + shlex.join(args), [*pose_sync, *args], env, repo)
+
     try:
-        outbox = POD_OUTBOX.as_posix()
-        print("Pose Factory demo: a pod renders two batches and publishes them; then we list the bucket.")
+        print(f"Pose Factory demo, in a sandbox dataset repository: {repo}")
+        step("init")
+        _show_and_run("git commit -m 'dataset repository'", ["sh", "-c", "git add -A && git commit -q -m "
+                      "'dataset repository' && echo committed"], env, repo)
+        print("\n# The pod's side: render two batches and publish them to the bucket.")
         for project, pose_set, seed in DEMO_BATCHES:
-            batch_id = _run(["generate", "--out", outbox, "--project", project, "--pose-set", pose_set,
-                             "--samples", str(samples), "--size", size, "--seed", str(seed), "--force"],
-                            env, root).strip()
-            _run(["publish", f"{outbox}/{batch_id}"], env, root)
-        _run(["list"], env, root)
-        where = "a local S3 server (stopped now)" if server else "the embedded local bucket in data/local-bucket/"
-        print(f"\nDone: two batches published to {where}. Batch folders as the pod wrote them: {outbox}/")
+            batch_id = step("generate", "--out", str(outbox), "--project", project, "--pose-set", pose_set,
+                            "--samples", str(samples), "--size", size, "--seed", str(seed), "--force").strip()
+            step("publish", str(outbox / batch_id))
+        print("\n# The user's side: see what is there, pull it, version it, push the versions.")
+        step("list")
+        step("pull-latest", "--commit")
+        step("pull", "--project", "run-cycle", "--commit")
+        _show_and_run("dvc push", [sys.executable, "-m", "dvc", "push"], env, repo)
+        step("status")
+        _show_and_run("git log --oneline", ["git", "log", "--oneline"], env, repo)
+        where = "a local S3 server (stopped now)" if server else f"the local bucket {repo / 'data' / 'local-bucket'}"
+        remote = "the local S3 server's dvc/ prefix" if server else str(dvc_remote)
+        print(f"\nDone. Batches published to {where}, pulled into {repo / 'data' / 'raw' / 'pose-factory'}, "
+              f"versioned in git + DVC, and pushed to the DVC remote ({remote}).")
     finally:
         if server:
             server.stop()
@@ -69,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pose_factory.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=8, help="samples per batch (default: 8)")
     parser.add_argument("--size", default="512x512", help="image size (default: 512x512)")
-    parser.add_argument("--s3-local", action="store_true", help="publish to a throw-away local S3 server instead")
+    parser.add_argument("--s3-local", action="store_true", help="use a throw-away local S3 server as the bucket")
     args = parser.parse_args(argv)
     run_demo(args.samples, args.size, args.s3_local)
     return 0
