@@ -188,13 +188,27 @@ def dvc(root: Path, *args: str, env: dict[str, str] | None = None, unset: tuple[
     return result
 
 
-@pytest.fixture
-def repo(project, backend, cli) -> Project:
-    """A dataset repository as a user has it: git + DVC, this project's .gitignore, `pose-sync init` done."""
+PIPELINE_FILES = ("dvc.yaml", "params.yaml", "schemas", "scripts/pose_sync.py", "scripts/pose_factory",
+                  "config/local.example.yaml")
+
+
+def make_repository(project: Project, cli, *, pipeline: bool) -> Project:
+    """A dataset repository as a user has it: git + DVC, this project's .gitignore, `pose-sync init` done.
+
+    With pipeline=True it also holds this project's dvc.yaml, params.yaml, schemas and code, as a clone does.
+    """
     root = project.root
     shutil.rmtree(root / ".dvc")
     shutil.copy(REPO / ".gitignore", root / ".gitignore")
     (root / "params.yaml").write_text("# Parameters the DVC pipeline reads.\nbatches: []\n")
+    if pipeline:
+        for name in PIPELINE_FILES:
+            source, dest = REPO / name, root / name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if source.is_dir():
+                shutil.copytree(source, dest, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
+            else:
+                shutil.copy(source, dest)
     git(root, "init", "-q", "-b", "main")
     git(root, "config", "user.email", "tester@example.invalid")
     git(root, "config", "user.name", "Tester")
@@ -205,6 +219,19 @@ def repo(project, backend, cli) -> Project:
     git(root, "commit", "-q", "-m", "dataset repository")
     project.snapshot()
     return project
+
+
+@pytest.fixture
+def repo(project, backend, cli) -> Project:
+    """A data-only dataset repository (no pipeline), on each backend."""
+    return make_repository(project, cli, pipeline=False)
+
+
+@pytest.fixture
+def pipeline_repo(project, cli, monkeypatch) -> Project:
+    """A full dataset repository with the pipeline, on the embedded local backend."""
+    monkeypatch.setenv("POSE_FACTORY_BACKEND", "local")
+    return make_repository(project, cli, pipeline=True)
 
 
 def publish_generated(tmp_path: Path, cli, batch_id: str, *, samples: int = 3, seed: int = 1,

@@ -108,6 +108,55 @@ def cmd_verify(args: argparse.Namespace, settings: Settings, progress: Progress)
     return 0
 
 
+def cmd_validate(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
+    from .validate import raise_if_failed, validate_batch, write_report
+
+    report = validate_batch(Path(args.batch_dir), progress=progress)
+    if args.report:
+        write_report(report, Path(args.report))
+    if args.json:
+        _emit_json(report.as_json())
+        return 0 if report.ok else 11
+    raise_if_failed(report)
+    _out(f"{report.batch_id}: valid: {report.samples} samples, {report.files} files ({human_bytes(report.bytes)}), "
+         f"{len(report.warnings)} warning(s)")
+    for warning in report.warnings[:5]:
+        _out(f"  warning: {warning}")
+    if len(report.warnings) > 5:
+        _out(f"  ... and {len(report.warnings) - 5} more warning(s)")
+    return 0
+
+
+def cmd_materialize(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
+    from .materialize import materialize
+
+    result = materialize(Path(args.params), Path(args.raw), Path(args.reports), Path(args.out), progress=progress)
+    links = ", ".join(f"{count} {mode}" for mode, count in result.link_counts.items())
+    _out(f"working set {result.out_dir}: {result.samples} samples from {', '.join(result.batches)}; "
+         f"{', '.join(result.modalities)}; files: {links}")
+    return 0
+
+
+def cmd_prepare_batch(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
+    from .pipeline import prepare_batch
+
+    info = prepare_batch(settings, args.batch_id)
+    _out(f"working set for {args.batch_id}: {info['samples']} samples in {info['path']} "
+         f"({', '.join(info['modalities'])}; {info['link_mode']})")
+    _out("link it into ComfyUI: pose-sync comfyui link /path/to/ComfyUI")
+    return 0
+
+
+def cmd_comfyui_link(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
+    from .pipeline import link_into_comfyui
+
+    link, target = link_into_comfyui(settings, Path(args.comfyui_dir), args.name)
+    _out(f"{link} -> {target}")
+    _out(f"in ComfyUI, load images from input/{args.name}/pose/ (etc.); file names are zero-padded so folder "
+         "loaders keep the order")
+    return 0
+
+
 def cmd_config(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
     import os
 
@@ -320,6 +369,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("verify", cmd_verify, "Check a local batch folder against its manifest (sizes, sha256, no extra files)")
     p.add_argument("batch_dir", metavar="BATCH_DIR")
+
+    p = add("validate", cmd_validate, "Validate a batch completely: schemas, files, images, keypoints, ids")
+    p.add_argument("batch_dir", metavar="BATCH_DIR")
+    p.add_argument("--report", metavar="DIR", help="write metrics.json, report.json and plot CSVs here")
+    p.add_argument("--json", action="store_true", help="print the whole report as JSON")
+
+    p = add("materialize", cmd_materialize, "Build the ComfyUI working set from params.yaml (the dvc.yaml stage)")
+    p.add_argument("--params", default="params.yaml", help="params file with the working: section")
+    p.add_argument("--raw", default="data/raw/pose-factory", help="the raw mirror")
+    p.add_argument("--reports", default="data/reports/validate", help="validation reports, one folder per batch")
+    p.add_argument("--out", default="data/working/current_batch", help="the working set folder")
+
+    p = add("prepare-batch", cmd_prepare_batch, "Make one batch the working set and run `dvc repro`")
+    p.add_argument("batch_id", metavar="BATCH_ID")
+
+    comfyui = sub.add_parser("comfyui", help="ComfyUI hand-off", description="ComfyUI hand-off")
+    comfyui_sub = comfyui.add_subparsers(dest="comfyui_command", metavar="COMMAND")
+    p = comfyui_sub.add_parser("link", parents=[common], help="Link the working set into ComfyUI's input/ folder",
+                               description="Link the working set into ComfyUI's input/ folder")
+    p.set_defaults(handler=cmd_comfyui_link)
+    p.add_argument("comfyui_dir", metavar="COMFYUI_DIR")
+    p.add_argument("--name", default="pose-factory", help="folder name inside input/ (default: pose-factory)")
 
     p = add("config", cmd_config, "Show the settings in effect (secrets shown only as set / not set)")
     p.add_argument("--json", action="store_true", help="machine-readable settings")

@@ -131,13 +131,13 @@ class Mismatch:
         return f"{self.path}: {self.problem}: expected {self.expected}, found {self.found}"
 
 
-def verify_batch(batch_dir: Path, manifest: dict[str, Any]) -> dict[str, tuple[int, str, str]]:
-    """Check every listed file exists with its size and sha256, and nothing else is there.
+def compare_files(batch_dir: Path, manifest: dict[str, Any]
+                  ) -> tuple[list[Mismatch], dict[str, tuple[int, str, str]]]:
+    """How the folder differs from the manifest's file list, and the digests of the files present.
 
-    Returns the digests {path: (size, sha256, md5)} so callers need not hash twice.
-    Raises IntegrityError listing the mismatches (the first few in full, then a count).
+    Checks: every listed path is safe and listed once, exists with its size and sha256; nothing
+    unlisted is there; nothing is a symlink.
     """
-    where = str(batch_dir)
     problems: list[Mismatch] = []
     listed: dict[str, dict[str, Any]] = {}
     for entry in manifest["files"]:
@@ -175,11 +175,20 @@ def verify_batch(batch_dir: Path, manifest: dict[str, Any]) -> dict[str, tuple[i
             problems.append(Mismatch(rel, "size differs", f"{entry['size']} bytes", f"{size} bytes"))
         elif sha != entry["sha256"]:
             problems.append(Mismatch(rel, "sha256 differs", entry["sha256"][:16] + "...", sha[:16] + "..."))
+    problems.sort(key=lambda p: p.path)
+    return problems, digests
+
+
+def verify_batch(batch_dir: Path, manifest: dict[str, Any]) -> dict[str, tuple[int, str, str]]:
+    """Raise IntegrityError unless the folder holds exactly the manifest's files (see compare_files).
+
+    Returns the digests {path: (size, sha256, md5)} so callers need not hash twice.
+    """
+    problems, digests = compare_files(batch_dir, manifest)
     if problems:
-        problems.sort(key=lambda p: p.path)
         raise IntegrityError(
             f"{len(problems)} file(s) do not match manifest.json:\n" + schemas.summarise(problems),
-            where=where,
+            where=str(batch_dir),
             hint="the batch is damaged or was changed after its manifest was written; regenerate or re-download it",
         )
     return digests

@@ -56,6 +56,13 @@ def apply(environ: os._Environ | dict | None = None, cwd: Path | None = None) ->
         return
     for key, value in CHECKSUM_SETTINGS.items():
         environ.setdefault(key, value)
+    if sys.prefix != sys.base_prefix:
+        # Stage commands in dvc.yaml say `python ...`: make that this virtualenv's python even when
+        # `scripts/.venv/bin/dvc` is run without activating the virtualenv.
+        bin_dir = str(Path(sys.executable).parent)
+        path = environ.get("PATH", "")
+        if bin_dir not in path.split(os.pathsep):
+            environ["PATH"] = bin_dir + os.pathsep + path if path else bin_dir
     source = {name: environ[name] for name in CREDENTIAL_MAP if environ.get(name)}
     if len(source) < len(CREDENTIAL_MAP):
         dotenv = _project_dotenv(cwd or Path.cwd())

@@ -27,6 +27,7 @@ SCHEMA_FILES = {
     "sample": "sample.schema.json",
     "openpose": "openpose.schema.json",
     "complete": "complete.schema.json",
+    "working": "working.schema.json",
 }
 
 # How many violations one error message spells out in full before it only counts the rest.
@@ -64,6 +65,21 @@ def validator(name: str) -> Draft202012Validator:
     """The compiled validator for one schema (compiled once per process)."""
     contents = json.loads((SCHEMA_DIR / SCHEMA_FILES[name]).read_text())
     return Draft202012Validator(contents, registry=_registry(), format_checker=FormatChecker())
+
+
+@lru_cache(maxsize=None)
+def fast_validator(name: str):
+    """A Rust (jsonschema-rs) validator for the same schema: ~500x faster, used to accept valid documents.
+
+    Only a document it rejects goes through `jsonschema` again, to explain the failure in words.
+    Formats are asserted so it is never more lenient than the explaining validator.
+    """
+    import jsonschema_rs
+
+    documents = [json.loads((SCHEMA_DIR / f).read_text()) for f in SCHEMA_FILES.values()]
+    registry = jsonschema_rs.Registry([(d["$id"], d) for d in documents])
+    contents = json.loads((SCHEMA_DIR / SCHEMA_FILES[name]).read_text())
+    return jsonschema_rs.validator_for(contents, registry=registry, validate_formats=True)
 
 
 def json_path(parts: Iterable[Any]) -> str:
@@ -121,6 +137,8 @@ def _describe(error: ValidationError) -> tuple[str, str, str]:
 
 def problems(document: Any, schema_name: str, file_label: str) -> list[Problem]:
     """Every violation of a schema, deepest first within each location, ordered by JSON path."""
+    if fast_validator(schema_name).is_valid(document):
+        return []
     found: list[Problem] = []
     for error in validator(schema_name).iter_errors(document):
         # oneOf/anyOf wrap the useful cause; report the best leaf instead of "is not valid under any".

@@ -1,0 +1,320 @@
+"""`pose-sync materialize`: build the ComfyUI working set from the `working:` section of params.yaml.
+
+One folder per modality (`pose/`, `openpose_json/`, `depth/`, `normal/`, `seg/`, `rgb/`) with one
+zero-padded name per sample across all of them, so batch loaders that sort by name pair them by index,
+plus `index.json` / `index.csv` listing every sample with its paths and metadata. The set is built in a
+temporary folder beside the destination and swapped in atomically: ComfyUI never sees half a set, and an
+interrupted build leaves the previous one as it was. Files come from the read-only raw mirror by
+hardlink, symlink, copy or copy-on-write clone; the mirror is never writable through them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import ctypes
+import ctypes.util
+import errno
+import io
+import json
+import os
+import shutil
+import stat
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import orjson
+
+from . import contract, schemas
+from .errors import ConfigError, PoseFactoryError, RepositoryError
+from .paths import MANIFEST_NAME
+
+INDEX_VERSION = 1
+DEFAULT_WORKING: dict[str, Any] = {
+    "batches": "latest",
+    "modalities": ["pose", "openpose_json", "depth", "normal", "seg", "rgb"],
+    "filters": {"project": None, "azimuth_deg": None, "elevation_deg": None, "rig": None, "pose_set": None,
+                "tags": [], "sample_ids": []},
+    "naming": {"prefix": "", "digits": 6},
+    "link_mode": "hardlink",
+}
+
+
+def working_settings(params: dict[str, Any], params_file: str) -> dict[str, Any]:
+    """The `working:` section merged over its defaults, validated; an error names the key."""
+    section = params.get("working") or {}
+    if not isinstance(section, dict):
+        raise ConfigError("key 'working': expected a mapping", where=params_file)
+    found = schemas.problems(json.loads(json.dumps(section)), "working", params_file)
+    if found:
+        first = found[0]
+        key = "working" + first.path.removeprefix("$")
+        raise ConfigError(f"key '{key}': expected {first.expected}, found {first.found}", where=params_file,
+                          hint="see the working: section in README (Pipeline)")
+    merged = json.loads(json.dumps(DEFAULT_WORKING))
+    for key, value in section.items():
+        if isinstance(value, dict):
+            merged[key].update(value)
+        else:
+            merged[key] = value
+    return merged
+
+
+@dataclass(frozen=True)
+class Selected:
+    batch_id: str
+    sample: dict[str, Any]
+    annotation: dict[str, Any]
+    manifest_sha256: str
+
+
+def _resolve_batches(working: dict[str, Any], registered: list[str], raw_dir: Path, params_file: str) -> list[str]:
+    if not registered:
+        raise RepositoryError("no batches are registered in params.yaml (batches:)", where=params_file,
+                              hint="pull one first: `pose-sync pull-latest`")
+    if working["batches"] == "latest":
+        def created(batch_id: str) -> tuple[str, str]:
+            manifest = orjson.loads((raw_dir / batch_id / MANIFEST_NAME).read_bytes())
+            return manifest["created_at"], batch_id
+
+        return [max(registered, key=created)]
+    unknown = [b for b in working["batches"] if b not in registered]
+    if unknown:
+        raise ConfigError(f"key 'working.batches': {unknown[0]!r} is not in batches:", where=params_file,
+                          hint="pull it (`pose-sync pull`), or restore it if archived (`pose-sync restore`)")
+    return list(working["batches"])
+
+
+def _keep(selected: Selected, filters: dict[str, Any], manifest: dict[str, Any]) -> bool:
+    annotation = selected.annotation
+    camera, pose = annotation["camera"], annotation["pose"]
+    if filters["project"] and manifest["project"] != filters["project"]:
+        return False
+    for key, value in (("azimuth_deg", camera["azimuth_deg"] % 360), ("elevation_deg", camera["elevation_deg"])):
+        bounds = filters[key]
+        if bounds is not None and not (bounds[0] <= value <= bounds[1]):
+            return False
+    if filters["rig"] and pose["rig"] != filters["rig"]:
+        return False
+    if filters["pose_set"] and pose["set"] != filters["pose_set"]:
+        return False
+    if filters["tags"]:
+        tags = set(annotation.get("tags") or []) | set(manifest["job"].get("tags") or [])
+        if not set(filters["tags"]) <= tags:
+            return False
+    if filters["sample_ids"] and selected.sample["sample_id"] not in filters["sample_ids"]:
+        return False
+    return True
+
+
+# --- linking ----------------------------------------------------------------------------------------
+
+def _clone_file(source: Path, dest: Path) -> bool:
+    """Copy-on-write clone (APFS clonefile, Linux FICLONE); False where the filesystem has none."""
+    if sys.platform == "darwin":
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        return libc.clonefile(os.fsencode(source), os.fsencode(dest), 0) == 0
+    if sys.platform.startswith("linux"):
+        import fcntl
+
+        ficlone = 0x40049409
+        with source.open("rb") as src, dest.open("wb") as dst:
+            try:
+                fcntl.ioctl(dst.fileno(), ficlone, src.fileno())
+                return True
+            except OSError:
+                pass
+        dest.unlink()
+    return False
+
+
+def _linker(mode: str, counts: dict[str, int]) -> Callable[[Path, Path], None]:
+    def hardlink(source: Path, dest: Path) -> None:
+        try:
+            os.link(source, dest)
+            counts["hardlink"] += 1
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+                raise
+            shutil.copyfile(source, dest)  # another filesystem: a copy is the only way
+            counts["copy"] += 1
+
+    def symlink(source: Path, dest: Path) -> None:
+        # Relative, so the working set survives moving the repository.
+        dest.symlink_to(os.path.relpath(source, dest.parent))
+        counts["symlink"] += 1
+
+    def copy(source: Path, dest: Path) -> None:
+        shutil.copyfile(source, dest)
+        counts["copy"] += 1
+
+    def clone(source: Path, dest: Path) -> None:
+        if _clone_file(source, dest):
+            counts["clone"] += 1
+        else:
+            copy(source, dest)
+
+    return {"hardlink": hardlink, "symlink": symlink, "copy": copy, "clone": clone}[mode]
+
+
+def _protect(path: Path) -> None:
+    """Raw files are read-only, so a hardlink or symlink cannot be used to change them."""
+    mode = path.stat().st_mode
+    if mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH):
+        path.chmod(mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two directories (Linux renameat2 RENAME_EXCHANGE, macOS renamex_np RENAME_SWAP)."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    if sys.platform.startswith("linux") and hasattr(libc, "renameat2"):
+        at_fdcwd, rename_exchange = -100, 2
+        return libc.renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+    if sys.platform == "darwin" and hasattr(libc, "renamex_np"):
+        return libc.renamex_np(os.fsencode(a), os.fsencode(b), 2) == 0
+    return False
+
+
+def swap_into_place(built: Path, dest: Path) -> None:
+    """Make `built` the new `dest` in one step; the previous set is removed afterwards."""
+    if dest.exists() and _exchange(built, dest):
+        shutil.rmtree(built)  # now holds the previous set
+        return
+    if dest.exists():
+        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+        os.replace(dest, old)
+        os.replace(built, dest)
+        shutil.rmtree(old)
+    else:
+        os.replace(built, dest)
+
+
+@dataclass(frozen=True)
+class MaterializeResult:
+    out_dir: Path
+    samples: int
+    batches: list[str]
+    modalities: list[str]
+    link_counts: dict[str, int]
+
+
+def materialize(params_file: Path, raw_dir: Path, reports_dir: Path, out_dir: Path, progress=None
+                ) -> MaterializeResult:
+    """Build the working set the params ask for and swap it into out_dir."""
+    from ruamel.yaml import YAML
+
+    label = str(params_file)
+    params = YAML(typ="safe").load(params_file.read_text()) or {}
+    working = working_settings(params, label)
+    registered = list(params.get("batches") or [])
+    batch_ids = _resolve_batches(working, registered, raw_dir, label)
+    for batch_id in batch_ids:
+        metrics = reports_dir / batch_id / "metrics.json"
+        if not metrics.is_file():
+            raise RepositoryError(f"{batch_id} has not been validated", where=str(metrics),
+                                  hint="run `dvc repro`: it validates every batch before materialising")
+        if json.loads(metrics.read_text()).get("errors", 1) != 0:
+            raise RepositoryError(f"{batch_id} failed validation: it is not put in the working set", where=str(metrics),
+                                  hint=f"see {reports_dir / batch_id / 'report.json'}")
+    modalities = working["modalities"]
+    selected: list[tuple[Selected, dict[str, Any]]] = []
+    for batch_id in batch_ids:
+        batch_dir = raw_dir / batch_id
+        manifest_bytes = (batch_dir / MANIFEST_NAME).read_bytes()
+        manifest = orjson.loads(manifest_bytes)
+        missing = [m for m in modalities if m not in manifest["modalities"]]
+        if missing:
+            raise ConfigError(f"key 'working.modalities': batch {batch_id} has no {', '.join(missing)}",
+                              where=label, hint="choose from: " + ", ".join(manifest["modalities"]))
+        for sample in manifest["samples"]:
+            annotation = orjson.loads((batch_dir / sample["annotation"]).read_bytes())
+            item = Selected(batch_id, sample, annotation, contract.sha256_bytes(manifest_bytes))
+            if _keep(item, working["filters"], manifest):
+                selected.append((item, manifest))
+    if not selected:
+        raise ConfigError("the filters in working: select no sample", where=label,
+                          hint="widen working.filters, or choose other working.batches")
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    build = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.build-", dir=out_dir.parent))
+    counts = {"hardlink": 0, "symlink": 0, "copy": 0, "clone": 0}
+    link = _linker(working["link_mode"], counts)
+    naming = working["naming"]
+    try:
+        for modality in modalities:
+            (build / contract.MODALITIES[modality][0]).mkdir()
+        rows = []
+        counter = progress.task("materialize", len(selected), "samples") if progress else contextlib.nullcontext()
+        with counter as bar:
+            for index, (item, manifest) in enumerate(selected):
+                name = f"{naming['prefix']}{index:0{naming['digits']}d}"
+                files, sources = {}, {}
+                for modality in modalities:
+                    folder, extension, _ = contract.MODALITIES[modality]
+                    source = raw_dir / item.batch_id / item.sample["files"][modality]
+                    if working["link_mode"] in ("hardlink", "symlink"):
+                        _protect(source)
+                    rel = f"{folder}/{name}{extension}"
+                    link(source, build / rel)
+                    files[modality] = rel
+                    sources[modality] = f"{item.batch_id}/{item.sample['files'][modality]}"
+                rows.append(_index_row(index, name, item, files, sources))
+                if bar:
+                    bar.advance()
+        index_doc = {
+            "version": INDEX_VERSION,
+            "batches": [{"batch_id": b, "manifest_sha256": next(i.manifest_sha256 for i, _ in selected
+                                                                 if i.batch_id == b)} for b in batch_ids],
+            "modalities": modalities,
+            "link_mode": working["link_mode"],
+            "working": working,
+            "samples": rows,
+        }
+        (build / "index.json").write_bytes(contract.dumps(index_doc))
+        (build / "index.csv").write_text(_index_csv(rows, modalities))
+        swap_into_place(build, out_dir)
+    except BaseException:
+        shutil.rmtree(build, ignore_errors=True)
+        raise
+    return MaterializeResult(out_dir, len(rows), batch_ids, modalities, {k: v for k, v in counts.items() if v})
+
+
+def _index_row(index: int, name: str, item: Selected, files: dict[str, str], sources: dict[str, str]) -> dict:
+    annotation = item.annotation
+    camera, pose = annotation["camera"], annotation["pose"]
+    person = annotation["persons"][0] if annotation["persons"] else {}
+    return {
+        "index": index, "name": name, "batch_id": item.batch_id, "sample_id": item.sample["sample_id"],
+        "files": files, "source": sources,
+        "azimuth_deg": camera["azimuth_deg"], "elevation_deg": camera["elevation_deg"],
+        "distance_m": camera["distance_m"], "focal_length_mm": camera["focal_length_mm"],
+        "rig": pose["rig"], "pose_set": pose["set"], "frame": pose["frame"],
+        "visible_fraction": person.get("visible_fraction"), "bbox": person.get("bbox"),
+    }
+
+
+def _index_csv(rows: list[dict[str, Any]], modalities: list[str]) -> str:
+    buffer = io.StringIO()
+    columns = ["index", "name", "batch_id", "sample_id", *modalities, "azimuth_deg", "elevation_deg", "distance_m",
+               "rig", "pose_set", "frame", "visible_fraction"]
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        flat = {k: row[k] for k in columns if k in row}
+        flat.update(row["files"])
+        writer.writerow(flat)
+    return buffer.getvalue()
+
+
+def describe(out_dir: Path) -> dict[str, Any]:
+    """What the current working set holds (from its index.json)."""
+    index_file = out_dir / "index.json"
+    if not index_file.is_file():
+        raise PoseFactoryError("there is no working set yet", where=str(out_dir),
+                               hint="run `dvc repro` or `pose-sync prepare-batch BATCH_ID`")
+    index = json.loads(index_file.read_text())
+    return {"path": str(out_dir), "samples": len(index["samples"]), "modalities": index["modalities"],
+            "batches": [b["batch_id"] for b in index["batches"]], "link_mode": index["link_mode"]}

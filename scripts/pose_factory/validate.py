@@ -1,0 +1,329 @@
+"""`pose-sync validate`: everything the schemas say about a batch, and what they cannot say.
+
+Schema checks: the manifest, every per-sample annotation and every OpenPose JSON. Beyond the schemas:
+every listed file exists with its size and sha256 and nothing else is there; every sample has every
+modality; ids are unique; images have the manifest's size, are 8-bit RGB and are not truncated;
+exactly 18 body keypoints, inside the canvas; OpenPose JSON agrees with the annotation; totals add up.
+
+The result is a report (errors, warnings, counts, statistics). `write_report` writes it as DVC
+metrics (`metrics.json`) and plots (CSV files) into the folder the pipeline names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from . import contract, schemas
+from .errors import PoseFactoryError
+from .paths import MANIFEST_NAME
+from .storage import atomic_write_path
+
+REPORT_VERSION = 1
+PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+PNG_START = b"\x89PNG\r\n\x1a\n"
+BODY_KEYPOINTS = 18
+# Keypoints from the annotation and the OpenPose JSON may differ by rounding only.
+KEYPOINT_TOLERANCE_PX = 0.02
+# A problem list this long is already unreadable; the counts still cover everything.
+KEPT_PROBLEMS = 200
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem: which file, which field, what was expected, what was found."""
+
+    file: str
+    field: str
+    expected: str
+    found: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.field}: expected {self.expected}, found {self.found}"
+
+    def as_dict(self) -> dict[str, str]:
+        return {"file": self.file, "field": self.field, "expected": self.expected, "found": self.found}
+
+
+@dataclass
+class ValidationReport:
+    batch_id: str
+    batch_dir: str
+    samples: int = 0
+    files: int = 0
+    bytes: int = 0
+    errors: list[Finding] = field(default_factory=list)
+    warnings: list[Finding] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def error(self, file: str, where: str, expected: str, found: Any) -> None:
+        self.errors.append(Finding(file, where, expected, str(found)))
+
+    def warn(self, file: str, where: str, expected: str, found: Any) -> None:
+        self.warnings.append(Finding(file, where, expected, str(found)))
+
+    def metrics(self) -> dict[str, int]:
+        return {"samples": self.samples, "files": self.files, "bytes": self.bytes, "errors": len(self.errors),
+                "warnings": len(self.warnings)}
+
+    def as_json(self) -> dict[str, Any]:
+        return {"version": REPORT_VERSION, "batch_id": self.batch_id, "batch_dir": self.batch_dir, "ok": self.ok,
+                **self.metrics(), "problems": [f.as_dict() for f in self.errors[:KEPT_PROBLEMS]],
+                "warning_list": [f.as_dict() for f in self.warnings[:KEPT_PROBLEMS]], "stats": self.stats}
+
+
+class ValidationFailed(PoseFactoryError):
+    """A batch has validation errors."""
+
+    exit_code = 11
+
+
+def _load(path: Path, label: str, report: ValidationReport) -> Any:
+    try:
+        return orjson.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None  # reported by the file comparison
+    except orjson.JSONDecodeError as exc:
+        report.error(label, "$", "valid JSON", f"malformed JSON ({exc})")
+        return None
+
+
+def _png_problem(path: Path, width: int, height: int) -> tuple[str, str, str] | None:
+    """(field, expected, found) if the PNG is truncated, the wrong size or not 8-bit RGB."""
+    from PIL import Image
+
+    with path.open("rb") as handle:
+        head = handle.read(8)
+        handle.seek(0, 2)
+        if handle.tell() < len(PNG_END) + 8:
+            return "bytes", "a PNG file", f"{handle.tell()} bytes"
+        handle.seek(-len(PNG_END), 2)
+        tail = handle.read()
+    if head != PNG_START:
+        return "format", "a PNG file", "another format"
+    if tail != PNG_END:
+        return "bytes", "a complete PNG ending in IEND", "a truncated file"
+    try:
+        with Image.open(path) as image:
+            if image.size != (width, height):
+                return "size", f"{width}x{height} (manifest image)", f"{image.size[0]}x{image.size[1]}"
+            if image.mode != "RGB":
+                return "mode", "8-bit RGB (ComfyUI reads 16-bit as /255)", image.mode
+    except (OSError, ValueError, SyntaxError) as exc:  # Pillow's ways of saying "not a readable image"
+        return "format", "a PNG image that decodes", f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def _check_keypoints(points: list[list[float]], width: int, height: int, label: str, where: str,
+                     report: ValidationReport) -> None:
+    if len(points) != BODY_KEYPOINTS:
+        report.error(label, where, f"{BODY_KEYPOINTS} COCO-18 body keypoints", f"{len(points)}")
+        return
+    for joint, (x, y, v) in enumerate(points):
+        if v and not (0 <= x < width and 0 <= y < height):
+            report.error(label, f"{where}[{joint}]", f"a point inside the {width}x{height} canvas",
+                         f"({x}, {y})")
+        if not v and (x, y) != (0, 0):
+            report.error(label, f"{where}[{joint}]", "0, 0 for a point that is not labelled", f"({x}, {y})")
+
+
+def _check_sample(batch_dir: Path, entry: dict[str, Any], index: int, manifest: dict[str, Any], listed: set[str],
+                  report: ValidationReport, stats: dict[str, Counter]) -> None:
+    sid = entry["sample_id"]
+    width, height = manifest["image"]["width"], manifest["image"]["height"]
+    where = f"$.samples[{index}]"
+    wanted = set(manifest["modalities"])
+    have = set(entry["files"])
+    if wanted - have:
+        report.error(MANIFEST_NAME, f"{where}.files", "every modality of the batch (" + ", ".join(sorted(wanted)) + ")",
+                     "missing " + ", ".join(sorted(wanted - have)))
+    if have - wanted:
+        report.error(MANIFEST_NAME, f"{where}.files", "only the batch's modalities", "extra " + ", ".join(sorted(have - wanted)))
+    for modality, rel in sorted(entry["files"].items()):
+        if rel not in listed:
+            report.error(MANIFEST_NAME, f"{where}.files.{modality}", "a path listed in files", rel)
+        elif modality in contract.MODALITIES and not rel.endswith(contract.MODALITIES[modality][1]):
+            report.error(MANIFEST_NAME, f"{where}.files.{modality}", f"a {contract.MODALITIES[modality][1]} file", rel)
+    if entry["annotation"] not in listed:
+        report.error(MANIFEST_NAME, f"{where}.annotation", "a path listed in files", entry["annotation"])
+
+    annotation = _load(batch_dir / entry["annotation"], entry["annotation"], report)
+    keypoints = None
+    if annotation is not None:
+        found = schemas.problems(annotation, "sample", entry["annotation"])
+        for p in found:
+            report.error(p.file, p.path, p.expected, p.found)
+        if not found:
+            if annotation["sample_id"] != sid:
+                report.error(entry["annotation"], "$.sample_id", f"{sid!r} (manifest)", repr(annotation["sample_id"]))
+            if annotation["batch_id"] != manifest["batch_id"]:
+                report.error(entry["annotation"], "$.batch_id", repr(manifest["batch_id"]), repr(annotation["batch_id"]))
+            camera = annotation["camera"]
+            if (camera["width"], camera["height"]) != (width, height):
+                report.error(entry["annotation"], "$.camera.width/height", f"{width}x{height}",
+                             f"{camera['width']}x{camera['height']}")
+            if annotation["files"] != entry["files"]:
+                report.error(entry["annotation"], "$.files", "the same files as the manifest's sample entry",
+                             "different paths")
+            for n, person in enumerate(annotation["persons"]):
+                _check_keypoints(person["keypoints_2d"], width, height, entry["annotation"],
+                                 f"$.persons[{n}].keypoints_2d", report)
+            if annotation["persons"]:
+                keypoints = annotation["persons"][0]["keypoints_2d"]
+                for joint, point in enumerate(keypoints):
+                    stats["visibility"][(joint, int(point[2]))] += 1
+                if not any(p[2] == 2 for p in keypoints):
+                    report.warn(entry["annotation"], "$.persons[0].keypoints_2d", "at least one visible keypoint",
+                                "none visible")
+            stats["azimuth"][round(float(camera["azimuth_deg"]), 3)] += 1
+            stats["elevation"][round(float(camera["elevation_deg"]), 3)] += 1
+            stats["rig_pose"][(annotation["pose"]["rig"], annotation["pose"]["set"])] += 1
+
+    rel = entry["files"].get("openpose_json")
+    if rel and rel in listed:
+        openpose = _load(batch_dir / rel, rel, report)
+        if openpose is not None:
+            found = schemas.problems(openpose, "openpose", rel)
+            for p in found:
+                report.error(p.file, p.path, p.expected, p.found)
+            if not found:
+                if (openpose["canvas_width"], openpose["canvas_height"]) != (width, height):
+                    report.error(rel, "$.canvas_width/canvas_height", f"{width}x{height}",
+                                 f"{openpose['canvas_width']}x{openpose['canvas_height']}")
+                for n, person in enumerate(openpose["people"]):
+                    flat = person["pose_keypoints_2d"]
+                    triples = [flat[i:i + 3] for i in range(0, len(flat), 3)]
+                    for joint, (_, _, c) in enumerate(triples):
+                        if c not in (0, 1):
+                            report.error(rel, f"$.people[{n}].pose_keypoints_2d[{joint * 3 + 2}]",
+                                         "confidence 1.0 (present) or 0 (missing)", c)
+                    _check_keypoints([[x, y, c] for x, y, c in triples], width, height, rel,
+                                     f"$.people[{n}].pose_keypoints_2d", report)
+                if keypoints is not None and openpose["people"]:
+                    flat = openpose["people"][0]["pose_keypoints_2d"]
+                    for joint, (x, y, v) in enumerate(keypoints):
+                        ox, oy, oc = flat[joint * 3:joint * 3 + 3]
+                        if bool(v) != bool(oc) or (v and (abs(ox - x) > KEYPOINT_TOLERANCE_PX
+                                                          or abs(oy - y) > KEYPOINT_TOLERANCE_PX)):
+                            report.warn(rel, f"$.people[0].pose_keypoints_2d[{joint * 3}]",
+                                        f"the annotation's point ({x}, {y}, v={v})", f"({ox}, {oy}, c={oc})")
+                            break
+
+    for modality, rel in sorted(entry["files"].items()):
+        if rel in listed and rel.endswith(".png") and (batch_dir / rel).is_file():
+            problem = _png_problem(batch_dir / rel, width, height)
+            if problem:
+                report.error(rel, problem[0], problem[1], problem[2])
+
+
+def validate_batch(batch_dir: Path, progress=None) -> ValidationReport:
+    """Check one batch folder completely; never raises for a problem in the batch, only reports it."""
+    batch_dir = batch_dir.resolve()
+    report = ValidationReport(batch_id=batch_dir.name, batch_dir=str(batch_dir))
+    manifest_path = batch_dir / MANIFEST_NAME
+    if not batch_dir.is_dir():
+        report.error(str(batch_dir), "folder", "a batch folder", "nothing")
+        return report
+    if not manifest_path.is_file():
+        report.error(MANIFEST_NAME, "$", "a manifest at the root of the batch folder", "no manifest.json")
+        return report
+    manifest = _load(manifest_path, MANIFEST_NAME, report)
+    if manifest is None:
+        return report
+    for p in schemas.problems(manifest, "manifest", MANIFEST_NAME):
+        report.error(p.file, p.path, p.expected, p.found)
+    if report.errors:
+        return report  # the checks below rely on the manifest's shape
+    report.batch_id = manifest["batch_id"]
+    if batch_dir.name != manifest["batch_id"]:
+        report.error(MANIFEST_NAME, "$.batch_id", f"the folder name {batch_dir.name!r}", repr(manifest["batch_id"]))
+    try:
+        mismatches, digests = contract.compare_files(batch_dir, manifest)
+    except PoseFactoryError as exc:  # an unsafe path: nothing else can be trusted
+        report.error(MANIFEST_NAME, "$.files[].path", "safe relative paths", exc.message)
+        return report
+    for m in mismatches:
+        report.error(m.path, m.problem, m.expected, m.found)
+    report.files = len(manifest["files"])
+    report.bytes = sum(e["size"] for e in manifest["files"])
+    report.samples = len(manifest["samples"])
+    totals = manifest["totals"]
+    for key, actual in (("samples", report.samples), ("files", report.files), ("bytes", report.bytes)):
+        if totals[key] != actual:
+            report.error(MANIFEST_NAME, f"$.totals.{key}", f"{actual} (counted)", totals[key])
+    if manifest["image"] != manifest["job"]["image"]:
+        report.error(MANIFEST_NAME, "$.image", f"the job's image size {manifest['job']['image']}", manifest["image"])
+    ids = Counter(e["sample_id"] for e in manifest["samples"])
+    for sid, count in sorted(ids.items()):
+        if count > 1:
+            report.error(MANIFEST_NAME, "$.samples[].sample_id", "unique sample ids", f"{sid!r} {count} times")
+    listed = {e["path"] for e in manifest["files"]}
+    stats: dict[str, Counter] = {"azimuth": Counter(), "elevation": Counter(), "visibility": Counter(),
+                                 "rig_pose": Counter()}
+    counter = progress.task(f"validate {report.batch_id}", len(manifest["samples"]), "samples") if progress \
+        else contextlib.nullcontext()
+    with counter as bar:
+        for index, entry in enumerate(manifest["samples"]):
+            _check_sample(batch_dir, entry, index, manifest, listed, report, stats)
+            if bar:
+                bar.advance()
+    report.stats = _stats(stats, manifest)
+    return report
+
+
+def _stats(stats: dict[str, Counter], manifest: dict[str, Any]) -> dict[str, Any]:
+    joints = manifest["conventions"]["keypoints"]["joints"]
+    visibility = []
+    for joint, name in enumerate(joints):
+        counts = {v: stats["visibility"][(joint, v)] for v in (0, 1, 2)}
+        visibility.append({"joint": name, "visible": counts[2], "occluded": counts[1], "unlabelled": counts[0]})
+    return {
+        "azimuth": [{"azimuth_deg": k, "samples": v} for k, v in sorted(stats["azimuth"].items())],
+        "elevation": [{"elevation_deg": k, "samples": v} for k, v in sorted(stats["elevation"].items())],
+        "visibility": visibility,
+        "rig_pose": [{"rig": r, "pose_set": p, "samples": v} for (r, p), v in sorted(stats["rig_pose"].items())],
+    }
+
+
+PLOT_FILES = {"azimuth": "azimuth.csv", "elevation": "elevation.csv", "visibility": "visibility.csv",
+              "rig_pose": "counts.csv"}
+
+
+def write_report(report: ValidationReport, out_dir: Path) -> None:
+    """metrics.json (DVC metrics), report.json (every problem) and the plot CSVs, each written atomically."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_write_path(out_dir / "metrics.json") as tmp:
+        tmp.write_text(json.dumps(report.metrics(), indent=2) + "\n")
+    with atomic_write_path(out_dir / "report.json") as tmp:
+        tmp.write_text(json.dumps(report.as_json(), indent=2) + "\n")
+    for key, name in PLOT_FILES.items():
+        rows = report.stats.get(key) or []
+        buffer = io.StringIO()
+        if rows:
+            writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
+        with atomic_write_path(out_dir / name) as tmp:
+            tmp.write_text(buffer.getvalue())
+
+
+def raise_if_failed(report: ValidationReport) -> None:
+    """Raise ValidationFailed listing the first few errors and a count of the rest."""
+    if report.ok:
+        return
+    raise ValidationFailed(f"{len(report.errors)} problem(s) in the batch:\n" + schemas.summarise(report.errors),
+                           where=report.batch_dir,
+                           hint="fix the batch on the pod side and publish it again, or archive it "
+                                "(`pose-sync archive`) to take it out of the pipeline")

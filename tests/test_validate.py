@@ -1,0 +1,170 @@
+"""`pose-sync validate`: one small damaged batch per failure class, each with the message it must give."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pose_factory import contract
+
+W = H = 64
+
+
+def manifest_of(batch: Path) -> dict:
+    return json.loads((batch / "manifest.json").read_text())
+
+
+def save_manifest(batch: Path, manifest: dict) -> None:
+    (batch / "manifest.json").write_bytes(contract.dumps(manifest))
+
+
+def reseal(batch: Path) -> None:
+    """Re-hash every file into the manifest, as a buggy pod would, so only the deeper checks can object."""
+    manifest = manifest_of(batch)
+    paths = sorted(p.relative_to(batch).as_posix() for p in batch.rglob("*") if p.is_file() and p.name != "manifest.json")
+    manifest["files"] = contract.file_entries(batch, paths)
+    manifest["totals"]["files"] = len(manifest["files"])
+    manifest["totals"]["bytes"] = sum(f["size"] for f in manifest["files"])
+    save_manifest(batch, manifest)
+
+
+def edit_json(batch: Path, rel: str, change) -> None:
+    document = json.loads((batch / rel).read_text())
+    change(document)
+    (batch / rel).write_bytes(contract.dumps(document))
+
+
+def set_keypoint(document: dict, joint: int, x: float, y: float) -> None:
+    document["persons"][0]["keypoints_2d"][joint] = [x, y, 2]
+
+
+def shift_openpose(document: dict) -> None:
+    document["people"][0]["pose_keypoints_2d"][0] = 10.0
+    document["people"][0]["pose_keypoints_2d"][2] = 1.0
+
+
+def _image(batch: Path, rel: str, array: np.ndarray, mode: str | None = None) -> None:
+    Image.fromarray(array, mode=mode).save(batch / rel)
+
+
+CASES = {
+    "malformed manifest": (lambda b: (b / "manifest.json").write_text("{oops"),
+                           "manifest.json: $: expected valid JSON, found malformed JSON"),
+    "manifest schema": (lambda b: save_manifest(b, {**manifest_of(b), "schema_version": "2.0"}),
+                        "manifest.json: $.schema_version: expected a string matching"),
+    "unknown convention": (lambda b: save_manifest(b, _with(manifest_of(b), ["conventions", "depth", "near"], "black")),
+                           "manifest.json: $.conventions.depth.near: expected exactly 'white', found 'black'"),
+    "missing file": (lambda b: (b / "seg/000001.png").unlink(), "seg/000001.png: missing: expected a file"),
+    "size differs": (lambda b: (b / "rgb/000000.png").write_bytes((b / "rgb/000000.png").read_bytes()[:50]),
+                     "rgb/000000.png: size differs"),
+    "hash differs": (lambda b: _flip(b / "normal/000002.png"), "normal/000002.png: sha256 differs"),
+    "undecodable image": (lambda b: (_flip(b / "normal/000002.png"), reseal(b)),
+                          "normal/000002.png: format: expected a PNG image that decodes"),
+    "unlisted file": (lambda b: (b / "depth/extra.png").write_bytes(b"x"), "depth/extra.png: not in the manifest"),
+    "wrong image size": (lambda b: (_image(b, "depth/000001.png", np.zeros((32, 48, 3), np.uint8)), reseal(b)),
+                         "depth/000001.png: size: expected 64x64 (manifest image), found 48x32"),
+    "16-bit depth": (lambda b: (_image(b, "depth/000000.png", np.zeros((H, W), np.uint16)), reseal(b)),
+                     "depth/000000.png: mode: expected 8-bit RGB"),
+    "truncated png": (lambda b: ((b / "pose/000003.png").write_bytes((b / "pose/000003.png").read_bytes()[:-30]),
+                                 reseal(b)), "pose/000003.png: bytes: expected a complete PNG ending in IEND"),
+    "17 keypoints": (lambda b: (edit_json(b, "annotations/000001.json",
+                                          lambda d: d["persons"][0]["keypoints_2d"].pop()), reseal(b)),
+                     "annotations/000001.json: $.persons[0].keypoints_2d: expected at least 18 items, found 17 items"),
+    "openpose 51 numbers": (lambda b: (edit_json(b, "openpose_json/000002.json",
+                                                 lambda d: d["people"][0].update(pose_keypoints_2d=[0] * 51)),
+                                       reseal(b)),
+                            "openpose_json/000002.json: $.people[0].pose_keypoints_2d: expected at least 54 items"),
+    "keypoint off canvas": (lambda b: (edit_json(b, "annotations/000000.json", lambda d: set_keypoint(d, 4, 70.5, 10)),
+                                       reseal(b)),
+                            "annotations/000000.json: $.persons[0].keypoints_2d[4]: expected a point inside the "
+                            "64x64 canvas, found (70.5, 10)"),
+    "unlabelled point with coordinates": (
+        lambda b: (edit_json(b, "annotations/000003.json",
+                             lambda d: d["persons"][0]["keypoints_2d"].__setitem__(5, [3.0, 4.0, 0])), reseal(b)),
+        "annotations/000003.json: $.persons[0].keypoints_2d[5]: expected 0, 0 for a point that is not labelled"),
+    "duplicate sample id": (lambda b: save_manifest(b, _dup_id(manifest_of(b))),
+                            "manifest.json: $.samples[].sample_id: expected unique sample ids, found '000000' 2 times"),
+    "missing modality": (lambda b: save_manifest(b, _drop_modality(manifest_of(b))),
+                         "manifest.json: $.samples[2].files: expected every modality of the batch"),
+    "annotation schema": (lambda b: (edit_json(b, "annotations/000002.json", lambda d: d["camera"].pop("K")),
+                                     reseal(b)),
+                          "annotations/000002.json: $.camera.K: expected this key to be present"),
+    "canvas size": (lambda b: (edit_json(b, "openpose_json/000001.json", lambda d: d.update(canvas_width=512)),
+                               reseal(b)),
+                    "openpose_json/000001.json: $.canvas_width/canvas_height: expected 64x64, found 512x64"),
+    "totals": (lambda b: save_manifest(b, _with(manifest_of(b), ["totals", "samples"], 5)),
+               "manifest.json: $.totals.samples: expected 4 (counted), found 5"),
+    "sample id mismatch": (lambda b: (edit_json(b, "annotations/000003.json", lambda d: d.update(sample_id="000009")),
+                                      reseal(b)),
+                           "annotations/000003.json: $.sample_id: expected '000003' (manifest), found '000009'"),
+}
+
+
+def _with(document: dict, path: list[str], value) -> dict:
+    node = document
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    return document
+
+
+def _flip(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[40] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _dup_id(manifest: dict) -> dict:
+    manifest["samples"][1]["sample_id"] = "000000"
+    return manifest
+
+
+def _drop_modality(manifest: dict) -> dict:
+    del manifest["samples"][2]["files"]["depth"]
+    return manifest
+
+
+def test_a_good_batch_is_valid_with_counts_and_stats(batch, cli, tmp_path):
+    result = cli("validate", batch, "--report", tmp_path / "report")
+    assert result.code == 0, result.err
+    assert "valid: 4 samples, 28 files" in result.out
+    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert metrics == {"samples": 4, "files": 28, "bytes": metrics["bytes"], "errors": 0, "warnings": 0}
+    visibility = (tmp_path / "report" / "visibility.csv").read_text().splitlines()
+    assert visibility[0] == "joint,visible,occluded,unlabelled" and len(visibility) == 19
+    assert (tmp_path / "report" / "azimuth.csv").read_text().startswith("azimuth_deg,samples\n0.0,1\n")
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_each_failure_class_names_file_field_expected_and_found(batch, cli, tmp_path, case):
+    damage, message = CASES[case]
+    damage(batch)
+    result = cli("validate", batch, "--report", tmp_path / "report")
+    assert result.code == 11, result.err
+    assert message in result.err, result.err
+    assert str(batch) in result.err and "hint:" in result.err and "Traceback" not in result.err
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["version"] == 1 and report["ok"] is False and report["errors"] >= 1
+    assert any(message.split(": ", 1)[1].split(":")[0] in json.dumps(p) for p in report["problems"])
+    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert metrics["errors"] == report["errors"]
+
+
+def test_many_problems_show_the_first_few_and_count_the_rest(batch, cli):
+    for path in sorted(batch.glob("rgb/*.png")) + sorted(batch.glob("seg/*.png")):
+        path.unlink()
+    result = cli("validate", batch)
+    assert "8 problem(s)" in result.err and "... and 3 more" in result.err
+
+
+def test_annotation_and_openpose_disagreeing_is_a_warning(batch, cli):
+    edit_json(batch, "openpose_json/000000.json", shift_openpose)
+    reseal(batch)
+    result = cli("validate", batch, "--json")
+    report = json.loads(result.out)
+    assert result.code == 0 and report["ok"] is True and report["warnings"] == 1
+    assert report["warning_list"][0]["file"] == "openpose_json/000000.json"
