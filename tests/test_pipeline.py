@@ -1,0 +1,233 @@
+"""The dvc.yaml pipeline: `dvc repro` validates each batch and materialises the ComfyUI working set."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import dvc, git, publish_generated
+from pose_factory import materialize as materialize_module
+
+A, B, C = "2026-11-01_run-cycle", "2026-11-02_walk", "2026-11-03_jump"
+MODALITY_FOLDERS = ["depth", "normal", "openpose_json", "pose", "rgb", "seg"]
+
+
+def working(repo) -> Path:
+    return repo.root / "data" / "working" / "current_batch"
+
+
+def set_working(repo, **values) -> None:
+    from ruamel.yaml import YAML
+
+    yaml = YAML()
+    params = yaml.load((repo.root / "params.yaml").read_text())
+    for key, value in values.items():
+        params["working"][key] = value
+    with (repo.root / "params.yaml").open("w") as handle:
+        yaml.dump(params, handle)
+
+
+def repro(repo, check: bool = True) -> subprocess.CompletedProcess:
+    return dvc(repo.root, "repro", check=check)
+
+
+def ran(output: str) -> list[str]:
+    return sorted(line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage"))
+
+
+@pytest.fixture
+def two_batches(pipeline_repo, cli, tmp_path, monkeypatch):
+    for batch_id, seed, hour in ((A, 1, "08"), (B, 2, "09")):
+        monkeypatch.setenv("SOURCE_DATE_EPOCH", str(1793520000 + int(hour) * 3600))
+        publish_generated(tmp_path, cli, batch_id, samples=3, seed=seed)
+        assert cli("pull", batch_id, "--commit", "-q").code == 0
+    monkeypatch.delenv("SOURCE_DATE_EPOCH")
+    return pipeline_repo
+
+
+def test_repro_validates_every_batch_and_builds_the_latest_working_set(two_batches, cli):
+    repo = two_batches
+    result = repro(repo)
+    assert ran(result.stdout) == ["materialize", f"validate@{A}", f"validate@{B}"]
+    out = working(repo)
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == MODALITY_FOLDERS
+    index = json.loads((out / "index.json").read_text())
+    assert index["version"] == 1 and [b["batch_id"] for b in index["batches"]] == [B]
+    assert [s["name"] for s in index["samples"]] == ["000000", "000001", "000002"]
+    for folder in MODALITY_FOLDERS:
+        names = sorted(p.stem for p in (out / folder).iterdir())
+        assert names == ["000000", "000001", "000002"], folder
+    # Hardlinks by default: the same inode as the read-only raw file, which cannot be written through.
+    first = index["samples"][0]
+    raw = repo.root / "data" / "raw" / "pose-factory" / first["source"]["depth"]
+    linked = out / first["files"]["depth"]
+    assert linked.stat().st_ino == raw.stat().st_ino
+    assert not raw.stat().st_mode & 0o222
+    assert (out / "index.csv").read_text().splitlines()[0].startswith("index,name,batch_id,sample_id,pose,")
+    assert "Data and pipelines are up to date" in dvc(repo.root, "status").stdout
+    metrics = dvc(repo.root, "metrics", "show", "--json").stdout
+    for key in ("samples", "files", "errors", "warnings"):
+        assert f'"{key}"' in metrics
+    assert dvc(repo.root, "plots", "show", "-o", str(repo.root / "data" / "plots")).returncode == 0
+    assert (repo.root / "data" / "plots" / "index.html").is_file()
+
+
+def test_adding_a_batch_validates_only_that_batch_and_a_working_key_reruns_only_materialize(
+        two_batches, cli, tmp_path):
+    repo = two_batches
+    repro(repo)
+    git(repo.root, "add", "-A")
+    git(repo.root, "commit", "-q", "-m", "repro")
+    publish_generated(tmp_path / "c", cli, C, samples=2, seed=3)
+    assert cli("pull", C, "-q").code == 0
+    assert ran(repro(repo).stdout) == ["materialize", f"validate@{C}"]
+    set_working(repo, link_mode="copy")
+    assert ran(repro(repo).stdout) == ["materialize"]
+    assert "Data and pipelines are up to date" in dvc(repo.root, "status").stdout
+    index = json.loads((working(repo) / "index.json").read_text())
+    assert index["link_mode"] == "copy"
+
+
+def test_a_failing_batch_fails_its_stage_and_leaves_the_working_set_alone(two_batches, cli):
+    repo = two_batches
+    repro(repo)
+    before = (working(repo) / "index.json").read_bytes()
+    damaged = repo.root / "data" / "raw" / "pose-factory" / B / "seg" / "000001.png"
+    damaged.chmod(0o644)
+    damaged.write_bytes(damaged.read_bytes()[:-20])
+    result = repro(repo, check=False)
+    assert result.returncode != 0
+    text = result.stdout + result.stderr
+    assert "seg/000001.png: size differs" in text and "problem(s) in the batch" in text
+    assert (working(repo) / "index.json").read_bytes() == before
+
+
+@pytest.mark.parametrize("mode", ["symlink", "copy", "clone"])
+def test_link_modes(two_batches, cli, mode):
+    repo = two_batches
+    set_working(repo, link_mode=mode)
+    repro(repo)
+    index = json.loads((working(repo) / "index.json").read_text())
+    sample = index["samples"][1]
+    linked = working(repo) / sample["files"]["rgb"]
+    raw = repo.root / "data" / "raw" / "pose-factory" / sample["source"]["rgb"]
+    assert linked.read_bytes() == raw.read_bytes()
+    if mode == "symlink":
+        assert linked.is_symlink() and not os.readlink(linked).startswith("/")
+    else:
+        assert not linked.is_symlink() and linked.stat().st_ino != raw.stat().st_ino
+        linked.chmod(0o644)
+        linked.write_bytes(b"changed in the working set")
+        assert raw.read_bytes() != b"changed in the working set"
+
+
+def test_the_raw_mirror_cannot_be_written_through_a_hardlink(two_batches):
+    repo = two_batches
+    repro(repo)
+    linked = next((working(repo) / "pose").iterdir())
+    probe = [sys.executable, "-c", f"open({str(linked)!r}, 'r+b').write(b'x')"]
+    if os.geteuid() == 0:  # root ignores file modes: try as an ordinary user, as ComfyUI would run
+        probe = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *probe]
+    result = subprocess.run(probe, capture_output=True, text=True)
+    assert result.returncode != 0 and "Permission denied" in result.stderr
+
+
+def test_an_interrupted_materialize_leaves_the_previous_set_intact(two_batches, monkeypatch):
+    repo = two_batches
+    repro(repo)
+    before = (working(repo) / "index.json").read_bytes()
+    real_linker = materialize_module._linker
+    calls = {"n": 0}
+
+    def dying_linker(mode, counts):
+        link = real_linker(mode, counts)
+
+        def wrapped(source, dest):
+            calls["n"] += 1
+            if calls["n"] == 7:
+                raise KeyboardInterrupt
+            link(source, dest)
+
+        return wrapped
+
+    monkeypatch.setattr(materialize_module, "_linker", dying_linker)
+    monkeypatch.chdir(repo.root)
+    set_working(repo, batches=[A])
+    with pytest.raises(KeyboardInterrupt):
+        materialize_module.materialize(Path("params.yaml"), Path("data/raw/pose-factory"),
+                                       Path("data/reports/validate"), Path("data/working/current_batch"))
+    assert (working(repo) / "index.json").read_bytes() == before
+    assert [p.name for p in working(repo).parent.iterdir() if p.name != ".gitkeep"] == ["current_batch"]
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"link_mod": "copy"}, "key 'working.link_mod'"),
+    ({"link_mode": "reflink"}, "key 'working.link_mode': expected one of 'hardlink', 'symlink', 'copy', 'clone'"),
+    ({"batches": ["2026-01-01_nope"]}, "key 'working.batches': '2026-01-01_nope' is not in batches:"),
+    ({"filters": {"azimuth": [0, 90]}}, "key 'working.filters.azimuth'"),
+    ({"filters": {"rig": "nobody"}}, "the filters in working: select no sample"),
+])
+def test_every_working_key_is_validated_by_name(two_batches, values, message):
+    repo = two_batches
+    repro(repo)
+    set_working(repo, **values)
+    result = repro(repo, check=False)
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr, result.stdout + result.stderr
+
+
+def test_filters_and_naming(two_batches):
+    repo = two_batches
+    set_working(repo, batches=[A, B], filters={"azimuth_deg": [0, 50], "sample_ids": []},
+                naming={"prefix": "pose_", "digits": 5}, modalities=["pose", "depth"])
+    repro(repo)
+    index = json.loads((working(repo) / "index.json").read_text())
+    # Azimuths cycle 0, 45, 90, ... so samples 0 and 1 of each batch are in [0, 50].
+    assert [(s["batch_id"], s["sample_id"]) for s in index["samples"]] == [
+        (A, "000000"), (A, "000001"), (B, "000000"), (B, "000001")]
+    assert sorted(p.name for p in (working(repo) / "pose").iterdir()) == [
+        "pose_00000.png", "pose_00001.png", "pose_00002.png", "pose_00003.png"]
+    assert sorted(p.name for p in working(repo).iterdir() if p.is_dir()) == ["depth", "pose"]
+
+
+def test_prepare_batch_and_comfyui_link(two_batches, cli, tmp_path):
+    repo = two_batches
+    result = cli("prepare-batch", A)
+    assert result.code == 0, result.err
+    assert f"working set for {A}: 3 samples" in result.out
+    assert json.loads((working(repo) / "index.json").read_text())["batches"][0]["batch_id"] == A
+    unknown = cli("prepare-batch", "2026-01-01_nope")
+    assert unknown.code == 10 and "pose-sync pull 2026-01-01_nope" in unknown.err
+
+    comfy = tmp_path / "ComfyUI"
+    (comfy / "input").mkdir(parents=True)
+    (comfy / "main.py").write_text("")
+    linked = cli("comfyui", "link", comfy)
+    assert linked.code == 0, linked.err
+    link = comfy / "input" / "pose-factory"
+    assert link.is_symlink() and (link / "pose" / "000000.png").is_file()
+    assert cli("comfyui", "link", comfy).code == 0  # re-linking replaces the symlink
+    (comfy / "input" / "mine").mkdir()
+    clash = cli("comfyui", "link", comfy, "--name", "mine")
+    assert clash.code == 2 and "nothing was changed" in clash.err
+    not_comfy = cli("comfyui", "link", tmp_path / "elsewhere")
+    assert not_comfy.code == 2 and "does not look like a ComfyUI folder" in not_comfy.err
+
+
+def test_fresh_clone_after_dvc_pull_reproduces_the_same_index(two_batches, tmp_path):
+    repo = two_batches
+    repro(repo)
+    git(repo.root, "add", "-A")
+    git(repo.root, "commit", "-q", "-m", "working set")
+    dvc(repo.root, "push", "-q")
+    clone = tmp_path / "second-machine"
+    git(tmp_path, "clone", "-q", str(repo.root), str(clone))
+    dvc(clone, "pull", "-q")
+    dvc(clone, "repro", "-q")
+    assert (clone / "data/working/current_batch/index.json").read_bytes() == (
+        working(repo) / "index.json").read_bytes()
