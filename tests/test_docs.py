@@ -29,6 +29,9 @@ def test_every_command_is_in_the_reference_and_every_documented_option_exists():
     for name, sub in subparsers.items():
         assert f"`pose-sync {name}" in reference, f"{name} is not in the README command reference"
         options = {opt for action in sub._actions for opt in action.option_strings}
+        for nested in sub._actions:  # a command group such as `comfyui link`
+            if isinstance(nested.choices, dict):
+                options |= {opt for child in nested.choices.values() for a in child._actions for opt in a.option_strings}
         row = next(line for line in reference.splitlines() if line.startswith(f"| `pose-sync {name}"))
         for documented in re.findall(r"(--[a-z][a-z-]*)", row):
             assert documented in options, f"README documents {documented} for {name}, which does not exist"
@@ -79,4 +82,6 @@ def test_demo_runs_the_loop_on_the_embedded_default_even_with_r2_credentials_set
     log = subprocess.run(["git", "log", "--format=%s"], cwd=sandbox, capture_output=True, text=True).stdout
     assert log.count("Pull pose batches") == 2
     assert any((project.root / "data" / "demo" / "dvc-remote").rglob("*")), "dvc push reached the remote"
+    index = json.loads((sandbox / "data" / "working" / "current_batch" / "index.json").read_text())
+    assert len(index["samples"]) == 2 and "The ComfyUI working set is" in out
     assert project.files_outside_data() == []

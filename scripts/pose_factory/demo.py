@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import shutil
 import stat
@@ -48,13 +49,25 @@ def _remove_tree(folder: Path) -> None:
         shutil.rmtree(folder, onexc=unlock) if sys.version_info >= (3, 12) else shutil.rmtree(folder, onerror=unlock)
 
 
+# What a clone of this repository holds that the loop needs: the pipeline, its parameters and the code.
+SANDBOX_FILES = (".gitignore", ".dvcignore", "dvc.yaml", "params.yaml", "config/local.example.yaml", "schemas",
+                 "scripts/pose_sync.py", "scripts/pose_factory")
+
+
 def make_sandbox(repo: Path) -> None:
     """A fresh dataset repository laid out like this one."""
     _remove_tree(repo)
-    (repo / "config").mkdir(parents=True)
-    for name in (".gitignore", "params.yaml", "config/local.example.yaml"):
-        shutil.copy(CODE_ROOT / name, repo / name)
-    (repo / "params.yaml").write_text("# Parameters the DVC pipeline reads.\nbatches: []\n")
+    repo.mkdir(parents=True)
+    for name in SANDBOX_FILES:
+        source, dest = CODE_ROOT / name, repo / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, dest, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(source, dest)
+    # The sandbox starts with no batches, whatever this repository has pulled.
+    params = re.sub(r"\nbatches:\n(  - .*\n)+", "\nbatches: []\n", (repo / "params.yaml").read_text())
+    (repo / "params.yaml").write_text(params)
     for command in (["git", "init", "-q", "-b", "main"], ["git", "config", "user.name", "Pose Factory demo"],
                     ["git", "config", "user.email", "demo@pose-factory.invalid"],
                     [sys.executable, "-m", "dvc", "init", "-q"]):
@@ -104,11 +117,23 @@ def run_demo(samples: int, size: str, s3_local: bool) -> None:
         step("pull", "--project", "run-cycle", "--commit")
         _show_and_run("dvc push", [sys.executable, "-m", "dvc", "push"], env, repo)
         step("status")
+        print("\n# The pipeline: validate every batch, build the ComfyUI working set from params.yaml.")
+        _show_and_run("dvc repro", [sys.executable, "-m", "dvc", "repro", "-q"], env, repo)
+        _show_and_run("dvc metrics show", [sys.executable, "-m", "dvc", "metrics", "show"], env, repo)
+        _show_and_run("git commit -m 'validate and materialise'", ["sh", "-c", "git add -A && git commit -q -m "
+                      "'Validate batches, materialise the working set' && echo committed"], env, repo)
         _show_and_run("git log --oneline", ["git", "log", "--oneline"], env, repo)
         where = "a local S3 server (stopped now)" if server else f"the local bucket {repo / 'data' / 'local-bucket'}"
         remote = "the local S3 server's dvc/ prefix" if server else str(dvc_remote)
         print(f"\nDone. Batches published to {where}, pulled into {repo / 'data' / 'raw' / 'pose-factory'}, "
               f"versioned in git + DVC, and pushed to the DVC remote ({remote}).")
+        from .materialize import describe
+
+        info = describe(repo / "data" / "working" / "current_batch")
+        print(f"The ComfyUI working set is {info['path']}: {info['samples']} samples of {', '.join(info['batches'])}, "
+              f"one folder per modality ({', '.join(info['modalities'])}), zero-padded names, index.json and "
+              f"index.csv; files {info['link_mode']}ed from the raw mirror. Point ComfyUI at it with "
+              f"`pose-sync comfyui link /path/to/ComfyUI`.")
     finally:
         if server:
             server.stop()
