@@ -165,20 +165,32 @@ def test_an_interrupted_materialize_leaves_the_previous_set_intact(two_batches, 
     assert [p.name for p in working(repo).parent.iterdir() if p.name != ".gitkeep"] == ["current_batch"]
 
 
-@pytest.mark.parametrize("values, message", [
+BAD_WORKING = [
     ({"link_mod": "copy"}, "key 'working.link_mod'"),
     ({"link_mode": "reflink"}, "key 'working.link_mode': expected one of 'hardlink', 'symlink', 'copy', 'clone'"),
     ({"batches": ["2026-01-01_nope"]}, "key 'working.batches': '2026-01-01_nope' is not in batches:"),
     ({"filters": {"azimuth": [0, 90]}}, "key 'working.filters.azimuth'"),
     ({"filters": {"rig": "nobody"}}, "the filters in working: select no sample"),
-])
-def test_every_working_key_is_validated_by_name(two_batches, values, message):
+    ({"modalities": ["pose", "thermal"]}, "key 'working.modalities[1]'"),
+]
+
+
+def test_every_working_key_is_validated_by_name(two_batches, cli, monkeypatch):
     repo = two_batches
     repro(repo)
-    set_working(repo, **values)
-    result = repro(repo, check=False)
-    assert result.returncode != 0
-    assert message in result.stdout + result.stderr, result.stdout + result.stderr
+    before = (working(repo) / "index.json").read_bytes()
+    monkeypatch.chdir(repo.root)
+    original = (repo.root / "params.yaml").read_text()
+    for values, message in BAD_WORKING:
+        (repo.root / "params.yaml").write_text(original)
+        set_working(repo, **values)
+        result = cli("materialize")  # what the stage runs, with dvc.yaml's default paths
+        assert result.code == 2 and message in result.err, (values, result.err)
+        assert "params.yaml" in result.err and "Traceback" not in result.err
+    assert (working(repo) / "index.json").read_bytes() == before
+    # Through dvc repro the same error fails the stage.
+    failed = repro(repo, check=False)
+    assert failed.returncode != 0 and "key 'working.modalities[1]'" in failed.stdout + failed.stderr
 
 
 def test_filters_and_naming(two_batches):

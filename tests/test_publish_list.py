@@ -14,7 +14,7 @@ from conftest import TEST_SECRET_KEY, run_script, s3_env
 from faultproxy import FaultProxy
 from pose_factory import contract
 from pose_factory.generate import default_job, generate_batch
-from pose_factory.remote import list_batches, publish_batch
+from pose_factory.remote import publish_batch
 from pose_factory.s3local import free_port
 from pose_factory.settings import load_settings
 from pose_factory.storage import LocalFolderStorage, open_storage

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import dvc, git, publish_generated
+from conftest import git, publish_generated
 from faultproxy import FaultProxy
 from pose_factory.settings import load_settings
 from pose_factory.storage import LocalFolderStorage, S3Storage, open_storage

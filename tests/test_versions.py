@@ -5,12 +5,11 @@ batch byte for byte, on a second clone, against the real S3 server (and the loca
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TEST_SECRET_KEY, dvc, git, publish_generated
+from conftest import TEST_SECRET_KEY, dvc, git, publish_generated
 from faultproxy import FaultProxy
 
 BATCH = "2026-11-20_run-cycle"

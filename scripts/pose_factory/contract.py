@@ -11,13 +11,13 @@ import hashlib
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from . import schemas
 from .errors import IntegrityError, UnsafeKeyError
+from .schemas import Problem
 from .paths import COMPLETE_MARKER_NAME, MANIFEST_NAME
 from .storage import check_relative_path, file_digests
 
@@ -118,27 +118,14 @@ def parse_manifest_bytes(data: bytes, label: str) -> dict[str, Any]:
     return manifest
 
 
-@dataclass(frozen=True)
-class Mismatch:
-    """One way a batch folder differs from its manifest."""
-
-    path: str
-    problem: str
-    expected: str
-    found: str
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.problem}: expected {self.expected}, found {self.found}"
-
-
 def compare_files(batch_dir: Path, manifest: dict[str, Any]
-                  ) -> tuple[list[Mismatch], dict[str, tuple[int, str, str]]]:
+                  ) -> tuple[list[Problem], dict[str, tuple[int, str, str]]]:
     """How the folder differs from the manifest's file list, and the digests of the files present.
 
     Checks: every listed path is safe and listed once, exists with its size and sha256; nothing
     unlisted is there; nothing is a symlink.
     """
-    problems: list[Mismatch] = []
+    problems: list[Problem] = []
     listed: dict[str, dict[str, Any]] = {}
     for entry in manifest["files"]:
         rel = check_relative_path(entry["path"], where=f"{batch_dir / MANIFEST_NAME}: files[].path")
@@ -146,7 +133,7 @@ def compare_files(batch_dir: Path, manifest: dict[str, Any]
             raise UnsafeKeyError(f"the manifest lists {rel} as a batch file", where=str(batch_dir / MANIFEST_NAME),
                                  hint="manifest.json and _complete.json are not listed in files")
         if rel in listed:
-            problems.append(Mismatch(rel, "listed twice", "one entry", "two"))
+            problems.append(Problem(rel, "listed twice", "one entry", "two"))
         listed[rel] = entry
     on_disk: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(batch_dir):
@@ -154,7 +141,7 @@ def compare_files(batch_dir: Path, manifest: dict[str, Any]
             full = Path(dirpath, name)
             if full.is_symlink():
                 rel = full.relative_to(batch_dir).as_posix()
-                problems.append(Mismatch(rel, "symlink in a batch", "a regular file", "a symlink"))
+                problems.append(Problem(rel, "symlink in a batch", "a regular file", "a symlink"))
         for name in filenames:
             full = Path(dirpath, name)
             if not full.is_symlink():
@@ -162,20 +149,20 @@ def compare_files(batch_dir: Path, manifest: dict[str, Any]
     on_disk.discard(MANIFEST_NAME)
     on_disk.discard(COMPLETE_MARKER_NAME)
     for rel in sorted(set(listed) - on_disk):
-        if not any(p.path == rel for p in problems):
-            problems.append(Mismatch(rel, "missing", "a file", "nothing"))
+        if not any(p.file == rel for p in problems):
+            problems.append(Problem(rel, "missing", "a file", "nothing"))
     for rel in sorted(on_disk - set(listed)):
-        problems.append(Mismatch(rel, "not in the manifest", "no file", f"{(batch_dir / rel).stat().st_size} bytes"))
+        problems.append(Problem(rel, "not in the manifest", "no file", f"{(batch_dir / rel).stat().st_size} bytes"))
     present = sorted(set(listed) & on_disk)
     digests = hash_files(batch_dir, present)
     for rel in present:
         size, sha, _ = digests[rel]
         entry = listed[rel]
         if size != entry["size"]:
-            problems.append(Mismatch(rel, "size differs", f"{entry['size']} bytes", f"{size} bytes"))
+            problems.append(Problem(rel, "size differs", f"{entry['size']} bytes", f"{size} bytes"))
         elif sha != entry["sha256"]:
-            problems.append(Mismatch(rel, "sha256 differs", entry["sha256"][:16] + "...", sha[:16] + "..."))
-    problems.sort(key=lambda p: p.path)
+            problems.append(Problem(rel, "sha256 differs", entry["sha256"][:16] + "...", sha[:16] + "..."))
+    problems.sort(key=lambda p: p.file)
     return problems, digests
 
 

@@ -8,7 +8,6 @@ looks like a batch.
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import platform
 import re

@@ -51,7 +51,7 @@ def working_settings(params: dict[str, Any], params_file: str) -> dict[str, Any]
     found = schemas.problems(json.loads(json.dumps(section)), "working", params_file)
     if found:
         first = found[0]
-        key = "working" + first.path.removeprefix("$")
+        key = "working" + first.field.removeprefix("$")
         raise ConfigError(f"key '{key}': expected {first.expected}, found {first.found}", where=params_file,
                           hint="see the working: section in README (Pipeline)")
     merged = json.loads(json.dumps(DEFAULT_WORKING))

@@ -13,20 +13,18 @@ from __future__ import annotations
 import os
 import shutil
 import stat
-import subprocess
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import Any
 
 from . import contract, dvcrepo, rclone
-from .errors import BatchNotFoundError, IntegrityError, PoseFactoryError, UnsafeKeyError, UsageError
+from .errors import BatchNotFoundError, IntegrityError, PoseFactoryError, UsageError
 from .paths import COMPLETE_MARKER_NAME, MANIFEST_NAME
 from .progress import Progress
 from .remote import _read_marker, batch_prefix, list_batches
 from .settings import Settings
-from .storage import Storage, check_key, check_relative_path
+from .storage import Storage, check_key, check_relative_path, run_parallel
 
 PULL_JSON_VERSION = 1
 ENGINES = ("boto3", "rclone")
@@ -135,13 +133,8 @@ def _download_boto3(storage: Storage, settings: Settings, prefix: str, staging: 
         storage.download_file(prefix + entry["path"], staging / entry["path"])
         bar.advance(entry["size"])
 
-    with ThreadPoolExecutor(max(1, settings.concurrency * 2)) as pool:
-        futures = [pool.submit(fetch, entry) for entry in todo]
-        done, pending = wait(futures, return_when=FIRST_EXCEPTION)
-        for future in pending:
-            future.cancel()
-        for future in done:
-            future.result()
+    # Downloads are mostly waiting on the network: twice the upload concurrency costs the store little.
+    run_parallel(fetch, todo, settings.concurrency * 2)
 
 
 def _check_downloaded(staging: Path, todo: list[dict[str, Any]], where: str) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from datetime import date
 from pathlib import Path
@@ -20,7 +19,7 @@ from .errors import BatchNotFoundError, IntegrityError, SchemaError
 from .paths import COMPLETE_MARKER_NAME, MANIFEST_NAME
 from .progress import Progress
 from .settings import Settings
-from .storage import ObjectInfo, ObjectMissingError, S3Storage, Storage, join_key
+from .storage import ObjectInfo, ObjectMissingError, S3Storage, Storage, join_key, run_parallel
 
 LIST_JSON_VERSION = 1
 PUBLISH_JSON_VERSION = 1
@@ -99,13 +98,7 @@ def publish_batch(storage: Storage, settings: Settings, batch_dir: Path, *, prog
             storage.upload_file(key, batch_dir / rel, sha)
             bar.advance(size)
 
-        with ThreadPoolExecutor(settings.concurrency) as pool:
-            futures = [pool.submit(upload, item) for item in to_upload]
-            done, pending = wait(futures, return_when=FIRST_EXCEPTION)
-            for future in pending:
-                future.cancel()
-            for future in done:
-                future.result()
+        run_parallel(upload, to_upload, settings.concurrency)
     for key in stale:
         storage.delete(key)
     already = existing_marker is not None and not to_upload and not stale

@@ -36,18 +36,19 @@ SHOWN_PROBLEMS = 5
 
 @dataclass(frozen=True)
 class Problem:
-    """One violation: where it is and what is wrong, in words."""
+    """One problem with a batch or a document, in words: which file, which field (a JSON path, or what
+    about the file is wrong), what was expected and what was found. Every check reports these."""
 
     file: str
-    path: str
+    field: str
     expected: str
     found: str
 
     def __str__(self) -> str:
-        return f"{self.file}: {self.path}: expected {self.expected}, found {self.found}"
+        return f"{self.file}: {self.field}: expected {self.expected}, found {self.found}"
 
     def as_dict(self) -> dict[str, str]:
-        return {"file": self.file, "path": self.path, "expected": self.expected, "found": self.found}
+        return {"file": self.file, "field": self.field, "expected": self.expected, "found": self.found}
 
 
 @lru_cache(maxsize=1)
@@ -146,7 +147,7 @@ def problems(document: Any, schema_name: str, file_label: str) -> list[Problem]:
             error = min(error.context, key=lambda e: (-len(e.absolute_path), e.validator != "type"))
         path, expected, got = _describe(error)
         found.append(Problem(file_label, path, expected, got))
-    return sorted(found, key=lambda p: p.path)
+    return sorted(found, key=lambda p: p.field)
 
 
 def summarise(items: list[Any], shown: int = SHOWN_PROBLEMS) -> str:
@@ -164,7 +165,7 @@ def check(document: Any, schema_name: str, file_label: str, *, hint: str | None 
         return
     first = found[0]
     if len(found) == 1:
-        message = f"{first.path}: expected {first.expected}, found {first.found}"
+        message = f"{first.field}: expected {first.expected}, found {first.found}"
     else:
         message = f"{len(found)} schema violations:\n" + summarise(found)
     raise SchemaError(message, where=file_label, hint=hint or f"fix the document to match schemas/{SCHEMA_FILES[schema_name]}")

@@ -142,7 +142,7 @@ def _read_config_file(path: Path) -> dict[str, Any]:
     found = schemas.problems(data, "config", label)
     if found:
         first = found[0]
-        key = first.path.removeprefix("$.")
+        key = first.field.removeprefix("$.")
         more = f" (and {len(found) - 1} more problem(s))" if len(found) > 1 else ""
         raise ConfigError(f"key '{key}': expected {first.expected}, found {first.found}{more}", where=label,
                           hint="see config/local.example.yaml for every key and its default")

@@ -17,7 +17,10 @@ from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Iterator
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from typing import Callable, Iterator, TypeVar
+
+T = TypeVar("T")
 
 from .errors import CredentialsError, StorageError, UnsafeKeyError
 from .settings import R2Credentials, Settings, resolve_backend
@@ -370,6 +373,17 @@ def open_storage(settings: Settings, backend: str | None = None) -> Storage:
     return S3Storage(credentials, settings.bucket, concurrency=settings.concurrency,
                      max_attempts=settings.max_attempts, connect_timeout_s=settings.connect_timeout_s,
                      read_timeout_s=settings.read_timeout_s)
+
+
+def run_parallel(function: Callable[[T], None], items: list[T], workers: int) -> None:
+    """Call function on every item from a pool of threads; at the first failure, start no more and raise it."""
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        futures = [pool.submit(function, item) for item in items]
+        done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+        for future in pending:
+            future.cancel()
+        for future in done:
+            future.result()
 
 
 def join_key(*parts: str) -> str:

@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 
 from . import contract, schemas
+from .schemas import Problem
 from .errors import PoseFactoryError
 from .paths import MANIFEST_NAME
 from .storage import atomic_write_path
@@ -37,22 +38,6 @@ KEYPOINT_TOLERANCE_PX = 0.02
 KEPT_PROBLEMS = 200
 
 
-@dataclass(frozen=True)
-class Finding:
-    """One problem: which file, which field, what was expected, what was found."""
-
-    file: str
-    field: str
-    expected: str
-    found: str
-
-    def __str__(self) -> str:
-        return f"{self.file}: {self.field}: expected {self.expected}, found {self.found}"
-
-    def as_dict(self) -> dict[str, str]:
-        return {"file": self.file, "field": self.field, "expected": self.expected, "found": self.found}
-
-
 @dataclass
 class ValidationReport:
     batch_id: str
@@ -60,8 +45,8 @@ class ValidationReport:
     samples: int = 0
     files: int = 0
     bytes: int = 0
-    errors: list[Finding] = field(default_factory=list)
-    warnings: list[Finding] = field(default_factory=list)
+    errors: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -69,10 +54,10 @@ class ValidationReport:
         return not self.errors
 
     def error(self, file: str, where: str, expected: str, found: Any) -> None:
-        self.errors.append(Finding(file, where, expected, str(found)))
+        self.errors.append(Problem(file, where, expected, str(found)))
 
     def warn(self, file: str, where: str, expected: str, found: Any) -> None:
-        self.warnings.append(Finding(file, where, expected, str(found)))
+        self.warnings.append(Problem(file, where, expected, str(found)))
 
     def metrics(self) -> dict[str, int]:
         return {"samples": self.samples, "files": self.files, "bytes": self.bytes, "errors": len(self.errors),
@@ -164,7 +149,7 @@ def _check_sample(batch_dir: Path, entry: dict[str, Any], index: int, manifest: 
     if annotation is not None:
         found = schemas.problems(annotation, "sample", entry["annotation"])
         for p in found:
-            report.error(p.file, p.path, p.expected, p.found)
+            report.errors.append(p)
         if not found:
             if annotation["sample_id"] != sid:
                 report.error(entry["annotation"], "$.sample_id", f"{sid!r} (manifest)", repr(annotation["sample_id"]))
@@ -197,7 +182,7 @@ def _check_sample(batch_dir: Path, entry: dict[str, Any], index: int, manifest: 
         if openpose is not None:
             found = schemas.problems(openpose, "openpose", rel)
             for p in found:
-                report.error(p.file, p.path, p.expected, p.found)
+                report.errors.append(p)
             if not found:
                 if (openpose["canvas_width"], openpose["canvas_height"]) != (width, height):
                     report.error(rel, "$.canvas_width/canvas_height", f"{width}x{height}",
@@ -243,7 +228,7 @@ def validate_batch(batch_dir: Path, progress=None) -> ValidationReport:
     if manifest is None:
         return report
     for p in schemas.problems(manifest, "manifest", MANIFEST_NAME):
-        report.error(p.file, p.path, p.expected, p.found)
+        report.errors.append(p)
     if report.errors:
         return report  # the checks below rely on the manifest's shape
     report.batch_id = manifest["batch_id"]
@@ -255,7 +240,7 @@ def validate_batch(batch_dir: Path, progress=None) -> ValidationReport:
         report.error(MANIFEST_NAME, "$.files[].path", "safe relative paths", exc.message)
         return report
     for m in mismatches:
-        report.error(m.path, m.problem, m.expected, m.found)
+        report.errors.append(m)
     report.files = len(manifest["files"])
     report.bytes = sum(e["size"] for e in manifest["files"])
     report.samples = len(manifest["samples"])
