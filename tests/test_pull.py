@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import git, publish_generated
+from conftest import TEST_SECRET_KEY, git, publish_generated
 from faultproxy import FaultProxy
 from pose_factory.settings import load_settings
 from pose_factory.storage import LocalFolderStorage, S3Storage, open_storage
@@ -171,8 +171,28 @@ def test_every_escaping_key_shape_is_refused(key):
         check_key(key)
 
 
-def test_interrupted_pull_leaves_no_batch_and_resumes(repo, cli, tmp_path, monkeypatch):
+@pytest.mark.parametrize("engine", ["boto3", "rclone"])
+def test_interrupted_pull_leaves_no_batch_and_resumes(repo, cli, tmp_path, monkeypatch, engine):
     publish_generated(tmp_path, cli, BATCH)
+    if engine == "rclone":
+        from pose_factory import rclone
+
+        real_follow = rclone._follow
+
+        def follow_then_die(process, dest, paths, bar, total):
+            real_follow(process, dest, paths, bar, total)  # let rclone land every file, then "Ctrl-C"
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(rclone, "_follow", follow_then_die)
+        from pose_factory.pull import pull
+
+        with pytest.raises(KeyboardInterrupt):
+            pull(open_storage(load_settings()), load_settings(), [BATCH], engine="rclone")
+        assert_nothing_pulled(repo)
+        monkeypatch.setattr(rclone, "_follow", real_follow)
+        [entry] = json.loads(cli("pull", BATCH, "--engine", "rclone", "--json").out)["batches"]
+        assert entry["reused"] == 21 and entry["downloaded"] == 0
+        return
     storage_class = LocalFolderStorage if os.environ["POSE_FACTORY_BACKEND"] == "local" else S3Storage
     real_download = storage_class.download_file
     calls = {"n": 0}
@@ -187,30 +207,33 @@ def test_interrupted_pull_leaves_no_batch_and_resumes(repo, cli, tmp_path, monke
     from pose_factory.pull import pull
 
     with pytest.raises(KeyboardInterrupt):
-        pull(open_storage(load_settings()), load_settings(), [BATCH])
+        pull(open_storage(load_settings()), load_settings(), [BATCH], engine="boto3")
     assert_nothing_pulled(repo)
     monkeypatch.setattr(storage_class, "download_file", real_download)
-    report = json.loads(cli("pull", BATCH, "--json").out)
+    report = json.loads(cli("pull", BATCH, "--engine", "boto3", "--json").out)
     [entry] = report["batches"]
     assert entry["reused"] >= 8 and entry["downloaded"] == 21 - entry["reused"]
     assert (mirror(repo) / BATCH / "manifest.json").is_file()
 
 
+@pytest.mark.parametrize("engine", ["boto3", "rclone"])
 @pytest.mark.parametrize("backend", ["s3"], indirect=True)
 def test_transient_faults_are_retried_and_persistent_ones_leave_no_partial_batch(
-        repo, cli, tmp_path, monkeypatch, s3_server):
+        repo, cli, tmp_path, monkeypatch, s3_server, engine):
     publish_generated(tmp_path, cli, BATCH)
     with FaultProxy(s3_server.endpoint_url) as proxy:
         monkeypatch.setenv("POSE_FACTORY_R2_ENDPOINT", proxy.url)
-        (repo.root / "config" / "local.yaml").write_text("storage:\n  max_attempts: 3\n")
+        (repo.root / "config" / "local.yaml").write_text("storage:\n  max_attempts: 2\n")
         proxy.drop_next(1000, method="GET", path_contains="/seg/")
-        failed = cli("pull", BATCH)
+        failed = cli("pull", BATCH, "--engine", engine)
         assert failed.code == 4 and "run the command again (it resumes)" in failed.err, failed.err
+        assert TEST_SECRET_KEY not in failed.err
         assert_nothing_pulled(repo)
         proxy.clear()
+        (repo.root / "config" / "local.yaml").write_text("storage:\n  max_attempts: 5\n")
         proxy.fail_next(3, 503, method="GET")
         proxy.drop_next(2, method="GET", path_contains="/rgb/")
-        result = cli("pull", BATCH, "--json")
+        result = cli("pull", BATCH, "--engine", engine, "--json")
         assert result.code == 0, result.err
         assert proxy.faults_injected >= 5
     assert json.loads(result.out)["batches"][0]["reused"] > 0

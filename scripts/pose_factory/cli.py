@@ -399,8 +399,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--project", help="only batches of this project")
         p.add_argument("--since", metavar="YYYY-MM-DD", help="only batches created on or after this day")
         p.add_argument("--until", metavar="YYYY-MM-DD", help="only batches created on or before this day")
-        p.add_argument("--engine", choices=["boto3", "rclone"], default="boto3",
-                       help="transfer engine (default: boto3); both verify every file the same way")
+        p.add_argument("--engine", choices=["auto", "boto3", "rclone"], default="auto",
+                       help="transfer engine (default auto: rclone for R2/S3, file copies for the local "
+                            "bucket); every engine verifies every file the same way")
         p.add_argument("--allow-incomplete", action="store_true",
                        help="also pull a batch without _complete.json if every file its manifest lists is there")
         p.add_argument("--commit", action="store_true", help="git commit the new dataset version")

@@ -118,12 +118,14 @@ def parse_manifest_bytes(data: bytes, label: str) -> dict[str, Any]:
     return manifest
 
 
-def compare_files(batch_dir: Path, manifest: dict[str, Any]
+def compare_files(batch_dir: Path, manifest: dict[str, Any],
+                  known: dict[str, tuple[int, str, str]] | None = None
                   ) -> tuple[list[Problem], dict[str, tuple[int, str, str]]]:
     """How the folder differs from the manifest's file list, and the digests of the files present.
 
     Checks: every listed path is safe and listed once, exists with its size and sha256; nothing
-    unlisted is there; nothing is a symlink.
+    unlisted is there; nothing is a symlink. `known` digests (just computed by the caller) are not
+    computed again.
     """
     problems: list[Problem] = []
     listed: dict[str, dict[str, Any]] = {}
@@ -154,7 +156,9 @@ def compare_files(batch_dir: Path, manifest: dict[str, Any]
     for rel in sorted(on_disk - set(listed)):
         problems.append(Problem(rel, "not in the manifest", "no file", f"{(batch_dir / rel).stat().st_size} bytes"))
     present = sorted(set(listed) & on_disk)
-    digests = hash_files(batch_dir, present)
+    known = known or {}
+    digests = {**{rel: known[rel] for rel in present if rel in known},
+               **hash_files(batch_dir, [rel for rel in present if rel not in known])}
     for rel in present:
         size, sha, _ = digests[rel]
         entry = listed[rel]
@@ -166,12 +170,13 @@ def compare_files(batch_dir: Path, manifest: dict[str, Any]
     return problems, digests
 
 
-def verify_batch(batch_dir: Path, manifest: dict[str, Any]) -> dict[str, tuple[int, str, str]]:
+def verify_batch(batch_dir: Path, manifest: dict[str, Any],
+                 known: dict[str, tuple[int, str, str]] | None = None) -> dict[str, tuple[int, str, str]]:
     """Raise IntegrityError unless the folder holds exactly the manifest's files (see compare_files).
 
     Returns the digests {path: (size, sha256, md5)} so callers need not hash twice.
     """
-    problems, digests = compare_files(batch_dir, manifest)
+    problems, digests = compare_files(batch_dir, manifest, known)
     if problems:
         raise IntegrityError(
             f"{len(problems)} file(s) do not match manifest.json:\n" + schemas.summarise(problems),

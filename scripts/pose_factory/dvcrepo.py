@@ -21,9 +21,26 @@ from .settings import R2Credentials, Settings, redact
 
 R2_REMOTE = "r2"
 LOCAL_REMOTE = "local"
-# Hardlinks keep one copy of each file and DVC makes them read-only, which is what a raw mirror wants;
-# reflinks (APFS, btrfs, XFS) are better still where the filesystem has them; copy is the fallback.
-CACHE_TYPE = "reflink,hardlink,copy"
+
+
+def cache_type(root: Path) -> str:
+    """DVC's link type for this filesystem: one copy of each file on disk, read-only in the mirror.
+
+    Copy-on-write clones (APFS, btrfs, XFS) where the filesystem has them, else hardlinks, which DVC makes
+    read-only. DVC links a file into its cache on `dvc add` only with the first type listed, so the list
+    starts with the one that works here (with "reflink,hardlink" on ext4, add copies every file).
+    """
+    from .storage import clone_file
+
+    probe_dir = root / ".dvc" / "tmp"
+    probe_dir.mkdir(parents=True, exist_ok=True)
+    source, dest = probe_dir / "clone-probe", probe_dir / "clone-probe.copy"
+    try:
+        source.write_bytes(b"probe")
+        return "reflink,copy" if clone_file(source, dest) else "hardlink,copy"
+    finally:
+        source.unlink(missing_ok=True)
+        dest.unlink(missing_ok=True)
 
 
 def _run(command: list[str], root: Path, what: str, *, env: dict[str, str] | None = None) -> str:
@@ -114,7 +131,7 @@ def configure_remote(settings: Settings, credentials: R2Credentials | None) -> R
         options = {"url": info.url}
     with open_repo(root) as repo, repo.config.edit("repo") as conf:
         conf["core"]["analytics"] = "false"
-        conf["cache"]["type"] = CACHE_TYPE
+        conf["cache"]["type"] = cache_type(root)
         conf["remote"][info.name] = options
         conf["core"]["remote"] = info.name
     return info
@@ -132,10 +149,7 @@ def track(root: Path, folders: list[Path]) -> list[Path]:
         return []
     targets = [str(f.relative_to(root)) for f in folders]
     with open_repo(root) as repo:
-        repo.add(targets)
-        # `dvc add` leaves a second copy in the workspace; relinking keeps one copy on disk (hardlink
-        # or reflink, read-only), which matters for datasets of many gigabytes.
-        repo.checkout(targets=[t + ".dvc" for t in targets], relink=True)
+        repo.add(targets)  # links the files into the cache with the cache type set by configure_remote
     return [f.with_name(f.name + ".dvc") for f in folders]
 
 

@@ -31,6 +31,7 @@ import orjson
 from . import contract, schemas
 from .errors import ConfigError, PoseFactoryError, RepositoryError
 from .paths import MANIFEST_NAME
+from .storage import clone_file
 
 INDEX_VERSION = 1
 DEFAULT_WORKING: dict[str, Any] = {
@@ -112,25 +113,6 @@ def _keep(selected: Selected, filters: dict[str, Any], manifest: dict[str, Any])
 
 # --- linking ----------------------------------------------------------------------------------------
 
-def _clone_file(source: Path, dest: Path) -> bool:
-    """Copy-on-write clone (APFS clonefile, Linux FICLONE); False where the filesystem has none."""
-    if sys.platform == "darwin":
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        return libc.clonefile(os.fsencode(source), os.fsencode(dest), 0) == 0
-    if sys.platform.startswith("linux"):
-        import fcntl
-
-        ficlone = 0x40049409
-        with source.open("rb") as src, dest.open("wb") as dst:
-            try:
-                fcntl.ioctl(dst.fileno(), ficlone, src.fileno())
-                return True
-            except OSError:
-                pass
-        dest.unlink()
-    return False
-
-
 def _linker(mode: str, counts: dict[str, int]) -> Callable[[Path, Path], None]:
     def hardlink(source: Path, dest: Path) -> None:
         try:
@@ -152,7 +134,7 @@ def _linker(mode: str, counts: dict[str, int]) -> Callable[[Path, Path], None]:
         counts["copy"] += 1
 
     def clone(source: Path, dest: Path) -> None:
-        if _clone_file(source, dest):
+        if clone_file(source, dest):
             counts["clone"] += 1
         else:
             copy(source, dest)

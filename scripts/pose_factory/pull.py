@@ -24,10 +24,20 @@ from .paths import COMPLETE_MARKER_NAME, MANIFEST_NAME
 from .progress import Progress
 from .remote import _read_marker, batch_prefix, list_batches
 from .settings import Settings
-from .storage import Storage, check_key, check_relative_path, run_parallel
+from .storage import S3Storage, Storage, check_key, check_relative_path, run_parallel
 
 PULL_JSON_VERSION = 1
-ENGINES = ("boto3", "rclone")
+ENGINES = ("auto", "boto3", "rclone")
+
+
+def resolve_engine(engine: str, storage: Storage) -> str:
+    """auto: rclone for an S3 bucket (boto3 spends a core on each request's Python work: rclone pulls
+    2,000 files 3x faster here), plain file copies for the local folder."""
+    if engine not in ENGINES:
+        raise UsageError(f"unknown engine {engine!r}", where="--engine", hint="use auto, boto3 or rclone")
+    if engine != "auto":
+        return engine
+    return "rclone" if isinstance(storage, S3Storage) else "boto3"
 
 
 @dataclass
@@ -116,15 +126,18 @@ def _remote_manifest(storage: Storage, settings: Settings, batch_id: str, allow_
     return manifest, manifest_bytes, keys
 
 
-def _verify_staged(staging: Path, entries: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
-    """Split manifest entries into (still to fetch, count already verified in staging)."""
+Digests = dict[str, tuple[int, str, str]]
+
+
+def _verify_staged(staging: Path, entries: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], Digests]:
+    """Split manifest entries into (still to fetch, digests of those already verified in staging)."""
     present = [e for e in entries if (staging / e["path"]).is_file()]
     digests = contract.hash_files(staging, [e["path"] for e in present]) if present else {}
     good = {e["path"] for e in present if digests[e["path"]][0] == e["size"] and digests[e["path"]][1] == e["sha256"]}
     for entry in present:
         if entry["path"] not in good:
             (staging / entry["path"]).unlink()
-    return [e for e in entries if e["path"] not in good], len(good)
+    return [e for e in entries if e["path"] not in good], {rel: digests[rel] for rel in good}
 
 
 def _download_boto3(storage: Storage, settings: Settings, prefix: str, staging: Path, todo: list[dict[str, Any]],
@@ -137,7 +150,8 @@ def _download_boto3(storage: Storage, settings: Settings, prefix: str, staging: 
     run_parallel(fetch, todo, settings.concurrency * 2)
 
 
-def _check_downloaded(staging: Path, todo: list[dict[str, Any]], where: str) -> None:
+def _check_downloaded(staging: Path, todo: list[dict[str, Any]], where: str) -> Digests:
+    """Hash what was just downloaded (once) and compare with the manifest; return the digests."""
     digests = contract.hash_files(staging, [e["path"] for e in todo])
     problems = []
     for entry in todo:
@@ -154,6 +168,7 @@ def _check_downloaded(staging: Path, todo: list[dict[str, Any]], where: str) -> 
                              + "\n".join(f"  - {p}" for p in problems[:5])
                              + (f"\n  ... and {len(problems) - 5} more" if len(problems) > 5 else ""),
                              where=where, hint="the bucket holds damaged files; re-publish the batch from the pod")
+    return digests
 
 
 def _make_read_only(folder: Path) -> None:
@@ -191,7 +206,8 @@ def fetch_batch(storage: Storage, settings: Settings, batch_id: str, *, engine: 
     staging = settings.staging_dir / batch_id
     staging.mkdir(parents=True, exist_ok=True)
     entries = manifest["files"]
-    todo, reused = _verify_staged(staging, entries)
+    todo, verified = _verify_staged(staging, entries)
+    reused = len(verified)
     where = f"{storage.description}: {batch_prefix(settings, batch_id)}"
     prefix = batch_prefix(settings, batch_id)
     total = sum(e["size"] for e in todo)
@@ -200,20 +216,19 @@ def fetch_batch(storage: Storage, settings: Settings, batch_id: str, *, engine: 
             rclone.copy_files(storage, settings, prefix, staging, [e["path"] for e in todo], bar, total)
         elif todo:
             _download_boto3(storage, settings, prefix, staging, todo, bar)
-    _check_downloaded(staging, todo, where)
+    verified.update(_check_downloaded(staging, todo, where))
     (staging / MANIFEST_NAME).write_bytes(manifest_bytes)
-    contract.verify_batch(staging, manifest)  # nothing extra, nothing missing, every hash right
+    contract.verify_batch(staging, manifest, known=verified)  # nothing extra, nothing missing, no symlink
     _make_read_only(staging)
     _swap_into_mirror(staging, final)
     return PulledBatch(batch_id, "updated" if local_sha else "pulled", len(entries), len(todo), reused, total,
                        rel_final)
 
 
-def pull(storage: Storage, settings: Settings, batch_ids: list[str], *, engine: str = "boto3",
+def pull(storage: Storage, settings: Settings, batch_ids: list[str], *, engine: str = "auto",
          allow_incomplete: bool = False, commit: bool = False, progress: Progress | None = None) -> PullReport:
     """Pull batches, then track each with DVC, register it in params.yaml and optionally commit."""
-    if engine not in ENGINES:
-        raise UsageError(f"unknown engine {engine!r}", where="--engine", hint="use boto3 or rclone")
+    engine = resolve_engine(engine, storage)
     dvcrepo.require_repository(settings.root)
     progress = progress or Progress(enabled=False)
     storage.ensure_bucket()

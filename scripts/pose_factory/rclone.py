@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .errors import ToolError
+from .errors import StorageError, ToolError
 from .settings import R2Credentials, Settings, redact, resolve_backend
 from .storage import LocalFolderStorage, Storage
 
@@ -78,22 +78,29 @@ def copy_files(storage: Storage, settings: Settings, prefix: str, dest: Path, re
         env = _env_for(remote, remote_options(credentials))
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as listing:
         listing.write("\n".join(relative_paths) + "\n")
+    # --files-from keeps to the manifest's files; rclone still lists the folder once instead of asking for
+    # each file (which --no-traverse would make it do: 1.6x slower on 2,000 files).
     command = [binary(), "copy", source, str(dest), "--files-from", listing.name, "--transfers", str(TRANSFERS),
-               "--checkers", str(TRANSFERS), "--no-traverse", "--retries", "3", "--low-level-retries", "10",
+               "--checkers", str(TRANSFERS), "--retries", "2", "--low-level-retries", str(settings.max_attempts),
                "--stats", "0", "--log-level", "ERROR"]
     # stderr to a file, not a pipe: a chatty failure must not block rclone on a full pipe while we poll.
     with tempfile.TemporaryFile("w+") as errors:
         try:
             process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=errors, text=True)
-            _follow(process, dest, relative_paths, bar, total_bytes)
+            try:
+                _follow(process, dest, relative_paths, bar, total_bytes)
+            except BaseException:
+                process.kill()  # Ctrl-C or an error here: leave no rclone writing into staging
+                process.wait()
+                raise
         finally:
             os.unlink(listing.name)
         errors.seek(0)
         err = errors.read()
     if process.returncode != 0:
         tail = "\n".join(err.strip().splitlines()[-5:])
-        raise ToolError(f"rclone copy failed (exit {process.returncode}):\n{redact(tail)}", where=source,
-                        hint="run the pull again (it resumes), or use --engine boto3")
+        raise StorageError(f"rclone copy failed (exit {process.returncode}):\n{redact(tail)}", where=source,
+                           hint="run the command again (it resumes), or use --engine boto3")
 
 
 def _follow(process: subprocess.Popen, dest: Path, relative_paths: list[str], bar, total_bytes: int) -> None:
