@@ -241,7 +241,7 @@ def publish(bed: Bed, batch_dir: Path) -> float:
 
 def pose_sync_pull(bed: Bed, batch_id: str, engine: str, *, sample_tree: bool = False) -> Run:
     root = bed.new_repo(f"pull-{engine}")
-    cmd = POSE_SYNC + ["pull", batch_id, "--json", "-q"] + (["--engine", engine] if engine != "boto3" else [])
+    cmd = POSE_SYNC + ["pull", batch_id, "--json", "-q", "--engine", engine]
     result = run(cmd, env=bed.env(root), cwd=root, what=f"pose-sync pull --engine {engine}", sample_tree=sample_tree)
     report = json.loads(result.stdout)
     if report["batches"][0]["action"] != "pulled":
@@ -400,8 +400,8 @@ def bench(args: argparse.Namespace, bed: Bed) -> int:
 
     # 2. timings, interleaved so that drift (page cache, server compaction) hits every command alike
     rows = {key: Row(label) for key, label in (
-        ("boto3", "pose-sync pull (boto3)"),
-        ("rclone-engine", "pose-sync pull --engine rclone"),
+        ("boto3", "pose-sync pull --engine boto3"),
+        ("rclone-engine", "pose-sync pull (default engine: rclone)"),
         ("rclone", f"rclone sync --transfers {args.transfers}"),
         ("dvc", "dvc pull (fresh git clone)"),
     )}

@@ -157,6 +157,38 @@ def cmd_comfyui_link(args: argparse.Namespace, settings: Settings, progress: Pro
     return 0
 
 
+def cmd_diff(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
+    from .review import diff, summary_lines
+
+    result = diff(settings.root, args.rev_a, args.rev_b)
+    if args.json:
+        _emit_json(result.as_json())
+        return 0
+    for line in summary_lines(result):
+        _out(line)
+    return 0
+
+
+def cmd_review(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
+    from .report import write_review
+
+    page, document = write_review(settings.root, args.rev_a, args.rev_b, Path(args.out), limit=args.limit,
+                                  progress=progress)
+    counts = document["summary"]["batches"]
+    _out(f"review page {page}: " + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no change")
+         + " (open it in a browser; it works offline)")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
+    from .report import write_contact_sheet
+
+    page, shown, total = write_contact_sheet(settings.root, args.batch_id, Path(args.out), limit=args.limit,
+                                             progress=progress)
+    _out(f"contact sheet {page}: {shown} of {total} samples shown")
+    return 0
+
+
 def cmd_config(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
     import os
 
@@ -391,6 +423,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_comfyui_link)
     p.add_argument("comfyui_dir", metavar="COMFYUI_DIR")
     p.add_argument("--name", default="pose-factory", help="folder name inside input/ (default: pose-factory)")
+
+    p = add("diff", cmd_diff, "What changed in the dataset between two versions (default: HEAD against the "
+                               "workspace)")
+    p.add_argument("rev_a", nargs="?", metavar="REV_A", help="older revision (default: HEAD)")
+    p.add_argument("rev_b", nargs="?", metavar="REV_B", help="newer revision (default: the workspace)")
+    p.add_argument("--json", action="store_true", help="machine-readable diff")
+
+    p = add("review", cmd_review, "A static HTML review page of a dataset diff, with before/after thumbnails")
+    p.add_argument("rev_a", nargs="?", metavar="REV_A", help="older revision (default: HEAD)")
+    p.add_argument("rev_b", nargs="?", metavar="REV_B", help="newer revision (default: the workspace)")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder to write index.html and thumbnails into")
+    p.add_argument("--limit", type=int, default=24, help="changed samples shown per batch (default: 24)")
+
+    p = add("show", cmd_show, "A contact sheet (static HTML page) of one batch")
+    p.add_argument("batch_id", metavar="BATCH_ID")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder to write index.html and thumbnails into")
+    p.add_argument("--limit", type=int, default=48, help="samples shown (default: 48)")
 
     p = add("config", cmd_config, "Show the settings in effect (secrets shown only as set / not set)")
     p.add_argument("--json", action="store_true", help="machine-readable settings")

@@ -11,14 +11,15 @@ import json
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable
-
-from jsonschema import Draft202012Validator, FormatChecker
-from jsonschema.exceptions import ValidationError
-from referencing import Registry, Resource
+from typing import TYPE_CHECKING, Any, Iterable
 
 from .errors import SchemaError
 from .paths import SCHEMA_DIR
+
+if TYPE_CHECKING:
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import ValidationError
+    from referencing import Registry
 
 SCHEMA_FILES = {
     "config": "config.schema.json",
@@ -52,7 +53,10 @@ class Problem:
 
 
 @lru_cache(maxsize=1)
-def _registry() -> Registry:
+def _registry() -> "Registry":
+    # jsonschema is imported only to explain a failure: valid documents never need it (see fast_validator).
+    from referencing import Registry, Resource
+
     resources = []
     for file_name in SCHEMA_FILES.values():
         contents = json.loads((SCHEMA_DIR / file_name).read_text())
@@ -62,8 +66,10 @@ def _registry() -> Registry:
 
 
 @lru_cache(maxsize=None)
-def validator(name: str) -> Draft202012Validator:
+def validator(name: str) -> "Draft202012Validator":
     """The compiled validator for one schema (compiled once per process)."""
+    from jsonschema import Draft202012Validator, FormatChecker
+
     contents = json.loads((SCHEMA_DIR / SCHEMA_FILES[name]).read_text())
     return Draft202012Validator(contents, registry=_registry(), format_checker=FormatChecker())
 
@@ -100,7 +106,7 @@ _TYPE_WORDS = {"object": "an object", "array": "a list", "string": "a string", "
                "number": "a number", "boolean": "true or false", "null": "null"}
 
 
-def _describe(error: ValidationError) -> tuple[str, str, str]:
+def _describe(error: "ValidationError") -> tuple[str, str, str]:
     """(path, expected, found) for one jsonschema error, in words."""
     path = json_path(error.absolute_path)
     kind, rule, found = error.validator, error.validator_value, error.instance

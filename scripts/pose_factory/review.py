@@ -1,0 +1,294 @@
+"""Dataset diffs between two versions of the repository: `pose-sync diff`, and the data behind `review`.
+
+A version is a git revision (read through DVC's filesystem, so nothing in the workspace changes and
+files come from the DVC cache or remote) or the workspace itself. The diff works from manifests: a
+sample's file changed when its sha256 changed, so unchanged images are never read. Only the
+annotations of samples whose keypoints may have moved are read, to measure how far each joint moved.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from . import dvcrepo
+from .errors import PoseFactoryError, RepositoryError, UsageError
+from .paths import MANIFEST_NAME
+
+DIFF_JSON_VERSION = 1
+RAW = "data/raw/pose-factory"
+ARCHIVE = "data/archive/pose-factory"
+REPORTS = "data/reports/validate"
+WORKSPACE = "workspace"
+# Fields whose change a reviewer must see; the files list and samples are compared separately.
+MANIFEST_FIELDS = ("schema_version", "project", "created_at", "job", "software", "conventions", "image", "modalities")
+
+
+class Version:
+    """One version of the repository, read-only: a git revision or the workspace."""
+
+    def __init__(self, root: Path, rev: str | None):
+        self.root = root
+        self.rev = rev
+        self.label = rev or WORKSPACE
+        self._fs = None
+        if rev is not None:
+            try:
+                commit = dvcrepo.git(root, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}").strip()
+            except PoseFactoryError:
+                raise UsageError(f"{rev!r} is not a git revision of this repository", where=str(root),
+                                 hint="use a commit, branch or tag, e.g. HEAD~1 or main") from None
+            self.commit = commit
+        else:
+            self.commit = None
+
+    def _filesystem(self):
+        if self._fs is None:
+            from dvc.api import DVCFileSystem
+
+            self._fs = DVCFileSystem(str(self.root), rev=self.commit)
+        return self._fs
+
+    def read_bytes(self, path: str) -> bytes | None:
+        """A file of this version, or None if it has none."""
+        if self.rev is None:
+            full = self.root / path
+            return full.read_bytes() if full.is_file() else None
+        fs = self._filesystem()
+        try:
+            with fs.open(path, "rb") as handle:
+                return handle.read()
+        except (FileNotFoundError, IsADirectoryError):
+            return None
+        except Exception as exc:  # DVC: data neither in the cache nor in the remote
+            raise RepositoryError(f"cannot read {path} at {self.label}: {type(exc).__name__}", where=str(self.root),
+                                  hint="run `dvc fetch --all-commits` (or `dvc pull` on that revision)") from None
+
+    def params(self) -> dict[str, Any]:
+        from ruamel.yaml import YAML
+
+        data = self.read_bytes("params.yaml")
+        return (YAML(typ="safe").load(data) or {}) if data else {}
+
+    def batches(self) -> dict[str, str]:
+        """{batch id: 'raw' | 'archive'} in this version."""
+        params = self.params()
+        found = {b: "raw" for b in params.get("batches") or []}
+        found.update({b: "archive" for b in params.get("archived") or []})
+        return found
+
+    def manifest(self, batch_id: str, place: str) -> tuple[dict[str, Any], bytes] | None:
+        data = self.read_bytes(f"{RAW if place == 'raw' else ARCHIVE}/{batch_id}/{MANIFEST_NAME}")
+        return (orjson.loads(data), data) if data else None
+
+    def batch_file(self, batch_id: str, place: str, rel: str) -> bytes | None:
+        return self.read_bytes(f"{RAW if place == 'raw' else ARCHIVE}/{batch_id}/{rel}")
+
+    def metrics(self, batch_id: str) -> dict[str, Any] | None:
+        data = self.read_bytes(f"{REPORTS}/{batch_id}/metrics.json")
+        return orjson.loads(data) if data else None
+
+
+def _changed_fields(old: Any, new: Any, path: str = "$") -> list[dict[str, Any]]:
+    """Every leaf that differs between two JSON values, with its path."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new)):
+            out += _changed_fields(old.get(key), new.get(key), f"{path}.{key}")
+        return out
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new) and len(old) <= 64:
+        out = []
+        for i, (a, b) in enumerate(zip(old, new)):
+            out += _changed_fields(a, b, f"{path}[{i}]")
+        return out
+    return [] if old == new else [{"field": path, "before": old, "after": new}]
+
+
+@dataclass
+class JointMovement:
+    joint: str
+    mean_px: float
+    max_px: float
+    visibility_flips: int
+
+
+@dataclass
+class BatchDiff:
+    batch_id: str
+    status: str  # added | removed | changed | archived | restored | unchanged
+    samples_before: int = 0
+    samples_after: int = 0
+    samples_added: list[str] = field(default_factory=list)
+    samples_removed: list[str] = field(default_factory=list)
+    modified: dict[str, list[str]] = field(default_factory=dict)  # modality -> sample ids
+    manifest_changes: list[dict[str, Any]] = field(default_factory=list)
+    joints: list[JointMovement] = field(default_factory=list)
+    metrics_before: dict[str, Any] | None = None
+    metrics_after: dict[str, Any] | None = None
+    changed_samples: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "batch_id": self.batch_id, "status": self.status,
+            "samples": {"before": self.samples_before, "after": self.samples_after,
+                        "added": self.samples_added, "removed": self.samples_removed,
+                        "modified": {m: ids for m, ids in sorted(self.modified.items())},
+                        "changed": self.changed_samples},
+            "manifest_changes": self.manifest_changes,
+            "keypoints": [vars(j) for j in self.joints],
+            "validation": {"before": self.metrics_before, "after": self.metrics_after},
+        }
+
+
+@dataclass
+class DatasetDiff:
+    before: str
+    after: str
+    batches: list[BatchDiff]
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for b in self.batches:
+            out[b.status] = out.get(b.status, 0) + 1
+        return out
+
+    def as_json(self) -> dict[str, Any]:
+        return {"version": DIFF_JSON_VERSION, "before": self.before, "after": self.after,
+                "summary": {"batches": self.counts(),
+                            "samples_added": sum(len(b.samples_added) for b in self.batches),
+                            "samples_removed": sum(len(b.samples_removed) for b in self.batches),
+                            "samples_changed": sum(len(b.changed_samples) for b in self.batches)},
+                "batches": [b.as_dict() for b in self.batches if b.status != "unchanged"]}
+
+
+def _sample_hashes(manifest: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """{sample id: {modality or 'annotation': sha256}} from the manifest alone."""
+    sha = {f["path"]: f["sha256"] for f in manifest["files"]}
+    out = {}
+    for sample in manifest["samples"]:
+        entry = {m: sha.get(rel, "") for m, rel in sample["files"].items()}
+        entry["annotation"] = sha.get(sample["annotation"], "")
+        out[sample["sample_id"]] = entry
+    return out
+
+
+def _joint_movement(before: Version, after: Version, batch_id: str, places: tuple[str, str],
+                    manifests: tuple[dict, dict], sample_ids: list[str]) -> list[JointMovement]:
+    joints = manifests[1]["conventions"]["keypoints"]["joints"]
+    paths = [{s["sample_id"]: s["annotation"] for s in m["samples"]} for m in manifests]
+    moved: list[list[float]] = [[] for _ in joints]
+    flips = [0] * len(joints)
+    for sid in sample_ids:
+        docs = []
+        for version, place, index in ((before, places[0], paths[0]), (after, places[1], paths[1])):
+            data = version.batch_file(batch_id, place, index[sid])
+            docs.append(orjson.loads(data) if data else None)
+        if not all(d and d.get("persons") for d in docs):
+            continue
+        old, new = (d["persons"][0]["keypoints_2d"] for d in docs)
+        for j, ((x0, y0, v0), (x1, y1, v1)) in enumerate(zip(old, new)):
+            if bool(v0) != bool(v1) or (v0 == 2) != (v1 == 2):
+                flips[j] += 1
+            if v0 and v1:
+                moved[j].append(math.hypot(x1 - x0, y1 - y0))
+    return [JointMovement(name, round(sum(d) / len(d), 3) if d else 0.0, round(max(d), 3) if d else 0.0, flips[j])
+            for j, (name, d) in enumerate(zip(joints, moved))]
+
+
+def diff_batch(before: Version, after: Version, batch_id: str, places: tuple[str | None, str | None]
+               ) -> BatchDiff:
+    """How one batch differs between the two versions."""
+    old = before.manifest(batch_id, places[0]) if places[0] else None
+    new = after.manifest(batch_id, places[1]) if places[1] else None
+    result = BatchDiff(batch_id, "unchanged")
+    result.metrics_before = before.metrics(batch_id) if places[0] else None
+    result.metrics_after = after.metrics(batch_id) if places[1] else None
+    if old is None and new is None:
+        return result
+    if old is None:
+        result.status, result.samples_after = "added", len(new[0]["samples"])
+        result.samples_added = [s["sample_id"] for s in new[0]["samples"]]
+        return result
+    if new is None:
+        result.status, result.samples_before = "removed", len(old[0]["samples"])
+        result.samples_removed = [s["sample_id"] for s in old[0]["samples"]]
+        return result
+    (m_old, b_old), (m_new, b_new) = old, new
+    result.samples_before, result.samples_after = len(m_old["samples"]), len(m_new["samples"])
+    moved_place = places[0] != places[1]
+    if b_old == b_new:
+        result.status = ("archived" if places[1] == "archive" else "restored") if moved_place else "unchanged"
+        return result
+    result.status = "changed"
+    h_old, h_new = _sample_hashes(m_old), _sample_hashes(m_new)
+    result.samples_added = sorted(set(h_new) - set(h_old))
+    result.samples_removed = sorted(set(h_old) - set(h_new))
+    common = sorted(set(h_old) & set(h_new))
+    changed = set()
+    for sid in common:
+        for key in sorted(set(h_old[sid]) | set(h_new[sid])):
+            if h_old[sid].get(key) != h_new[sid].get(key):
+                result.modified.setdefault(key, []).append(sid)
+                changed.add(sid)
+    result.changed_samples = sorted(changed)
+    for name in MANIFEST_FIELDS:
+        result.manifest_changes += _changed_fields(m_old.get(name), m_new.get(name), f"$.{name}")
+    # Keypoints can only have moved where the annotation or the OpenPose JSON changed.
+    touched = sorted(set(result.modified.get("annotation", [])) | set(result.modified.get("openpose_json", [])))
+    result.joints = _joint_movement(before, after, batch_id, (places[0], places[1]), (m_old, m_new), touched)
+    return result
+
+
+def diff(root: Path, rev_a: str | None = None, rev_b: str | None = None) -> DatasetDiff:
+    """Like git: no revision = HEAD against the workspace; one = REV against the workspace; two = A against B."""
+    dvcrepo.require_repository(root)
+    before = Version(root, rev_a or "HEAD")
+    after = Version(root, rev_b) if rev_b else Version(root, None)
+    old, new = before.batches(), after.batches()
+    batches = [diff_batch(before, after, batch_id, (old.get(batch_id), new.get(batch_id)))
+               for batch_id in sorted(set(old) | set(new))]
+    return DatasetDiff(before.label, after.label, batches)
+
+
+def summary_lines(result: DatasetDiff) -> list[str]:
+    """The human summary `pose-sync diff` prints."""
+    counts = result.counts()
+    lines = [f"dataset diff {result.before} -> {result.after}: "
+             + (", ".join(f"{n} {s}" for s, n in sorted(counts.items()) if s != "unchanged") or "no change")
+             + (f" ({counts['unchanged']} unchanged)" if counts.get("unchanged") else "")]
+    for b in result.batches:
+        if b.status == "unchanged":
+            continue
+        if b.status in ("added", "removed"):
+            lines.append(f"  {b.status:8} {b.batch_id}: {max(b.samples_before, b.samples_after)} samples")
+            continue
+        if b.status in ("archived", "restored"):
+            lines.append(f"  {b.status:8} {b.batch_id}")
+            continue
+        lines.append(f"  changed  {b.batch_id}: samples {b.samples_before} -> {b.samples_after}, "
+                     f"+{len(b.samples_added)} -{len(b.samples_removed)} ~{len(b.changed_samples)}")
+        for modality, ids in sorted(b.modified.items()):
+            lines.append(f"    {modality}: {len(ids)} sample(s) modified")
+        for change in b.manifest_changes[:8]:
+            lines.append(f"    manifest {change['field']}: {_short(change['before'])} -> {_short(change['after'])}")
+        if len(b.manifest_changes) > 8:
+            lines.append(f"    ... and {len(b.manifest_changes) - 8} more manifest field(s)")
+        moved = sorted((j for j in b.joints if j.max_px > 0 or j.visibility_flips), key=lambda j: -j.max_px)
+        for j in moved[:6]:
+            lines.append(f"    keypoint {j.joint}: mean {j.mean_px:.1f} px, max {j.max_px:.1f} px, "
+                         f"{j.visibility_flips} visibility flip(s)")
+        if b.metrics_before != b.metrics_after:
+            before = b.metrics_before or {}
+            after = b.metrics_after or {}
+            lines.append("    validation: " + ", ".join(f"{k} {before.get(k, '-')} -> {after.get(k, '-')}"
+                                                      for k in ("samples", "errors", "warnings")))
+    return lines
+
+
+def _short(value: Any) -> str:
+    text = orjson.dumps(value).decode()
+    return text if len(text) <= 40 else text[:37] + "..."
