@@ -113,8 +113,8 @@ def _keep(selected: Selected, filters: dict[str, Any], manifest: dict[str, Any])
 
 # --- linking ----------------------------------------------------------------------------------------
 
-def _linker(mode: str, counts: dict[str, int]) -> Callable[[Path, Path], None]:
-    def hardlink(source: Path, dest: Path) -> None:
+def _linker(mode: str, counts: dict[str, int]) -> Callable[[str, str], None]:
+    def hardlink(source: str, dest: str) -> None:
         try:
             os.link(source, dest)
             counts["hardlink"] += 1
@@ -124,17 +124,17 @@ def _linker(mode: str, counts: dict[str, int]) -> Callable[[Path, Path], None]:
             shutil.copyfile(source, dest)  # another filesystem: a copy is the only way
             counts["copy"] += 1
 
-    def symlink(source: Path, dest: Path) -> None:
+    def symlink(source: str, dest: str) -> None:
         # Relative, so the working set survives moving the repository.
-        dest.symlink_to(os.path.relpath(source, dest.parent))
+        os.symlink(os.path.relpath(source, os.path.dirname(dest)), dest)
         counts["symlink"] += 1
 
-    def copy(source: Path, dest: Path) -> None:
+    def copy(source: str, dest: str) -> None:
         shutil.copyfile(source, dest)
         counts["copy"] += 1
 
-    def clone(source: Path, dest: Path) -> None:
-        if clone_file(source, dest):
+    def clone(source: str, dest: str) -> None:
+        if clone_file(Path(source), Path(dest)):
             counts["clone"] += 1
         else:
             copy(source, dest)
@@ -142,11 +142,11 @@ def _linker(mode: str, counts: dict[str, int]) -> Callable[[Path, Path], None]:
     return {"hardlink": hardlink, "symlink": symlink, "copy": copy, "clone": clone}[mode]
 
 
-def _protect(path: Path) -> None:
+def _protect(path: str) -> None:
     """Raw files are read-only, so a hardlink or symlink cannot be used to change them."""
-    mode = path.stat().st_mode
+    mode = os.stat(path).st_mode
     if mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH):
-        path.chmod(mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+        os.chmod(path, mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -186,10 +186,10 @@ class MaterializeResult:
 def materialize(params_file: Path, raw_dir: Path, reports_dir: Path, out_dir: Path, progress=None
                 ) -> MaterializeResult:
     """Build the working set the params ask for and swap it into out_dir."""
-    from ruamel.yaml import YAML
+    import yaml
 
     label = str(params_file)
-    params = YAML(typ="safe").load(params_file.read_text()) or {}
+    params = yaml.load(params_file.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
     working = working_settings(params, label)
     registered = list(params.get("batches") or [])
     batch_ids = _resolve_batches(working, registered, raw_dir, label)
@@ -207,13 +207,14 @@ def materialize(params_file: Path, raw_dir: Path, reports_dir: Path, out_dir: Pa
         batch_dir = raw_dir / batch_id
         manifest_bytes = (batch_dir / MANIFEST_NAME).read_bytes()
         manifest = orjson.loads(manifest_bytes)
+        manifest_sha256 = contract.sha256_bytes(manifest_bytes)
         missing = [m for m in modalities if m not in manifest["modalities"]]
         if missing:
             raise ConfigError(f"key 'working.modalities': batch {batch_id} has no {', '.join(missing)}",
                               where=label, hint="choose from: " + ", ".join(manifest["modalities"]))
         for sample in manifest["samples"]:
             annotation = orjson.loads((batch_dir / sample["annotation"]).read_bytes())
-            item = Selected(batch_id, sample, annotation, contract.sha256_bytes(manifest_bytes))
+            item = Selected(batch_id, sample, annotation, manifest_sha256)
             if _keep(item, working["filters"], manifest):
                 selected.append((item, manifest))
     if not selected:
@@ -231,16 +232,19 @@ def materialize(params_file: Path, raw_dir: Path, reports_dir: Path, out_dir: Pa
         rows = []
         counter = progress.task("materialize", len(selected), "samples") if progress else contextlib.nullcontext()
         with counter as bar:
+            # Plain strings and os calls: with thousands of files, pathlib's overhead would dominate.
+            raw_base, build_base = str(raw_dir), str(build)
+            protect = working["link_mode"] in ("hardlink", "symlink")
             for index, (item, manifest) in enumerate(selected):
                 name = f"{naming['prefix']}{index:0{naming['digits']}d}"
                 files, sources = {}, {}
                 for modality in modalities:
                     folder, extension, _ = contract.MODALITIES[modality]
-                    source = raw_dir / item.batch_id / item.sample["files"][modality]
-                    if working["link_mode"] in ("hardlink", "symlink"):
+                    source = os.path.join(raw_base, item.batch_id, item.sample["files"][modality])
+                    if protect:
                         _protect(source)
                     rel = f"{folder}/{name}{extension}"
-                    link(source, build / rel)
+                    link(source, os.path.join(build_base, rel))
                     files[modality] = rel
                     sources[modality] = f"{item.batch_id}/{item.sample['files'][modality]}"
                 rows.append(_index_row(index, name, item, files, sources))
@@ -255,7 +259,8 @@ def materialize(params_file: Path, raw_dir: Path, reports_dir: Path, out_dir: Pa
             "working": working,
             "samples": rows,
         }
-        (build / "index.json").write_bytes(contract.dumps(index_doc))
+        (build / "index.json").write_bytes(
+            orjson.dumps(index_doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n")
         (build / "index.csv").write_text(_index_csv(rows, modalities))
         swap_into_place(build, out_dir)
     except BaseException:

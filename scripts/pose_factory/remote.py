@@ -65,7 +65,7 @@ def publish_batch(storage: Storage, settings: Settings, batch_dir: Path, *, prog
     if batch_dir.name != batch_id:
         raise IntegrityError(f"the folder is named {batch_dir.name!r} but its manifest says batch_id {batch_id!r}",
                              where=str(batch_dir / MANIFEST_NAME), hint="rename the folder to its batch id")
-    digests = contract.verify_batch(batch_dir, manifest)
+    digests = contract.verify_batch(batch_dir, manifest, with_md5=True)  # MD5s to compare with S3 ETags
     manifest_bytes = (batch_dir / MANIFEST_NAME).read_bytes()
     marker = contract.completion_marker(manifest, manifest_bytes)
     prefix = batch_prefix(settings, batch_id)

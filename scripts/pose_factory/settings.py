@@ -14,9 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-from dotenv import dotenv_values
-
 from . import schemas
 from .errors import ConfigError, CredentialsError
 from .paths import project_root
@@ -121,6 +118,8 @@ def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any
 
 
 def _read_config_file(path: Path) -> dict[str, Any]:
+    import yaml  # only when there is a config file: every command starts faster without it
+
     label = str(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -153,6 +152,8 @@ def load_dotenv(root: Path) -> None:
     """Load `<root>/.env` into the environment without overriding what is already set."""
     env_file = root / ".env"
     if env_file.is_file():
+        from dotenv import dotenv_values
+
         for key, value in dotenv_values(env_file).items():
             if value is not None and key not in os.environ:
                 os.environ[key] = value

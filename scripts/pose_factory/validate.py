@@ -12,9 +12,12 @@ metrics (`metrics.json`) and plots (CSV files) into the folder the pipeline name
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import csv
 import io
 import json
+import struct
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,9 +78,10 @@ class ValidationFailed(PoseFactoryError):
     exit_code = 11
 
 
-def _load(path: Path, label: str, report: ValidationReport) -> Any:
+def _load(path: Path, label: str, report: ValidationReport, documents: dict[str, bytes] | None = None) -> Any:
     try:
-        return orjson.loads(path.read_bytes())
+        data = documents[label] if documents is not None and label in documents else path.read_bytes()
+        return orjson.loads(data)
     except FileNotFoundError:
         return None  # reported by the file comparison
     except orjson.JSONDecodeError as exc:
@@ -85,29 +89,39 @@ def _load(path: Path, label: str, report: ValidationReport) -> Any:
         return None
 
 
-def _png_problem(path: Path, width: int, height: int) -> tuple[str, str, str] | None:
-    """(field, expected, found) if the PNG is truncated, the wrong size or not 8-bit RGB."""
-    from PIL import Image
+PNG_COLOUR_TYPES = {0: "greyscale", 2: "RGB", 3: "palette", 4: "greyscale+alpha", 6: "RGBA"}
 
-    with path.open("rb") as handle:
-        head = handle.read(8)
-        handle.seek(0, 2)
-        if handle.tell() < len(PNG_END) + 8:
-            return "bytes", "a PNG file", f"{handle.tell()} bytes"
-        handle.seek(-len(PNG_END), 2)
-        tail = handle.read()
-    if head != PNG_START:
+
+def png_problem(data: bytes, width: int, height: int) -> tuple[str, str, str] | None:
+    """(field, expected, found) if these PNG bytes are truncated, corrupt, the wrong size or not 8-bit RGB.
+
+    Reads the chunk structure instead of decoding pixels: every chunk's CRC is checked (which catches
+    damage anywhere in the file), IHDR gives size, bit depth and colour type, IEND must close the file.
+    """
+    if data[:8] != PNG_START:
         return "format", "a PNG file", "another format"
-    if tail != PNG_END:
+    if len(data) < 8 + 25 + len(PNG_END) or data[-len(PNG_END):] != PNG_END:
         return "bytes", "a complete PNG ending in IEND", "a truncated file"
-    try:
-        with Image.open(path) as image:
-            if image.size != (width, height):
-                return "size", f"{width}x{height} (manifest image)", f"{image.size[0]}x{image.size[1]}"
-            if image.mode != "RGB":
-                return "mode", "8-bit RGB (ComfyUI reads 16-bit as /255)", image.mode
-    except (OSError, ValueError, SyntaxError) as exc:  # Pillow's ways of saying "not a readable image"
-        return "format", "a PNG image that decodes", f"{type(exc).__name__}: {exc}"
+    length, kind = struct.unpack(">I4s", data[8:16])
+    if kind != b"IHDR" or length != 13:
+        return "format", "a PNG image that decodes", "no IHDR chunk first"
+    found_width, found_height, bit_depth, colour_type = struct.unpack(">IIBB", data[16:26])
+    position = 8
+    while position < len(data):
+        length, kind = struct.unpack(">I4s", data[position:position + 8])
+        end = position + 12 + length
+        if end > len(data):
+            return "bytes", "a complete PNG ending in IEND", "a truncated file"
+        if zlib.crc32(data[position + 4:end - 4]) != struct.unpack(">I", data[end - 4:end])[0]:
+            return "format", "a PNG image that decodes", f"a damaged {kind.decode('latin-1')!r} chunk at byte {position}"
+        position = end
+        if kind == b"IEND":
+            break
+    if (found_width, found_height) != (width, height):
+        return "size", f"{width}x{height} (manifest image)", f"{found_width}x{found_height}"
+    if bit_depth != 8 or colour_type != 2:
+        return ("mode", "8-bit RGB (ComfyUI reads 16-bit as /255)",
+                f"{bit_depth}-bit {PNG_COLOUR_TYPES.get(colour_type, colour_type)}")
     return None
 
 
@@ -125,7 +139,8 @@ def _check_keypoints(points: list[list[float]], width: int, height: int, label: 
 
 
 def _check_sample(batch_dir: Path, entry: dict[str, Any], index: int, manifest: dict[str, Any], listed: set[str],
-                  report: ValidationReport, stats: dict[str, Counter]) -> None:
+                  report: ValidationReport, stats: dict[str, Counter], png: dict[str, Any],
+                  documents: dict[str, bytes]) -> None:
     sid = entry["sample_id"]
     width, height = manifest["image"]["width"], manifest["image"]["height"]
     where = f"$.samples[{index}]"
@@ -144,7 +159,7 @@ def _check_sample(batch_dir: Path, entry: dict[str, Any], index: int, manifest: 
     if entry["annotation"] not in listed:
         report.error(MANIFEST_NAME, f"{where}.annotation", "a path listed in files", entry["annotation"])
 
-    annotation = _load(batch_dir / entry["annotation"], entry["annotation"], report)
+    annotation = _load(batch_dir / entry["annotation"], entry["annotation"], report, documents)
     keypoints = None
     if annotation is not None:
         found = schemas.problems(annotation, "sample", entry["annotation"])
@@ -178,7 +193,7 @@ def _check_sample(batch_dir: Path, entry: dict[str, Any], index: int, manifest: 
 
     rel = entry["files"].get("openpose_json")
     if rel and rel in listed:
-        openpose = _load(batch_dir / rel, rel, report)
+        openpose = _load(batch_dir / rel, rel, report, documents)
         if openpose is not None:
             found = schemas.problems(openpose, "openpose", rel)
             for p in found:
@@ -207,10 +222,9 @@ def _check_sample(batch_dir: Path, entry: dict[str, Any], index: int, manifest: 
                             break
 
     for modality, rel in sorted(entry["files"].items()):
-        if rel in listed and rel.endswith(".png") and (batch_dir / rel).is_file():
-            problem = _png_problem(batch_dir / rel, width, height)
-            if problem:
-                report.error(rel, problem[0], problem[1], problem[2])
+        problem = png.get(rel)
+        if problem:
+            report.error(rel, problem[0], problem[1], problem[2])
 
 
 def validate_batch(batch_dir: Path, progress=None) -> ValidationReport:
@@ -234,8 +248,24 @@ def validate_batch(batch_dir: Path, progress=None) -> ValidationReport:
     report.batch_id = manifest["batch_id"]
     if batch_dir.name != manifest["batch_id"]:
         report.error(MANIFEST_NAME, "$.batch_id", f"the folder name {batch_dir.name!r}", repr(manifest["batch_id"]))
+    width, height = manifest["image"]["width"], manifest["image"]["height"]
+    png: dict[str, Any] = {}
+    documents: dict[str, bytes] = {}
+
+    def read_once(rel: str, data: bytes) -> tuple[int, str, str]:
+        # One read per file: the hash for the manifest check, the PNG structure check for images, and the
+        # JSON documents kept for the per-sample checks (opening files is what costs here, not hashing).
+        if rel.endswith(".png"):
+            png[rel] = png_problem(data, width, height)
+        elif rel.endswith(".json"):
+            documents[rel] = data
+        return len(data), hashlib.sha256(data).hexdigest(), ""
+
     try:
-        mismatches, digests = contract.compare_files(batch_dir, manifest)
+        on_disk, _ = contract.walk_files(batch_dir)
+        readable = sorted(on_disk & {e["path"] for e in manifest["files"]})
+        known = contract.map_files(batch_dir, readable, read_once)
+        mismatches, digests = contract.compare_files(batch_dir, manifest, known)
     except PoseFactoryError as exc:  # an unsafe path: nothing else can be trusted
         report.error(MANIFEST_NAME, "$.files[].path", "safe relative paths", exc.message)
         return report
@@ -261,7 +291,7 @@ def validate_batch(batch_dir: Path, progress=None) -> ValidationReport:
         else contextlib.nullcontext()
     with counter as bar:
         for index, entry in enumerate(manifest["samples"]):
-            _check_sample(batch_dir, entry, index, manifest, listed, report, stats)
+            _check_sample(batch_dir, entry, index, manifest, listed, report, stats, png, documents)
             if bar:
                 bar.advance()
     report.stats = _stats(stats, manifest)
