@@ -81,7 +81,7 @@ def copy_files(storage: Storage, settings: Settings, prefix: str, dest: Path, re
     # --files-from keeps to the manifest's files; rclone still lists the folder once instead of asking for
     # each file (which --no-traverse would make it do: 1.6x slower on 2,000 files).
     command = [binary(), "copy", source, str(dest), "--files-from", listing.name, "--transfers", str(TRANSFERS),
-               "--checkers", str(TRANSFERS), "--retries", "2", "--low-level-retries", str(settings.max_attempts),
+               "--checkers", str(TRANSFERS), "--retries", "1", "--low-level-retries", str(settings.max_attempts),
                "--stats", "0", "--log-level", "ERROR"]
     # stderr to a file, not a pipe: a chatty failure must not block rclone on a full pipe while we poll.
     with tempfile.TemporaryFile("w+") as errors:

@@ -31,7 +31,7 @@ table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ddd;padding:
 th{background:#eee}.added{color:#16794c}.removed{color:#b3261e}.changed{color:#9a6700}
 .pair{display:inline-block;margin:4px 10px 12px 0;vertical-align:top}.pair img{border:1px solid #ccc;margin-right:2px}
 .cap{font-size:12px;color:#555}.sheet{display:inline-block;margin:4px;text-align:center}
-svg text{font-size:10px}
+svg{vertical-align:top;margin:8px 16px 8px 0}svg text{font-size:10px}
 """
 SCRIPT = """
 window.addEventListener('load', function () {

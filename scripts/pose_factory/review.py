@@ -100,7 +100,9 @@ def _changed_fields(old: Any, new: Any, path: str = "$") -> list[dict[str, Any]]
         for key in sorted(set(old) | set(new)):
             out += _changed_fields(old.get(key), new.get(key), f"{path}.{key}")
         return out
-    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new) and len(old) <= 64:
+    # Lists of objects are compared item by item; a list of plain values (a colour, a range) is one value.
+    if (isinstance(old, list) and isinstance(new, list) and len(old) == len(new) and len(old) <= 64
+            and any(isinstance(v, (dict, list)) for v in old + new)):
         out = []
         for i, (a, b) in enumerate(zip(old, new)):
             out += _changed_fields(a, b, f"{path}[{i}]")

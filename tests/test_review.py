@@ -1,0 +1,231 @@
+"""`pose-sync diff`, `review` and `show` on real revisions of a repository, and the page in a real browser."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import git, publish_generated
+from pose_factory import contract
+
+A, B = "2026-11-01_run-cycle", "2026-11-02_walk"
+SHIFT_PX = 5.0
+ARTEFACTS = Path(os.environ.get("POSE_FACTORY_TEST_ARTEFACTS", Path(__file__).resolve().parent / "artefacts"))
+
+
+def commit(repo, message: str) -> str:
+    git(repo.root, "add", "-A")
+    git(repo.root, "commit", "-q", "-m", message)
+    return git(repo.root, "rev-parse", "HEAD").strip()
+
+
+def reseal(batch: Path) -> None:
+    manifest = json.loads((batch / "manifest.json").read_text())
+    paths = sorted(p.relative_to(batch).as_posix() for p in batch.rglob("*") if p.is_file() and p.name != "manifest.json")
+    manifest["files"] = contract.file_entries(batch, paths)
+    manifest["totals"]["bytes"] = sum(f["size"] for f in manifest["files"])
+    (batch / "manifest.json").write_bytes(contract.dumps(manifest))
+
+
+def move_keypoints(batch: Path, sample: str) -> None:
+    """Re-render one sample with every labelled keypoint moved SHIFT_PX to the right (as a pod fix would)."""
+    from pose_factory import figure
+
+    annotation_file = batch / "annotations" / f"{sample}.json"
+    annotation = json.loads(annotation_file.read_text())
+    points = annotation["persons"][0]["keypoints_2d"]
+    for point in points:
+        if point[2] and point[0] + SHIFT_PX < 47:
+            point[0] = round(point[0] + SHIFT_PX, 2)
+        elif point[2]:
+            point[:] = [0, 0, 0]  # would leave the canvas: now not labelled (a visibility flip)
+    annotation_file.write_bytes(contract.dumps(annotation))
+    import numpy as np
+
+    kp = np.array(points, dtype=float)
+    (batch / "openpose_json" / f"{sample}.json").write_bytes(contract.dumps(figure.openpose_json(kp, 48, 48)))
+    from PIL import Image
+
+    Image.fromarray(figure.draw_openpose(kp, 48, 48)).save(batch / "pose" / f"{sample}.png")
+
+
+def validate_and_record(cli, repo, batch_id: str, place: str = "raw") -> None:
+    result = cli("validate", repo.root / "data" / place / "pose-factory" / batch_id, "--report",
+                 repo.root / "data" / "reports" / "validate" / batch_id, "-q")
+    assert result.code == 0, result.err
+
+
+@pytest.fixture
+def history(pipeline_repo, cli, tmp_path, monkeypatch):
+    """Commits: c1 batch A; c2 batch B added; c3 A re-rendered with moved keypoints in one sample;
+    c4 B archived; c5 A's conventions and software changed."""
+    repo = pipeline_repo
+    revs = {}
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1793520000")
+    pod_a = publish_generated(tmp_path / "a", cli, A, samples=4, seed=1)
+    assert cli("pull", A, "-q").code == 0
+    validate_and_record(cli, repo, A)
+    revs["c1"] = commit(repo, "A")
+    publish_generated(tmp_path / "b", cli, B, samples=2, seed=2, project="walk")
+    assert cli("pull", B, "-q").code == 0
+    validate_and_record(cli, repo, B)
+    revs["c2"] = commit(repo, "B")
+    move_keypoints(pod_a, "000001")
+    reseal(pod_a)
+    assert cli("publish", pod_a, "-q").code == 0
+    assert cli("pull", A, "-q").code == 0
+    validate_and_record(cli, repo, A)
+    revs["c3"] = commit(repo, "A with one sample re-rendered")
+    assert cli("archive", B).code == 0
+    revs["c4"] = commit(repo, "archive B")
+    manifest = json.loads((pod_a / "manifest.json").read_text())
+    manifest["software"]["generator_version"] = "0.2.0"
+    manifest["conventions"]["normal"]["background"] = [0, 0, 0]
+    (pod_a / "manifest.json").write_bytes(contract.dumps(manifest))
+    assert cli("publish", pod_a, "-q").code == 0
+    assert cli("pull", A, "-q").code == 0
+    revs["c5"] = commit(repo, "A conventions")
+    return repo, revs
+
+
+def diff_json(cli, *revs: str) -> dict:
+    result = cli("diff", *revs, "--json")
+    assert result.code == 0, result.err
+    document = json.loads(result.out)
+    assert document["version"] == 1
+    return document
+
+
+def test_diffs_between_real_revisions(history, cli):
+    repo, revs = history
+    head_before = git(repo.root, "rev-parse", "HEAD")
+    status_before = git(repo.root, "status", "--porcelain")
+
+    added = diff_json(cli, revs["c1"], revs["c2"])
+    assert [(b["batch_id"], b["status"]) for b in added["batches"]] == [(B, "added")]
+    assert added["summary"]["samples_added"] == 2
+
+    changed = diff_json(cli, revs["c2"], revs["c3"])
+    [batch] = changed["batches"]
+    assert batch["batch_id"] == A and batch["status"] == "changed"
+    assert batch["samples"]["changed"] == ["000001"]
+    assert batch["samples"]["modified"] == {"annotation": ["000001"], "openpose_json": ["000001"], "pose": ["000001"]}
+    moved = {j["joint"]: j for j in batch["keypoints"]}
+    assert any(j["mean_px"] == SHIFT_PX and j["max_px"] == SHIFT_PX for j in moved.values())
+    assert all(j["max_px"] in (0.0, SHIFT_PX) for j in moved.values())
+    flips = sum(j["visibility_flips"] for j in moved.values())
+    assert flips == sum(1 for j in moved.values() if j["max_px"] == 0.0 and j["visibility_flips"])
+    assert batch["validation"]["before"]["errors"] == 0 and batch["validation"]["after"]["errors"] == 0
+
+    archived = diff_json(cli, revs["c3"], revs["c4"])
+    assert [(b["batch_id"], b["status"]) for b in archived["batches"]] == [(B, "archived")]
+
+    conventions = diff_json(cli, revs["c4"], revs["c5"])
+    [batch] = conventions["batches"]
+    fields = {c["field"]: c for c in batch["manifest_changes"]}
+    assert fields["$.software.generator_version"]["after"] == "0.2.0"
+    assert fields["$.conventions.normal.background"]["before"] == [128, 128, 255]
+    assert batch["samples"]["changed"] == []
+
+    text = cli("diff", revs["c2"], revs["c3"]).out
+    assert f"changed  {A}: samples 4 -> 4, +0 -0 ~1" in text and "pose: 1 sample(s) modified" in text
+    assert f"mean {SHIFT_PX:.1f} px, max {SHIFT_PX:.1f} px" in text
+
+    # Reading old versions disturbed nothing.
+    assert git(repo.root, "rev-parse", "HEAD") == head_before
+    assert git(repo.root, "status", "--porcelain") == status_before
+
+
+def test_diff_defaults_to_head_against_the_workspace(history, cli, tmp_path):
+    repo, revs = history
+    assert diff_json(cli)["batches"] == []
+    assert cli("restore", B).code == 0
+    [batch] = diff_json(cli)["batches"]
+    assert (batch["batch_id"], batch["status"]) == (B, "restored")
+    one_rev = diff_json(cli, revs["c1"])  # c1 against the workspace
+    assert {b["batch_id"] for b in one_rev["batches"]} == {A, B}
+
+
+def test_a_bad_revision_is_a_clear_error(history, cli):
+    result = cli("diff", "no-such-rev")
+    assert result.code == 2 and "'no-such-rev' is not a git revision" in result.err and "HEAD~1" in result.err
+
+
+def chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def open_in_browser(page: Path, tmp_path: Path, screenshot: Path) -> str:
+    """Load the page from disk in headless Chromium; return the DOM after its load handler ran."""
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'chromium-profile'}", "--virtual-time-budget=5000",
+             "--allow-file-access-from-files"]
+    url = page.resolve().as_uri()
+    dom = subprocess.run([chromium(), *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    screenshot.parent.mkdir(parents=True, exist_ok=True)
+    shot = subprocess.run([chromium(), *flags, f"--screenshot={screenshot}", "--window-size=1280,1600", url],
+                          capture_output=True, text=True, timeout=120)
+    assert shot.returncode == 0 and screenshot.stat().st_size > 10_000, shot.stderr[-2000:]
+    return dom.stdout
+
+
+@pytest.mark.skipif(chromium() is None, reason="Chromium is not installed: `make test` installs it on Debian "
+                                               "(apt-get install chromium)")
+def test_review_page_in_a_real_browser(history, cli, tmp_path):
+    repo, revs = history
+    out = tmp_path / "review"
+    result = cli("review", revs["c1"], revs["c3"], "--out", out)
+    assert result.code == 0, result.err
+    document = json.loads((out / "diff.json").read_text())
+    assert document == diff_json(cli, revs["c1"], revs["c3"])
+    dom = open_in_browser(out / "index.html", tmp_path, ARTEFACTS / "review.png")
+    images = int(re.search(r'data-images="(\d+)"', dom).group(1))
+    assert images >= 12, "before/after thumbnails of the changed sample and the added batch"
+    assert re.search(r'data-broken-images="0"', dom), "every image on the page loads"
+    counts = dict(re.findall(r'data-count="([^"]+)">(\d+)<', dom))
+    assert int(counts["samples-changed"]) == document["summary"]["samples_changed"] == 1
+    assert int(counts["samples-added"]) == document["summary"]["samples_added"]
+    for status, n in document["summary"]["batches"].items():
+        assert int(counts[f"batches-{status}"]) == n
+    # Thumbnails are small files beside the page, referenced relatively: the folder works offline.
+    thumbs = list((out / "thumbs").rglob("*.png"))
+    assert thumbs and all(p.stat().st_size < 60_000 for p in thumbs)
+    assert "http://" not in (out / "index.html").read_text() and "https://" not in (out / "index.html").read_text()
+
+
+@pytest.mark.skipif(chromium() is None, reason="Chromium is not installed")
+def test_show_contact_sheet_in_a_real_browser(history, cli, tmp_path):
+    out = tmp_path / "sheet"
+    result = cli("show", A, "--out", out, "--limit", "3")
+    assert result.code == 0 and "3 of 4 samples shown" in result.out
+    dom = open_in_browser(out / "index.html", tmp_path, ARTEFACTS / "contact-sheet.png")
+    assert re.search(r'data-broken-images="0"', dom) and 'data-count="samples">4<' in dom
+    assert 'data-count="not-shown">1 more sample(s) not shown' in dom
+    missing = cli("show", "2020-01-01_none", "--out", out)
+    assert missing.code == 8 and "pose-sync status" in missing.err
+
+
+def test_diff_reads_manifests_and_changed_annotations_only(history, cli, monkeypatch):
+    repo, revs = history
+    from pose_factory import review
+
+    reads: list[str] = []
+    real = review.Version.read_bytes
+
+    def recording(self, path):
+        reads.append(path)
+        return real(self, path)
+
+    monkeypatch.setattr(review.Version, "read_bytes", recording)
+    diff_json(cli, revs["c2"], revs["c3"])
+    assert not [p for p in reads if p.endswith(".png")], "no image is read to compute a diff"
+    annotations = sorted({p.rsplit("/", 1)[1] for p in reads if "/annotations/" in p})
+    assert annotations == ["000001.json"]
