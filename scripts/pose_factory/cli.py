@@ -189,6 +189,40 @@ def cmd_show(args: argparse.Namespace, settings: Settings, progress: Progress) -
     return 0
 
 
+def cmd_comfyui_check(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
+    from .comfyui import check
+
+    report = check(settings, args.server or settings.comfyui["server"])
+    if args.json:
+        _emit_json(report)
+    else:
+        _out(f"ComfyUI at {report['server']} answers (version {report['comfyui_version'] or 'unknown'})")
+        for workflow in report["workflows"]:
+            _out(f"  {workflow['name']}: {'ok' if workflow['ok'] else 'PROBLEMS'}")
+            for problem in workflow["problems"]:
+                _out(f"    - {problem}")
+        if not report["workflows"]:
+            _out("  no workflow is mapped yet (workflows: in config/local.yaml)")
+    return 0 if all(w["ok"] for w in report["workflows"]) else 12
+
+
+def cmd_comfyui_queue(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
+    from .comfyui import queue
+
+    result = queue(settings, workflow=args.workflow, server=args.server or settings.comfyui["server"],
+                   limit=args.limit, depth=settings.comfyui["queue_depth"], timeout_s=settings.comfyui["timeout_s"],
+                   linked=args.linked, progress=progress)
+    if args.json:
+        _emit_json({"version": 1, "workflow": result.workflow, "done": result.done, "skipped": result.skipped,
+                    "outputs": result.outputs, "failed": result.failed, "out_dir": result.out_dir})
+    else:
+        _out(f"{result.workflow}: {result.done} sample(s) run, {result.skipped} already done, {result.outputs} "
+             f"output image(s) in {result.out_dir}, {len(result.failed)} failed")
+        for failure in result.failed[:10]:
+            _out(f"  failed {failure['sample']}: {failure['error']}")
+    return 0 if not result.failed else 12
+
+
 def cmd_config(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
     import os
 
@@ -423,6 +457,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_comfyui_link)
     p.add_argument("comfyui_dir", metavar="COMFYUI_DIR")
     p.add_argument("--name", default="pose-factory", help="folder name inside input/ (default: pose-factory)")
+    p = comfyui_sub.add_parser("check", parents=[common], help="Check ComfyUI is up and has what the mapped "
+                               "workflows use", description="Check ComfyUI is up and has what the mapped workflows use")
+    p.set_defaults(handler=cmd_comfyui_check)
+    p.add_argument("--server", metavar="URL", help="ComfyUI address (default: comfyui.server in the settings)")
+    p.add_argument("--json", action="store_true", help="machine-readable report")
+    p = comfyui_sub.add_parser("queue", parents=[common], help="Run every sample of the working set through a "
+                               "mapped workflow", description="Run every sample of the working set through a "
+                               "mapped workflow")
+    p.set_defaults(handler=cmd_comfyui_queue)
+    p.add_argument("--workflow", metavar="NAME", help="which mapped workflow (needed when several are mapped)")
+    p.add_argument("--server", metavar="URL", help="ComfyUI address (default: comfyui.server in the settings)")
+    p.add_argument("--limit", type=int, metavar="N", help="only the first N samples")
+    p.add_argument("--linked", action="store_true", help="use the folder made by `comfyui link` instead of "
+                   "uploading (ComfyUI on this machine)")
+    p.add_argument("--json", action="store_true", help="machine-readable result")
 
     p = add("diff", cmd_diff, "What changed in the dataset between two versions (default: HEAD against the "
                                "workspace)")

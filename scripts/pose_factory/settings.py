@@ -46,6 +46,7 @@ DEFAULTS: dict[str, Any] = {
     "data_root": "data/raw",
     "batch_naming": {"pattern": "{date}_{project}", "date_format": "%Y-%m-%d"},
     "workflows": {},
+    "comfyui": {"server": "http://127.0.0.1:8188", "queue_depth": 2, "timeout_s": 600},
 }
 
 
@@ -76,6 +77,7 @@ class Settings:
     batch_pattern: str
     date_format: str
     workflows: dict[str, Any] = field(default_factory=dict)
+    comfyui: dict[str, Any] = field(default_factory=dict)
 
     @property
     def mirror_dir(self) -> Path:
@@ -192,6 +194,7 @@ def load_settings(root: Path | None = None, config_file: Path | None = None) -> 
         batch_pattern=merged["batch_naming"]["pattern"],
         date_format=merged["batch_naming"]["date_format"],
         workflows=merged["workflows"],
+        comfyui=merged["comfyui"],
     )
 
 
