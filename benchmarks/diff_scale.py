@@ -54,6 +54,7 @@ def main() -> int:
                     ["git", "config", "user.name", "bench"], [sys.executable, "-m", "dvc", "init", "-q"]):
         subprocess.run(command, cwd=root, check=True, env=env)
     run([*POSE_SYNC, "init"], env, root)
+    subprocess.run(["sh", "-c", "git add -A && git commit -q -m 'dataset repository'"], cwd=root, check=True, env=env)
     batch_id = "2026-11-28_scale"
     print(f"generating {args.samples} samples at {args.size} ...", flush=True)
     t = run([*POSE_SYNC, "generate", "--out", str(work / "pod"), "--samples", str(args.samples), "--size", args.size,
@@ -95,6 +96,9 @@ def main() -> int:
                               text=True, check=True)
         timings.append(time.perf_counter() - start)
     document = json.loads(done.stdout)
+    if len(document["batches"]) != 1:
+        print(f"unexpected diff (work folder kept: {work}):", json.dumps(document)[:400])
+        return 1
     [batch] = document["batches"]
     # What the diff read: count through the same code path, in-process.
     os.environ.update({k: v for k, v in env.items() if k.startswith(("POSE_FACTORY", "DVC"))})

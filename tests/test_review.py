@@ -229,3 +229,13 @@ def test_diff_reads_manifests_and_changed_annotations_only(history, cli, monkeyp
     assert not [p for p in reads if p.endswith(".png")], "no image is read to compute a diff"
     annotations = sorted({p.rsplit("/", 1)[1] for p in reads if "/annotations/" in p})
     assert annotations == ["000001.json"]
+
+
+def test_unreadable_data_at_a_revision_is_an_error_not_a_silent_unchanged(history, cli):
+    repo, revs = history
+    cache = repo.root / ".dvc" / "cache"
+    moved = repo.root / "cache-elsewhere"
+    cache.rename(moved)
+    result = cli("diff", revs["c2"], revs["c3"])  # nothing was pushed: the remote cannot help either
+    moved.rename(cache)
+    assert result.code == 10 and "cannot read" in result.err and "dvc fetch" in result.err, result.err

@@ -82,7 +82,14 @@ class Version:
         return found
 
     def manifest(self, batch_id: str, place: str) -> tuple[dict[str, Any], bytes] | None:
-        data = self.read_bytes(f"{RAW if place == 'raw' else ARCHIVE}/{batch_id}/{MANIFEST_NAME}")
+        folder = RAW if place == "raw" else ARCHIVE
+        data = self.read_bytes(f"{folder}/{batch_id}/{MANIFEST_NAME}")
+        if data is None and self.read_bytes(f"{folder}/{batch_id}.dvc") is not None:
+            # Tracked at this version, yet unreadable: saying "unchanged" or "removed" would be a lie.
+            raise RepositoryError(f"{batch_id} is tracked at {self.label} but its data cannot be read",
+                                  where=f"{folder}/{batch_id}.dvc",
+                                  hint="commit .dvc/config (DVC needs it at every revision), and fetch the data: "
+                                       "`dvc fetch --all-commits`")
         return (orjson.loads(data), data) if data else None
 
     def batch_file(self, batch_id: str, place: str, rel: str) -> bytes | None:
