@@ -223,6 +223,91 @@ def cmd_comfyui_queue(args: argparse.Namespace, settings: Settings, progress: Pr
     return 0 if not result.failed else 12
 
 
+def cmd_job_submit(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
+    from . import runpod
+    from .storage import open_storage
+
+    record = runpod.submit(open_storage(settings, "r2"), settings, Path(args.job_file))
+    _out(f"job {record['job_id']} submitted: pod {record['pod_id']} ({record['gpu_type']}, "
+         f"${record['cost_per_hr']}/h); follow it with `pose-sync job watch {record['job_id']}`")
+    return 0
+
+
+def cmd_job_watch(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
+    from . import runpod
+    from .storage import open_storage
+
+    storage = open_storage(settings, "r2")
+
+    def show(update: dict[str, Any]) -> None:
+        if not args.quiet:
+            total = update["samples_total"] or "?"
+            print(f"[{update['elapsed_s']:7.1f} s] pod {update['pod_state']}, worker {update['state']}, "
+                  f"{update['samples_done']}/{total} samples, ~${update['cost_usd']:.2f}", file=sys.stderr, flush=True)
+
+    outcome = runpod.watch(storage, settings, args.job_id, on_update=show, timeout_s=args.timeout,
+                           poll_s=args.poll)
+    record = outcome.record
+    _out(f"job {args.job_id}: {outcome.reason}; pod {record['pod_id']} {record.get('pod_shutdown', 'shut down')}; "
+         f"{record['watched_s']} s, ~${record['cost_usd']:.2f}" + (f"; batch {record['batch_id']}" if outcome.ok else ""))
+    if not outcome.ok:
+        return 13
+    if args.pull:
+        args.batch_ids, args.project, args.since, args.until = [record["batch_id"]], None, None, None
+        args.engine, args.allow_incomplete, args.json = "auto", False, False
+        return _pull_common(args, settings, progress, latest=False)
+    return 0
+
+
+def cmd_job_status(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
+    from . import runpod
+
+    records = runpod.job_records(settings)
+    if args.job_id:
+        records = [r for r in records if r["job_id"] == args.job_id]
+    if args.json:
+        _emit_json({"version": 1, "jobs": records})
+        return 0
+    if not records:
+        _out("no jobs submitted from this project")
+    for r in records:
+        _out(f"{r['job_id']}  pod {r['pod_id']}  {r['state']}" + (f"  batch {r['batch_id']}" if r.get("batch_id") else "")
+             + (f"  ({r['reason']})" if r.get("reason") else ""))
+    return 0
+
+
+def cmd_job_list(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
+    from . import runpod
+
+    pods = runpod.list_running(settings)
+    if args.json:
+        _emit_json({"version": 1, "pods": pods})
+        return 0
+    if not pods:
+        _out("no pod started by pose-sync is running")
+    for pod in pods:
+        _out(f"{pod['id']}  {pod.get('name')}  {pod.get('desiredStatus')}  ${pod.get('costPerHr', '?')}/h  "
+             f"(stop it: pose-sync job cancel {str(pod.get('name'))[len(runpod.POD_NAME_PREFIX):]})")
+    return 0
+
+
+def cmd_job_cancel(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
+    from . import runpod
+
+    record = runpod.cancel(settings, args.job_id)
+    _out(f"job {args.job_id}: pod {record['pod_id']} {record['pod_shutdown']}ed")
+    return 0
+
+
+def cmd_worker_run(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
+    from .storage import open_storage
+    from .worker import run_worker
+
+    batch_id = run_worker(open_storage(settings, "r2"), settings, args.job_id)
+    _out(f"job {args.job_id}: batch {batch_id} published and marked complete")
+    return 0
+
+
 def cmd_config(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
     import os
 
@@ -489,6 +574,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("batch_id", metavar="BATCH_ID")
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write index.html and thumbnails into")
     p.add_argument("--limit", type=int, default=48, help="samples shown (default: 48)")
+
+    job = sub.add_parser("job", help="RunPod render jobs: submit, watch, status, list, cancel",
+                         description="RunPod render jobs")
+    job_sub = job.add_subparsers(dest="job_command", metavar="COMMAND")
+
+    def job_add(name: str, handler: Callable, help_text: str) -> argparse.ArgumentParser:
+        p = job_sub.add_parser(name, parents=[common], help=help_text, description=help_text)
+        p.set_defaults(handler=handler)
+        return p
+
+    p = job_add("submit", cmd_job_submit, "Validate a job, upload it and start a RunPod pod that renders it")
+    p.add_argument("job_file", metavar="JOB_FILE")
+    p = job_add("watch", cmd_job_watch, "Follow a job until its batch is complete in the bucket; then shut the pod down")
+    p.add_argument("job_id", metavar="JOB_ID")
+    p.add_argument("--pull", action="store_true", help="pull the batch when the job is done")
+    p.add_argument("--commit", action="store_true", help="with --pull: git commit the new version")
+    p.add_argument("--timeout", type=float, help="seconds (default: runpod.job_timeout_s)")
+    p.add_argument("--poll", type=float, help="seconds between looks (default: runpod.poll_s)")
+    p = job_add("status", cmd_job_status, "The jobs submitted from this project")
+    p.add_argument("job_id", nargs="?", metavar="JOB_ID")
+    p.add_argument("--json", action="store_true", help="machine-readable listing")
+    p = job_add("list", cmd_job_list, "Pods started by pose-sync that are still up")
+    p.add_argument("--json", action="store_true", help="machine-readable listing")
+    p = job_add("cancel", cmd_job_cancel, "Shut a job's pod down")
+    p.add_argument("job_id", metavar="JOB_ID")
+
+    worker = sub.add_parser("worker", help="What a pod runs", description="What a pod runs")
+    worker_sub = worker.add_subparsers(dest="worker_command", metavar="COMMAND")
+    p = worker_sub.add_parser("run", parents=[common], help="Render the job from the bucket and publish the batch",
+                              description="Render the job from the bucket and publish the batch")
+    p.set_defaults(handler=cmd_worker_run)
+    p.add_argument("job_id", metavar="JOB_ID")
 
     p = add("config", cmd_config, "Show the settings in effect (secrets shown only as set / not set)")
     p.add_argument("--json", action="store_true", help="machine-readable settings")

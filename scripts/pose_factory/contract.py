@@ -66,6 +66,11 @@ def utc_now() -> str:
     return moment.replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
+def utc_now_precise() -> str:
+    """Now in RFC 3339 UTC with milliseconds (heartbeats; not pinned by SOURCE_DATE_EPOCH)."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def utc_today() -> date:
     """Today's date in UTC (SOURCE_DATE_EPOCH pins it too)."""
     return datetime.fromisoformat(utc_now().replace("Z", "+00:00")).date()

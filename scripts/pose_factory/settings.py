@@ -28,7 +28,7 @@ ENV_ENDPOINT = "POSE_FACTORY_R2_ENDPOINT"
 ENV_CONFIG = "POSE_FACTORY_CONFIG"
 ENV_BACKEND = "POSE_FACTORY_BACKEND"
 ENV_DVC_LOCAL_REMOTE = "POSE_FACTORY_DVC_LOCAL_REMOTE"
-SECRET_ENV_NAMES = (ENV_ACCESS_KEY, ENV_SECRET_KEY)
+SECRET_ENV_NAMES = (ENV_ACCESS_KEY, ENV_SECRET_KEY, "RUNPOD_API_KEY")
 
 DEFAULTS: dict[str, Any] = {
     "bucket": "pose-factory",
@@ -47,6 +47,10 @@ DEFAULTS: dict[str, Any] = {
     "batch_naming": {"pattern": "{date}_{project}", "date_format": "%Y-%m-%d"},
     "workflows": {},
     "comfyui": {"server": "http://127.0.0.1:8188", "queue_depth": 2, "timeout_s": 600},
+    "runpod": {"api_url": "https://rest.runpod.io/v1", "image": "ghcr.io/pose-factory/worker:latest",
+               "gpu_type": "NVIDIA GeForce RTX 4090", "gpu_count": 1, "container_disk_gb": 40,
+               "cloud_type": "SECURE", "hourly_price_usd": 0.69, "shutdown": "terminate", "job_timeout_s": 7200,
+               "heartbeat_timeout_s": 300, "poll_s": 10},
 }
 
 
@@ -78,6 +82,7 @@ class Settings:
     date_format: str
     workflows: dict[str, Any] = field(default_factory=dict)
     comfyui: dict[str, Any] = field(default_factory=dict)
+    runpod: dict[str, Any] = field(default_factory=dict)
 
     @property
     def mirror_dir(self) -> Path:
@@ -195,6 +200,7 @@ def load_settings(root: Path | None = None, config_file: Path | None = None) -> 
         date_format=merged["batch_naming"]["date_format"],
         workflows=merged["workflows"],
         comfyui=merged["comfyui"],
+        runpod=merged["runpod"],
     )
 
 
