@@ -136,7 +136,7 @@ def test_partial_credentials_are_an_error_not_a_silent_fallback(project, monkeyp
 
 
 def test_config_output_never_shows_secrets(project, cli, monkeypatch):
-    monkeypatch.setenv("CLOUDFLARE_R2_ACCESS_KEY_ID", "AKIAEXAMPLEKEY000001")
+    monkeypatch.setenv("CLOUDFLARE_R2_ACCESS_KEY_ID", "TESTKEYID-EXAMPLE-0001")
     monkeypatch.setenv("CLOUDFLARE_R2_SECRET_ACCESS_KEY", TEST_SECRET_KEY)
     monkeypatch.setenv("CLOUDFLARE_R2_ACCOUNT_ID", "0123abcd")
     result = cli("config", "--json")
@@ -145,4 +145,4 @@ def test_config_output_never_shows_secrets(project, cli, monkeypatch):
     assert document["version"] == 1 and document["backend"] == "r2"
     assert document["environment"]["CLOUDFLARE_R2_SECRET_ACCESS_KEY"] == "set"
     assert TEST_SECRET_KEY not in result.out + result.err
-    assert "AKIAEXAMPLEKEY000001" not in result.out + result.err
+    assert "TESTKEYID-EXAMPLE-0001" not in result.out + result.err

@@ -64,7 +64,7 @@ def test_readme_example_commands_run(project, tmp_path):
 
 
 def test_demo_runs_the_loop_on_the_embedded_default_even_with_r2_credentials_set(project):
-    env = {"CLOUDFLARE_R2_ACCESS_KEY_ID": "AKIAREALLOOKINGKEY01", "CLOUDFLARE_R2_SECRET_ACCESS_KEY": "real-secret-x",
+    env = {"CLOUDFLARE_R2_ACCESS_KEY_ID": "TESTKEYID-REALISTIC-01", "CLOUDFLARE_R2_SECRET_ACCESS_KEY": "real-secret-x",
            "CLOUDFLARE_R2_ACCOUNT_ID": "deadbeef", "POSE_FACTORY_ROOT": str(project.root)}
     import os
 

@@ -131,13 +131,13 @@ def test_rclone_config_section_works_with_rclone_by_hand(repo, cli, tmp_path, ba
 
 
 def test_rclone_config_for_cloudflare(project, cli, monkeypatch):
-    monkeypatch.setenv("CLOUDFLARE_R2_ACCESS_KEY_ID", "AKIAEXAMPLE000000001")
+    monkeypatch.setenv("CLOUDFLARE_R2_ACCESS_KEY_ID", "TESTKEYID-EXAMPLE-0002")
     monkeypatch.setenv("CLOUDFLARE_R2_SECRET_ACCESS_KEY", "sekret-sekret-sekret")
     monkeypatch.setenv("CLOUDFLARE_R2_ACCOUNT_ID", "0123456789abcdef")
     out = cli("rclone-config").out
     for line in ("type = s3", "provider = Cloudflare", "endpoint = https://0123456789abcdef.r2.cloudflarestorage.com",
                  "region = auto", "acl = private", "no_check_bucket = true"):
         assert line in out
-    assert "sekret" not in out and "AKIAEXAMPLE000000001" not in out
+    assert "sekret" not in out and "TESTKEYID-EXAMPLE-0002" not in out
     missing = cli("rclone-config", "--backend", "local")
     assert missing.code == 0  # the section is about R2 whatever the current backend
