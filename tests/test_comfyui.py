@@ -124,3 +124,18 @@ def test_a_failed_execution_is_reported_and_retried_on_the_next_run(working_set,
     comfy.fail_execution_for = set()
     again = json.loads(cli("comfyui", "queue", "--server", comfy.url, "--limit", "1", "--json").out)
     assert (again["done"], again["failed"]) == (1, [])
+
+
+def test_queue_depth_bounds_the_prompts_in_flight(working_set, cli, comfy):
+    write_config(working_set, API_WORKFLOW)
+    config = json.loads((working_set.root / "config" / "local.yaml").read_text())
+    config["comfyui"] = {"queue_depth": 1}
+    (working_set.root / "config" / "local.yaml").write_text(json.dumps(config))
+    assert cli("comfyui", "queue", "--server", comfy.url).code == 0
+    # With a depth of 1 every prompt is followed to its end in /history before the next one is submitted.
+    order = [path for method, path in comfy.requests if (method, path.split("?")[0]) == ("POST", "/prompt")
+             or path.startswith("/history/")]
+    submitted = [i for i, path in enumerate(order) if path == "/prompt"]
+    assert len(submitted) == 3
+    for before, after in zip(submitted, submitted[1:]):
+        assert any(path.startswith("/history/") for path in order[before + 1:after]), order
