@@ -81,9 +81,9 @@ def status(storage: Storage, settings: Settings) -> list[BatchState]:
 
 
 def _remote_manifest_sha(storage: Storage, settings: Settings, batch_id: str) -> str | None:
-    from .remote import _read_marker, batch_prefix
+    from .remote import read_marker, batch_prefix
 
-    marker = _read_marker(storage, batch_prefix(settings, batch_id) + "_complete.json")
+    marker = read_marker(storage, batch_prefix(settings, batch_id) + "_complete.json")
     return marker["manifest_sha256"] if marker else None
 
 

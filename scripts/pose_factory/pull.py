@@ -22,7 +22,7 @@ from . import contract, dvcrepo, rclone
 from .errors import BatchNotFoundError, IntegrityError, PoseFactoryError, UsageError
 from .paths import COMPLETE_MARKER_NAME, MANIFEST_NAME
 from .progress import Progress
-from .remote import _read_marker, batch_prefix, list_batches
+from .remote import read_marker, batch_prefix, list_batches
 from .settings import Settings
 from .storage import S3Storage, Storage, check_key, check_relative_path, run_parallel
 
@@ -99,7 +99,7 @@ def _remote_manifest(storage: Storage, settings: Settings, batch_id: str, allow_
                                  hint="`pose-sync list` shows the batches there")
     for key in keys:
         check_key(key)  # a key with '..', a backslash or an empty segment would escape the batch folder
-    marker = _read_marker(storage, prefix + COMPLETE_MARKER_NAME)
+    marker = read_marker(storage, prefix + COMPLETE_MARKER_NAME)
     if prefix + MANIFEST_NAME not in keys:
         raise IntegrityError("the batch has no manifest.json yet: it is still uploading", where=f"{prefix}",
                              hint="wait for the pod to finish, then pull again")

@@ -73,7 +73,7 @@ def publish_batch(storage: Storage, settings: Settings, batch_dir: Path, *, prog
 
     storage.ensure_bucket()
     remote = {info.key: info for info in storage.list_objects(prefix)}
-    existing_marker = _read_marker(storage, marker_key) if marker_key in remote else None
+    existing_marker = read_marker(storage, marker_key) if marker_key in remote else None
     if existing_marker and existing_marker.get("manifest_sha256") != marker["manifest_sha256"]:
         # A new render of the same batch: un-mark first, so nobody pulls a mix of two renders.
         storage.delete(marker_key)
@@ -108,7 +108,7 @@ def publish_batch(storage: Storage, settings: Settings, batch_dir: Path, *, prog
                          len(wanted) - len(to_upload), total_bytes, len(stale), already)
 
 
-def _read_marker(storage: Storage, key: str) -> dict[str, Any] | None:
+def read_marker(storage: Storage, key: str) -> dict[str, Any] | None:
     """The completion marker if it exists and is well-formed; a damaged marker counts as absent."""
     try:
         marker = json.loads(storage.read_bytes(key))
@@ -141,7 +141,7 @@ class BatchListing:
 def describe_batch(storage: Storage, settings: Settings, batch_id: str) -> BatchListing:
     """What the bucket holds for one batch id: complete (marker), uploading, or a problem."""
     prefix = batch_prefix(settings, batch_id)
-    marker = _read_marker(storage, prefix + COMPLETE_MARKER_NAME)
+    marker = read_marker(storage, prefix + COMPLETE_MARKER_NAME)
     if marker and marker.get("batch_id") == batch_id:
         return BatchListing(batch_id, marker["project"], marker["created_at"], marker["samples"], marker["files"],
                             marker["bytes"], "complete")

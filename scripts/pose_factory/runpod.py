@@ -19,7 +19,6 @@ from typing import Any, Callable
 from . import contract, schemas
 from .errors import CredentialsError, PoseFactoryError, StorageError
 from .jobs import job_key
-from .remote import describe_batch
 from .settings import Settings, r2_credentials
 from .storage import ObjectMissingError, Storage, atomic_write_path, join_key
 from .worker import status_key
@@ -226,15 +225,18 @@ def watch(storage: Storage, settings: Settings, job_id: str, *, on_update: Calla
 
 
 def _complete(storage: Storage, settings: Settings, batch_id: str) -> bool:
-    """The batch's marker is there and belongs to the manifest in the bucket."""
-    from .remote import _read_marker, batch_prefix
+    """The batch's marker is there and belongs to the manifest in the bucket (what `pull` requires too)."""
+    from .remote import batch_prefix, read_marker
 
-    if describe_batch(storage, settings, batch_id).status != "complete":
-        return False
     prefix = batch_prefix(settings, batch_id)
-    marker = _read_marker(storage, prefix + "_complete.json")
-    manifest = storage.read_bytes(prefix + "manifest.json")
-    return bool(marker) and marker["manifest_sha256"] == contract.sha256_bytes(manifest)
+    marker = read_marker(storage, prefix + "_complete.json")
+    if not marker or marker.get("batch_id") != batch_id:
+        return False
+    try:
+        manifest = storage.read_bytes(prefix + "manifest.json")
+    except ObjectMissingError:
+        return False
+    return marker["manifest_sha256"] == contract.sha256_bytes(manifest)
 
 
 def list_running(settings: Settings) -> list[dict[str, Any]]:
