@@ -8,7 +8,7 @@ VENV_PY := $(VENV)/bin/python
 # Stamp so `make test` / `make demo` reinstall only when the pins or the package metadata change.
 VENV_STAMP := $(VENV)/.installed
 
-.PHONY: help setup demo test s3-local browser
+.PHONY: help setup demo test s3-local test-tools
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -26,15 +26,18 @@ setup: $(VENV_STAMP) ## Create scripts/.venv with the pinned versions from requi
 demo: $(VENV_STAMP) ## The whole loop in a sandbox repository: generate, publish, pull, version, push, dvc repro
 	$(VENV_PY) -m pose_factory.demo
 
-test: $(VENV_STAMP) browser ## Run the whole test suite (starts its own local S3 server)
+test: $(VENV_STAMP) test-tools ## Run the whole test suite (starts its own local S3 server)
 	$(VENV_PY) -m pytest
 
-browser: ## Install Debian's Chromium for the review-page browser tests (when missing, on Debian as root)
-	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then :; \
+test-tools: ## Install Debian's chromium and blender for the browser and render tests (when missing, on Debian as root)
+	@missing=""; \
+	command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v blender >/dev/null 2>&1 || missing="$$missing blender"; \
+	if [ -z "$$missing" ]; then :; \
 	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
-		echo "installing chromium (Debian package) for the browser tests ..."; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
-	else echo "note: Chromium is not installed; the browser tests will be skipped (install chromium to run them)"; fi
+		echo "installing$$missing (Debian packages) for the browser and Blender tests ..."; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	else echo "note:$$missing not installed; those tests will be skipped (install them to run them)"; fi
 
 s3-local: $(VENV_STAMP) ## Run a local S3 server (SeaweedFS) on 127.0.0.1 and print the exports to use it
 	$(VENV_PY) -m pose_factory.s3local

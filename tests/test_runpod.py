@@ -87,9 +87,9 @@ def test_the_whole_loop_submit_render_pull_repro(cloud, cli, tmp_path):
 
 def test_a_crashing_worker_fails_the_job_and_the_pod_is_shut_down(cloud, cli, tmp_path):
     repo, runpod = cloud
-    assert cli("job", "submit", write_job(tmp_path, generator="blender")).code == 0
+    assert cli("job", "submit", write_job(tmp_path, rig={"name": "no-such-rig"})).code == 0
     watched = cli("job", "watch", "job-run-cycle-4")
-    assert watched.code == 13 and "the worker failed" in watched.out and "Blender render script" in watched.out
+    assert watched.code == 13 and "the worker failed" in watched.out and "unknown rig 'no-such-rig'" in watched.out
     assert pods_up(runpod) == []
     listing = json.loads(cli("list", "--json").out)["batches"]
     assert all(b["status"] != "complete" for b in listing)
@@ -155,3 +155,20 @@ def test_bad_input_never_leaves_a_pod(cloud, cli, tmp_path, monkeypatch):
     runpod.rate_limit_next(100)
     result = cli("job", "cancel", "job-run-cycle-4")
     assert result.code == 13 and "kept answering 429" in result.err
+
+
+@pytest.mark.skipif(__import__("shutil").which("blender") is None,
+                    reason="Blender is not installed: `make test` installs Debian's blender")
+def test_a_blender_job_renders_on_the_pod_and_validates(cloud, cli, tmp_path):
+    repo, runpod = cloud
+    job = write_job(tmp_path, generator="blender", render={"engine": "CYCLES", "samples": 2,
+                                                           "modalities": ["rgb", "pose", "openpose_json", "depth",
+                                                                          "normal", "seg"]})
+    assert cli("job", "submit", job).code == 0
+    watched = cli("job", "watch", "job-run-cycle-4", "--pull")
+    assert watched.code == 0, watched.out + watched.err
+    record = json.loads(cli("job", "status", "job-run-cycle-4", "--json").out)["jobs"][0]
+    batch = repo.root / "data" / "raw" / "pose-factory" / record["batch_id"]
+    manifest = json.loads((batch / "manifest.json").read_text())
+    assert manifest["software"]["render_engine"] == "CYCLES" and manifest["software"]["blender_version"]
+    assert cli("validate", batch).code == 0 and pods_up(runpod) == []

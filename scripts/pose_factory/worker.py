@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from . import contract
-from .errors import PoseFactoryError, UsageError
+from .errors import PoseFactoryError
 from .jobs import job_key
 from .progress import Progress, Task
 from .settings import Settings
@@ -88,17 +88,20 @@ def run_worker(storage: Storage, settings: Settings, job_id: str, *, heartbeat_s
     job = json.loads(storage.read_bytes(job_key(settings, job_id)))
     with StatusWriter(storage, settings, job_id, job["samples"], heartbeat_s) as status:
         try:
-            if job["generator"] != "synthetic":
-                raise UsageError("this worker renders synthetic jobs only; the Blender render script is not "
-                                 "written yet", where=f"job {job_id}: generator",
-                                 hint="set \"generator\": \"synthetic\" for a dry run")
             status.write(state="rendering")
             with tempfile.TemporaryDirectory(prefix="pose-factory-worker-") as scratch:
-                made = generate_batch(job, Path(scratch), settings, replace=True, progress=status.progress)
-                status.write(state="publishing", samples_done=made.samples, batch_id=made.batch_id)
-                publish_batch(storage, settings, made.batch_dir)
+                if job["generator"] == "blender":
+                    from .blender_render import render_with_blender
+
+                    batch_dir = render_with_blender(job, Path(scratch), settings, replace=True,
+                                                    progress=status.progress)
+                else:
+                    batch_dir = generate_batch(job, Path(scratch), settings, replace=True,
+                                               progress=status.progress).batch_dir
+                status.write(state="publishing", samples_done=job["samples"], batch_id=batch_dir.name)
+                publish_batch(storage, settings, batch_dir)
             status.write(state="done")
-            return made.batch_id
+            return batch_dir.name
         except BaseException as exc:
             message = exc.message if isinstance(exc, PoseFactoryError) else f"{type(exc).__name__}: {exc}"
             status.write(state="failed", error=message)

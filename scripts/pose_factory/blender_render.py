@@ -1,0 +1,299 @@
+"""The pod-side real renderer for jobs with ``"generator": "blender"``.
+
+``render_with_blender(job, out_root, settings, batch_id)`` prepares a scene file (per sample: the camera of
+:class:`figure.Camera` and the body primitives around the joints of :func:`figure.make_pose`, so poses
+match the synthetic generator), runs ``blender -b --factory-startup -P scripts/blender/render_job.py``
+(Cycles on the CPU), then turns Blender's raw Z / Normal / Object Index passes into the batch contract
+exactly like :mod:`pose_factory.generate` does for synthetic batches, and writes the manifest.
+
+Keypoint visibility uses the same depth test as :func:`figure.render`: a joint is 2 (visible) when its
+camera z is within its embedding depth + 2 cm of the Blender Z pass at its pixel, else 1; 0 outside the
+canvas or behind the camera.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import contract, figure, schemas
+from .errors import PoseFactoryError, ToolError, UsageError
+from .generate import _conventions, _retire, _rounded, _save_png, _software, batch_id_for, camera_views
+from .paths import MANIFEST_NAME
+from .progress import Progress
+from .settings import Settings
+
+RENDER_SCRIPT = Path(__file__).resolve().parents[1] / "blender" / "render_job.py"
+BACKGROUND_Z = 1e9  # Cycles writes 1e10 where nothing is hit
+DEFAULT_SPP = 8
+_PERSON_INDEX, _FLOOR_INDEX = 1, 2
+_MATERIAL_COLOR = {figure._SKIN: "skin", figure._HAIR: "hair", figure._SHIRT: "shirt",
+                   figure._TROUSERS: "trousers", figure._SHOES: "shoes"}
+
+
+def blender_executable() -> str:
+    """The Blender binary: $POSE_FACTORY_BLENDER, else `blender` on PATH."""
+    exe = os.environ.get("POSE_FACTORY_BLENDER") or shutil.which("blender")
+    if not exe:
+        raise ToolError("blender is not installed (not on PATH)", where="generator blender",
+                        hint="install it (Debian/Ubuntu: apt-get install blender; or a blender.org build) "
+                             "or set POSE_FACTORY_BLENDER to the binary")
+    return exe
+
+
+def _sample_plan(job: dict[str, Any], index: int) -> dict[str, Any]:
+    views = camera_views(job)
+    view_index = index % len(views)
+    frame = (index // len(views)) * job["poses"].get("frame_step", 1)
+    azimuth, elevation, distance = views[view_index]
+    camera = figure.Camera(azimuth_deg=azimuth, elevation_deg=elevation, distance_m=distance,
+                           focal_mm=job["cameras"]["focal_length_mm"], width=job["image"]["width"],
+                           height=job["image"]["height"], sensor_mm=job["cameras"].get("sensor_width_mm", 36.0))
+    pose = figure.make_pose(job["poses"]["set"], job["rig"]["name"], job["seed"], frame)
+    return {"index": index, "sid": contract.sample_id(index), "view_index": view_index, "frame": frame,
+            "azimuth": azimuth, "elevation": elevation, "distance": distance, "camera": camera, "pose": pose}
+
+
+def _blender_camera(camera: figure.Camera) -> dict[str, Any]:
+    # OpenCV w2c -> Blender camera-to-world: camera axes (right, up, back) = rows of F @ R_w2c.
+    F = np.diag([1.0, -1.0, -1.0])
+    m = np.eye(4)
+    m[:3, :3] = (F @ camera.R_w2c()).T
+    m[:3, 3] = camera.position()
+    return {"matrix_world": m.tolist(), "lens_mm": float(camera.focal_mm), "sensor_mm": float(camera.sensor_mm)}
+
+
+def _primitives_json(pose: figure.Pose) -> list[dict[str, Any]]:
+    colors = figure.RIGS[pose.rig]["colors"]
+    out = []
+    for prim in figure._primitives(pose):
+        if prim[0] == "cap":
+            _, a, b, r, m = prim
+            out.append({"kind": "cap", "a": list(map(float, a)), "b": list(map(float, b)), "r": float(r),
+                        "color": list(colors[_MATERIAL_COLOR[m]])})
+        else:
+            _, c, rot, radii, m = prim
+            out.append({"kind": "ell", "c": list(map(float, c)), "rot": np.asarray(rot, float).tolist(),
+                        "radii": list(map(float, radii)), "color": list(colors[_MATERIAL_COLOR[m]])})
+    return out
+
+
+def scene_spec(job: dict[str, Any], plans: list[dict[str, Any]]) -> dict[str, Any]:
+    """The JSON render_job.py reads: image size, Cycles settings and per-sample camera, joints and body."""
+    return {
+        "width": job["image"]["width"], "height": job["image"]["height"],
+        "samples_per_pixel": int(job["render"].get("samples", DEFAULT_SPP)), "seed": int(job["seed"]),
+        "threads": int(os.environ.get("POSE_FACTORY_BLENDER_THREADS", "0")),
+        "samples": [{
+            "sample_id": p["sid"], "camera": _blender_camera(p["camera"]),
+            "joints_world": {k: list(map(float, v)) for k, v in p["pose"].joints_world.items()},
+            "primitives": _primitives_json(p["pose"]),
+        } for p in plans],
+    }
+
+
+def run_blender(spec_path: Path, raw_dir: Path, *, timeout_s: float) -> str:
+    """Run Blender on the scene file; return its output. Raises ToolError on a missing binary or failure."""
+    cmd = [blender_executable(), "-b", "--factory-startup", "-noaudio", "-P", str(RENDER_SCRIPT), "--",
+           str(spec_path), str(raw_dir)]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired as exc:
+        raise ToolError(f"blender did not finish within {timeout_s:.0f} s", where="blender render",
+                        hint="render fewer samples per job, a smaller image or fewer Cycles samples") from exc
+    except OSError as exc:
+        raise ToolError(f"could not start blender: {exc}", where=cmd[0]) from exc
+    if done.returncode != 0 or not (raw_dir / "blender.json").is_file():
+        tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
+        raise ToolError(f"blender failed (exit {done.returncode}):\n{tail}", where="blender render",
+                        hint="run the command by hand to see the full log: " + " ".join(cmd))
+    return done.stdout
+
+
+def _convert_sample(plan: dict[str, Any], raw: Path, out: Path, job: dict[str, Any], batch_id: str
+                    ) -> dict[str, Any]:
+    """Blender passes -> contract files and annotation, the same encodings as figure.render."""
+    camera: figure.Camera = plan["camera"]
+    pose: figure.Pose = plan["pose"]
+    W, H = camera.width, camera.height
+    z = np.load(raw / "depth.npy").astype(np.float64)
+    n_world = np.load(raw / "normal.npy").astype(np.float64)
+    index = np.rint(np.load(raw / "index.npy")).astype(np.int64)
+    geom = (z < BACKGROUND_Z) & (index > 0)
+    person = geom & (index == _PERSON_INDEX)
+    zbuf = np.where(geom, z, np.inf)
+
+    # depth: linear in camera z, near = white, per-image range rounded outwards to 0.1 m
+    if geom.any():
+        zmin, zmax = float(z[geom].min()), float(z[geom].max())
+        near = max(math.floor(zmin * 10.0) / 10.0, 0.0)
+        far = math.ceil(zmax * 10.0) / 10.0 + 0.1
+    else:
+        near, far = 0.0, 1.0
+    d8 = np.zeros((H, W), dtype=np.uint8)
+    d8[geom] = np.clip(np.rint(255.0 * (far - z[geom]) / (far - near)), 0, 255).astype(np.uint8)
+    depth = np.repeat(d8[:, :, None], 3, axis=2)
+
+    # normal: world -> OpenCV camera, then (-x, -y, -z) as "red left, green up, blue front"
+    n_cam = n_world @ camera.R_w2c().T
+    norm = np.linalg.norm(n_cam, axis=2, keepdims=True)
+    n_cam = np.where(norm > 1e-6, n_cam / np.maximum(norm, 1e-12), 0.0)
+    enc = -n_cam
+    enc[~geom] = (0.0, 0.0, 1.0)
+    normal = np.clip(np.rint((enc + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+    # seg: exact palette colours from the object index
+    seg = np.empty((H, W, 3), dtype=np.uint8)
+    seg[:] = figure.SEG_PALETTE["sky"]
+    seg[geom & (index == _FLOOR_INDEX)] = figure.SEG_PALETTE["floor"]
+    seg[person] = figure.SEG_PALETTE["person"]
+
+    # keypoints: project with the Camera, visibility by depth test against Blender's Z pass
+    kp_world = np.stack([pose.joints_world[n] for n in figure.COCO18_JOINTS])
+    kp_cam = kp_world @ camera.R_w2c().T + camera.t_w2c()
+    uv, kz = camera.project(kp_world)
+    embed = figure._embed_depth(figure.RIGS[pose.rig])
+    kp2d = np.zeros((18, 3))
+    for i in range(18):
+        u, v = uv[i]
+        if not (kz[i] > figure._NEAR_CLIP_M and 0.0 <= u < W and 0.0 <= v < H):
+            continue
+        surface = zbuf[int(v), int(u)]
+        kp2d[i] = (u, v, 2 if kz[i] <= surface + embed[i] + figure._KP_TOL_M else 1)
+    if person.any():
+        rows, cols = np.nonzero(person)
+        bbox = [float(cols.min()), float(rows.min()), float(cols.max() - cols.min() + 1),
+                float(rows.max() - rows.min() + 1)]
+    else:
+        bbox = [0.0, 0.0, 0.0, 0.0]
+
+    sid = plan["sid"]
+    files: dict[str, str] = {}
+    for modality in job["render"]["modalities"]:
+        rel = contract.modality_path(modality, sid)
+        files[modality] = rel
+        if modality == "rgb":
+            shutil.copyfile(raw / "rgb.png", out / rel)
+        elif modality == "openpose_json":
+            (out / rel).write_bytes(contract.dumps(figure.openpose_json(kp2d, W, H)))
+        else:
+            image = {"pose": lambda: figure.draw_openpose(kp2d, W, H), "depth": lambda: depth,
+                     "normal": lambda: normal, "seg": lambda: seg}[modality]()
+            _save_png(image, out / rel)
+    annotation = {
+        "schema_version": contract.CONTRACT_VERSION,
+        "batch_id": batch_id,
+        "sample_id": sid,
+        "index": plan["index"],
+        "files": files,
+        "camera": {
+            "width": W, "height": H,
+            "K": _rounded(camera.K()), "R_w2c": _rounded(camera.R_w2c()), "t_w2c": _rounded(camera.t_w2c()),
+            "azimuth_deg": float(plan["azimuth"]), "elevation_deg": float(plan["elevation"]),
+            "distance_m": float(plan["distance"]), "focal_length_mm": float(job["cameras"]["focal_length_mm"]),
+            "view_index": plan["view_index"], "target": [float(v) for v in camera.target],
+        },
+        "pose": {"set": pose.pose_set, "rig": pose.rig, "frame": plan["frame"], "phase": round(float(pose.phase), 6),
+                 "joint_angles_deg": {k: round(float(v), 4) for k, v in sorted(pose.joint_angles_deg.items())}},
+        "persons": [{
+            "instance_id": 0,
+            "keypoints_2d": [[round(float(x), 2), round(float(y), 2), int(v)] for x, y, v in kp2d],
+            "keypoints_3d_cam": _rounded(kp_cam),
+            "bbox": [round(v, 2) for v in bbox],
+            "visible_fraction": round(float(np.mean(kp2d[:, 2] == 2)), 4),
+        }],
+        "depth_range_m": [round(float(near), 4), round(float(far), 4)],
+    }
+    (out / contract.annotation_path(sid)).write_bytes(contract.dumps(annotation))
+    return {"sample_id": sid, "annotation": contract.annotation_path(sid), "files": files}
+
+
+def render_with_blender(job: dict[str, Any], out_root: Path, settings: Settings, batch_id: str | None = None, *,
+                        replace: bool = False, timeout_s: float | None = None, progress: Progress | None = None
+                        ) -> Path:
+    """Render the job with Blender into `<out_root>/<batch_id>/` (written atomically) and return that folder."""
+    schemas.check(job, "job", "job definition")
+    if job["generator"] != "blender":
+        raise UsageError(f"job generator is {job['generator']!r}, not 'blender'", where="job.generator")
+    if job["render"]["engine"] not in ("CYCLES", "synthetic"):
+        raise UsageError(f"render engine {job['render']['engine']!r} is not supported yet; use CYCLES",
+                         where="job.render.engine")
+    if job["poses"]["set"] not in figure.POSE_SETS:
+        raise UsageError(f"unknown pose set {job['poses']['set']!r}", where="job.poses.set",
+                         hint="known: " + ", ".join(figure.POSE_SETS))
+    if job["rig"]["name"] not in figure.RIGS:
+        raise UsageError(f"unknown rig {job['rig']['name']!r}", where="job.rig.name",
+                         hint="known: " + ", ".join(figure.RIGS))
+    blender_executable()  # fail fast, before any work, when Blender is missing
+    batch_id = batch_id or batch_id_for(job, settings)
+    schemas.check({**job, "batch_id": batch_id}, "job", "batch id")
+    out_root = Path(out_root)
+    final_dir = out_root / batch_id
+    if final_dir.exists() and not replace:
+        raise PoseFactoryError("a batch with this id already exists", where=str(final_dir),
+                               hint="pass replace=True to replace it, or another batch id")
+    out_root.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{batch_id}.", suffix=".partial", dir=out_root))
+    scratch = Path(tempfile.mkdtemp(prefix=f".{batch_id}.", suffix=".blender", dir=out_root))
+    try:
+        plans = [_sample_plan(job, i) for i in range(job["samples"])]
+        spec_path = scratch / "scene.json"
+        spec_path.write_text(json.dumps(scene_spec(job, plans)))
+        raw_dir = scratch / "raw"
+        pixels = job["image"]["width"] * job["image"]["height"] * int(job["render"].get("samples", DEFAULT_SPP))
+        timeout = timeout_s if timeout_s is not None else 120.0 + job["samples"] * (30.0 + pixels / 2e4)
+        started = time.perf_counter()
+        run_blender(spec_path, raw_dir, timeout_s=timeout)
+        info = json.loads((raw_dir / "blender.json").read_text())
+        info["wall_seconds"] = round(time.perf_counter() - started, 3)
+
+        for modality in job["render"]["modalities"]:
+            (work / contract.MODALITIES[modality][0]).mkdir()
+        (work / "annotations").mkdir()
+        progress = progress or Progress(enabled=False)
+        samples = []
+        with progress.task(f"convert {batch_id}", len(plans), "samples") as bar:
+            for plan in plans:
+                samples.append(_convert_sample(plan, raw_dir / plan["sid"], work, job, batch_id))
+                bar.advance()
+        rel_files = [p.relative_to(work).as_posix() for p in sorted(work.rglob("*")) if p.is_file()]
+        files = contract.file_entries(work, rel_files)
+        software = _software()
+        software.update({"generator": "pose-factory-blender", "blender_version": info["blender_version"],
+                         "render_engine": info["render_engine"], "gpu": None,
+                         "python_version": platform.python_version()})
+        manifest = {
+            "schema_version": contract.CONTRACT_VERSION,
+            "batch_id": batch_id,
+            "project": job["project"],
+            "created_at": contract.utc_now(),
+            "job": job,
+            "software": software,
+            "conventions": _conventions(),
+            "image": dict(job["image"]),
+            "modalities": contract.modalities_block(job["render"]["modalities"]),
+            "samples": samples,
+            "files": files,
+            "totals": {"samples": len(samples), "files": len(files), "bytes": sum(f["size"] for f in files)},
+        }
+        schemas.check(manifest, "manifest", f"{batch_id}/{MANIFEST_NAME}")
+        (work / MANIFEST_NAME).write_bytes(contract.dumps(manifest))
+        if final_dir.exists():
+            _retire(final_dir)
+        os.replace(work, final_dir)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return final_dir

@@ -1,0 +1,61 @@
+"""Generator `blender`: a real Cycles render (CPU) converted into a batch that passes the validator."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pose_factory import blender_render, figure
+from pose_factory.errors import ToolError
+from pose_factory.generate import default_job
+from pose_factory.settings import load_settings
+from pose_factory.validate import validate_batch
+
+needs_blender = pytest.mark.skipif(
+    shutil.which("blender") is None,
+    reason="blender is not on PATH; install it with `apt-get install blender` (Debian/Ubuntu, 3.4+) "
+           "or put a blender.org build on PATH")
+
+
+def _job(samples: int = 2, size: int = 64) -> dict:
+    job = default_job("blender-test", samples, (size, size), 3)
+    job["generator"] = "blender"
+    job["render"]["engine"] = "CYCLES"
+    job["render"]["samples"] = 2
+    return job
+
+
+@needs_blender
+def test_blender_batch_is_valid_and_seg_matches_depth(tmp_path):
+    settings = load_settings(root=tmp_path)
+    batch_dir = blender_render.render_with_blender(_job(), tmp_path / "out", settings, "2026-11-29_blender-test")
+    report = validate_batch(batch_dir)
+    assert report.ok, report.as_json()
+    manifest = json.loads((batch_dir / "manifest.json").read_text())
+    assert manifest["software"]["blender_version"] and manifest["software"]["render_engine"] == "CYCLES"
+    assert len(manifest["samples"]) == 2
+    for sample in manifest["samples"]:
+        seg = np.asarray(Image.open(batch_dir / sample["files"]["seg"]).convert("RGB"))
+        depth = np.asarray(Image.open(batch_dir / sample["files"]["depth"]).convert("RGB"))[..., 0]
+        person = np.all(seg == figure.SEG_PALETTE["person"], axis=-1)
+        sky = np.all(seg == figure.SEG_PALETTE["sky"], axis=-1)
+        assert person.sum() > 20, "the figure is in view"
+        # Every person pixel has geometry in the depth map, and the figure is nearer than the sky.
+        assert np.all(depth[person] > 0)
+        assert np.all(depth[sky] == 0)
+        annotation = json.loads((batch_dir / sample["annotation"]).read_text())
+        assert sum(v == 2 for _, _, v in annotation["persons"][0]["keypoints_2d"]) >= 9
+
+
+def test_missing_blender_is_a_tool_error_with_a_hint(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delenv("POSE_FACTORY_BLENDER", raising=False)
+    with pytest.raises(ToolError) as caught:
+        blender_render.render_with_blender(_job(), tmp_path / "out", load_settings(root=tmp_path),
+                                           "2026-11-29_blender-test")
+    assert "blender" in caught.value.message and "apt-get install blender" in caught.value.hint
+    assert not (tmp_path / "out").exists()
