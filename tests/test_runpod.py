@@ -74,6 +74,8 @@ def test_the_whole_loop_submit_render_pull_repro(cloud, cli, tmp_path):
     assert pod["env"]["CLOUDFLARE_R2_SECRET_ACCESS_KEY"] == TEST_SECRET_KEY  # handed to the pod as a secret...
     assert TEST_SECRET_KEY not in " ".join(pod.get("dockerStartCmd") or [])  # ...never on its command line
     assert TEST_SECRET_KEY not in submitted.out + submitted.err
+    assert (pod["volumeInGb"], pod["containerDiskInGb"], pod["dockerStartCmd"]) == (
+        20, 40, ["pose-sync", "worker", "run", "job-run-cycle-4"])
     watched = cli("job", "watch", job_id, "--pull", "--commit")
     assert watched.code == 0, watched.err + watched.out
     assert "done" in watched.out and "committed" in watched.out

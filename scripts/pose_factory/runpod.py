@@ -136,6 +136,7 @@ def submit(storage: Storage, settings: Settings, job_file: Path) -> dict[str, An
            "POSE_FACTORY_BACKEND": "r2", "POSE_FACTORY_JOB_ID": job["job_id"]}
     body = {"name": POD_NAME_PREFIX + job["job_id"], "imageName": config["image"], "gpuTypeIds": [config["gpu_type"]],
             "gpuCount": config["gpu_count"], "containerDiskInGb": config["container_disk_gb"],
+            "volumeInGb": config["volume_gb"],
             "cloudType": config["cloud_type"], "env": env,
             "dockerStartCmd": ["pose-sync", "worker", "run", job["job_id"]]}
     pod = runpod.create_pod(body)

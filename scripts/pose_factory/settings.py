@@ -48,7 +48,7 @@ DEFAULTS: dict[str, Any] = {
     "workflows": {},
     "comfyui": {"server": "http://127.0.0.1:8188", "queue_depth": 2, "timeout_s": 600},
     "runpod": {"api_url": "https://rest.runpod.io/v1", "image": "ghcr.io/pose-factory/worker:latest",
-               "gpu_type": "NVIDIA GeForce RTX 4090", "gpu_count": 1, "container_disk_gb": 40,
+               "gpu_type": "NVIDIA GeForce RTX 4090", "gpu_count": 1, "container_disk_gb": 40, "volume_gb": 20,
                "cloud_type": "SECURE", "hourly_price_usd": 0.69, "shutdown": "terminate", "job_timeout_s": 7200,
                "heartbeat_timeout_s": 300, "poll_s": 10},
 }
