@@ -243,3 +243,13 @@ def test_fresh_clone_after_dvc_pull_reproduces_the_same_index(two_batches, tmp_p
     dvc(clone, "repro", "-q")
     assert (clone / "data/working/current_batch/index.json").read_bytes() == (
         working(repo) / "index.json").read_bytes()
+
+
+def test_a_broken_params_file_is_a_clear_error(pipeline_repo, cli, monkeypatch):
+    monkeypatch.chdir(pipeline_repo.root)
+    (pipeline_repo.root / "params.yaml").write_text("batches: [\n")
+    result = cli("materialize")
+    assert result.code == 2 and "malformed YAML at line" in result.err and "Traceback" not in result.err
+    (pipeline_repo.root / "params.yaml").unlink()
+    result = cli("materialize")
+    assert result.code == 2 and "the params file does not exist" in result.err

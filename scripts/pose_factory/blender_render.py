@@ -28,8 +28,7 @@ import numpy as np
 
 from . import contract, figure, schemas
 from .errors import PoseFactoryError, ToolError, UsageError
-from .generate import _conventions, _retire, _rounded, _save_png, _software, batch_id_for, camera_views
-from .paths import MANIFEST_NAME
+from .generate import _rounded, _save_png, _software, batch_id_for, camera_views, seal_batch
 from .progress import Progress
 from .settings import Settings
 
@@ -266,31 +265,11 @@ def render_with_blender(job: dict[str, Any], out_root: Path, settings: Settings,
             for plan in plans:
                 samples.append(_convert_sample(plan, raw_dir / plan["sid"], work, job, batch_id))
                 bar.advance()
-        rel_files = [p.relative_to(work).as_posix() for p in sorted(work.rglob("*")) if p.is_file()]
-        files = contract.file_entries(work, rel_files)
         software = _software()
         software.update({"generator": "pose-factory-blender", "blender_version": info["blender_version"],
                          "render_engine": info["render_engine"], "gpu": None,
                          "python_version": platform.python_version()})
-        manifest = {
-            "schema_version": contract.CONTRACT_VERSION,
-            "batch_id": batch_id,
-            "project": job["project"],
-            "created_at": contract.utc_now(),
-            "job": job,
-            "software": software,
-            "conventions": _conventions(),
-            "image": dict(job["image"]),
-            "modalities": contract.modalities_block(job["render"]["modalities"]),
-            "samples": samples,
-            "files": files,
-            "totals": {"samples": len(samples), "files": len(files), "bytes": sum(f["size"] for f in files)},
-        }
-        schemas.check(manifest, "manifest", f"{batch_id}/{MANIFEST_NAME}")
-        (work / MANIFEST_NAME).write_bytes(contract.dumps(manifest))
-        if final_dir.exists():
-            _retire(final_dir)
-        os.replace(work, final_dir)
+        seal_batch(work, final_dir, job, batch_id, samples, software)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise

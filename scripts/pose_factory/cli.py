@@ -253,9 +253,9 @@ def cmd_job_watch(args: argparse.Namespace, settings: Settings, progress: Progre
     if not outcome.ok:
         return 13
     if args.pull:
-        args.batch_ids, args.project, args.since, args.until = [record["batch_id"]], None, None, None
-        args.engine, args.allow_incomplete, args.json = "auto", False, False
-        return _pull_common(args, settings, progress, latest=False)
+        from .pull import pull
+
+        _print_pull(pull(storage, settings, [record["batch_id"]], commit=args.commit, progress=progress))
     return 0
 
 
@@ -354,7 +354,13 @@ def _pull_common(args: argparse.Namespace, settings: Settings, progress: Progres
                   commit=args.commit, progress=progress)
     if args.json:
         _emit_json(report.as_json())
-        return 0
+    else:
+        _print_pull(report)
+    return 0
+
+
+def _print_pull(report) -> None:
+    """The human summary of a pull (`pull`, `pull-latest`, `job watch --pull`)."""
     for b in report.batches:
         if b.action == "up-to-date":
             _out(f"{b.batch_id}: up to date in {b.path}")
@@ -365,7 +371,6 @@ def _pull_common(args: argparse.Namespace, settings: Settings, progress: Progres
         _out(f"committed {report.commit[:12]}: record of the new dataset version")
     elif report.to_commit:
         _out("to record this dataset version: git add " + " ".join(report.to_commit) + " && git commit")
-    return 0
 
 
 def cmd_pull(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
@@ -490,10 +495,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pose-sync {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    def add(name: str, handler: Callable, help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
-        p.set_defaults(handler=handler)
-        return p
+    def adder(subparsers) -> Callable[[str, Callable, str], argparse.ArgumentParser]:
+        def add_command(name: str, handler: Callable, help_text: str) -> argparse.ArgumentParser:
+            p = subparsers.add_parser(name, parents=[common], help=help_text, description=help_text)
+            p.set_defaults(handler=handler)
+            return p
+
+        return add_command
+
+    def group(name: str, help_text: str) -> Callable[[str, Callable, str], argparse.ArgumentParser]:
+        """A command with sub-commands (`comfyui link`); alone, it prints its own help."""
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(group_parser=p)
+        return adder(p.add_subparsers(dest=f"{name}_command", metavar="COMMAND"))
+
+    add = adder(sub)
 
     p = add("generate", cmd_generate, "Render a synthetic pose batch (no GPU) into a folder and print its id")
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write the batch folder into")
@@ -535,22 +551,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("prepare-batch", cmd_prepare_batch, "Make one batch the working set and run `dvc repro`")
     p.add_argument("batch_id", metavar="BATCH_ID")
 
-    comfyui = sub.add_parser("comfyui", help="ComfyUI hand-off", description="ComfyUI hand-off")
-    comfyui_sub = comfyui.add_subparsers(dest="comfyui_command", metavar="COMMAND")
-    p = comfyui_sub.add_parser("link", parents=[common], help="Link the working set into ComfyUI's input/ folder",
-                               description="Link the working set into ComfyUI's input/ folder")
-    p.set_defaults(handler=cmd_comfyui_link)
+    comfyui_add = group("comfyui", "ComfyUI hand-off: link, check, queue")
+    p = comfyui_add("link", cmd_comfyui_link, "Link the working set into ComfyUI's input/ folder")
     p.add_argument("comfyui_dir", metavar="COMFYUI_DIR")
     p.add_argument("--name", default="pose-factory", help="folder name inside input/ (default: pose-factory)")
-    p = comfyui_sub.add_parser("check", parents=[common], help="Check ComfyUI is up and has what the mapped "
-                               "workflows use", description="Check ComfyUI is up and has what the mapped workflows use")
-    p.set_defaults(handler=cmd_comfyui_check)
+    p = comfyui_add("check", cmd_comfyui_check, "Check ComfyUI is up and has what the mapped workflows use")
     p.add_argument("--server", metavar="URL", help="ComfyUI address (default: comfyui.server in the settings)")
     p.add_argument("--json", action="store_true", help="machine-readable report")
-    p = comfyui_sub.add_parser("queue", parents=[common], help="Run every sample of the working set through a "
-                               "mapped workflow", description="Run every sample of the working set through a "
-                               "mapped workflow")
-    p.set_defaults(handler=cmd_comfyui_queue)
+    p = comfyui_add("queue", cmd_comfyui_queue, "Run every sample of the working set through a mapped workflow")
     p.add_argument("--workflow", metavar="NAME", help="which mapped workflow (needed when several are mapped)")
     p.add_argument("--server", metavar="URL", help="ComfyUI address (default: comfyui.server in the settings)")
     p.add_argument("--limit", type=int, metavar="N", help="only the first N samples")
@@ -575,15 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write index.html and thumbnails into")
     p.add_argument("--limit", type=int, default=48, help="samples shown (default: 48)")
 
-    job = sub.add_parser("job", help="RunPod render jobs: submit, watch, status, list, cancel",
-                         description="RunPod render jobs")
-    job_sub = job.add_subparsers(dest="job_command", metavar="COMMAND")
-
-    def job_add(name: str, handler: Callable, help_text: str) -> argparse.ArgumentParser:
-        p = job_sub.add_parser(name, parents=[common], help=help_text, description=help_text)
-        p.set_defaults(handler=handler)
-        return p
-
+    job_add = group("job", "RunPod render jobs: submit, watch, status, list, cancel")
     p = job_add("submit", cmd_job_submit, "Validate a job, upload it and start a RunPod pod that renders it")
     p.add_argument("job_file", metavar="JOB_FILE")
     p = job_add("watch", cmd_job_watch, "Follow a job until its batch is complete in the bucket; then shut the pod down")
@@ -600,11 +600,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = job_add("cancel", cmd_job_cancel, "Shut a job's pod down")
     p.add_argument("job_id", metavar="JOB_ID")
 
-    worker = sub.add_parser("worker", help="What a pod runs", description="What a pod runs")
-    worker_sub = worker.add_subparsers(dest="worker_command", metavar="COMMAND")
-    p = worker_sub.add_parser("run", parents=[common], help="Render the job from the bucket and publish the batch",
-                              description="Render the job from the bucket and publish the batch")
-    p.set_defaults(handler=cmd_worker_run)
+    worker_add = group("worker", "What a pod runs")
+    p = worker_add("run", cmd_worker_run, "Render the job from the bucket and publish the batch")
     p.add_argument("job_id", metavar="JOB_ID")
 
     p = add("config", cmd_config, "Show the settings in effect (secrets shown only as set / not set)")
@@ -656,7 +653,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
-        parser.print_help()
+        getattr(args, "group_parser", parser).print_help()
         return 2
     try:
         settings = load_settings(config_file=Path(args.config) if args.config else None)

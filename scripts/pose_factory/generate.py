@@ -237,31 +237,43 @@ def generate_batch(job: dict[str, Any], out_root: Path, settings: Settings, *, b
                 for task in tasks:
                     samples.append(_render_sample(task))
                     bar.advance()
-        rel_files = [p.relative_to(work).as_posix() for p in sorted(work.rglob("*")) if p.is_file()]
-        files = contract.file_entries(work, rel_files)
-        manifest = {
-            "schema_version": contract.CONTRACT_VERSION,
-            "batch_id": batch_id,
-            "project": job["project"],
-            "created_at": contract.utc_now(),
-            "job": job,
-            "software": _software(),
-            "conventions": _conventions(),
-            "image": dict(job["image"]),
-            "modalities": contract.modalities_block(job["render"]["modalities"]),
-            "samples": samples,
-            "files": files,
-            "totals": {"samples": len(samples), "files": len(files), "bytes": sum(f["size"] for f in files)},
-        }
-        schemas.check(manifest, "manifest", f"{batch_id}/{MANIFEST_NAME}")
-        (work / MANIFEST_NAME).write_bytes(contract.dumps(manifest))
-        if final_dir.exists():
-            _retire(final_dir)
-        os.replace(work, final_dir)
+        manifest = seal_batch(work, final_dir, job, batch_id, samples, _software())
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
-    return GenerateResult(batch_id, final_dir, len(samples), len(files), manifest["totals"]["bytes"])
+    totals = manifest["totals"]
+    return GenerateResult(batch_id, final_dir, totals["samples"], totals["files"], totals["bytes"])
+
+
+def seal_batch(work: Path, final_dir: Path, job: dict[str, Any], batch_id: str, samples: list[dict[str, Any]],
+               software: dict[str, Any]) -> dict[str, Any]:
+    """Write the manifest of a fully rendered batch folder and rename it into place; return the manifest.
+
+    Shared by every renderer (synthetic, Blender), so all batches get the same manifest and the same
+    all-or-nothing arrival.
+    """
+    rel_files = [p.relative_to(work).as_posix() for p in sorted(work.rglob("*")) if p.is_file()]
+    files = contract.file_entries(work, rel_files)
+    manifest = {
+        "schema_version": contract.CONTRACT_VERSION,
+        "batch_id": batch_id,
+        "project": job["project"],
+        "created_at": contract.utc_now(),
+        "job": job,
+        "software": software,
+        "conventions": _conventions(),
+        "image": dict(job["image"]),
+        "modalities": contract.modalities_block(job["render"]["modalities"]),
+        "samples": samples,
+        "files": files,
+        "totals": {"samples": len(samples), "files": len(files), "bytes": sum(f["size"] for f in files)},
+    }
+    schemas.check(manifest, "manifest", f"{batch_id}/{MANIFEST_NAME}")
+    (work / MANIFEST_NAME).write_bytes(contract.dumps(manifest))
+    if final_dir.exists():
+        _retire(final_dir)
+    os.replace(work, final_dir)
+    return manifest
 
 
 def _retire(folder: Path) -> None:

@@ -189,7 +189,16 @@ def materialize(params_file: Path, raw_dir: Path, reports_dir: Path, out_dir: Pa
     import yaml
 
     label = str(params_file)
-    params = yaml.load(params_file.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
+    try:
+        params = yaml.load(params_file.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
+    except FileNotFoundError:
+        raise ConfigError("the params file does not exist", where=label, hint="run from the project root") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"malformed YAML{at}", where=label, hint="fix params.yaml (indentation and colons)") from None
+    if not isinstance(params, dict):
+        raise ConfigError("expected a mapping at the top level", where=label)
     working = working_settings(params, label)
     registered = list(params.get("batches") or [])
     batch_ids = _resolve_batches(working, registered, raw_dir, label)

@@ -71,8 +71,14 @@ class Version:
     def params(self) -> dict[str, Any]:
         from ruamel.yaml import YAML
 
+        from ruamel.yaml import YAMLError
+
         data = self.read_bytes("params.yaml")
-        return (YAML(typ="safe").load(data) or {}) if data else {}
+        try:
+            return (YAML(typ="safe").load(data) or {}) if data else {}
+        except YAMLError:
+            raise RepositoryError(f"params.yaml at {self.label} is not valid YAML", where="params.yaml",
+                                  hint="fix it (or compare other revisions)") from None
 
     def batches(self) -> dict[str, str]:
         """{batch id: 'raw' | 'archive'} in this version."""
