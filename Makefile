@@ -18,13 +18,13 @@ $(VENV_STAMP): requirements.lock pyproject.toml
 	$(VENV_PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements.lock
 	$(VENV_PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	# Plain `dvc` in this virtualenv then talks to R2 correctly (checksum settings, credentials from .env).
-	$(VENV_PY) -m pose_factory.envhook install
+	$(VENV_PY) -m pose_factory.core.envhook install
 	@touch $@
 
 setup: $(VENV_STAMP) ## Create scripts/.venv with the pinned versions from requirements.lock
 
 demo: $(VENV_STAMP) ## The whole loop in a sandbox repository: generate, publish, pull, version, push, dvc repro
-	$(VENV_PY) -m pose_factory.demo
+	$(VENV_PY) -m pose_factory.devtools.demo
 
 test: $(VENV_STAMP) test-tools ## Run the whole test suite (starts its own local S3 server)
 	$(VENV_PY) -m pytest
@@ -40,4 +40,4 @@ test-tools: ## Install Debian's chromium and blender for the browser and render 
 	else echo "note:$$missing not installed; those tests will be skipped (install them to run them)"; fi
 
 s3-local: $(VENV_STAMP) ## Run a local S3 server (SeaweedFS) on 127.0.0.1 and print the exports to use it
-	$(VENV_PY) -m pose_factory.s3local
+	$(VENV_PY) -m pose_factory.devtools.s3local

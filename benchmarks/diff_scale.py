@@ -41,7 +41,8 @@ def main() -> int:
     import numpy as np
     from PIL import Image
 
-    from pose_factory import contract, figure
+    from pose_factory.core import contract
+    from pose_factory.producer import figure
 
     work = Path(tempfile.mkdtemp(prefix="pf-bench-diff-"))
     root = work / "repo"
@@ -102,7 +103,7 @@ def main() -> int:
     [batch] = document["batches"]
     # What the diff read: count through the same code path, in-process.
     os.environ.update({k: v for k, v in env.items() if k.startswith(("POSE_FACTORY", "DVC"))})
-    from pose_factory import review
+    from pose_factory.dataset import diff as review
 
     reads: list[str] = []
     original = review.Version.read_bytes

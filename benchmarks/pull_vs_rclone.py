@@ -5,7 +5,7 @@
                                                           [--memory-files 20000]
 
 Everything happens in a temporary folder (removed at the end unless --keep): a SeaweedFS server
-(`pose_factory.s3local.LocalS3Server`) stands in for R2, the batches are generated and published to a
+(`pose_factory.devtools.s3local.LocalS3Server`) stands in for R2, the batches are generated and published to a
 fresh bucket, and every timed run gets a fresh destination. See benchmarks/README.md.
 
 It exits non-zero only when something fails (a command errors, the server does not start); a missed
@@ -33,7 +33,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 
-from pose_factory.s3local import LocalS3Server  # noqa: E402
+from pose_factory.devtools.s3local import LocalS3Server  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
 POSE_SYNC = [sys.executable, str(REPO / "scripts" / "pose_sync.py")]

@@ -19,7 +19,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from pose_factory.cli import main as cli_main  # noqa: E402
-from pose_factory.s3local import LocalS3Server  # noqa: E402
+from pose_factory.devtools.s3local import LocalS3Server  # noqa: E402
 
 TEST_ACCESS_KEY = "test-access-key-0001"
 TEST_SECRET_KEY = "test-secret-key-do-not-leak-0123456789"
@@ -153,8 +153,8 @@ def run_script(args: list[str], *, cwd: Path, env: dict[str, str] | None = None,
 @pytest.fixture(scope="session")
 def template_batch(tmp_path_factory) -> Path:
     """One small generated batch (4 samples, 64x64), made once; tests copy it."""
-    from pose_factory.generate import default_job, generate_batch
-    from pose_factory.settings import load_settings
+    from pose_factory.producer.generate import default_job, generate_batch
+    from pose_factory.core.settings import load_settings
 
     out = tmp_path_factory.mktemp("template")
     settings = load_settings(root=out)
@@ -237,8 +237,8 @@ def pipeline_repo(project, cli, monkeypatch) -> Project:
 def publish_generated(tmp_path: Path, cli, batch_id: str, *, samples: int = 3, seed: int = 1,
                       project: str = "run-cycle") -> Path:
     """Generate a small batch like a pod and publish it to the current backend; return its folder."""
-    from pose_factory.generate import default_job, generate_batch
-    from pose_factory.settings import load_settings
+    from pose_factory.producer.generate import default_job, generate_batch
+    from pose_factory.core.settings import load_settings
 
     job = default_job(project, samples, (48, 48), seed=seed)
     made = generate_batch(job, tmp_path / f"pod-{seed}", load_settings(root=tmp_path), batch_id=batch_id,

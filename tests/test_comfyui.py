@@ -107,7 +107,7 @@ def test_node_errors_are_reported_per_sample(working_set, cli, comfy):
 
 
 def test_unreachable_server_is_a_clear_error(working_set, cli):
-    from pose_factory.s3local import free_port
+    from pose_factory.devtools.s3local import free_port
 
     write_config(working_set, API_WORKFLOW)
     result = cli("comfyui", "queue", "--server", f"http://127.0.0.1:{free_port()}")

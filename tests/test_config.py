@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from conftest import REPO, TEST_SECRET_KEY
-from pose_factory.errors import ConfigError, CredentialsError
-from pose_factory.settings import DEFAULTS, load_settings, r2_credentials, resolve_backend
+from pose_factory.core.errors import ConfigError, CredentialsError
+from pose_factory.core.settings import DEFAULTS, load_settings, r2_credentials, resolve_backend
 
 
 def write_config(project, text: str) -> Path:

@@ -68,7 +68,7 @@ def test_demo_runs_the_loop_on_the_embedded_default_even_with_r2_credentials_set
            "CLOUDFLARE_R2_ACCOUNT_ID": "deadbeef", "POSE_FACTORY_ROOT": str(project.root)}
     import os
 
-    result = subprocess.run([sys.executable, "-m", "pose_factory.demo", "--samples", "2", "--size", "64x64"],
+    result = subprocess.run([sys.executable, "-m", "pose_factory.devtools.demo", "--samples", "2", "--size", "64x64"],
                             cwd=project.root, env={**os.environ, **env}, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -1,4 +1,4 @@
-"""Tests for pose_factory.figure: poses, camera, render modalities and OpenPose output."""
+"""Tests for pose_factory.producer.figure: poses, camera, render modalities and OpenPose output."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from pose_factory.figure import (
+from pose_factory.producer.figure import (
     COCO18_JOINTS,
     JOINT_LIMITS_DEG,
     OPENPOSE_COLORS,

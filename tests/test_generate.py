@@ -8,9 +8,9 @@ import pytest
 from PIL import Image
 
 from conftest import run_script
-from pose_factory import contract, schemas
-from pose_factory.generate import default_job, generate_batch
-from pose_factory.settings import load_settings
+from pose_factory.core import contract, schemas
+from pose_factory.producer.generate import default_job, generate_batch
+from pose_factory.core.settings import load_settings
 
 
 def test_generated_batch_passes_every_schema_and_its_manifest(template_batch):
@@ -73,7 +73,7 @@ def test_existing_batch_is_not_overwritten_without_force(tmp_path, project, cli)
 
 
 def test_interrupted_generate_leaves_nothing_that_looks_like_a_batch(tmp_path, monkeypatch):
-    from pose_factory import figure
+    from pose_factory.producer import figure
 
     real_render = figure.render
     calls = {"n": 0}

@@ -21,7 +21,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from faultproxy import FaultProxy
-from pose_factory.s3local import LocalS3Server, find_weed_binary, free_port
+from pose_factory.devtools.s3local import LocalS3Server, find_weed_binary, free_port
 
 BUCKET = "pose-factory-test"
 
@@ -180,7 +180,7 @@ def test_two_servers_side_by_side(tmp_path, creds):
 def test_cli_prints_exports_and_stops_on_sigterm(tmp_path, creds):
     env = {**os.environ, "AWS_ACCESS_KEY_ID": creds[0], "AWS_SECRET_ACCESS_KEY": creds[1]}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pose_factory.s3local", "--dir", str(tmp_path / "cli"), "--bucket", "cli-bucket"],
+        [sys.executable, "-m", "pose_factory.devtools.s3local", "--dir", str(tmp_path / "cli"), "--bucket", "cli-bucket"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import dvc, git, publish_generated
-from pose_factory import materialize as materialize_module
+from pose_factory.dataset import materialize as materialize_module
 
 A, B, C = "2026-11-01_run-cycle", "2026-11-02_walk", "2026-11-03_jump"
 MODALITY_FOLDERS = ["depth", "normal", "openpose_json", "pose", "rgb", "seg"]

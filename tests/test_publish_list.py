@@ -12,12 +12,12 @@ import pytest
 
 from conftest import TEST_SECRET_KEY, run_script, s3_env
 from faultproxy import FaultProxy
-from pose_factory import contract
-from pose_factory.generate import default_job, generate_batch
-from pose_factory.remote import publish_batch
-from pose_factory.s3local import free_port
-from pose_factory.settings import load_settings
-from pose_factory.storage import LocalFolderStorage, open_storage
+from pose_factory.core import contract
+from pose_factory.producer.generate import default_job, generate_batch
+from pose_factory.bucket.batches import publish_batch
+from pose_factory.devtools.s3local import free_port
+from pose_factory.core.settings import load_settings
+from pose_factory.bucket.backends import LocalFolderStorage, open_storage
 
 BATCH_ID = "2026-11-20_run-cycle"
 
@@ -120,7 +120,7 @@ def test_listed_twice_and_unsafe_paths_are_caught_past_the_schema(batch):
     manifest["files"].append(dict(manifest["files"][0]))
     with pytest.raises(Exception, match="listed twice"):
         contract.verify_batch(batch, manifest)
-    from pose_factory.errors import UnsafeKeyError
+    from pose_factory.core.errors import UnsafeKeyError
 
     manifest["files"][-1]["path"] = "rgb/../../../etc/passwd"
     with pytest.raises(UnsafeKeyError, match="could escape the batch folder"):

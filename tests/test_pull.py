@@ -12,8 +12,8 @@ import pytest
 
 from conftest import TEST_SECRET_KEY, git, publish_generated
 from faultproxy import FaultProxy
-from pose_factory.settings import load_settings
-from pose_factory.storage import LocalFolderStorage, S3Storage, open_storage
+from pose_factory.core.settings import load_settings
+from pose_factory.bucket.backends import LocalFolderStorage, S3Storage, open_storage
 
 BATCH = "2026-11-20_run-cycle"
 
@@ -164,8 +164,8 @@ def test_keys_that_would_escape_the_batch_folder_are_refused(repo, cli, tmp_path
 @pytest.mark.parametrize("key", ["../evil", "a/../../evil", "/etc/passwd", "a//b", "a/./b", "a\\b", "C:evil",
                                  "a/\x00b", ""])
 def test_every_escaping_key_shape_is_refused(key):
-    from pose_factory.errors import UnsafeKeyError
-    from pose_factory.storage import check_key
+    from pose_factory.core.errors import UnsafeKeyError
+    from pose_factory.bucket.backends import check_key
 
     with pytest.raises(UnsafeKeyError):
         check_key(key)
@@ -175,7 +175,7 @@ def test_every_escaping_key_shape_is_refused(key):
 def test_interrupted_pull_leaves_no_batch_and_resumes(repo, cli, tmp_path, monkeypatch, engine):
     publish_generated(tmp_path, cli, BATCH)
     if engine == "rclone":
-        from pose_factory import rclone
+        from pose_factory.bucket import rclone
 
         real_follow = rclone._follow
 
@@ -184,7 +184,7 @@ def test_interrupted_pull_leaves_no_batch_and_resumes(repo, cli, tmp_path, monke
             raise KeyboardInterrupt
 
         monkeypatch.setattr(rclone, "_follow", follow_then_die)
-        from pose_factory.pull import pull
+        from pose_factory.dataset.pull import pull
 
         with pytest.raises(KeyboardInterrupt):
             pull(open_storage(load_settings()), load_settings(), [BATCH], engine="rclone")
@@ -204,7 +204,7 @@ def test_interrupted_pull_leaves_no_batch_and_resumes(repo, cli, tmp_path, monke
         return real_download(self, key, dest)
 
     monkeypatch.setattr(storage_class, "download_file", download_then_die)
-    from pose_factory.pull import pull
+    from pose_factory.dataset.pull import pull
 
     with pytest.raises(KeyboardInterrupt):
         pull(open_storage(load_settings()), load_settings(), [BATCH], engine="boto3")

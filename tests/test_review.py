@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import git, publish_generated
-from pose_factory import contract
+from pose_factory.core import contract
 
 A, B = "2026-11-01_run-cycle", "2026-11-02_walk"
 SHIFT_PX = 5.0
@@ -35,7 +35,7 @@ def reseal(batch: Path) -> None:
 
 def move_keypoints(batch: Path, sample: str) -> None:
     """Re-render one sample with every labelled keypoint moved SHIFT_PX to the right (as a pod fix would)."""
-    from pose_factory import figure
+    from pose_factory.producer import figure
 
     annotation_file = batch / "annotations" / f"{sample}.json"
     annotation = json.loads(annotation_file.read_text())
@@ -215,7 +215,7 @@ def test_show_contact_sheet_in_a_real_browser(history, cli, tmp_path):
 
 def test_diff_reads_manifests_and_changed_annotations_only(history, cli, monkeypatch):
     repo, revs = history
-    from pose_factory import review
+    from pose_factory.dataset import diff as review
 
     reads: list[str] = []
     real = review.Version.read_bytes

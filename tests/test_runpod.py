@@ -15,7 +15,7 @@ import pytest
 
 from conftest import TEST_SECRET_KEY, dvc, make_repository, s3_env
 from fake_runpod import FakeRunPod
-from pose_factory.generate import default_job
+from pose_factory.producer.generate import default_job
 
 REPO = Path(__file__).resolve().parents[1]
 API_KEY = "rp-test-key-0123456789"
@@ -104,9 +104,9 @@ def test_silent_worker_and_timeout_and_ctrl_c_all_shut_the_pod_down(cloud, cli, 
     timed_out = cli("job", "watch", "job-run-cycle-4", "--timeout", "1")
     assert timed_out.code == 13 and "past its timeout" in timed_out.out and pods_up(runpod) == []
 
-    from pose_factory.settings import load_settings
-    from pose_factory.storage import open_storage
-    from pose_factory.worker import status_key
+    from pose_factory.core.settings import load_settings
+    from pose_factory.bucket.backends import open_storage
+    from pose_factory.producer.worker import status_key
 
     storage = open_storage(load_settings(), "r2")
     stale = {"version": 1, "job_id": "job-run-cycle-4", "state": "rendering", "samples_done": 1,
@@ -118,7 +118,7 @@ def test_silent_worker_and_timeout_and_ctrl_c_all_shut_the_pod_down(cloud, cli, 
 
     storage.delete(status_key(load_settings(), "job-run-cycle-4"))
     assert cli("job", "submit", write_job(tmp_path)).code == 0
-    from pose_factory import runpod as runpod_module
+    from pose_factory.integrations import runpod as runpod_module
 
     def interrupt(_seconds):
         raise KeyboardInterrupt

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pose_factory import contract
+from pose_factory.core import contract
 
 W = H = 64
 

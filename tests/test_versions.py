@@ -89,7 +89,7 @@ def test_plain_dvc_sends_no_checksum_headers_that_r2_rejects(repo, cli, tmp_path
 
 
 def test_envhook_reads_credentials_from_the_project_dotenv(tmp_path):
-    from pose_factory.envhook import apply
+    from pose_factory.core.envhook import apply
 
     root = tmp_path / "proj"
     (root / ".dvc").mkdir(parents=True)

@@ -2,9 +2,9 @@
 
     blender -b --factory-startup -P scripts/blender/render_job.py -- SCENE_JSON OUT_DIR
 
-SCENE_JSON is written by ``pose_factory.blender_render`` (normal Python): image size, Cycles settings and,
+SCENE_JSON is written by ``pose_factory.producer.blender_render`` (normal Python): image size, Cycles settings and,
 per sample, the camera (Blender camera-to-world matrix, lens, sensor width) and the body primitives
-(capsules and ellipsoids around the joints of ``pose_factory.figure.make_pose``) in the Z-up world frame.
+(capsules and ellipsoids around the joints of ``pose_factory.producer.figure.make_pose``) in the Z-up world frame.
 
 For every sample it writes ``OUT_DIR/<sample_id>/``:
     rgb.png      8-bit sRGB render (Standard view transform)

@@ -11,10 +11,10 @@ from datetime import date
 from pathlib import Path
 from typing import Any, Callable
 
-from . import __version__
-from .errors import PoseFactoryError, UsageError
-from .progress import Progress, human_bytes
-from .settings import (ENV_ACCESS_KEY, ENV_ACCOUNT_ID, ENV_BUCKET, ENV_ENDPOINT, ENV_SECRET_KEY, Settings,
+from pose_factory import __version__
+from pose_factory.core.errors import PoseFactoryError, UsageError
+from pose_factory.core.progress import Progress, human_bytes
+from pose_factory.core.settings import (ENV_ACCESS_KEY, ENV_ACCOUNT_ID, ENV_BUCKET, ENV_ENDPOINT, ENV_SECRET_KEY, Settings,
                        load_settings, redact, resolve_backend)
 
 CONFIG_JSON_VERSION = 1
@@ -38,7 +38,7 @@ def _parse_day(text: str, flag: str) -> date:
 # --- commands -----------------------------------------------------------------------------------------
 
 def cmd_generate(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
-    from .generate import default_job, generate_batch, load_job, parse_size
+    from pose_factory.producer.generate import default_job, generate_batch, load_job, parse_size
 
     if args.job:
         job = load_job(Path(args.job))
@@ -53,8 +53,8 @@ def cmd_generate(args: argparse.Namespace, settings: Settings, progress: Progres
 
 
 def cmd_publish(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
-    from .remote import publish_batch
-    from .storage import open_storage
+    from pose_factory.bucket.batches import publish_batch
+    from pose_factory.bucket.backends import open_storage
 
     storage = open_storage(settings, args.backend)
     result = publish_batch(storage, settings, Path(args.batch_dir), progress=progress)
@@ -70,8 +70,8 @@ def cmd_publish(args: argparse.Namespace, settings: Settings, progress: Progress
 
 
 def cmd_list(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
-    from .remote import list_batches, list_json
-    from .storage import open_storage
+    from pose_factory.bucket.batches import list_batches, list_json
+    from pose_factory.bucket.backends import open_storage
 
     storage = open_storage(settings, args.backend)
     since = _parse_day(args.since, "--since") if args.since else None
@@ -99,7 +99,7 @@ def cmd_list(args: argparse.Namespace, settings: Settings, progress: Progress) -
 
 
 def cmd_verify(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
-    from . import contract
+    from pose_factory.core import contract
 
     batch_dir = Path(args.batch_dir)
     manifest = contract.load_manifest(batch_dir)
@@ -109,7 +109,7 @@ def cmd_verify(args: argparse.Namespace, settings: Settings, progress: Progress)
 
 
 def cmd_validate(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
-    from .validate import raise_if_failed, validate_batch, write_report
+    from pose_factory.dataset.validate import raise_if_failed, validate_batch, write_report
 
     report = validate_batch(Path(args.batch_dir), progress=progress)
     if args.report:
@@ -128,7 +128,7 @@ def cmd_validate(args: argparse.Namespace, settings: Settings, progress: Progres
 
 
 def cmd_materialize(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
-    from .materialize import materialize
+    from pose_factory.dataset.materialize import materialize
 
     result = materialize(Path(args.params), Path(args.raw), Path(args.reports), Path(args.out), progress=progress)
     links = ", ".join(f"{count} {mode}" for mode, count in result.link_counts.items())
@@ -138,7 +138,7 @@ def cmd_materialize(args: argparse.Namespace, settings: Settings, progress: Prog
 
 
 def cmd_prepare_batch(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
-    from .pipeline import prepare_batch
+    from pose_factory.dataset.pipeline import prepare_batch
 
     info = prepare_batch(settings, args.batch_id)
     _out(f"working set for {args.batch_id}: {info['samples']} samples in {info['path']} "
@@ -148,7 +148,7 @@ def cmd_prepare_batch(args: argparse.Namespace, settings: Settings, progress: Pr
 
 
 def cmd_comfyui_link(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
-    from .pipeline import link_into_comfyui
+    from pose_factory.dataset.pipeline import link_into_comfyui
 
     link, target = link_into_comfyui(settings, Path(args.comfyui_dir), args.name)
     _out(f"{link} -> {target}")
@@ -158,7 +158,7 @@ def cmd_comfyui_link(args: argparse.Namespace, settings: Settings, progress: Pro
 
 
 def cmd_diff(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
-    from .review import diff, summary_lines
+    from pose_factory.dataset.diff import diff, summary_lines
 
     result = diff(settings.root, args.rev_a, args.rev_b)
     if args.json:
@@ -170,7 +170,7 @@ def cmd_diff(args: argparse.Namespace, settings: Settings, progress: Progress) -
 
 
 def cmd_review(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
-    from .report import write_review
+    from pose_factory.dataset.pages import write_review
 
     page, document = write_review(settings.root, args.rev_a, args.rev_b, Path(args.out), limit=args.limit,
                                   progress=progress)
@@ -181,7 +181,7 @@ def cmd_review(args: argparse.Namespace, settings: Settings, progress: Progress)
 
 
 def cmd_show(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
-    from .report import write_contact_sheet
+    from pose_factory.dataset.pages import write_contact_sheet
 
     page, shown, total = write_contact_sheet(settings.root, args.batch_id, Path(args.out), limit=args.limit,
                                              progress=progress)
@@ -190,7 +190,7 @@ def cmd_show(args: argparse.Namespace, settings: Settings, progress: Progress) -
 
 
 def cmd_comfyui_check(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
-    from .comfyui import check
+    from pose_factory.integrations.comfyui import check
 
     report = check(settings, args.server or settings.comfyui["server"])
     if args.json:
@@ -207,7 +207,7 @@ def cmd_comfyui_check(args: argparse.Namespace, settings: Settings, progress: Pr
 
 
 def cmd_comfyui_queue(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
-    from .comfyui import queue
+    from pose_factory.integrations.comfyui import queue
 
     result = queue(settings, workflow=args.workflow, server=args.server or settings.comfyui["server"],
                    limit=args.limit, depth=settings.comfyui["queue_depth"], timeout_s=settings.comfyui["timeout_s"],
@@ -224,8 +224,8 @@ def cmd_comfyui_queue(args: argparse.Namespace, settings: Settings, progress: Pr
 
 
 def cmd_job_submit(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
-    from . import runpod
-    from .storage import open_storage
+    from pose_factory.integrations import runpod
+    from pose_factory.bucket.backends import open_storage
 
     record = runpod.submit(open_storage(settings, "r2"), settings, Path(args.job_file))
     _out(f"job {record['job_id']} submitted: pod {record['pod_id']} ({record['gpu_type']}, "
@@ -234,8 +234,8 @@ def cmd_job_submit(args: argparse.Namespace, settings: Settings, progress: Progr
 
 
 def cmd_job_watch(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
-    from . import runpod
-    from .storage import open_storage
+    from pose_factory.integrations import runpod
+    from pose_factory.bucket.backends import open_storage
 
     storage = open_storage(settings, "r2")
 
@@ -253,14 +253,14 @@ def cmd_job_watch(args: argparse.Namespace, settings: Settings, progress: Progre
     if not outcome.ok:
         return 13
     if args.pull:
-        from .pull import pull
+        from pose_factory.dataset.pull import pull
 
         _print_pull(pull(storage, settings, [record["batch_id"]], commit=args.commit, progress=progress))
     return 0
 
 
 def cmd_job_status(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
-    from . import runpod
+    from pose_factory.integrations import runpod
 
     records = runpod.job_records(settings)
     if args.job_id:
@@ -277,7 +277,7 @@ def cmd_job_status(args: argparse.Namespace, settings: Settings, progress: Progr
 
 
 def cmd_job_list(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
-    from . import runpod
+    from pose_factory.integrations import runpod
 
     pods = runpod.list_running(settings)
     if args.json:
@@ -292,7 +292,7 @@ def cmd_job_list(args: argparse.Namespace, settings: Settings, progress: Progres
 
 
 def cmd_job_cancel(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
-    from . import runpod
+    from pose_factory.integrations import runpod
 
     record = runpod.cancel(settings, args.job_id)
     _out(f"job {args.job_id}: pod {record['pod_id']} {record['pod_shutdown']}ed")
@@ -300,8 +300,8 @@ def cmd_job_cancel(args: argparse.Namespace, settings: Settings, progress: Progr
 
 
 def cmd_worker_run(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
-    from .storage import open_storage
-    from .worker import run_worker
+    from pose_factory.bucket.backends import open_storage
+    from pose_factory.producer.worker import run_worker
 
     batch_id = run_worker(open_storage(settings, "r2"), settings, args.job_id)
     _out(f"job {args.job_id}: batch {batch_id} published and marked complete")
@@ -337,8 +337,8 @@ def cmd_config(args: argparse.Namespace, settings: Settings, progress: Progress)
 
 
 def _pull_common(args: argparse.Namespace, settings: Settings, progress: Progress, latest: bool) -> int:
-    from .pull import choose_batches, pull
-    from .storage import open_storage
+    from pose_factory.dataset.pull import choose_batches, pull
+    from pose_factory.bucket.backends import open_storage
 
     storage = open_storage(settings, args.backend)
     since = _parse_day(args.since, "--since") if args.since else None
@@ -382,7 +382,7 @@ def cmd_pull_latest(args: argparse.Namespace, settings: Settings, progress: Prog
 
 
 def cmd_init(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
-    from . import dvcrepo
+    from pose_factory.dataset import dvcrepo
 
     if not (settings.root / ".git").exists():
         raise UsageError("the project is not a git repository", where=str(settings.root), hint="run `git init` first")
@@ -400,9 +400,9 @@ def cmd_init(args: argparse.Namespace, settings: Settings, progress: Progress) -
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
-    from . import dvcrepo
-    from .mirror import status, status_json
-    from .storage import open_storage
+    from pose_factory.dataset import dvcrepo
+    from pose_factory.dataset.mirror import status, status_json
+    from pose_factory.bucket.backends import open_storage
 
     dvcrepo.require_repository(settings.root)
     states = status(open_storage(settings, args.backend), settings)
@@ -434,20 +434,20 @@ def _archive_like(args: argparse.Namespace, settings: Settings, action) -> int:
 
 
 def cmd_archive(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
-    from .mirror import archive
+    from pose_factory.dataset.mirror import archive
 
     return _archive_like(args, settings, archive)
 
 
 def cmd_restore(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
-    from .mirror import restore
+    from pose_factory.dataset.mirror import restore
 
     return _archive_like(args, settings, restore)
 
 
 def cmd_push_job(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
-    from .jobs import push_job
-    from .storage import open_storage
+    from pose_factory.bucket.jobs import push_job
+    from pose_factory.bucket.backends import open_storage
 
     storage = open_storage(settings, args.backend)
     job_id, key = push_job(storage, settings, Path(args.job_file))
@@ -456,8 +456,8 @@ def cmd_push_job(args: argparse.Namespace, settings: Settings, progress: Progres
 
 
 def cmd_list_jobs(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
-    from .jobs import jobs_json, list_jobs
-    from .storage import open_storage
+    from pose_factory.bucket.jobs import jobs_json, list_jobs
+    from pose_factory.bucket.backends import open_storage
 
     storage = open_storage(settings, args.backend)
     jobs = list_jobs(storage, settings)
@@ -473,7 +473,7 @@ def cmd_list_jobs(args: argparse.Namespace, settings: Settings, progress: Progre
 
 
 def cmd_rclone_config(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
-    from .rclone import config_section
+    from pose_factory.bucket.rclone import config_section
 
     text = config_section(settings, show_secrets=args.show_secrets)
     sys.stdout.write(text if args.show_secrets else redact(text))

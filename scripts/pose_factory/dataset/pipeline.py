@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import dvcrepo
-from .errors import PoseFactoryError, RepositoryError, ToolError, UsageError
-from .materialize import describe
-from .settings import Settings
+from pose_factory.dataset import dvcrepo
+from pose_factory.core.errors import PoseFactoryError, RepositoryError, ToolError, UsageError
+from pose_factory.dataset.materialize import describe
+from pose_factory.core.settings import Settings
 
 WORKING_SET = Path("data") / "working" / "current_batch"
 

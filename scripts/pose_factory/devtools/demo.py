@@ -23,8 +23,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .paths import CODE_ROOT, project_root
-from .settings import (ENV_ACCESS_KEY, ENV_ACCOUNT_ID, ENV_BACKEND, ENV_BUCKET, ENV_DVC_LOCAL_REMOTE,
+from pose_factory.core.layout import CODE_ROOT, project_root
+from pose_factory.core.settings import (ENV_ACCESS_KEY, ENV_ACCOUNT_ID, ENV_BACKEND, ENV_BUCKET, ENV_DVC_LOCAL_REMOTE,
                        ENV_ENDPOINT, ENV_SECRET_KEY)
 
 DEMO_BATCHES = (("run-cycle", "run-cycle", 11), ("walk-cycle", "walk-cycle", 12))
@@ -88,7 +88,7 @@ def run_demo(samples: int, size: str, s3_local: bool) -> None:
     if s3_local:
         import secrets
 
-        from .s3local import LocalS3Server
+        from pose_factory.devtools.s3local import LocalS3Server
 
         key, secret = "demo-" + secrets.token_hex(6), secrets.token_hex(20)
         server = LocalS3Server(Path(tempfile.mkdtemp(prefix="pose-factory-demo-s3-")), key, secret).start()
@@ -127,7 +127,7 @@ def run_demo(samples: int, size: str, s3_local: bool) -> None:
         remote = "the local S3 server's dvc/ prefix" if server else str(dvc_remote)
         print(f"\nDone. Batches published to {where}, pulled into {repo / 'data' / 'raw' / 'pose-factory'}, "
               f"versioned in git + DVC, and pushed to the DVC remote ({remote}).")
-        from .materialize import describe
+        from pose_factory.dataset.materialize import describe
 
         info = describe(repo / "data" / "working" / "current_batch")
         print(f"The ComfyUI working set is {info['path']}: {info['samples']} samples of {', '.join(info['batches'])}, "
@@ -140,7 +140,7 @@ def run_demo(samples: int, size: str, s3_local: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pose_factory.demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m pose_factory.devtools.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=8, help="samples per batch (default: 8)")
     parser.add_argument("--size", default="512x512", help="image size (default: 512x512)")
     parser.add_argument("--s3-local", action="store_true", help="use a throw-away local S3 server as the bucket")

@@ -21,11 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__, contract, schemas
-from .errors import PoseFactoryError, UsageError
-from .paths import MANIFEST_NAME
-from .progress import Progress
-from .settings import Settings
+from pose_factory import __version__
+from pose_factory.core import contract, schemas
+from pose_factory.core.errors import PoseFactoryError, UsageError
+from pose_factory.core.layout import MANIFEST_NAME
+from pose_factory.core.progress import Progress
+from pose_factory.core.settings import Settings
 
 DEFAULT_AZIMUTHS = [0, 45, 90, 135, 180, 225, 270, 315]
 DEFAULT_SIZE = (1024, 1024)
@@ -104,7 +105,7 @@ def _save_png(array: np.ndarray, path: Path) -> None:
 
 def _render_sample(task: _SampleTask) -> dict[str, Any]:
     """Render and write one sample; return its manifest `samples` entry. Runs in a worker process."""
-    from . import figure
+    from pose_factory.producer import figure
 
     job = task.job
     views = camera_views(job)
@@ -163,7 +164,7 @@ def _rounded(array: np.ndarray) -> Any:
 
 
 def _conventions() -> dict[str, Any]:
-    from . import figure
+    from pose_factory.producer import figure
 
     return {
         "keypoints": {"format": "coco18", "units": "pixels", "origin": "top-left",
@@ -201,7 +202,7 @@ def generate_batch(job: dict[str, Any], out_root: Path, settings: Settings, *, b
                    replace: bool = False, workers: int | None = None, progress: Progress | None = None
                    ) -> GenerateResult:
     """Render every sample of the job into `<out_root>/<batch_id>/` and write its manifest."""
-    from . import figure
+    from pose_factory.producer import figure
 
     schemas.check(job, "job", "job definition")
     if job["poses"]["set"] not in figure.POSE_SETS:

@@ -13,8 +13,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
-from .errors import SchemaError
-from .paths import SCHEMA_DIR
+from pose_factory.core.errors import SchemaError
+from pose_factory.core.layout import SCHEMA_DIR
 
 if TYPE_CHECKING:
     from jsonschema import Draft202012Validator

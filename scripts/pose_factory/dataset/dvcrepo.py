@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import RepositoryError, ToolError
-from .settings import R2Credentials, Settings, redact
+from pose_factory.core.errors import RepositoryError, ToolError
+from pose_factory.core.settings import R2Credentials, Settings, redact
 
 R2_REMOTE = "r2"
 LOCAL_REMOTE = "local"
@@ -30,7 +30,7 @@ def cache_type(root: Path) -> str:
     read-only. DVC links a file into its cache on `dvc add` only with the first type listed, so the list
     starts with the one that works here (with "reflink,hardlink" on ext4, add copies every file).
     """
-    from .storage import clone_file
+    from pose_factory.bucket.backends import clone_file
 
     probe_dir = root / ".dvc" / "tmp"
     probe_dir.mkdir(parents=True, exist_ok=True)
@@ -209,7 +209,7 @@ def write_params(settings: Settings, params: dict[str, Any]) -> None:
     """Write params.yaml atomically."""
     from io import StringIO
 
-    from .storage import atomic_write_path
+    from pose_factory.bucket.backends import atomic_write_path
 
     buffer = StringIO()
     _yaml().dump(params, buffer)

@@ -1,6 +1,6 @@
 """A throw-away local S3 server (SeaweedFS ``weed mini``) standing in for Cloudflare R2.
 
-Used by the test suite and by ``make s3-local`` (``python -m pose_factory.s3local``). Everything the
+Used by the test suite and by ``make s3-local`` (``python -m pose_factory.devtools.s3local``). Everything the
 server writes (data, logs, local sockets, temp files) lives under one work directory, and every port
 it opens is chosen free on 127.0.0.1, so several servers can run side by side.
 """
@@ -405,7 +405,7 @@ def _shell_quote(value: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run a local S3 server until Ctrl-C / SIGTERM and print the exports that point the tool at it."""
     parser = argparse.ArgumentParser(
-        prog="python -m pose_factory.s3local",
+        prog="python -m pose_factory.devtools.s3local",
         description="Run a local SeaweedFS S3 server standing in for Cloudflare R2.",
     )
     parser.add_argument(

@@ -10,12 +10,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from . import contract, dvcrepo
-from .errors import BatchNotFoundError, RepositoryError
-from .paths import MANIFEST_NAME
-from .remote import list_batches
-from .settings import Settings
-from .storage import Storage
+from pose_factory.core import contract
+from pose_factory.dataset import dvcrepo
+from pose_factory.core.errors import BatchNotFoundError, RepositoryError
+from pose_factory.core.layout import MANIFEST_NAME
+from pose_factory.bucket.batches import list_batches
+from pose_factory.core.settings import Settings
+from pose_factory.bucket.backends import Storage
 
 STATUS_JSON_VERSION = 1
 
@@ -81,7 +82,7 @@ def status(storage: Storage, settings: Settings) -> list[BatchState]:
 
 
 def _remote_manifest_sha(storage: Storage, settings: Settings, batch_id: str) -> str | None:
-    from .remote import read_marker, batch_prefix
+    from pose_factory.bucket.batches import read_marker, batch_prefix
 
     marker = read_marker(storage, batch_prefix(settings, batch_id) + "_complete.json")
     return marker["manifest_sha256"] if marker else None

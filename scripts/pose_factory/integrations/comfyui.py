@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import dvcrepo
-from .errors import ConfigError, PoseFactoryError, StorageError
-from .settings import Settings
-from .storage import atomic_write_path
+from pose_factory.dataset import dvcrepo
+from pose_factory.core.errors import ConfigError, PoseFactoryError, StorageError
+from pose_factory.core.settings import Settings
+from pose_factory.bucket.backends import atomic_write_path
 
 RECORD_VERSION = 1
 CHECK_JSON_VERSION = 1

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import schemas
-from .errors import ConfigError, CredentialsError
-from .paths import project_root
+from pose_factory.core import schemas
+from pose_factory.core.errors import ConfigError, CredentialsError
+from pose_factory.core.layout import project_root
 
 CONFIG_RELATIVE = Path("config") / "local.yaml"
 

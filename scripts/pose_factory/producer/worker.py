@@ -16,12 +16,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from . import contract
-from .errors import PoseFactoryError
-from .jobs import job_key
-from .progress import Progress, Task
-from .settings import Settings
-from .storage import Storage, join_key
+from pose_factory.core import contract
+from pose_factory.core.errors import PoseFactoryError
+from pose_factory.bucket.jobs import job_key
+from pose_factory.core.progress import Progress, Task
+from pose_factory.core.settings import Settings
+from pose_factory.bucket.backends import Storage, join_key
 
 STATUS_VERSION = 1
 HEARTBEAT_S = 5.0
@@ -82,8 +82,8 @@ class StatusWriter:
 
 def run_worker(storage: Storage, settings: Settings, job_id: str, *, heartbeat_s: float = HEARTBEAT_S) -> str:
     """Render and publish the job's batch; return its batch id. Failures are written to the status object."""
-    from .generate import generate_batch
-    from .remote import publish_batch
+    from pose_factory.producer.generate import generate_batch
+    from pose_factory.bucket.batches import publish_batch
 
     job = json.loads(storage.read_bytes(job_key(settings, job_id)))
     with StatusWriter(storage, settings, job_id, job["samples"], heartbeat_s) as status:
@@ -91,7 +91,7 @@ def run_worker(storage: Storage, settings: Settings, job_id: str, *, heartbeat_s
             status.write(state="rendering")
             with tempfile.TemporaryDirectory(prefix="pose-factory-worker-") as scratch:
                 if job["generator"] == "blender":
-                    from .blender_render import render_with_blender
+                    from pose_factory.producer.blender_render import render_with_blender
 
                     batch_dir = render_with_blender(job, Path(scratch), settings, replace=True,
                                                     progress=status.progress)

@@ -25,7 +25,7 @@ CREDENTIAL_MAP = {
 }
 DISABLE_VARIABLE = "POSE_FACTORY_ENVHOOK"  # set to "off" to see what happens without the hook
 PTH_NAME = "pose_factory_r2_env.pth"
-PTH_LINE = ("import os; exec(\"try:\\n import pose_factory.envhook as _pf\\n _pf.apply()\\nexcept Exception:\\n pass\")"
+PTH_LINE = ("import os; exec(\"try:\\n import pose_factory.core.envhook as _pf\\n _pf.apply()\\nexcept Exception:\\n pass\")"
             " if os.environ.get('POSE_FACTORY_ENVHOOK') != 'off' else None\n")
 
 
@@ -86,5 +86,5 @@ if __name__ == "__main__":
     if sys.argv[1:] == ["install"]:
         print(f"installed {install()}")
     else:
-        print("usage: python -m pose_factory.envhook install", file=sys.stderr)
+        print("usage: python -m pose_factory.core.envhook install", file=sys.stderr)
         sys.exit(2)

@@ -15,9 +15,9 @@ from typing import Any
 
 import orjson
 
-from . import dvcrepo
-from .errors import PoseFactoryError, RepositoryError, UsageError
-from .paths import MANIFEST_NAME
+from pose_factory.dataset import dvcrepo
+from pose_factory.core.errors import PoseFactoryError, RepositoryError, UsageError
+from pose_factory.core.layout import MANIFEST_NAME
 
 DIFF_JSON_VERSION = 1
 RAW = "data/raw/pose-factory"

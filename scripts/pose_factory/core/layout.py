@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 # The repository this code is part of (scripts/pose_factory/ -> repo root). Schemas travel with the code.
-CODE_ROOT = Path(__file__).resolve().parents[2]
+CODE_ROOT = Path(__file__).resolve().parents[3]
 SCHEMA_DIR = CODE_ROOT / "schemas"
 
 MANIFEST_NAME = "manifest.json"

@@ -15,11 +15,11 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from . import schemas
-from .errors import IntegrityError, UnsafeKeyError
-from .schemas import Problem
-from .paths import COMPLETE_MARKER_NAME, MANIFEST_NAME
-from .storage import check_relative_path
+from pose_factory.core import schemas
+from pose_factory.core.errors import IntegrityError, UnsafeKeyError
+from pose_factory.core.schemas import Problem
+from pose_factory.core.layout import COMPLETE_MARKER_NAME, MANIFEST_NAME
+from pose_factory.bucket.backends import check_relative_path
 
 T = TypeVar("T")
 
@@ -146,7 +146,7 @@ def parse_manifest_bytes(data: bytes, label: str) -> dict[str, Any]:
     try:
         manifest = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        from .errors import SchemaError
+        from pose_factory.core.errors import SchemaError
 
         raise SchemaError(f"malformed JSON: {exc}", where=label) from None
     schemas.check(manifest, "manifest", label)

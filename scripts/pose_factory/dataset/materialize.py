@@ -28,10 +28,10 @@ from typing import Any, Callable
 
 import orjson
 
-from . import contract, schemas
-from .errors import ConfigError, PoseFactoryError, RepositoryError
-from .paths import MANIFEST_NAME
-from .storage import clone_file
+from pose_factory.core import contract, schemas
+from pose_factory.core.errors import ConfigError, PoseFactoryError, RepositoryError
+from pose_factory.core.layout import MANIFEST_NAME
+from pose_factory.bucket.backends import clone_file
 
 INDEX_VERSION = 1
 DEFAULT_WORKING: dict[str, Any] = {

@@ -4,7 +4,7 @@
 :class:`figure.Camera` and the body primitives around the joints of :func:`figure.make_pose`, so poses
 match the synthetic generator), runs ``blender -b --factory-startup -P scripts/blender/render_job.py``
 (Cycles on the CPU), then turns Blender's raw Z / Normal / Object Index passes into the batch contract
-exactly like :mod:`pose_factory.generate` does for synthetic batches, and writes the manifest.
+exactly like :mod:`pose_factory.producer.generate` does for synthetic batches, and writes the manifest.
 
 Keypoint visibility uses the same depth test as :func:`figure.render`: a joint is 2 (visible) when its
 camera z is within its embedding depth + 2 cm of the Blender Z pass at its pixel, else 1; 0 outside the
@@ -26,13 +26,14 @@ from typing import Any
 
 import numpy as np
 
-from . import contract, figure, schemas
-from .errors import PoseFactoryError, ToolError, UsageError
-from .generate import _rounded, _save_png, _software, batch_id_for, camera_views, seal_batch
-from .progress import Progress
-from .settings import Settings
+from pose_factory.core import contract, schemas
+from pose_factory.producer import figure
+from pose_factory.core.errors import PoseFactoryError, ToolError, UsageError
+from pose_factory.producer.generate import _rounded, _save_png, _software, batch_id_for, camera_views, seal_batch
+from pose_factory.core.progress import Progress
+from pose_factory.core.settings import Settings
 
-RENDER_SCRIPT = Path(__file__).resolve().parents[1] / "blender" / "render_job.py"
+RENDER_SCRIPT = Path(__file__).resolve().parents[2] / "blender" / "render_job.py"
 BACKGROUND_Z = 1e9  # Cycles writes 1e10 where nothing is hit
 DEFAULT_SPP = 8
 _PERSON_INDEX, _FLOOR_INDEX = 1, 2

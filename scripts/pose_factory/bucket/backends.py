@@ -23,8 +23,8 @@ from typing import Callable, Iterator, TypeVar
 
 T = TypeVar("T")
 
-from .errors import CredentialsError, StorageError, UnsafeKeyError
-from .settings import R2Credentials, Settings, resolve_backend
+from pose_factory.core.errors import CredentialsError, StorageError, UnsafeKeyError
+from pose_factory.core.settings import R2Credentials, Settings, resolve_backend
 
 # Single PUTs up to this size; above it, multipart with equal parts (R2 wants all but the last equal).
 MULTIPART_THRESHOLD = 64 * 1024 * 1024

@@ -16,12 +16,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from . import contract, schemas
-from .errors import CredentialsError, PoseFactoryError, StorageError
-from .jobs import job_key
-from .settings import Settings, r2_credentials
-from .storage import ObjectMissingError, Storage, atomic_write_path, join_key
-from .worker import status_key
+from pose_factory.core import contract, schemas
+from pose_factory.core.errors import CredentialsError, PoseFactoryError, StorageError
+from pose_factory.bucket.jobs import job_key
+from pose_factory.core.settings import Settings, r2_credentials
+from pose_factory.bucket.backends import ObjectMissingError, Storage, atomic_write_path, join_key
+from pose_factory.producer.worker import status_key
 
 ENV_API_KEY = "RUNPOD_API_KEY"
 POD_NAME_PREFIX = "pose-factory-"
@@ -227,7 +227,7 @@ def watch(storage: Storage, settings: Settings, job_id: str, *, on_update: Calla
 
 def _complete(storage: Storage, settings: Settings, batch_id: str) -> bool:
     """The batch's marker is there and belongs to the manifest in the bucket (what `pull` requires too)."""
-    from .remote import batch_prefix, read_marker
+    from pose_factory.bucket.batches import batch_prefix, read_marker
 
     prefix = batch_prefix(settings, batch_id)
     marker = read_marker(storage, prefix + "_complete.json")

@@ -1,0 +1,1 @@
+"""Talking to other services: ComfyUI and RunPod."""
