@@ -7,13 +7,9 @@ key that tries to climb out of its folder is refused rather than written.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import posixpath
-import re
 import shutil
-import sys
-import tempfile
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,15 +20,13 @@ from typing import Callable, Iterator, TypeVar
 T = TypeVar("T")
 
 from pose_factory.core.errors import CredentialsError, StorageError, UnsafeKeyError
+from pose_factory.core.fsutil import (PARTIAL_SUFFIX, STREAM_CHUNK, atomic_write_path, check_relative_path,
+                                      file_digests)
 from pose_factory.core.settings import R2Credentials, Settings, resolve_backend
 
 # Single PUTs up to this size; above it, multipart with equal parts (R2 wants all but the last equal).
 MULTIPART_THRESHOLD = 64 * 1024 * 1024
 MULTIPART_CHUNK = 16 * 1024 * 1024
-STREAM_CHUNK = 1024 * 1024
-PARTIAL_SUFFIX = ".partial"
-
-_BAD_KEY_CHARS = re.compile(r"[\\\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
@@ -48,49 +42,9 @@ class ObjectMissingError(StorageError):
     """The object asked for does not exist."""
 
 
-def check_relative_path(path: str, *, where: str) -> str:
-    """Return path if it is a safe relative POSIX path, else raise UnsafeKeyError.
-
-    Refused: empty, absolute, drive letters, backslashes, control characters, '.' or '..' segments,
-    empty segments. These are the ways a key or manifest entry can escape its batch folder.
-    """
-    if not path or path.startswith("/") or _BAD_KEY_CHARS.search(path) or re.match(r"^[A-Za-z]:", path):
-        raise UnsafeKeyError(f"unsafe path {path!r}: must be relative, with '/' separators only", where=where,
-                             hint="the batch was written by a broken or hostile uploader; it is not pulled")
-    segments = path.split("/")
-    if any(seg in ("", ".", "..") for seg in segments):
-        raise UnsafeKeyError(f"unsafe path {path!r}: empty, '.' or '..' segments could escape the batch folder",
-                             where=where, hint="the batch was written by a broken or hostile uploader; it is not pulled")
-    return path
-
-
 def check_key(key: str) -> str:
     """Return key if it is a safe object key (see check_relative_path)."""
     return check_relative_path(key, where=f"object key {key!r}")
-
-
-def file_digests(path: Path) -> tuple[str, str]:
-    """(sha256, md5) of a file, read once."""
-    sha, md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
-    with path.open("rb") as handle:
-        while chunk := handle.read(STREAM_CHUNK):
-            sha.update(chunk)
-            md5.update(chunk)
-    return sha.hexdigest(), md5.hexdigest()
-
-
-@contextmanager
-def atomic_write_path(dest: Path) -> Iterator[Path]:
-    """Yield a temporary path beside dest; on success it replaces dest atomically, on failure it is removed."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=PARTIAL_SUFFIX, dir=dest.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 class Storage(ABC):
@@ -374,28 +328,6 @@ def open_storage(settings: Settings, backend: str | None = None) -> Storage:
     return S3Storage(credentials, settings.bucket, concurrency=settings.concurrency,
                      max_attempts=settings.max_attempts, connect_timeout_s=settings.connect_timeout_s,
                      read_timeout_s=settings.read_timeout_s)
-
-
-def clone_file(source: Path, dest: Path) -> bool:
-    """Copy-on-write clone (APFS clonefile, Linux FICLONE); False where the filesystem has none."""
-    if sys.platform == "darwin":
-        import ctypes
-        import ctypes.util
-
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        return libc.clonefile(os.fsencode(source), os.fsencode(dest), 0) == 0
-    if sys.platform.startswith("linux"):
-        import fcntl
-
-        ficlone = 0x40049409
-        with source.open("rb") as src, dest.open("wb") as dst:
-            try:
-                fcntl.ioctl(dst.fileno(), ficlone, src.fileno())
-                return True
-            except OSError:
-                pass
-        dest.unlink()
-    return False
 
 
 def run_parallel(function: Callable[[T], None], items: list[T], workers: int) -> None:

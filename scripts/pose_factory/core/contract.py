@@ -19,7 +19,7 @@ from pose_factory.core import schemas
 from pose_factory.core.errors import IntegrityError, UnsafeKeyError
 from pose_factory.core.schemas import Problem
 from pose_factory.core.layout import COMPLETE_MARKER_NAME, MANIFEST_NAME
-from pose_factory.bucket.backends import check_relative_path
+from pose_factory.core.fsutil import check_relative_path
 
 T = TypeVar("T")
 

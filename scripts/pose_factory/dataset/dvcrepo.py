@@ -30,7 +30,7 @@ def cache_type(root: Path) -> str:
     read-only. DVC links a file into its cache on `dvc add` only with the first type listed, so the list
     starts with the one that works here (with "reflink,hardlink" on ext4, add copies every file).
     """
-    from pose_factory.bucket.backends import clone_file
+    from pose_factory.core.fsutil import clone_file
 
     probe_dir = root / ".dvc" / "tmp"
     probe_dir.mkdir(parents=True, exist_ok=True)
@@ -184,47 +184,3 @@ def commit(root: Path, paths: list[Path], message: str) -> str:
     git(root, "add", "--", *[str(p.relative_to(root)) for p in paths])
     git(root, "commit", "-q", "-m", message, "--", *[str(p.relative_to(root)) for p in paths])
     return git(root, "rev-parse", "HEAD").strip()
-
-
-# --- params.yaml ----------------------------------------------------------------------------------
-
-def _yaml():
-    from ruamel.yaml import YAML
-
-    yaml = YAML()
-    yaml.indent(mapping=2, sequence=4, offset=2)
-    return yaml
-
-
-def read_params(settings: Settings) -> dict[str, Any]:
-    """params.yaml as a round-trip mapping (comments kept)."""
-    path = settings.params_file
-    if not path.exists():
-        return {}
-    data = _yaml().load(path.read_text())
-    return data if data is not None else {}
-
-
-def write_params(settings: Settings, params: dict[str, Any]) -> None:
-    """Write params.yaml atomically."""
-    from io import StringIO
-
-    from pose_factory.bucket.backends import atomic_write_path
-
-    buffer = StringIO()
-    _yaml().dump(params, buffer)
-    with atomic_write_path(settings.params_file) as tmp:
-        tmp.write_text(buffer.getvalue())
-
-
-def register(settings: Settings, *, add: list[str] = (), remove: list[str] = (), archive: list[str] = (),
-             unarchive: list[str] = ()) -> None:
-    """Update the pipeline's batch list (`batches:`) and the archived list (`archived:`), sorted."""
-    params = read_params(settings)
-    batches = set(params.get("batches") or []) | set(add) | set(unarchive)
-    batches -= set(remove) | set(archive)
-    archived = (set(params.get("archived") or []) | set(archive)) - set(unarchive) - set(add)
-    params["batches"] = sorted(batches)
-    if archived or "archived" in params:
-        params["archived"] = sorted(archived)
-    write_params(settings, params)

@@ -31,7 +31,7 @@ import orjson
 from pose_factory.core import contract, schemas
 from pose_factory.core.errors import ConfigError, PoseFactoryError, RepositoryError
 from pose_factory.core.layout import MANIFEST_NAME
-from pose_factory.bucket.backends import clone_file
+from pose_factory.core.fsutil import clone_file
 
 INDEX_VERSION = 1
 DEFAULT_WORKING: dict[str, Any] = {

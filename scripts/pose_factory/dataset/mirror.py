@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from pose_factory.core import contract
-from pose_factory.dataset import dvcrepo
+from pose_factory.dataset import dvcrepo, params
 from pose_factory.core.errors import BatchNotFoundError, RepositoryError
 from pose_factory.core.layout import MANIFEST_NAME
 from pose_factory.bucket.batches import list_batches
@@ -115,14 +115,14 @@ def _move(settings: Settings, batch_id: str, source_dir: Path, dest_dir: Path, v
 def archive(settings: Settings, batch_id: str) -> list[str]:
     """Move a batch to data/archive/ (still versioned) and out of the pipeline's list."""
     _move(settings, batch_id, settings.mirror_dir, settings.archive_dir, "archive")
-    dvcrepo.register(settings, archive=[batch_id])
+    params.register(settings, archive=[batch_id])
     return _changed_paths(settings)
 
 
 def restore(settings: Settings, batch_id: str) -> list[str]:
     """Move an archived batch back to data/raw/ and into the pipeline's list."""
     _move(settings, batch_id, settings.archive_dir, settings.mirror_dir, "restore")
-    dvcrepo.register(settings, unarchive=[batch_id])
+    params.register(settings, unarchive=[batch_id])
     return _changed_paths(settings)
 
 

@@ -20,7 +20,7 @@ from PIL import Image
 from pose_factory.dataset import dvcrepo
 from pose_factory.core.errors import BatchNotFoundError
 from pose_factory.dataset.diff import RAW, Version, diff
-from pose_factory.bucket.backends import atomic_write_path
+from pose_factory.core.fsutil import atomic_write_path
 
 THUMB_PX = 160
 IMAGE_MODALITIES = ("rgb", "pose", "depth", "normal", "seg")

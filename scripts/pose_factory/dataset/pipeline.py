@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pose_factory.dataset import dvcrepo
+from pose_factory.dataset import dvcrepo, params
 from pose_factory.core.errors import PoseFactoryError, RepositoryError, ToolError, UsageError
 from pose_factory.dataset.materialize import describe
 from pose_factory.core.settings import Settings
@@ -19,17 +19,17 @@ WORKING_SET = Path("data") / "working" / "current_batch"
 def prepare_batch(settings: Settings, batch_id: str) -> dict[str, Any]:
     """Select one registered batch as the working set in params.yaml and run `dvc repro`."""
     dvcrepo.require_repository(settings.root)
-    params = dvcrepo.read_params(settings)
-    if batch_id not in (params.get("batches") or []):
-        archived = batch_id in (params.get("archived") or [])
+    document = params.read_params(settings)
+    if batch_id not in (document.get("batches") or []):
+        archived = batch_id in (document.get("archived") or [])
         raise RepositoryError(f"{batch_id} is not in the pipeline's batches", where=str(settings.params_file),
                               hint=f"`pose-sync restore {batch_id}` first" if archived
                               else f"`pose-sync pull {batch_id}` first")
-    working = params.get("working")
+    working = document.get("working")
     if working is None:
-        params["working"] = working = {}
+        document["working"] = working = {}
     working["batches"] = [batch_id]
-    dvcrepo.write_params(settings, params)
+    params.write_params(settings, document)
     done = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=settings.root, text=True,
                           env={**os.environ, "DVC_NO_ANALYTICS": "1"})
     if done.returncode != 0:

@@ -19,14 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from pose_factory.core import contract
-from pose_factory.dataset import dvcrepo
+from pose_factory.dataset import dvcrepo, params
 from pose_factory.bucket import rclone
 from pose_factory.core.errors import BatchNotFoundError, IntegrityError, PoseFactoryError, UsageError
 from pose_factory.core.layout import COMPLETE_MARKER_NAME, MANIFEST_NAME
 from pose_factory.core.progress import Progress
 from pose_factory.bucket.batches import read_marker, batch_prefix, list_batches
 from pose_factory.core.settings import Settings
-from pose_factory.bucket.backends import S3Storage, Storage, check_key, check_relative_path, run_parallel
+from pose_factory.bucket.backends import S3Storage, Storage, check_key, run_parallel
+from pose_factory.core.fsutil import check_relative_path
 
 PULL_JSON_VERSION = 1
 ENGINES = ("auto", "boto3", "rclone")
@@ -253,7 +254,7 @@ def pull(storage: Storage, settings: Settings, batch_ids: list[str], *, engine: 
             b.dvc_file = b.path + ".dvc"
     if changed:
         _make_read_only_all(settings, changed)
-        dvcrepo.register(settings, add=[b.batch_id for b in changed])
+        params.register(settings, add=[b.batch_id for b in changed])
     paths = [settings.root / b.dvc_file for b in changed]
     if changed:
         paths += [settings.mirror_dir / ".gitignore", settings.params_file]

@@ -29,7 +29,7 @@ from pose_factory.core import contract, schemas
 from pose_factory.core.schemas import Problem
 from pose_factory.core.errors import PoseFactoryError
 from pose_factory.core.layout import MANIFEST_NAME
-from pose_factory.bucket.backends import atomic_write_path
+from pose_factory.core.fsutil import atomic_write_path
 
 REPORT_VERSION = 1
 PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"

@@ -23,7 +23,7 @@ from typing import Any
 from pose_factory.dataset import dvcrepo
 from pose_factory.core.errors import ConfigError, PoseFactoryError, StorageError
 from pose_factory.core.settings import Settings
-from pose_factory.bucket.backends import atomic_write_path
+from pose_factory.core.fsutil import atomic_write_path
 
 RECORD_VERSION = 1
 CHECK_JSON_VERSION = 1

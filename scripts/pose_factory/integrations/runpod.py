@@ -20,7 +20,8 @@ from pose_factory.core import contract, schemas
 from pose_factory.core.errors import CredentialsError, PoseFactoryError, StorageError
 from pose_factory.bucket.jobs import job_key
 from pose_factory.core.settings import Settings, r2_credentials
-from pose_factory.bucket.backends import ObjectMissingError, Storage, atomic_write_path, join_key
+from pose_factory.bucket.backends import ObjectMissingError, Storage, join_key
+from pose_factory.core.fsutil import atomic_write_path
 from pose_factory.producer.worker import status_key
 
 ENV_API_KEY = "RUNPOD_API_KEY"
