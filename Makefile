@@ -8,7 +8,7 @@ VENV_PY := $(VENV)/bin/python
 # Stamp so `make test` / `make demo` reinstall only when the pins or the package metadata change.
 VENV_STAMP := $(VENV)/.installed
 
-.PHONY: help setup demo test s3-local test-tools
+.PHONY: help setup demo test lint s3-local test-tools
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -28,6 +28,9 @@ demo: $(VENV_STAMP) ## The whole loop in a sandbox repository: generate, publish
 
 test: $(VENV_STAMP) test-tools ## Run the whole test suite (starts its own local S3 server)
 	$(VENV_PY) -m pytest
+
+lint: $(VENV_STAMP) ## Check the code with ruff (pyflakes, pycodestyle, import order, bugbear)
+	$(VENV)/bin/ruff check scripts tests benchmarks
 
 test-tools: ## Install Debian's chromium and blender for the browser and render tests (when missing, on Debian as root)
 	@missing=""; \

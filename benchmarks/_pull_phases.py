@@ -60,9 +60,9 @@ def _timed(name: str, func):
 def _install() -> None:
     from dvc.repo import Repo
 
+    from pose_factory.bucket import rclone
     from pose_factory.core import contract
     from pose_factory.dataset import dvcrepo, pull
-    from pose_factory.bucket import rclone
 
     pull._remote_manifest = _timed("remote_manifest", pull._remote_manifest)
     pull._verify_staged = _timed("verify_staged", pull._verify_staged)

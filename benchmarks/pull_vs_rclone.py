@@ -27,7 +27,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -444,7 +444,7 @@ def bench(args: argparse.Namespace, bed: Bed) -> int:
     lines = [f"\n== pull of one batch: {files} files, {mb(size):.1f} MB; {args.repeat} run(s) each, fresh destination "
              f"each time =="]
     body = []
-    for key, row in rows.items():
+    for row in rows.values():
         body.append([row.label, f"{row.median:.2f}", f"{row.best:.2f}", f"{row.median / rclone_median:.2f}x",
                      f"{files / row.median:.0f}", f"{mb(size) / row.median:.1f}",
                      f"{mb(max(r.maxrss for r in row.runs)):.0f}"])
@@ -469,7 +469,8 @@ def bench(args: argparse.Namespace, bed: Bed) -> int:
         f"{e}: {s:.2f} s ({s / rclone_median:.2f}x rclone sync)" for e, s in dl_verify.items()))
 
     if memory:
-        lines.append(f"\n== memory: pull of {mem_files} files ({mb(mem_size):.1f} MB), target < {MEMORY_TARGET_MB} MB ==")
+        lines.append(f"\n== memory: pull of {mem_files} files ({mb(mem_size):.1f} MB), "
+                     f"target < {MEMORY_TARGET_MB} MB ==")
         body = [[f"pose-sync pull --engine {e}", f"{m['seconds']:.1f}", f"{mem_files / m['seconds']:.0f}",
                  f"{m['maxrss_mb']:.0f}", f"{m['tree_peak_mb']:.0f}",
                  "met" if m["maxrss_mb"] < MEMORY_TARGET_MB else "MISSED"] for e, m in memory.items()]
@@ -491,9 +492,10 @@ def bench(args: argparse.Namespace, bed: Bed) -> int:
                              for e, m in memory.items())
         lines.append(f"{args.memory_files:,}-file pull under {MEMORY_TARGET_MB} MB peak: {verdicts}")
     else:
-        lines.append(f"{args.memory_files:,}-file pull under {MEMORY_TARGET_MB} MB peak: not measured (--memory-files 0)")
+        lines.append(f"{args.memory_files:,}-file pull under {MEMORY_TARGET_MB} MB peak: "
+                     "not measured (--memory-files 0)")
     lines.append(f"\nmachine: {platform.node()}, {os.cpu_count()} cores, {platform.platform()}, Python "
-                 f"{platform.python_version()}; {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
+                 f"{platform.python_version()}; {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
     print("\n".join(lines), flush=True)
     if profile_text:
         print(f"\n== cProfile of one boto3 pull (top {args.profile} by cumtime) ==\n{profile_text}", flush=True)
@@ -508,7 +510,7 @@ def bench(args: argparse.Namespace, bed: Bed) -> int:
             "dvc_push_seconds": push_s,
             "phases": phases,
             "memory": {"files": mem_files, "bytes": mem_size, "engines": memory},
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
             "cores": os.cpu_count(),
         }, indent=2))
     return 0

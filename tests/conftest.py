@@ -25,7 +25,8 @@ TEST_ACCESS_KEY = "test-access-key-0001"
 TEST_SECRET_KEY = "test-secret-key-do-not-leak-0123456789"
 ENV_NAMES = ("CLOUDFLARE_R2_ACCESS_KEY_ID", "CLOUDFLARE_R2_SECRET_ACCESS_KEY", "CLOUDFLARE_R2_ACCOUNT_ID",
              "POSE_FACTORY_R2_BUCKET", "POSE_FACTORY_R2_ENDPOINT", "POSE_FACTORY_CONFIG", "POSE_FACTORY_BACKEND",
-             "POSE_FACTORY_ROOT", "POSE_FACTORY_DVC_LOCAL_REMOTE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE")
+             "POSE_FACTORY_ROOT", "POSE_FACTORY_DVC_LOCAL_REMOTE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+             "AWS_PROFILE")
 
 
 @pytest.fixture(scope="session")
@@ -153,8 +154,8 @@ def run_script(args: list[str], *, cwd: Path, env: dict[str, str] | None = None,
 @pytest.fixture(scope="session")
 def template_batch(tmp_path_factory) -> Path:
     """One small generated batch (4 samples, 64x64), made once; tests copy it."""
-    from pose_factory.producer.generate import default_job, generate_batch
     from pose_factory.core.settings import load_settings
+    from pose_factory.producer.generate import default_job, generate_batch
 
     out = tmp_path_factory.mktemp("template")
     settings = load_settings(root=out)
@@ -237,8 +238,8 @@ def pipeline_repo(project, cli, monkeypatch) -> Project:
 def publish_generated(tmp_path: Path, cli, batch_id: str, *, samples: int = 3, seed: int = 1,
                       project: str = "run-cycle") -> Path:
     """Generate a small batch like a pod and publish it to the current backend; return its folder."""
-    from pose_factory.producer.generate import default_job, generate_batch
     from pose_factory.core.settings import load_settings
+    from pose_factory.producer.generate import default_job, generate_batch
 
     job = default_job(project, samples, (48, 48), seed=seed)
     made = generate_batch(job, tmp_path / f"pod-{seed}", load_settings(root=tmp_path), batch_id=batch_id,

@@ -182,7 +182,7 @@ class FakeComfyUI:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self) -> "FakeComfyUI":
+    def start(self) -> FakeComfyUI:
         self._tmp = Path(tempfile.mkdtemp(prefix="fake-comfyui-"))
         self.input_dir = self._tmp / "input"
         self.output_dir = self._tmp / "output"
@@ -217,7 +217,7 @@ class FakeComfyUI:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
 
-    def __enter__(self) -> "FakeComfyUI":
+    def __enter__(self) -> FakeComfyUI:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -49,9 +49,9 @@ import signal
 import string
 import subprocess
 import threading
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
 from urllib.parse import parse_qs, unquote, urlsplit
 
 API_PREFIX = "/v1"  # servers: [{url: https://rest.runpod.io/v1}]
@@ -142,14 +142,14 @@ class _BadRequest(Exception):
 
 def _now_iso() -> str:
     """Timestamps as the spec's examples write them: 2024-07-12T19:14:40.144Z."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
 
 
 def _status_change(verb: str) -> str:
     # Pod.lastStatusChange example: "Rented by User: Fri Jul 12 2024 15:14:40 GMT-0400 (Eastern Daylight Time)".
     # NOT IN SPEC: the wording for stop ("Stopped by User") and start ("Resumed by User") is a guess.
-    return f"{verb} by User: " + datetime.now(timezone.utc).strftime("%a %b %d %Y %H:%M:%S GMT+0000 (UTC)")
+    return f"{verb} by User: " + datetime.now(UTC).strftime("%a %b %d %Y %H:%M:%S GMT+0000 (UTC)")
 
 
 def _random_id(length: int) -> str:
@@ -252,7 +252,7 @@ class FakeRunPod:
             raise RuntimeError("FakeRunPod is not started")
         return f"http://127.0.0.1:{self.port}{API_PREFIX}"
 
-    def start(self) -> "FakeRunPod":
+    def start(self) -> FakeRunPod:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
@@ -275,7 +275,7 @@ class FakeRunPod:
         for proc in procs:
             self._terminate(proc)
 
-    def __enter__(self) -> "FakeRunPod":
+    def __enter__(self) -> FakeRunPod:
         return self.start()
 
     def __exit__(self, *exc) -> None:

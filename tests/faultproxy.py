@@ -96,7 +96,7 @@ class FaultProxy:
 
     # -- lifecycle ------------------------------------------------------------------------------
 
-    def start(self) -> "FaultProxy":
+    def start(self) -> FaultProxy:
         """Listen on a free 127.0.0.1 port and serve in a background thread."""
         if self._server is not None:
             return self
@@ -131,7 +131,7 @@ class FaultProxy:
         if self._thread is not None:
             self._thread.join(timeout=5)
 
-    def __enter__(self) -> "FaultProxy":
+    def __enter__(self) -> FaultProxy:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

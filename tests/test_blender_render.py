@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pose_factory.producer import blender_render, figure
 from pose_factory.core.errors import ToolError
-from pose_factory.producer.generate import default_job
 from pose_factory.core.settings import load_settings
 from pose_factory.dataset.validate import validate_batch
+from pose_factory.producer import blender_render, figure
+from pose_factory.producer.generate import default_job
 
 needs_blender = pytest.mark.skipif(
     shutil.which("blender") is None,

@@ -89,8 +89,8 @@ def test_queue_runs_every_sample_records_outputs_and_resumes(working_set, cli, c
     assert len(record["workflow_hash"]) == 64
     saved = out / record["outputs"][0]["file"]
     working_pose = working_set.root / "data" / "working" / "current_batch" / "pose" / "000000.png"
-    from PIL import Image
     import numpy as np
+    from PIL import Image
 
     assert np.array_equal(np.asarray(Image.open(saved)), np.asarray(Image.open(working_pose)))
     again = json.loads(cli("comfyui", "queue", "--server", comfy.url, "--json").out)

@@ -31,7 +31,8 @@ def test_every_command_is_in_the_reference_and_every_documented_option_exists():
         options = {opt for action in sub._actions for opt in action.option_strings}
         for nested in sub._actions:  # a command group such as `comfyui link`
             if isinstance(nested.choices, dict):
-                options |= {opt for child in nested.choices.values() for a in child._actions for opt in a.option_strings}
+                options |= {opt for child in nested.choices.values() for a in child._actions
+                            for opt in a.option_strings}
         row = next(line for line in reference.splitlines() if line.startswith(f"| `pose-sync {name}"))
         for documented in re.findall(r"(--[a-z][a-z-]*)", row):
             assert documented in options, f"README documents {documented} for {name}, which does not exist"

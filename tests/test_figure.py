@@ -293,7 +293,7 @@ def test_draw_openpose_colours():
     assert img.shape == (280, 200, 3) and img.dtype == np.uint8
     assert np.all(img[0, 0] == 0)
     colours = {tuple(c) for c in img.reshape(-1, 3)}
-    for i, (a, b) in enumerate(OPENPOSE_LIMBS):
+    for i in range(len(OPENPOSE_LIMBS)):
         assert tuple(int(c * 0.6) for c in OPENPOSE_COLORS[i]) in colours, i
     for i, (x, y, _) in enumerate(kp):
         assert tuple(img[int(y), int(x)]) == OPENPOSE_COLORS[i]

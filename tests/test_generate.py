@@ -9,8 +9,8 @@ from PIL import Image
 
 from conftest import run_script
 from pose_factory.core import contract, schemas
-from pose_factory.producer.generate import default_job, generate_batch
 from pose_factory.core.settings import load_settings
+from pose_factory.producer.generate import default_job, generate_batch
 
 
 def test_generated_batch_passes_every_schema_and_its_manifest(template_batch):
@@ -30,7 +30,7 @@ def test_generated_batch_passes_every_schema_and_its_manifest(template_batch):
         assert any(x > 1 or y > 1 for x, y, c in triples)
         for x, y, c in triples:
             assert c in (0, 1.0) and (c == 1.0 or (x, y) == (0, 0)) and 0 <= x < 64 and 0 <= y < 64
-        for modality, rel in sample["files"].items():
+        for _modality, rel in sample["files"].items():
             if rel.endswith(".png"):
                 with Image.open(template_batch / rel) as image:
                     assert image.size == (64, 64) and image.mode == "RGB", rel
@@ -120,7 +120,7 @@ def test_job_file_is_validated_with_file_and_path(tmp_path, project, cli):
 def test_every_schema_is_a_valid_draft_2020_12_schema():
     from jsonschema import Draft202012Validator
 
-    for name, file_name in schemas.SCHEMA_FILES.items():
+    for _name, file_name in schemas.SCHEMA_FILES.items():
         document = json.loads((schemas.SCHEMA_DIR / file_name).read_text())
         Draft202012Validator.check_schema(document)
         assert document["$schema"].endswith("2020-12/schema"), file_name

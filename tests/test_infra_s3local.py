@@ -180,7 +180,8 @@ def test_two_servers_side_by_side(tmp_path, creds):
 def test_cli_prints_exports_and_stops_on_sigterm(tmp_path, creds):
     env = {**os.environ, "AWS_ACCESS_KEY_ID": creds[0], "AWS_SECRET_ACCESS_KEY": creds[1]}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pose_factory.devtools.s3local", "--dir", str(tmp_path / "cli"), "--bucket", "cli-bucket"],
+        [sys.executable, "-m", "pose_factory.devtools.s3local", "--dir", str(tmp_path / "cli"),
+         "--bucket", "cli-bucket"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -241,7 +242,8 @@ def test_proxy_503_is_retried(server, creds, proxy):
     c.put_object(Bucket=BUCKET, Key="retry/503", Body=b"payload")
     assert proxy.faults_injected == 1
     assert proxy.outcomes("PUT") == ["injected 503", "forwarded 200"]
-    assert s3_client(server.endpoint_url, *creds).get_object(Bucket=BUCKET, Key="retry/503")["Body"].read() == b"payload"
+    stored = s3_client(server.endpoint_url, *creds).get_object(Bucket=BUCKET, Key="retry/503")["Body"].read()
+    assert stored == b"payload"
 
 
 def test_proxy_dropped_get_is_retried(server, client, creds, proxy):

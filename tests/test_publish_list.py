@@ -12,12 +12,12 @@ import pytest
 
 from conftest import TEST_SECRET_KEY, run_script, s3_env
 from faultproxy import FaultProxy
-from pose_factory.core import contract
-from pose_factory.producer.generate import default_job, generate_batch
-from pose_factory.bucket.batches import publish_batch
-from pose_factory.devtools.s3local import free_port
-from pose_factory.core.settings import load_settings
 from pose_factory.bucket.backends import LocalFolderStorage, open_storage
+from pose_factory.bucket.batches import publish_batch
+from pose_factory.core import contract
+from pose_factory.core.settings import load_settings
+from pose_factory.devtools.s3local import free_port
+from pose_factory.producer.generate import default_job, generate_batch
 
 BATCH_ID = "2026-11-20_run-cycle"
 

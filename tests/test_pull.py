@@ -12,8 +12,8 @@ import pytest
 
 from conftest import TEST_SECRET_KEY, git, publish_generated
 from faultproxy import FaultProxy
-from pose_factory.core.settings import load_settings
 from pose_factory.bucket.backends import LocalFolderStorage, S3Storage, open_storage
+from pose_factory.core.settings import load_settings
 
 BATCH = "2026-11-20_run-cycle"
 
@@ -92,7 +92,8 @@ def test_half_uploaded_batch_is_refused_unless_allowed(repo, cli, tmp_path):
     storage = open_storage(load_settings())
     storage.delete(f"batches/{BATCH}/_complete.json")
     result = cli("pull", BATCH)
-    assert result.code == 7 and "still uploading (no _complete.json)" in result.err and "--allow-incomplete" in result.err
+    assert result.code == 7
+    assert "still uploading (no _complete.json)" in result.err and "--allow-incomplete" in result.err
     assert_nothing_pulled(repo)
     assert cli("pull", BATCH, "--allow-incomplete").code == 0
     assert (mirror(repo) / BATCH / "manifest.json").is_file()
@@ -164,8 +165,8 @@ def test_keys_that_would_escape_the_batch_folder_are_refused(repo, cli, tmp_path
 @pytest.mark.parametrize("key", ["../evil", "a/../../evil", "/etc/passwd", "a//b", "a/./b", "a\\b", "C:evil",
                                  "a/\x00b", ""])
 def test_every_escaping_key_shape_is_refused(key):
-    from pose_factory.core.errors import UnsafeKeyError
     from pose_factory.bucket.backends import check_key
+    from pose_factory.core.errors import UnsafeKeyError
 
     with pytest.raises(UnsafeKeyError):
         check_key(key)

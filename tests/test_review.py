@@ -27,7 +27,8 @@ def commit(repo, message: str) -> str:
 
 def reseal(batch: Path) -> None:
     manifest = json.loads((batch / "manifest.json").read_text())
-    paths = sorted(p.relative_to(batch).as_posix() for p in batch.rglob("*") if p.is_file() and p.name != "manifest.json")
+    paths = sorted(p.relative_to(batch).as_posix() for p in batch.rglob("*")
+                   if p.is_file() and p.name != "manifest.json")
     manifest["files"] = contract.file_entries(batch, paths)
     manifest["totals"]["bytes"] = sum(f["size"] for f in manifest["files"])
     (batch / "manifest.json").write_bytes(contract.dumps(manifest))

@@ -104,8 +104,8 @@ def test_silent_worker_and_timeout_and_ctrl_c_all_shut_the_pod_down(cloud, cli, 
     timed_out = cli("job", "watch", "job-run-cycle-4", "--timeout", "1")
     assert timed_out.code == 13 and "past its timeout" in timed_out.out and pods_up(runpod) == []
 
-    from pose_factory.core.settings import load_settings
     from pose_factory.bucket.backends import open_storage
+    from pose_factory.core.settings import load_settings
     from pose_factory.producer.worker import status_key
 
     storage = open_storage(load_settings(), "r2")

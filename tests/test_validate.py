@@ -25,7 +25,8 @@ def save_manifest(batch: Path, manifest: dict) -> None:
 def reseal(batch: Path) -> None:
     """Re-hash every file into the manifest, as a buggy pod would, so only the deeper checks can object."""
     manifest = manifest_of(batch)
-    paths = sorted(p.relative_to(batch).as_posix() for p in batch.rglob("*") if p.is_file() and p.name != "manifest.json")
+    paths = sorted(p.relative_to(batch).as_posix() for p in batch.rglob("*")
+                   if p.is_file() and p.name != "manifest.json")
     manifest["files"] = contract.file_entries(batch, paths)
     manifest["totals"]["files"] = len(manifest["files"])
     manifest["totals"]["bytes"] = sum(f["size"] for f in manifest["files"])

@@ -108,9 +108,10 @@ def test_envhook_reads_credentials_from_the_project_dotenv(tmp_path):
 
 
 def test_the_virtualenv_has_the_hook_installed():
-    import sys
     import subprocess
+    import sys
 
-    result = subprocess.run([sys.executable, "-c", "import os; print(os.environ.get('AWS_REQUEST_CHECKSUM_CALCULATION'))"],
+    probe = "import os; print(os.environ.get('AWS_REQUEST_CHECKSUM_CALCULATION'))"
+    result = subprocess.run([sys.executable, "-c", probe],
                             capture_output=True, text=True, cwd="/", env={"PATH": "/usr/bin:/bin"})
     assert result.stdout.strip() == "when_required", "run `make setup`: it installs the start-up hook"

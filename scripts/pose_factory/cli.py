@@ -7,15 +7,25 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pose_factory import __version__
 from pose_factory.core.errors import PoseFactoryError, UsageError
 from pose_factory.core.progress import Progress, human_bytes
-from pose_factory.core.settings import (ENV_ACCESS_KEY, ENV_ACCOUNT_ID, ENV_BUCKET, ENV_ENDPOINT, ENV_SECRET_KEY, Settings,
-                       load_settings, redact, resolve_backend)
+from pose_factory.core.settings import (
+    ENV_ACCESS_KEY,
+    ENV_ACCOUNT_ID,
+    ENV_BUCKET,
+    ENV_ENDPOINT,
+    ENV_SECRET_KEY,
+    Settings,
+    load_settings,
+    redact,
+    resolve_backend,
+)
 
 CONFIG_JSON_VERSION = 1
 
@@ -53,8 +63,8 @@ def cmd_generate(args: argparse.Namespace, settings: Settings, progress: Progres
 
 
 def cmd_publish(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
-    from pose_factory.bucket.batches import publish_batch
     from pose_factory.bucket.backends import open_storage
+    from pose_factory.bucket.batches import publish_batch
 
     storage = open_storage(settings, args.backend)
     result = publish_batch(storage, settings, Path(args.batch_dir), progress=progress)
@@ -70,8 +80,8 @@ def cmd_publish(args: argparse.Namespace, settings: Settings, progress: Progress
 
 
 def cmd_list(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
-    from pose_factory.bucket.batches import list_batches, list_json
     from pose_factory.bucket.backends import open_storage
+    from pose_factory.bucket.batches import list_batches, list_json
 
     storage = open_storage(settings, args.backend)
     since = _parse_day(args.since, "--since") if args.since else None
@@ -224,8 +234,8 @@ def cmd_comfyui_queue(args: argparse.Namespace, settings: Settings, progress: Pr
 
 
 def cmd_job_submit(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
-    from pose_factory.integrations import runpod
     from pose_factory.bucket.backends import open_storage
+    from pose_factory.integrations import runpod
 
     record = runpod.submit(open_storage(settings, "r2"), settings, Path(args.job_file))
     _out(f"job {record['job_id']} submitted: pod {record['pod_id']} ({record['gpu_type']}, "
@@ -234,8 +244,8 @@ def cmd_job_submit(args: argparse.Namespace, settings: Settings, progress: Progr
 
 
 def cmd_job_watch(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
-    from pose_factory.integrations import runpod
     from pose_factory.bucket.backends import open_storage
+    from pose_factory.integrations import runpod
 
     storage = open_storage(settings, "r2")
 
@@ -248,8 +258,9 @@ def cmd_job_watch(args: argparse.Namespace, settings: Settings, progress: Progre
     outcome = runpod.watch(storage, settings, args.job_id, on_update=show, timeout_s=args.timeout,
                            poll_s=args.poll)
     record = outcome.record
+    batch = f"; batch {record['batch_id']}" if outcome.ok else ""
     _out(f"job {args.job_id}: {outcome.reason}; pod {record['pod_id']} {record.get('pod_shutdown', 'shut down')}; "
-         f"{record['watched_s']} s, ~${record['cost_usd']:.2f}" + (f"; batch {record['batch_id']}" if outcome.ok else ""))
+         f"{record['watched_s']} s, ~${record['cost_usd']:.2f}{batch}")
     if not outcome.ok:
         return 13
     if args.pull:
@@ -271,7 +282,8 @@ def cmd_job_status(args: argparse.Namespace, settings: Settings, progress: Progr
     if not records:
         _out("no jobs submitted from this project")
     for r in records:
-        _out(f"{r['job_id']}  pod {r['pod_id']}  {r['state']}" + (f"  batch {r['batch_id']}" if r.get("batch_id") else "")
+        _out(f"{r['job_id']}  pod {r['pod_id']}  {r['state']}"
+             + (f"  batch {r['batch_id']}" if r.get("batch_id") else "")
              + (f"  ({r['reason']})" if r.get("reason") else ""))
     return 0
 
@@ -337,8 +349,8 @@ def cmd_config(args: argparse.Namespace, settings: Settings, progress: Progress)
 
 
 def _pull_common(args: argparse.Namespace, settings: Settings, progress: Progress, latest: bool) -> int:
-    from pose_factory.dataset.pull import choose_batches, pull
     from pose_factory.bucket.backends import open_storage
+    from pose_factory.dataset.pull import choose_batches, pull
 
     storage = open_storage(settings, args.backend)
     since = _parse_day(args.since, "--since") if args.since else None
@@ -400,9 +412,9 @@ def cmd_init(args: argparse.Namespace, settings: Settings, progress: Progress) -
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
+    from pose_factory.bucket.backends import open_storage
     from pose_factory.dataset import dvcrepo
     from pose_factory.dataset.mirror import status, status_json
-    from pose_factory.bucket.backends import open_storage
 
     dvcrepo.require_repository(settings.root)
     states = status(open_storage(settings, args.backend), settings)
@@ -446,8 +458,8 @@ def cmd_restore(args: argparse.Namespace, settings: Settings, progress: Progress
 
 
 def cmd_push_job(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
-    from pose_factory.bucket.jobs import push_job
     from pose_factory.bucket.backends import open_storage
+    from pose_factory.bucket.jobs import push_job
 
     storage = open_storage(settings, args.backend)
     job_id, key = push_job(storage, settings, Path(args.job_file))
@@ -456,8 +468,8 @@ def cmd_push_job(args: argparse.Namespace, settings: Settings, progress: Progres
 
 
 def cmd_list_jobs(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
-    from pose_factory.bucket.jobs import jobs_json, list_jobs
     from pose_factory.bucket.backends import open_storage
+    from pose_factory.bucket.jobs import jobs_json, list_jobs
 
     storage = open_storage(settings, args.backend)
     jobs = list_jobs(storage, settings)
@@ -586,7 +598,8 @@ def build_parser() -> argparse.ArgumentParser:
     job_add = group("job", "RunPod render jobs: submit, watch, status, list, cancel")
     p = job_add("submit", cmd_job_submit, "Validate a job, upload it and start a RunPod pod that renders it")
     p.add_argument("job_file", metavar="JOB_FILE")
-    p = job_add("watch", cmd_job_watch, "Follow a job until its batch is complete in the bucket; then shut the pod down")
+    p = job_add("watch", cmd_job_watch,
+                "Follow a job until its batch is complete in the bucket; then shut the pod down")
     p.add_argument("job_id", metavar="JOB_ID")
     p.add_argument("--pull", action="store_true", help="pull the batch when the job is done")
     p.add_argument("--commit", action="store_true", help="with --pull: git commit the new version")

@@ -11,18 +11,18 @@ import os
 import posixpath
 import shutil
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from typing import Callable, Iterator, TypeVar
-
-T = TypeVar("T")
+from typing import TypeVar
 
 from pose_factory.core.errors import CredentialsError, StorageError, UnsafeKeyError
-from pose_factory.core.fsutil import (PARTIAL_SUFFIX, STREAM_CHUNK, atomic_write_path, check_relative_path,
-                                      file_digests)
+from pose_factory.core.fsutil import PARTIAL_SUFFIX, STREAM_CHUNK, atomic_write_path, check_relative_path, file_digests
 from pose_factory.core.settings import R2Credentials, Settings, resolve_backend
+
+T = TypeVar("T")
 
 # Single PUTs up to this size; above it, multipart with equal parts (R2 wants all but the last equal).
 MULTIPART_THRESHOLD = 64 * 1024 * 1024
@@ -90,7 +90,7 @@ class Storage(ABC):
     def delete(self, key: str) -> None:
         """Delete one object; missing is fine."""
 
-    def ensure_bucket(self) -> None:
+    def ensure_bucket(self) -> None:  # noqa: B027 (optional hook: most backends need nothing)
         """Make sure the bucket can be used: the local folder is created, an R2 bucket must exist."""
 
 

@@ -14,12 +14,12 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from pose_factory.bucket.backends import ObjectInfo, ObjectMissingError, S3Storage, Storage, join_key, run_parallel
 from pose_factory.core import contract, schemas
 from pose_factory.core.errors import BatchNotFoundError, IntegrityError, SchemaError
 from pose_factory.core.layout import COMPLETE_MARKER_NAME, MANIFEST_NAME
 from pose_factory.core.progress import Progress
 from pose_factory.core.settings import Settings
-from pose_factory.bucket.backends import ObjectInfo, ObjectMissingError, S3Storage, Storage, join_key, run_parallel
 
 LIST_JSON_VERSION = 1
 PUBLISH_JSON_VERSION = 1

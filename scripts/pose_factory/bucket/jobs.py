@@ -7,9 +7,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from pose_factory.bucket.backends import Storage, join_key
 from pose_factory.core import contract, schemas
 from pose_factory.core.settings import Settings
-from pose_factory.bucket.backends import Storage, join_key
 
 JOBS_JSON_VERSION = 1
 

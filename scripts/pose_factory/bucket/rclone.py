@@ -16,9 +16,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from pose_factory.bucket.backends import LocalFolderStorage, Storage
 from pose_factory.core.errors import StorageError, ToolError
 from pose_factory.core.settings import R2Credentials, Settings, redact, resolve_backend
-from pose_factory.bucket.backends import LocalFolderStorage, Storage
 
 R2_HOST = re.compile(r"^https://[0-9a-f]+\.r2\.cloudflarestorage\.com/?$")
 TRANSFERS = 16

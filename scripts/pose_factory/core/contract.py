@@ -10,16 +10,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from pose_factory.core import schemas
 from pose_factory.core.errors import IntegrityError, UnsafeKeyError
-from pose_factory.core.schemas import Problem
-from pose_factory.core.layout import COMPLETE_MARKER_NAME, MANIFEST_NAME
 from pose_factory.core.fsutil import check_relative_path
+from pose_factory.core.layout import COMPLETE_MARKER_NAME, MANIFEST_NAME
+from pose_factory.core.schemas import Problem
 
 T = TypeVar("T")
 
@@ -62,13 +63,13 @@ def modalities_block(modalities: list[str]) -> dict[str, Any]:
 def utc_now() -> str:
     """Now in RFC 3339 UTC; SOURCE_DATE_EPOCH pins it for reproducible output."""
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
-    moment = datetime.fromtimestamp(int(epoch), timezone.utc) if epoch else datetime.now(timezone.utc)
+    moment = datetime.fromtimestamp(int(epoch), UTC) if epoch else datetime.now(UTC)
     return moment.replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 def utc_now_precise() -> str:
     """Now in RFC 3339 UTC with milliseconds (heartbeats; not pinned by SOURCE_DATE_EPOCH)."""
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def utc_today() -> date:

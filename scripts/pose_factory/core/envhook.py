@@ -25,7 +25,8 @@ CREDENTIAL_MAP = {
 }
 DISABLE_VARIABLE = "POSE_FACTORY_ENVHOOK"  # set to "off" to see what happens without the hook
 PTH_NAME = "pose_factory_r2_env.pth"
-PTH_LINE = ("import os; exec(\"try:\\n import pose_factory.core.envhook as _pf\\n _pf.apply()\\nexcept Exception:\\n pass\")"
+PTH_LINE = ("import os; exec(\"try:\\n import pose_factory.core.envhook as _pf\\n _pf.apply()\\n"
+            "except Exception:\\n pass\")"
             " if os.environ.get('POSE_FACTORY_ENVHOOK') != 'off' else None\n")
 
 

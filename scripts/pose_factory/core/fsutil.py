@@ -7,9 +7,9 @@ import os
 import re
 import sys
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from pose_factory.core.errors import UnsafeKeyError
 
@@ -32,7 +32,8 @@ def check_relative_path(path: str, *, where: str) -> str:
     segments = path.split("/")
     if any(seg in ("", ".", "..") for seg in segments):
         raise UnsafeKeyError(f"unsafe path {path!r}: empty, '.' or '..' segments could escape the batch folder",
-                             where=where, hint="the batch was written by a broken or hostile uploader; it is not pulled")
+                             where=where,
+                             hint="the batch was written by a broken or hostile uploader; it is not pulled")
     return path
 
 

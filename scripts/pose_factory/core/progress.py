@@ -8,8 +8,8 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 
 class Progress:
@@ -21,14 +21,20 @@ class Progress:
         self._lock = threading.Lock()
 
     @contextmanager
-    def task(self, description: str, total: float, unit: str = "files") -> Iterator["Task"]:
+    def task(self, description: str, total: float, unit: str = "files") -> Iterator[Task]:
         if not self.enabled:
             yield Task(None, description, total, unit, self._lock)
             return
         if self.stream.isatty():
             from rich.console import Console
-            from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, TextColumn,
-                                       TimeElapsedColumn, TimeRemainingColumn)
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                MofNCompleteColumn,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
             from rich.progress import Progress as RichProgress
 
             count = DownloadColumn() if unit == "bytes" else MofNCompleteColumn()

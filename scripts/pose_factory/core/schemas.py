@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import difflib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 from pose_factory.core.errors import SchemaError
 from pose_factory.core.layout import SCHEMA_DIR
@@ -53,7 +54,7 @@ class Problem:
 
 
 @lru_cache(maxsize=1)
-def _registry() -> "Registry":
+def _registry() -> Registry:
     # jsonschema is imported only to explain a failure: valid documents never need it (see fast_validator).
     from referencing import Registry, Resource
 
@@ -65,8 +66,8 @@ def _registry() -> "Registry":
     return Registry().with_resources(resources)
 
 
-@lru_cache(maxsize=None)
-def validator(name: str) -> "Draft202012Validator":
+@cache
+def validator(name: str) -> Draft202012Validator:
     """The compiled validator for one schema (compiled once per process)."""
     from jsonschema import Draft202012Validator, FormatChecker
 
@@ -74,7 +75,7 @@ def validator(name: str) -> "Draft202012Validator":
     return Draft202012Validator(contents, registry=_registry(), format_checker=FormatChecker())
 
 
-@lru_cache(maxsize=None)
+@cache
 def fast_validator(name: str):
     """A Rust (jsonschema-rs) validator for the same schema: ~500x faster, used to accept valid documents.
 
@@ -106,7 +107,7 @@ _TYPE_WORDS = {"object": "an object", "array": "a list", "string": "a string", "
                "number": "a number", "boolean": "true or false", "null": "null"}
 
 
-def _describe(error: "ValidationError") -> tuple[str, str, str]:
+def _describe(error: ValidationError) -> tuple[str, str, str]:
     """(path, expected, found) for one jsonschema error, in words."""
     path = json_path(error.absolute_path)
     kind, rule, found = error.validator, error.validator_value, error.instance
@@ -174,7 +175,8 @@ def check(document: Any, schema_name: str, file_label: str, *, hint: str | None 
         message = f"{first.field}: expected {first.expected}, found {first.found}"
     else:
         message = f"{len(found)} schema violations:\n" + summarise(found)
-    raise SchemaError(message, where=file_label, hint=hint or f"fix the document to match schemas/{SCHEMA_FILES[schema_name]}")
+    raise SchemaError(message, where=file_label,
+                      hint=hint or f"fix the document to match schemas/{SCHEMA_FILES[schema_name]}")
 
 
 def load_json(path: Path, label: str | None = None) -> Any:

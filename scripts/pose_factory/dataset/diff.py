@@ -15,9 +15,9 @@ from typing import Any
 
 import orjson
 
-from pose_factory.dataset import dvcrepo
 from pose_factory.core.errors import PoseFactoryError, RepositoryError, UsageError
 from pose_factory.core.layout import MANIFEST_NAME
+from pose_factory.dataset import dvcrepo
 
 DIFF_JSON_VERSION = 1
 RAW = "data/raw/pose-factory"
@@ -69,9 +69,7 @@ class Version:
                                   hint="run `dvc fetch --all-commits` (or `dvc pull` on that revision)") from None
 
     def params(self) -> dict[str, Any]:
-        from ruamel.yaml import YAML
-
-        from ruamel.yaml import YAMLError
+        from ruamel.yaml import YAML, YAMLError
 
         data = self.read_bytes("params.yaml")
         try:

@@ -11,10 +11,11 @@ import logging
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from pose_factory.core.errors import RepositoryError, ToolError
 from pose_factory.core.settings import R2Credentials, Settings, redact

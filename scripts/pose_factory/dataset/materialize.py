@@ -22,16 +22,17 @@ import shutil
 import stat
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 
 from pose_factory.core import contract, schemas
 from pose_factory.core.errors import ConfigError, PoseFactoryError, RepositoryError
-from pose_factory.core.layout import MANIFEST_NAME
 from pose_factory.core.fsutil import clone_file
+from pose_factory.core.layout import MANIFEST_NAME
 
 INDEX_VERSION = 1
 DEFAULT_WORKING: dict[str, Any] = {
@@ -244,7 +245,7 @@ def materialize(params_file: Path, raw_dir: Path, reports_dir: Path, out_dir: Pa
             # Plain strings and os calls: with thousands of files, pathlib's overhead would dominate.
             raw_base, build_base = str(raw_dir), str(build)
             protect = working["link_mode"] in ("hardlink", "symlink")
-            for index, (item, manifest) in enumerate(selected):
+            for index, (item, _manifest) in enumerate(selected):
                 name = f"{naming['prefix']}{index:0{naming['digits']}d}"
                 files, sources = {}, {}
                 for modality in modalities:

@@ -10,13 +10,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from pose_factory.bucket.backends import Storage
+from pose_factory.bucket.batches import list_batches
 from pose_factory.core import contract
-from pose_factory.dataset import dvcrepo, params
 from pose_factory.core.errors import BatchNotFoundError, RepositoryError
 from pose_factory.core.layout import MANIFEST_NAME
-from pose_factory.bucket.batches import list_batches
 from pose_factory.core.settings import Settings
-from pose_factory.bucket.backends import Storage
+from pose_factory.dataset import dvcrepo, params
 
 STATUS_JSON_VERSION = 1
 
@@ -82,7 +82,7 @@ def status(storage: Storage, settings: Settings) -> list[BatchState]:
 
 
 def _remote_manifest_sha(storage: Storage, settings: Settings, batch_id: str) -> str | None:
-    from pose_factory.bucket.batches import read_marker, batch_prefix
+    from pose_factory.bucket.batches import batch_prefix, read_marker
 
     marker = read_marker(storage, batch_prefix(settings, batch_id) + "_complete.json")
     return marker["manifest_sha256"] if marker else None

@@ -17,10 +17,10 @@ import numpy as np
 import orjson
 from PIL import Image
 
-from pose_factory.dataset import dvcrepo
 from pose_factory.core.errors import BatchNotFoundError
-from pose_factory.dataset.diff import RAW, Version, diff
 from pose_factory.core.fsutil import atomic_write_path
+from pose_factory.dataset import dvcrepo
+from pose_factory.dataset.diff import RAW, Version, diff
 
 THUMB_PX = 160
 IMAGE_MODALITIES = ("rgb", "pose", "depth", "normal", "seg")

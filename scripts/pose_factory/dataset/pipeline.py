@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pose_factory.dataset import dvcrepo, params
 from pose_factory.core.errors import PoseFactoryError, RepositoryError, ToolError, UsageError
-from pose_factory.dataset.materialize import describe
 from pose_factory.core.settings import Settings
+from pose_factory.dataset import dvcrepo, params
+from pose_factory.dataset.materialize import describe
 
 WORKING_SET = Path("data") / "working" / "current_batch"
 

@@ -18,16 +18,16 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from pose_factory.core import contract
-from pose_factory.dataset import dvcrepo, params
 from pose_factory.bucket import rclone
+from pose_factory.bucket.backends import S3Storage, Storage, check_key, run_parallel
+from pose_factory.bucket.batches import batch_prefix, list_batches, read_marker
+from pose_factory.core import contract
 from pose_factory.core.errors import BatchNotFoundError, IntegrityError, PoseFactoryError, UsageError
+from pose_factory.core.fsutil import check_relative_path
 from pose_factory.core.layout import COMPLETE_MARKER_NAME, MANIFEST_NAME
 from pose_factory.core.progress import Progress
-from pose_factory.bucket.batches import read_marker, batch_prefix, list_batches
 from pose_factory.core.settings import Settings
-from pose_factory.bucket.backends import S3Storage, Storage, check_key, run_parallel
-from pose_factory.core.fsutil import check_relative_path
+from pose_factory.dataset import dvcrepo, params
 
 PULL_JSON_VERSION = 1
 ENGINES = ("auto", "boto3", "rclone")

@@ -12,8 +12,8 @@ metrics (`metrics.json`) and plots (CSV files) into the folder the pipeline name
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import csv
+import hashlib
 import io
 import json
 import struct
@@ -26,10 +26,10 @@ from typing import Any
 import orjson
 
 from pose_factory.core import contract, schemas
-from pose_factory.core.schemas import Problem
 from pose_factory.core.errors import PoseFactoryError
-from pose_factory.core.layout import MANIFEST_NAME
 from pose_factory.core.fsutil import atomic_write_path
+from pose_factory.core.layout import MANIFEST_NAME
+from pose_factory.core.schemas import Problem
 
 REPORT_VERSION = 1
 PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
@@ -113,7 +113,8 @@ def png_problem(data: bytes, width: int, height: int) -> tuple[str, str, str] | 
         if end > len(data):
             return "bytes", "a complete PNG ending in IEND", "a truncated file"
         if zlib.crc32(data[position + 4:end - 4]) != struct.unpack(">I", data[end - 4:end])[0]:
-            return "format", "a PNG image that decodes", f"a damaged {kind.decode('latin-1')!r} chunk at byte {position}"
+            chunk = kind.decode("latin-1")
+            return "format", "a PNG image that decodes", f"a damaged {chunk!r} chunk at byte {position}"
         position = end
         if kind == b"IEND":
             break
@@ -150,7 +151,8 @@ def _check_sample(batch_dir: Path, entry: dict[str, Any], index: int, manifest: 
         report.error(MANIFEST_NAME, f"{where}.files", "every modality of the batch (" + ", ".join(sorted(wanted)) + ")",
                      "missing " + ", ".join(sorted(wanted - have)))
     if have - wanted:
-        report.error(MANIFEST_NAME, f"{where}.files", "only the batch's modalities", "extra " + ", ".join(sorted(have - wanted)))
+        report.error(MANIFEST_NAME, f"{where}.files", "only the batch's modalities",
+                     "extra " + ", ".join(sorted(have - wanted)))
     for modality, rel in sorted(entry["files"].items()):
         if rel not in listed:
             report.error(MANIFEST_NAME, f"{where}.files.{modality}", "a path listed in files", rel)
@@ -169,7 +171,8 @@ def _check_sample(batch_dir: Path, entry: dict[str, Any], index: int, manifest: 
             if annotation["sample_id"] != sid:
                 report.error(entry["annotation"], "$.sample_id", f"{sid!r} (manifest)", repr(annotation["sample_id"]))
             if annotation["batch_id"] != manifest["batch_id"]:
-                report.error(entry["annotation"], "$.batch_id", repr(manifest["batch_id"]), repr(annotation["batch_id"]))
+                report.error(entry["annotation"], "$.batch_id", repr(manifest["batch_id"]),
+                             repr(annotation["batch_id"]))
             camera = annotation["camera"]
             if (camera["width"], camera["height"]) != (width, height):
                 report.error(entry["annotation"], "$.camera.width/height", f"{width}x{height}",
@@ -221,7 +224,7 @@ def _check_sample(batch_dir: Path, entry: dict[str, Any], index: int, manifest: 
                                         f"the annotation's point ({x}, {y}, v={v})", f"({ox}, {oy}, c={oc})")
                             break
 
-    for modality, rel in sorted(entry["files"].items()):
+    for _modality, rel in sorted(entry["files"].items()):
         problem = png.get(rel)
         if problem:
             report.error(rel, problem[0], problem[1], problem[2])

@@ -24,8 +24,15 @@ import tempfile
 from pathlib import Path
 
 from pose_factory.core.layout import CODE_ROOT, project_root
-from pose_factory.core.settings import (ENV_ACCESS_KEY, ENV_ACCOUNT_ID, ENV_BACKEND, ENV_BUCKET, ENV_DVC_LOCAL_REMOTE,
-                       ENV_ENDPOINT, ENV_SECRET_KEY)
+from pose_factory.core.settings import (
+    ENV_ACCESS_KEY,
+    ENV_ACCOUNT_ID,
+    ENV_BACKEND,
+    ENV_BUCKET,
+    ENV_DVC_LOCAL_REMOTE,
+    ENV_ENDPOINT,
+    ENV_SECRET_KEY,
+)
 
 DEMO_BATCHES = (("run-cycle", "run-cycle", 11), ("walk-cycle", "walk-cycle", 12))
 

@@ -131,7 +131,7 @@ class LocalS3Server:
 
     # -- lifecycle -------------------------------------------------------------------------------
 
-    def start(self, timeout: float = 60.0) -> "LocalS3Server":
+    def start(self, timeout: float = 60.0) -> LocalS3Server:
         """Start weed mini and wait until its S3 API accepts our credentials."""
         if self._proc is not None and self._proc.poll() is None:
             return self
@@ -291,7 +291,7 @@ class LocalS3Server:
                 with contextlib.suppress(OSError):
                     Path(f"/tmp/seaweedfs-{component}-grpc-{self.ports[key]}.sock").unlink()
 
-    def __enter__(self) -> "LocalS3Server":
+    def __enter__(self) -> LocalS3Server:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pose_factory.dataset import dvcrepo
 from pose_factory.core.errors import ConfigError, PoseFactoryError, StorageError
-from pose_factory.core.settings import Settings
 from pose_factory.core.fsutil import atomic_write_path
+from pose_factory.core.settings import Settings
+from pose_factory.dataset import dvcrepo
 
 RECORD_VERSION = 1
 CHECK_JSON_VERSION = 1
@@ -176,7 +176,8 @@ def check(settings: Settings, server: str) -> dict[str, Any]:
             spec = info.get(mapping.graph[node_id]["class_type"], {}).get("input", {})
             known = {**(spec.get("required") or {}), **(spec.get("optional") or {})}
             if known and input_name not in known:
-                problems.append(f"{key}: the server's {mapping.graph[node_id]['class_type']} has no input {input_name!r}")
+                class_type = mapping.graph[node_id]["class_type"]
+                problems.append(f"{key}: the server's {class_type} has no input {input_name!r}")
         report["workflows"].append({"name": name, "ok": not problems, "problems": problems,
                                     "workflow_hash": mapping.workflow_hash})
     return report
@@ -252,7 +253,8 @@ def queue(settings: Settings, *, workflow: str | None, server: str, limit: int |
             out_dir = settings.root / "data" / "working" / "outputs" / row["batch_id"] / mapping.name
             result.out_dir = str(out_dir.parent.parent)
             record_file = out_dir / f"{row['name']}.json"
-            if record_file.is_file() and json.loads(record_file.read_text()).get("workflow_hash") == mapping.workflow_hash:
+            done_before = record_file.is_file() and json.loads(record_file.read_text()).get("workflow_hash")
+            if done_before == mapping.workflow_hash:
                 result.skipped += 1
                 if bar:
                     bar.advance()
@@ -266,7 +268,8 @@ def queue(settings: Settings, *, workflow: str | None, server: str, limit: int |
             fields = _template_fields(row)
             for key, template in mapping.values.items():
                 node_id, _, input_name = key.partition(".")
-                graph[node_id]["inputs"][input_name] = _substitute(template, fields, graph[node_id]["inputs"][input_name])
+                inputs = graph[node_id]["inputs"]
+                inputs[input_name] = _substitute(template, fields, inputs[input_name])
             try:
                 prompt_id = client.queue_prompt(graph, client_id="pose-factory")
             except ComfyUIError as exc:

@@ -11,17 +11,18 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from pose_factory.bucket.backends import ObjectMissingError, Storage, join_key
+from pose_factory.bucket.jobs import job_key
 from pose_factory.core import contract, schemas
 from pose_factory.core.errors import CredentialsError, PoseFactoryError, StorageError
-from pose_factory.bucket.jobs import job_key
-from pose_factory.core.settings import Settings, r2_credentials
-from pose_factory.bucket.backends import ObjectMissingError, Storage, join_key
 from pose_factory.core.fsutil import atomic_write_path
+from pose_factory.core.settings import Settings, r2_credentials
 from pose_factory.producer.worker import status_key
 
 ENV_API_KEY = "RUNPOD_API_KEY"
@@ -163,7 +164,7 @@ def _age_s(stamp: str | None) -> float:
     if not stamp:
         return float("inf")
     moment = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
-    return (datetime.now(timezone.utc) - moment).total_seconds()
+    return (datetime.now(UTC) - moment).total_seconds()
 
 
 @dataclass

@@ -27,11 +27,11 @@ from typing import Any
 import numpy as np
 
 from pose_factory.core import contract, schemas
-from pose_factory.producer import figure
 from pose_factory.core.errors import PoseFactoryError, ToolError, UsageError
-from pose_factory.producer.generate import _rounded, _save_png, _software, batch_id_for, camera_views, seal_batch
 from pose_factory.core.progress import Progress
 from pose_factory.core.settings import Settings
+from pose_factory.producer import figure
+from pose_factory.producer.generate import _rounded, _save_png, _software, batch_id_for, camera_views, seal_batch
 
 RENDER_SCRIPT = Path(__file__).resolve().parents[2] / "blender" / "render_job.py"
 BACKGROUND_Z = 1e9  # Cycles writes 1e10 where nothing is hit

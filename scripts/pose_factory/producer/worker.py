@@ -12,16 +12,17 @@ from __future__ import annotations
 import json
 import tempfile
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
+from pose_factory.bucket.backends import Storage, join_key
+from pose_factory.bucket.jobs import job_key
 from pose_factory.core import contract
 from pose_factory.core.errors import PoseFactoryError
-from pose_factory.bucket.jobs import job_key
 from pose_factory.core.progress import Progress, Task
 from pose_factory.core.settings import Settings
-from pose_factory.bucket.backends import Storage, join_key
 
 STATUS_VERSION = 1
 HEARTBEAT_S = 5.0
@@ -70,7 +71,7 @@ class StatusWriter:
             except PoseFactoryError:
                 pass  # a missed heartbeat is what the laptop watches for; the render goes on
 
-    def __enter__(self) -> "StatusWriter":
+    def __enter__(self) -> StatusWriter:
         self.write()
         self._thread.start()
         return self
@@ -82,8 +83,8 @@ class StatusWriter:
 
 def run_worker(storage: Storage, settings: Settings, job_id: str, *, heartbeat_s: float = HEARTBEAT_S) -> str:
     """Render and publish the job's batch; return its batch id. Failures are written to the status object."""
-    from pose_factory.producer.generate import generate_batch
     from pose_factory.bucket.batches import publish_batch
+    from pose_factory.producer.generate import generate_batch
 
     job = json.loads(storage.read_bytes(job_key(settings, job_id)))
     with StatusWriter(storage, settings, job_id, job["samples"], heartbeat_s) as status:
