@@ -14,9 +14,18 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from pose_factory.bucket.backends import ObjectInfo, ObjectMissingError, S3Storage, Storage, join_key, run_parallel
+from pose_factory.bucket.backends import (
+    ObjectInfo,
+    ObjectMissingError,
+    S3Storage,
+    Storage,
+    check_key,
+    join_key,
+    run_parallel,
+)
 from pose_factory.core import contract, schemas
 from pose_factory.core.errors import BatchNotFoundError, IntegrityError, SchemaError
+from pose_factory.core.fsutil import check_relative_path
 from pose_factory.core.layout import COMPLETE_MARKER_NAME, MANIFEST_NAME
 from pose_factory.core.progress import Progress
 from pose_factory.core.settings import Settings
@@ -183,3 +192,39 @@ def list_json(storage: Storage, batches: list[BatchListing]) -> dict[str, Any]:
     return {"version": LIST_JSON_VERSION, "backend": storage.kind, "bucket": storage.bucket,
             "batches": [b.as_dict() for b in batches]}
 
+
+def fetch_remote_manifest(storage: Storage, settings: Settings, batch_id: str, allow_incomplete: bool
+                          ) -> tuple[dict[str, Any], bytes, list[str]]:
+    """Fetch and check what the bucket holds for a batch before a pull; return (manifest, its bytes, object keys)."""
+    prefix = batch_prefix(settings, batch_id)
+    keys = [info.key for info in storage.list_objects(prefix)]
+    if not keys:
+        raise BatchNotFoundError(f"no batch {batch_id!r}", where=storage.description,
+                                 hint="`pose-sync list` shows the batches there")
+    for key in keys:
+        check_key(key)  # a key with '..', a backslash or an empty segment would escape the batch folder
+    marker = read_marker(storage, prefix + COMPLETE_MARKER_NAME)
+    if prefix + MANIFEST_NAME not in keys:
+        raise IntegrityError("the batch has no manifest.json yet: it is still uploading", where=f"{prefix}",
+                             hint="wait for the pod to finish, then pull again")
+    manifest_bytes = storage.read_bytes(prefix + MANIFEST_NAME)
+    if marker is None and not allow_incomplete:
+        raise IntegrityError("the batch is still uploading (no _complete.json)", where=prefix,
+                             hint="wait for the pod to finish, or pass --allow-incomplete to pull it if every "
+                                  "file its manifest lists is already there")
+    if marker is not None and marker["manifest_sha256"] != contract.sha256_bytes(manifest_bytes):
+        raise IntegrityError("_complete.json belongs to another manifest: the batch is being re-uploaded",
+                             where=prefix + COMPLETE_MARKER_NAME, hint="wait for the upload to finish, then pull again")
+    manifest = contract.parse_manifest_bytes(manifest_bytes, prefix + MANIFEST_NAME)
+    if manifest["batch_id"] != batch_id:
+        raise IntegrityError(f"manifest.json says batch_id {manifest['batch_id']!r}", where=prefix + MANIFEST_NAME,
+                             hint="the batch folder in the bucket is misnamed; fix it on the pod side")
+    for entry in manifest["files"]:
+        check_relative_path(entry["path"], where=f"{prefix}{MANIFEST_NAME}: files[].path")
+    listed = {prefix + entry["path"] for entry in manifest["files"]}
+    missing = sorted(listed - set(keys))
+    if missing:
+        raise IntegrityError(f"{len(missing)} file(s) listed in manifest.json are not in the bucket, e.g. "
+                             f"{missing[0][len(prefix):]}", where=prefix,
+                             hint="the upload is incomplete; run `pose-sync publish` again on the pod")
+    return manifest, manifest_bytes, keys

@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from pose_factory.bucket import rclone
-from pose_factory.bucket.backends import S3Storage, Storage, check_key, run_parallel
-from pose_factory.bucket.batches import batch_prefix, list_batches, read_marker
+from pose_factory.bucket.backends import S3Storage, Storage, run_parallel
+from pose_factory.bucket.batches import batch_prefix, fetch_remote_manifest, list_batches
 from pose_factory.core import contract
 from pose_factory.core.errors import BatchNotFoundError, IntegrityError, PoseFactoryError, UsageError
 from pose_factory.core.fsutil import check_relative_path
-from pose_factory.core.layout import COMPLETE_MARKER_NAME, MANIFEST_NAME
+from pose_factory.core.layout import MANIFEST_NAME
 from pose_factory.core.progress import Progress
 from pose_factory.core.settings import Settings
 from pose_factory.dataset import dvcrepo, params
@@ -90,43 +90,6 @@ def choose_batches(storage: Storage, settings: Settings, *, batch_ids: list[str]
 def _local_manifest_sha(folder: Path) -> str | None:
     manifest = folder / MANIFEST_NAME
     return contract.sha256_bytes(manifest.read_bytes()) if manifest.is_file() else None
-
-
-def _remote_manifest(storage: Storage, settings: Settings, batch_id: str, allow_incomplete: bool
-                     ) -> tuple[dict[str, Any], bytes, list[str]]:
-    """Fetch and check what the bucket holds for a batch; return (manifest, its bytes, object keys)."""
-    prefix = batch_prefix(settings, batch_id)
-    keys = [info.key for info in storage.list_objects(prefix)]
-    if not keys:
-        raise BatchNotFoundError(f"no batch {batch_id!r}", where=storage.description,
-                                 hint="`pose-sync list` shows the batches there")
-    for key in keys:
-        check_key(key)  # a key with '..', a backslash or an empty segment would escape the batch folder
-    marker = read_marker(storage, prefix + COMPLETE_MARKER_NAME)
-    if prefix + MANIFEST_NAME not in keys:
-        raise IntegrityError("the batch has no manifest.json yet: it is still uploading", where=f"{prefix}",
-                             hint="wait for the pod to finish, then pull again")
-    manifest_bytes = storage.read_bytes(prefix + MANIFEST_NAME)
-    if marker is None and not allow_incomplete:
-        raise IntegrityError("the batch is still uploading (no _complete.json)", where=prefix,
-                             hint="wait for the pod to finish, or pass --allow-incomplete to pull it if every "
-                                  "file its manifest lists is already there")
-    if marker is not None and marker["manifest_sha256"] != contract.sha256_bytes(manifest_bytes):
-        raise IntegrityError("_complete.json belongs to another manifest: the batch is being re-uploaded",
-                             where=prefix + COMPLETE_MARKER_NAME, hint="wait for the upload to finish, then pull again")
-    manifest = contract.parse_manifest_bytes(manifest_bytes, prefix + MANIFEST_NAME)
-    if manifest["batch_id"] != batch_id:
-        raise IntegrityError(f"manifest.json says batch_id {manifest['batch_id']!r}", where=prefix + MANIFEST_NAME,
-                             hint="the batch folder in the bucket is misnamed; fix it on the pod side")
-    for entry in manifest["files"]:
-        check_relative_path(entry["path"], where=f"{prefix}{MANIFEST_NAME}: files[].path")
-    listed = {prefix + entry["path"] for entry in manifest["files"]}
-    missing = sorted(listed - set(keys))
-    if missing:
-        raise IntegrityError(f"{len(missing)} file(s) listed in manifest.json are not in the bucket, e.g. "
-                             f"{missing[0][len(prefix):]}", where=prefix,
-                             hint="the upload is incomplete; run `pose-sync publish` again on the pod")
-    return manifest, manifest_bytes, keys
 
 
 Digests = dict[str, tuple[int, str, str]]
@@ -199,7 +162,7 @@ def _swap_into_mirror(staging: Path, final: Path) -> None:
 def fetch_batch(storage: Storage, settings: Settings, batch_id: str, *, engine: str, allow_incomplete: bool,
                 progress: Progress) -> PulledBatch:
     """Download and verify one batch into the mirror (not yet tracked). Returns what was done."""
-    manifest, manifest_bytes, keys = _remote_manifest(storage, settings, batch_id, allow_incomplete)
+    manifest, manifest_bytes, keys = fetch_remote_manifest(storage, settings, batch_id, allow_incomplete)
     final = settings.mirror_dir / batch_id
     remote_sha = contract.sha256_bytes(manifest_bytes)
     rel_final = final.relative_to(settings.root).as_posix()
