@@ -158,7 +158,7 @@ def cmd_prepare_batch(args: argparse.Namespace, settings: Settings, progress: Pr
 
 
 def cmd_comfyui_link(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
-    from pose_factory.dataset.pipeline import link_into_comfyui
+    from pose_factory.integrations.comfyui import link_into_comfyui
 
     link, target = link_into_comfyui(settings, Path(args.comfyui_dir), args.name)
     _out(f"{link} -> {target}")

@@ -20,10 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pose_factory.core.errors import ConfigError, PoseFactoryError, StorageError
+from pose_factory.core.errors import ConfigError, PoseFactoryError, StorageError, UsageError
 from pose_factory.core.fsutil import atomic_write_path
 from pose_factory.core.settings import Settings
 from pose_factory.dataset import dvcrepo
+from pose_factory.dataset.pipeline import WORKING_SET
 
 RECORD_VERSION = 1
 CHECK_JSON_VERSION = 1
@@ -326,3 +327,26 @@ def _collect(client: Client, pending: dict, versions: dict, mapping: Mapping, re
         tmp.write_text(json.dumps(record, indent=1) + "\n")
     result.done += 1
     result.outputs += len(outputs)
+
+
+def link_into_comfyui(settings: Settings, comfyui_dir: Path, name: str) -> tuple[Path, Path]:
+    """Symlink the working set to `<COMFYUI_DIR>/input/<name>`; a swapped-in set shows up there at once."""
+    comfyui_dir = comfyui_dir.expanduser().resolve()
+    if not (comfyui_dir / "input").is_dir() and not (comfyui_dir / "main.py").is_file():
+        raise UsageError("this does not look like a ComfyUI folder (no input/ and no main.py)", where=str(comfyui_dir),
+                         hint="give the folder that holds ComfyUI's main.py")
+    if "/" in name or name in ("", ".", ".."):
+        raise UsageError(f"{name!r} is not a folder name", where="--name")
+    target = settings.root / WORKING_SET
+    if not (target / "index.json").is_file():
+        raise PoseFactoryError("there is no working set yet", where=str(target),
+                               hint="run `dvc repro` or `pose-sync prepare-batch BATCH_ID` first")
+    link = comfyui_dir / "input" / name
+    link.parent.mkdir(exist_ok=True)
+    if link.is_symlink():
+        link.unlink()
+    elif link.exists():
+        raise UsageError("a real folder or file with that name is already in ComfyUI's input/", where=str(link),
+                         hint="choose another --name; nothing was changed")
+    link.symlink_to(target, target_is_directory=True)
+    return link, target
