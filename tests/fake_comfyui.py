@@ -1,30 +1,29 @@
-"""A stand-in ComfyUI HTTP server for tests: stdlib only (plus Pillow), bound to 127.0.0.1.
+"""A stand-in ComfyUI server for tests: stdlib and Pillow only, bound to 127.0.0.1.
 
-It implements the part of ComfyUI's HTTP API that `pose-sync comfyui queue` / `comfyui check` use, with
-request and response shapes taken from ComfyUI's own code (comfyanonymous/ComfyUI), not invented:
+It serves the part of ComfyUI's API that `pose-sync comfyui` uses, with the shapes of ComfyUI's own code
+(comfyanonymous/ComfyUI, as of 0.3.64) and checked against a real 0.3.64's recorded answers
+(tests/test_fake_comfyui.py lists the accepted differences):
 
-  server.py      PromptServer routes: image_upload / upload_image, view_image, system_stats, node_info /
-                 get_object_info(_node), get_history, get_queue, get_prompt, post_prompt, post_queue,
-                 post_history, post_interrupt; every route is also served under /api (add_routes).
-  execution.py   validate_prompt / validate_inputs (error and node_errors dicts), PromptQueue (queue
-                 items, task_done -> history entries, get_history), PromptExecutor.add_message
-                 (status messages), execute_node (the "meta" of history entries).
-  main.py        prompt_worker (status = ExecutionStatus(status_str, completed, messages)).
-  nodes.py       LoadImage (INPUT_TYPES, VALIDATE_INPUTS "Invalid image file: ..."), SaveImage
-                 (counter naming "<prefix>_00001_.png", ui {"images": [...]}), PreviewImage, ImageScale.
-  folder_paths.py  get_save_image_path (counter, subfolder from the prefix), annotated_filepath
-                 ("name [output]"), exists_annotated_filepath.
+  server.py     /system_stats, /object_info[/{class}], POST /upload/image, /view, GET+POST /prompt,
+                GET+POST /queue, /history[/{id}], POST /interrupt (optionally for one prompt_id), /ws
+                (events to the socket whose clientId is the prompt's client_id), everything under /api too.
+  execution.py  validate_prompt / validate_inputs (error and node_errors; a prompt with one valid output runs
+                that output and answers 200 with the other outputs' node_errors), PromptExecutor messages
+                (execution_start, execution_cached with every cached node, executing, progress, executed,
+                execution_success / execution_error / execution_interrupted), the classic cache (the previous
+                prompt's node results are reused), history entries {prompt, outputs, status, meta}.
+  nodes.py      LoadImage (VALIDATE_INPUTS "Invalid image file"), SaveImage ("<prefix>_00001_.png"),
+                PreviewImage (type temp), ImageScale, and the model nodes of a ControlNet graph:
+                CheckpointLoaderSimple, ControlNetLoader, ControlNetApplyAdvanced, CLIPTextEncode,
+                EmptyLatentImage, KSampler (one progress event per step, interruptible), VAEDecode.
 
-Nothing is rendered: a graph made of LoadImage -> (ImageScale) -> SaveImage/PreviewImage is executed
-with Pillow after a short delay, in a worker thread that plays ComfyUI's prompt_worker.
-
-Where ComfyUI versions differ, the default follows current ComfyUI (execution.py with async
-validate_prompt, history entries with "meta", timestamped status messages, queue items without the
-sensitive-data element) and the older form is noted next to the code.
+Nothing is rendered: VAEDecode returns the first ControlNet hint image at the latent's size (or a grey
+image), so a test can see which image reached which input. Tests add their own node kinds with add_node().
 """
 
 from __future__ import annotations
 
+import base64
 import copy
 import email.parser
 import email.policy
@@ -34,148 +33,165 @@ import json
 import mimetypes
 import os
 import shutil
+import struct
 import sys
 import tempfile
 import threading
 import time
 import traceback
 import uuid
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from PIL import Image, ImageOps
-from PIL.PngImagePlugin import PngInfo
+from PIL import Image
 
-MAX_RESOLUTION = 16384  # nodes.py MAX_RESOLUTION
+MAX_RESOLUTION = 16384  # nodes.py
+AIOHTTP_500 = "500 Internal Server Error\n\nServer got itself in trouble"  # what aiohttp answers on an exception
+SAMPLERS = ["euler", "euler_ancestral", "heun", "dpm_2", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde", "ddim",
+            "uni_pc"]  # a part of comfy.samplers.KSampler.SAMPLERS
+SCHEDULERS = ["simple", "sgm_uniform", "karras", "exponential", "ddim_uniform", "beta", "normal"]
+WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455
 
-# ---------------------------------------------------------------------------------------------
-# Node definitions, in the shape GET /object_info returns them (server.py node_info()).
-# ---------------------------------------------------------------------------------------------
 
-
-def _node_info(name: str, *, required: dict, output: list, category: str, display_name: str,
-               output_node: bool, hidden: dict | None = None, optional: dict | None = None,
-               output_name: list | None = None, description: str = "") -> dict:
-    """Mirror server.py node_info(obj_class): the keys and their order are ComfyUI's."""
-    inputs: dict = {"required": required}
-    if optional:
-        inputs["optional"] = optional
-    if hidden:
-        inputs["hidden"] = hidden
-    return {
-        "input": inputs,
-        "input_order": {key: list(value.keys()) for key, value in inputs.items()},
-        "output": list(output),
-        "output_is_list": [False] * len(output),
-        "output_name": list(output_name if output_name is not None else output),
-        "name": name,
-        "display_name": display_name,
-        "description": description,
-        "python_module": "nodes",
-        "category": category,
-        "output_node": output_node,
-    }
+def node_info(name: str, required: dict, output: list, category: str, *, output_node: bool = False,
+              optional: dict | None = None, output_name: list | None = None) -> dict:
+    """server.py node_info(): the keys a node has in GET /object_info."""
+    inputs = {"required": required, **({"optional": optional} if optional else {})}
+    return {"input": inputs, "input_order": {k: list(v) for k, v in inputs.items()}, "output": output,
+            "output_is_list": [False] * len(output), "output_name": output_name or output, "name": name,
+            "display_name": name, "description": "", "python_module": "nodes", "category": category,
+            "output_node": output_node}
 
 
 def default_node_classes() -> dict[str, dict]:
-    """LoadImage, SaveImage, PreviewImage, ImageScale as nodes.py defines them.
-
-    LoadImage's `image` list is filled from input_dir on every /object_info request (nodes.py
-    LoadImage.INPUT_TYPES lists the top-level image files of the input folder, sorted).
-    """
+    """The nodes.py classes the tests use. Model and image lists are filled on every /object_info request."""
+    image, float_ = ["IMAGE"], lambda d, lo, hi: ["FLOAT", {"default": d, "min": lo, "max": hi, "step": 0.01}]
+    size = ["INT", {"default": 512, "min": 16, "max": MAX_RESOLUTION, "step": 8}]
     return {
-        "LoadImage": _node_info(
-            "LoadImage", required={"image": [[], {"image_upload": True}]}, output=["IMAGE", "MASK"],
-            category="image", display_name="Load Image", output_node=False),
-        "SaveImage": _node_info(
-            "SaveImage",
-            required={"images": ["IMAGE"], "filename_prefix": ["STRING", {"default": "ComfyUI"}]},
-            hidden={"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
-            output=[], category="image", display_name="Save Image", output_node=True,
-            description="Saves the input images to your ComfyUI output directory."),
-        "PreviewImage": _node_info(
-            "PreviewImage", required={"images": ["IMAGE"]},
-            hidden={"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
-            output=[], category="image", display_name="Preview Image", output_node=True,
-            description="Saves the input images to your ComfyUI output directory."),
-        "ImageScale": _node_info(
-            "ImageScale",
-            required={
-                "image": ["IMAGE"],
-                "upscale_method": [["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]],
-                "width": ["INT", {"default": 512, "min": 0, "max": MAX_RESOLUTION, "step": 1}],
-                "height": ["INT", {"default": 512, "min": 0, "max": MAX_RESOLUTION, "step": 1}],
-                "crop": [["disabled", "center"]],
-            },
-            output=["IMAGE"], category="image/upscaling", display_name="Upscale Image", output_node=False),
+        "LoadImage": node_info("LoadImage", {"image": [[], {"image_upload": True}]}, ["IMAGE", "MASK"], "image"),
+        "SaveImage": node_info("SaveImage", {  # with its tooltips (the other nodes here have none)
+            "images": ["IMAGE", {"tooltip": "The images to save."}],
+            "filename_prefix": ["STRING", {"default": "ComfyUI", "tooltip": (
+                "The prefix for the file to save. This may include formatting information such as %date:yyyy-MM-dd%"
+                " or %Empty Latent Image.width% to include values from nodes.")}]}, [], "image", output_node=True),
+        "PreviewImage": node_info("PreviewImage", {"images": image}, [], "image", output_node=True),
+        "ImageScale": node_info("ImageScale", {
+            "image": image, "upscale_method": [["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]],
+            "width": ["INT", {"default": 512, "min": 0, "max": MAX_RESOLUTION, "step": 1}],
+            "height": ["INT", {"default": 512, "min": 0, "max": MAX_RESOLUTION, "step": 1}],
+            "crop": [["disabled", "center"]]}, image, "image/upscaling"),
+        "CheckpointLoaderSimple": node_info("CheckpointLoaderSimple", {"ckpt_name": [[]]}, ["MODEL", "CLIP", "VAE"],
+                                            "loaders"),
+        "ControlNetLoader": node_info("ControlNetLoader", {"control_net_name": [[]]}, ["CONTROL_NET"], "loaders"),
+        "CLIPTextEncode": node_info("CLIPTextEncode", {"text": ["STRING", {"multiline": True}], "clip": ["CLIP"]},
+                                    ["CONDITIONING"], "conditioning"),
+        "ControlNetApplyAdvanced": node_info("ControlNetApplyAdvanced", {
+            "positive": ["CONDITIONING"], "negative": ["CONDITIONING"], "control_net": ["CONTROL_NET"],
+            "image": image, "strength": float_(1.0, 0.0, 10.0), "start_percent": float_(0.0, 0.0, 1.0),
+            "end_percent": float_(1.0, 0.0, 1.0)}, ["CONDITIONING", "CONDITIONING"], "conditioning/controlnet",
+            optional={"vae": ["VAE"]}, output_name=["positive", "negative"]),
+        "EmptyLatentImage": node_info("EmptyLatentImage", {
+            "width": size, "height": size, "batch_size": ["INT", {"default": 1, "min": 1, "max": 4096}]},
+            ["LATENT"], "latent"),
+        "KSampler": node_info("KSampler", {
+            "model": ["MODEL"], "seed": ["INT", {"default": 0, "min": 0, "max": 0xffffffffffffffff}],
+            "steps": ["INT", {"default": 20, "min": 1, "max": 10000}], "cfg": float_(8.0, 0.0, 100.0),
+            "sampler_name": [SAMPLERS], "scheduler": [SCHEDULERS], "positive": ["CONDITIONING"],
+            "negative": ["CONDITIONING"], "latent_image": ["LATENT"], "denoise": float_(1.0, 0.0, 1.0)},
+            ["LATENT"], "sampling"),
+        "VAEDecode": node_info("VAEDecode", {"samples": ["LATENT"], "vae": ["VAE"]}, image, "latent"),
     }
 
 
-# Classes whose VALIDATE_INPUTS takes over the check of these inputs (execution.py validate_inputs skips
-# the value_not_in_list check for inputs named in VALIDATE_INPUTS' signature).
-_VALIDATE_INPUTS = {"LoadImage": ("image",)}
-
-_IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
-
-
-class _ValidationCrash(Exception):
-    """An exception inside validate_inputs (ComfyUI turns it into exception_during_validation)."""
-
-
-class _ExecutionError(Exception):
-    pass
+class Interrupted(Exception):
+    """comfy.model_management.InterruptProcessingException."""
 
 
 def _full_type_name(klass) -> str:  # execution.py full_type_name
-    module = klass.__module__
-    if module == "builtins":
-        return klass.__qualname__
-    return module + "." + klass.__qualname__
+    return klass.__qualname__ if klass.__module__ == "builtins" else f"{klass.__module__}.{klass.__qualname__}"
 
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+class _WebSocket:
+    """The server side of one RFC 6455 connection: unmasked text frames out, masked client frames in."""
+
+    def __init__(self, handler: BaseHTTPRequestHandler):
+        self.rfile, self.wfile, self.connection = handler.rfile, handler.wfile, handler.connection
+        self.lock = threading.Lock()
+
+    def send(self, opcode: int, payload: bytes) -> None:
+        n = len(payload)
+        head = bytes([0x80 | opcode]) + (bytes([n]) if n < 126 else b"\x7e" + struct.pack(">H", n) if n < 65536
+                                         else b"\x7f" + struct.pack(">Q", n))
+        with self.lock:
+            self.wfile.write(head + payload)
+            self.wfile.flush()
+
+    def send_json(self, obj) -> None:
+        try:
+            self.send(0x1, json.dumps(obj).encode())
+        except OSError:
+            pass  # server.py send_socket_catch_exception: a gone client is not an error
+
+    def receive(self) -> tuple[int | None, bytes]:
+        head = self.rfile.read(2)
+        if len(head) < 2:
+            return None, b""
+        n = head[1] & 0x7F
+        if n >= 126:
+            n = struct.unpack(">H" if n == 126 else ">Q", self.rfile.read(2 if n == 126 else 8))[0]
+        mask = self.rfile.read(4) if head[1] & 0x80 else b"\0\0\0\0"
+        data = self.rfile.read(n)
+        return head[0] & 0x0F, bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+
+    def close(self) -> None:
+        try:
+            self.connection.shutdown(2)
+        except OSError:
+            pass
+
+
 class FakeComfyUI:
     """A local ComfyUI look-alike. Use as a context manager, or start()/stop()."""
 
-    def __init__(self, node_classes: dict[str, dict] | None = None, *, exec_delay: float = 0.05,
-                 cache: bool = True, missing_class_error: str = "invalid_prompt") -> None:
-        self.node_classes: dict[str, dict] = copy.deepcopy(node_classes) if node_classes is not None \
-            else default_node_classes()
-        self.exec_delay = exec_delay
-        # ComfyUI caches node outputs between prompts: re-queueing an identical graph does not run
-        # SaveImage again, and the history repeats the earlier file names (execution_cached lists the
-        # nodes). cache=False runs every prompt afresh.
-        self.cache = cache
-        # "invalid_prompt" is execution.py validate_prompt as stored for comfyanonymous/ComfyUI;
-        # "missing_node_type" is the newer wording (type missing_node_type, extra_info with node_id,
-        # class_type, node_title). Both come back as HTTP 400 {"error": ..., "node_errors": {}}.
-        self.missing_class_error = missing_class_error
+    def __init__(self, *, base_dir: Path | None = None, models: dict[str, list[str]] | None = None,
+                 exec_delay: float = 0.01, step_delay: float = 0.0, serve_ws: bool = True) -> None:
+        self.node_classes = default_node_classes()
+        # Model files per models/ folder, as folder_paths.get_filename_list lists them.
+        self.models = models if models is not None else {
+            "checkpoints": ["sd_xl_base_1.0.safetensors"], "controlnet": ["controlnet-openpose-sdxl-1.0.safetensors",
+                                                                          "controlnet-depth-sdxl-1.0.safetensors"]}
+        self.base_dir = base_dir  # a ComfyUI folder to serve (input/, output/, temp/), else a temporary one
+        self.exec_delay = exec_delay  # per prompt, before it runs
+        self.step_delay = step_delay  # per KSampler step
+        self.serve_ws = serve_ws  # False: /ws is missing (a proxy in front that does not pass websockets)
+        # Test hooks: node ids or titles whose validation fails, or whose execution raises.
         self.fail_node_errors_for: set[str] = set()
         self.fail_execution_for: set[str] = set()
-
-        self._tmp: Path | None = None
-        self.input_dir = Path()
-        self.output_dir = Path()
-        self.temp_dir = Path()
-        self.url = ""
-        self.port = 0
+        self.lose_outputs: set[str] = set()  # file name prefixes deleted right after saving (a disk cleaner)
+        self._custom: dict[str, Callable] = {}
 
         self.uploads: list[dict] = []
         self.prompts: list[dict] = []
         self.requests: list[tuple[str, str]] = []
-
+        self.interrupts: list[dict] = []
+        self.ws_clients: list[str] = []
+        self.history: dict[str, dict] = {}
+        self.url, self.port = "", 0
+        self._tmp: Path | None = None
         self._lock = threading.RLock()
-        self._not_empty = threading.Condition(self._lock)
+        self._wake = threading.Condition(self._lock)
         self._number = 0
         self._queue: list[tuple] = []  # heap of (number, prompt_id, prompt, extra_data, outputs_to_execute)
-        self._running: dict[int, tuple] = {}
-        self._task_counter = 0
-        self.history: dict[str, dict] = {}
-        self._ui_cache: dict[str, dict] = {}  # signature -> {"output": ..., "meta": ...}
+        self._running: tuple | None = None
+        self._interrupt = threading.Event()
+        self._cache: dict[str, tuple[str, tuple, dict | None]] = {}  # node id -> (signature, outputs, ui)
+        self._sockets: dict[str, _WebSocket] = {}
         self._stopping = False
         self._server: ThreadingHTTPServer | None = None
         self._threads: list[threading.Thread] = []
@@ -183,39 +199,36 @@ class FakeComfyUI:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> FakeComfyUI:
-        self._tmp = Path(tempfile.mkdtemp(prefix="fake-comfyui-"))
-        self.input_dir = self._tmp / "input"
-        self.output_dir = self._tmp / "output"
-        self.temp_dir = self._tmp / "temp"
-        for d in (self.input_dir, self.output_dir, self.temp_dir):
-            d.mkdir()
-        self._stopping = False
+        root = self.base_dir or Path(tempfile.mkdtemp(prefix="fake-comfyui-"))
+        self._tmp = None if self.base_dir else root
+        self.input_dir, self.output_dir, self.temp_dir = root / "input", root / "output", root / "temp"
+        for folder in (self.input_dir, self.output_dir, self.temp_dir):
+            folder.mkdir(parents=True, exist_ok=True)
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        serve = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                 name="fake-comfyui-http", daemon=True)
-        worker = threading.Thread(target=self._prompt_worker, name="fake-comfyui-worker", daemon=True)
-        self._threads = [serve, worker]
-        serve.start()
-        worker.start()
+        self._threads = [threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                          daemon=True),
+                         threading.Thread(target=self._prompt_worker, daemon=True)]
+        for thread in self._threads:
+            thread.start()
         return self
 
     def stop(self) -> None:
         with self._lock:
             self._stopping = True
-            self._not_empty.notify_all()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        for t in self._threads:
-            t.join(timeout=5)
-        self._threads = []
+            self._interrupt.set()
+            self._wake.notify_all()
+            sockets = list(self._sockets.values())
+        for socket in sockets:
+            socket.close()
+        self._server.shutdown()
+        self._server.server_close()
+        for thread in self._threads:
+            thread.join(timeout=5)
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
-            self._tmp = None
 
     def __enter__(self) -> FakeComfyUI:
         return self.start()
@@ -225,556 +238,433 @@ class FakeComfyUI:
 
     # ------------------------------------------------------------------ helpers for tests
 
-    def wait_idle(self, timeout: float = 5.0) -> bool:
-        """True once nothing is queued or running."""
+    def add_node(self, info: dict, run: Callable[[dict], tuple[tuple, dict]]) -> None:
+        """A node kind of the test's own: `run(inputs) -> (outputs, ui)`; `self.save_file` writes output files."""
+        self.node_classes[info["name"]] = info
+        self._custom[info["name"]] = run
+
+    def save_file(self, name: str, data: bytes, kind: str = "output") -> dict:
+        folder = self.output_dir if kind == "output" else self.temp_dir
+        (folder / name).write_bytes(data)
+        return {"filename": name, "subfolder": "", "type": kind}
+
+    def wait_for(self, condition: Callable[[], bool], timeout: float = 30.0) -> bool:
+        """Poll `condition` (called under the server's lock) until it holds."""
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             with self._lock:
-                if not self._queue and not self._running:
+                if condition():
                     return True
             time.sleep(0.01)
         return False
 
-    # ------------------------------------------------------------------ folders (folder_paths.py)
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        return self.wait_for(lambda: not self._queue and self._running is None, timeout)
 
-    def _dir_by_type(self, type_name: str | None) -> Path | None:
-        # folder_paths.get_directory_by_type
-        return {"output": self.output_dir, "temp": self.temp_dir, "input": self.input_dir}.get(type_name)
+    def running_id(self) -> str | None:
+        with self._lock:
+            return self._running[1] if self._running else None
 
-    def _annotated_filepath(self, name: str) -> tuple[str, Path | None]:
-        # folder_paths.annotated_filepath: "name.png [output]" picks the folder
-        for suffix, folder in (("[output]", self.output_dir), ("[input]", self.input_dir),
-                               ("[temp]", self.temp_dir)):
-            if name.endswith(suffix):
-                return name[:-(len(suffix) + 1)], folder
-        return name, None
+    def pending_ids(self) -> list[str]:
+        with self._lock:
+            return [item[1] for item in sorted(self._queue)]
+
+    # ------------------------------------------------------------------ folders and /object_info
 
     def _annotated_path(self, name: str) -> Path:
-        # folder_paths.get_annotated_filepath / exists_annotated_filepath (default: input folder)
-        name, base = self._annotated_filepath(name)
-        return (base or self.input_dir) / name
-
-    def _input_image_list(self) -> list[str]:
-        # nodes.py LoadImage.INPUT_TYPES: top-level files of the input folder, image types, sorted
-        return sorted(p.name for p in self.input_dir.iterdir()
-                      if p.is_file() and p.suffix.lower() in _IMAGE_EXTENSIONS)
-
-    # ------------------------------------------------------------------ /object_info
+        # folder_paths.get_annotated_filepath: "name [output]" picks the folder, the default is input/
+        for suffix, folder in ((" [output]", self.output_dir), (" [input]", self.input_dir),
+                               (" [temp]", self.temp_dir)):
+            if name.endswith(suffix):
+                return folder / name[:-len(suffix)]
+        return self.input_dir / name
 
     def object_info(self, node_class: str | None = None) -> dict:
-        with self._lock:
-            names = [node_class] if node_class is not None else list(self.node_classes)
-            out = {}
-            for name in names:
-                if name not in self.node_classes:
-                    continue  # server.py get_object_info_node answers {} for an unknown class
-                info = copy.deepcopy(self.node_classes[name])
-                if name == "LoadImage":
-                    req = info.get("input", {}).get("required", {})
-                    if "image" in req:
-                        spec = list(req["image"])
-                        spec[0] = self._input_image_list()
-                        req["image"] = spec
-                out[name] = info
-            return out
+        lists = {("LoadImage", "image"): sorted(  # nodes.py LoadImage.INPUT_TYPES: top-level files of input/
+                     p.name for p in self.input_dir.iterdir() if p.is_file()),
+                 ("CheckpointLoaderSimple", "ckpt_name"): self.models.get("checkpoints", []),
+                 ("ControlNetLoader", "control_net_name"): self.models.get("controlnet", [])}
+        out = {}
+        for name in [node_class] if node_class else list(self.node_classes):
+            if name in self.node_classes:  # an unknown class is {} (server.py get_object_info_node)
+                out[name] = copy.deepcopy(self.node_classes[name])
+                for (cls, input_name), values in lists.items():
+                    if cls == name:
+                        out[name]["input"]["required"][input_name][0] = sorted(values)
+        return out
 
     # ------------------------------------------------------------------ POST /upload/image
 
     def _image_upload(self, fields: dict) -> tuple[int, dict | None]:
-        """server.py image_upload(post): same folder choice, renaming and answer."""
-        image = fields.get("image")
-        overwrite = fields.get("overwrite")
-        upload_type = fields.get("type")
-        if upload_type is None:
-            upload_type = "input"  # get_dir_by_type: None -> "input"
+        """server.py image_upload: the folder by type, the commonpath check, renaming unless overwrite."""
+        image, overwrite = fields.get("image"), fields.get("overwrite")
+        upload_type = fields.get("type") or "input"
         upload_dir = {"input": self.input_dir, "temp": self.temp_dir, "output": self.output_dir}.get(upload_type)
-        if upload_dir is None:
-            # ComfyUI's get_dir_by_type leaves type_dir unbound for other values -> 500
-            return 500, None
-        if not image or image.get("filename") is None:
-            return 400, None
+        if upload_dir is None or not isinstance(image, dict):
+            raise ValueError("ComfyUI raises here: type_dir unbound, or no file field")  # -> aiohttp 500
         filename = image["filename"]
         if not filename:
             return 400, None
-        data: bytes = image["data"]
         subfolder = fields.get("subfolder", "")
         upload_root = os.path.abspath(upload_dir)
-        full_output_folder = os.path.join(upload_root, os.path.normpath(subfolder))
-        filepath = os.path.abspath(os.path.join(full_output_folder, filename))
+        folder = os.path.join(upload_root, os.path.normpath(subfolder))
+        filepath = os.path.abspath(os.path.join(folder, filename))
         if os.path.commonpath((upload_root, filepath)) != upload_root:
             return 400, None
-        os.makedirs(full_output_folder, exist_ok=True)
-
-        duplicate = False
-        split = os.path.splitext(filename)
-        if overwrite is not None and (overwrite == "true" or overwrite == "1"):
-            pass
-        else:
+        os.makedirs(folder, exist_ok=True)
+        duplicate, (stem, ext) = False, os.path.splitext(filename)
+        if overwrite not in ("true", "1"):
             i = 1
             while os.path.exists(filepath):
-                # compare_image_hash: an identical file already there is reused, not renamed
-                with open(filepath, "rb") as f:
-                    if hashlib.sha256(f.read()).digest() == hashlib.sha256(data).digest():
+                with open(filepath, "rb") as f:  # compare_image_hash: identical bytes reuse the file
+                    if hashlib.sha256(f.read()).digest() == hashlib.sha256(image["data"]).digest():
                         duplicate = True
                         break
-                filename = f"{split[0]} ({i}){split[1]}"
-                filepath = os.path.join(full_output_folder, filename)
+                filename = f"{stem} ({i}){ext}"
+                filepath = os.path.join(folder, filename)
                 i += 1
         if not duplicate:
-            with open(filepath, "wb") as f:
-                f.write(data)
-        self.uploads.append({"filename": image["filename"], "name": filename, "subfolder": subfolder,
-                             "type": upload_type, "overwrite": overwrite, "duplicate": duplicate,
-                             "path": Path(filepath), "size": len(data)})
+            with open(filepath, "wb") as f:  # like ComfyUI: follows a symlink in the way, as any open() does
+                f.write(image["data"])
+        self.uploads.append({"name": filename, "subfolder": subfolder, "overwrite": overwrite,
+                             "path": Path(filepath), "duplicate": duplicate})
         return 200, {"name": filename, "subfolder": subfolder, "type": upload_type}
 
-    # ------------------------------------------------------------------ POST /prompt
+    # ------------------------------------------------------------------ POST /prompt and validation
 
-    def _post_prompt(self, json_data: dict) -> tuple[int, dict | None]:
-        """server.py post_prompt."""
+    def _post_prompt(self, json_data: dict) -> tuple[int, dict]:
+        """server.py post_prompt: the number, a client-chosen prompt_id, validation, the queue item."""
         with self._lock:
-            if "number" in json_data:
-                number = float(json_data["number"])
-            else:
-                number = self._number
-                if json_data.get("front"):
-                    number = -number
+            number = float(json_data["number"]) if "number" in json_data else self._number
+            if "number" not in json_data:
+                number = -number if json_data.get("front") else number
                 self._number += 1
-
         if "prompt" not in json_data:
             error = {"type": "no_prompt", "message": "No prompt provided", "details": "No prompt provided",
                      "extra_info": {}}
             return 400, {"error": error, "node_errors": {}}
-
         prompt = json_data["prompt"]
-        if not isinstance(prompt, dict):
-            return 500, None  # ComfyUI's validate_prompt raises on a non-dict prompt -> aiohttp answers 500
         prompt_id = str(json_data.get("prompt_id", uuid.uuid4()))
-        valid = self._validate_prompt(prompt_id, prompt, json_data)
-        extra_data = dict(json_data.get("extra_data", {}) or {})
+        valid, error, outputs, node_errors = self._validate_prompt(prompt, json_data.get("partial_execution_targets"))
+        if not valid:
+            return 400, {"error": error, "node_errors": node_errors}
+        extra_data = dict(json_data.get("extra_data") or {})
         if "client_id" in json_data:
             extra_data["client_id"] = json_data["client_id"]
-        if not valid[0]:
-            return 400, {"error": valid[1], "node_errors": valid[3]}
-        extra_data["create_time"] = _now_ms()
-        item = (number, prompt_id, prompt, extra_data, valid[2])
         with self._lock:
-            heapq.heappush(self._queue, item)
-            self._not_empty.notify()
-        return 200, {"prompt_id": prompt_id, "number": number, "node_errors": valid[3]}
+            heapq.heappush(self._queue, (number, prompt_id, prompt, extra_data, outputs))
+            self._wake.notify_all()
+        self._queue_updated()
+        return 200, {"prompt_id": prompt_id, "number": number, "node_errors": node_errors}
 
-    def _markers(self, prompt_id: str, json_data: dict) -> set[str]:
-        return {prompt_id, str(json_data.get("client_id", ""))} - {""}
-
-    def _validate_prompt(self, prompt_id: str, prompt, json_data: dict) -> tuple:
-        """execution.py validate_prompt -> (valid, error, outputs_to_execute, node_errors)."""
+    def _validate_prompt(self, prompt: dict, partial: list | None) -> tuple:
+        """execution.validate_prompt -> (valid, error, outputs_to_execute, node_errors)."""
         outputs = []
-        for x in prompt:
-            node = prompt[x]
-            # A UI-format workflow ({"last_node_id", "nodes": [...], "links": [...], ...}) fails here:
-            # its top-level values are not nodes with a class_type. (ComfyUI itself raises TypeError ->
-            # HTTP 500 when the first such value is a number; the fake always answers the 400 below.)
-            if not isinstance(node, dict) or "class_type" not in node:
-                if self.missing_class_error == "missing_node_type":
-                    title = node.get("_meta", {}).get("title") if isinstance(node, dict) else None
-                    error = {"type": "missing_node_type",
-                             "message": f"Node '{title or f'ID #{x}'}' has no class_type. The workflow may be "
-                                        "corrupted or a custom node is missing.",
-                             "details": f"Node ID '#{x}'",
-                             "extra_info": {"node_id": x, "class_type": None, "node_title": title}}
-                else:
-                    error = {"type": "invalid_prompt",
-                             "message": "Cannot execute because a node is missing the class_type property.",
-                             "details": f"Node ID '#{x}'", "extra_info": {}}
-                return (False, error, [], {})
-            class_type = node["class_type"]
-            info = self.node_classes.get(class_type)
-            if info is None:
-                if self.missing_class_error == "missing_node_type":
-                    title = (node.get("_meta") or {}).get("title", class_type)
-                    error = {"type": "missing_node_type",
-                             "message": f"Node '{title}' not found. The custom node may not be installed.",
-                             "details": f"Node ID '#{x}'",
-                             "extra_info": {"node_id": x, "class_type": class_type, "node_title": title}}
-                else:
-                    error = {"type": "invalid_prompt",
-                             "message": f"Cannot execute because node {class_type} does not exist.",
-                             "details": f"Node ID '#{x}'", "extra_info": {}}
-                return (False, error, [], {})
-            if info.get("output_node") is True:
-                partial = json_data.get("partial_execution_targets")
-                if partial is None or x in partial:
-                    outputs.append(x)
-
+        for x, node in prompt.items():
+            # `"class_type" not in node` raises TypeError on a number, as in a UI-format file's "last_node_id"
+            # (then aiohttp answers 500); a list or a string simply has no class_type.
+            if "class_type" not in node:
+                return False, {"type": "invalid_prompt", "details": f"Node ID '#{x}'", "extra_info": {},
+                               "message": "Cannot execute because a node is missing the class_type property."}, [], {}
+            if node["class_type"] not in self.node_classes:
+                return False, {"type": "invalid_prompt", "details": f"Node ID '#{x}'", "extra_info": {},
+                               "message": f"Cannot execute because node {node['class_type']} does not exist."}, [], {}
+            if self.node_classes[node["class_type"]]["output_node"] and (partial is None or x in partial):
+                outputs.append(x)
         if not outputs:
-            error = {"type": "prompt_no_outputs", "message": "Prompt has no outputs", "details": "",
-                     "extra_info": {}}
-            return (False, error, [], {})
-
-        forced = self._markers(prompt_id, json_data) & self.fail_node_errors_for
-        good_outputs: list[str] = []
-        errors: list[tuple[str, list]] = []
-        node_errors: dict[str, dict] = {}
-        validated: dict[str, tuple] = {}
+            return False, {"type": "prompt_no_outputs", "message": "Prompt has no outputs", "details": "",
+                           "extra_info": {}}, [], {}
+        good, failures, node_errors, validated = [], [], {}, {}
         for o in outputs:
             try:
-                valid, reasons, _ = self._validate_inputs(prompt, o, validated, forced)
-            except Exception as ex:  # execution.py: exception_during_validation
-                valid = False
-                reasons = [{"type": "exception_during_validation", "message": "Exception when validating node",
-                            "details": str(ex),
-                            "extra_info": {"exception_type": _full_type_name(type(ex)),
-                                           "traceback": traceback.format_tb(ex.__traceback__)}}]
-                validated[o] = (False, reasons, o)
-            if valid is True:
-                good_outputs.append(o)
-            else:
-                errors.append((o, reasons))
-                for node_id, result in validated.items():
-                    if result[0] is not True and len(result[1]) > 0:
-                        if node_id not in node_errors:
-                            node_errors[node_id] = {"errors": result[1], "dependent_outputs": [],
-                                                    "class_type": prompt[node_id]["class_type"]}
-                        node_errors[node_id]["dependent_outputs"].append(o)
+                valid, reasons = self._validate_inputs(prompt, o, validated)
+            except Exception as ex:
+                valid, reasons = False, [{"type": "exception_during_validation", "details": str(ex),
+                                          "message": "Exception when validating node", "extra_info": {
+                                              "exception_type": _full_type_name(type(ex)),
+                                              "traceback": traceback.format_tb(ex.__traceback__)}}]
+                validated[o] = (False, reasons)
+            if valid:
+                good.append(o)
+                continue
+            failures.extend(reasons)
+            for node_id, (ok, errors) in validated.items():
+                if not ok and errors:
+                    entry = node_errors.setdefault(node_id, {"errors": errors, "dependent_outputs": [],
+                                                             "class_type": prompt[node_id]["class_type"]})
+                    entry["dependent_outputs"].append(o)
+        if not good:
+            details = "\n".join(f"{e['message']}: {e['details']}" for e in failures)
+            return False, {"type": "prompt_outputs_failed_validation", "message": "Prompt outputs failed validation",
+                           "details": details, "extra_info": {}}, [], node_errors
+        return True, None, good, node_errors
 
-        if not good_outputs:
-            lines = [f"{e['message']}: {e['details']}" for _, errs in errors for e in errs]
-            error = {"type": "prompt_outputs_failed_validation", "message": "Prompt outputs failed validation",
-                     "details": "\n".join(lines), "extra_info": {}}
-            return (False, error, [], node_errors)
-        return (True, None, good_outputs, node_errors)
-
-    def _validate_inputs(self, prompt: dict, unique_id: str, validated: dict, forced: set[str]) -> tuple:
-        """execution.py validate_inputs, for the checks that apply to object_info-described nodes."""
+    def _validate_inputs(self, prompt: dict, unique_id: str, validated: dict) -> tuple[bool, list]:
+        """execution.validate_inputs for object_info-described nodes (links, types, min/max, COMBO lists)."""
         if unique_id in validated:
             return validated[unique_id]
         node = prompt[unique_id]
-        inputs = node.get("inputs", {})
-        class_type = node["class_type"]
-        info = self.node_classes[class_type]
-        required = info.get("input", {}).get("required", {})
-        optional = info.get("input", {}).get("optional", {})
-        validate_fn_inputs = _VALIDATE_INPUTS.get(class_type, ())
-        errors: list[dict] = []
-        valid = True
-
-        title = (node.get("_meta") or {}).get("title")
-        marked = {unique_id, title} & self.fail_node_errors_for
-        if marked or (forced and info.get("output_node")):
-            # fail_node_errors_for holds node ids, node titles (_meta.title), prompt ids or client ids;
-            # a prompt/client id marks every output node of that prompt.
+        inputs, class_type = node.get("inputs", {}), node["class_type"]
+        spec = self.object_info(class_type)[class_type]["input"]
+        required, optional = spec["required"], spec.get("optional", {})
+        errors, valid = [], True
+        if {unique_id, (node.get("_meta") or {}).get("title")} & self.fail_node_errors_for:
             errors.append({"type": "custom_validation_failed", "message": "Custom validation failed for node",
                            "details": "forced by FakeComfyUI.fail_node_errors_for",
-                           "extra_info": {"input_name": next(iter(required), "")}})
-
-        for x, spec in list(required.items()) + list(optional.items()):
+                           "extra_info": {"input_name": next(iter(required))}})
+        for x, info in [*required.items(), *optional.items()]:
             if x not in inputs:
                 if x in required:
                     errors.append({"type": "required_input_missing", "message": "Required input is missing",
-                                   "details": f"{x}", "extra_info": {"input_name": x}})
+                                   "details": x, "extra_info": {"input_name": x}})
                 continue
-            val = inputs[x]
-            type_input = spec[0]
-            opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+            val, input_type = inputs[x], info[0]
+            extra = info[1] if len(info) > 1 else {}
+            config = [input_type, extra]  # get_input_info gives (type, extra_info): what input_config shows
             if isinstance(val, list):
                 if len(val) != 2:
-                    errors.append({"type": "bad_linked_input",
+                    errors.append({"type": "bad_linked_input", "details": x,
                                    "message": "Bad linked input, must be a length-2 list of [node_id, slot_index]",
-                                   "details": f"{x}",
-                                   "extra_info": {"input_name": x, "input_config": spec, "received_value": val}})
+                                   "extra_info": {"input_name": x, "input_config": config, "received_value": val}})
                     continue
-                o_id = val[0]
-                o_class_type = prompt[o_id]["class_type"]  # KeyError -> exception_during_validation
-                r = self.node_classes[o_class_type]["output"]
-                received_type = r[val[1]]
-                if received_type != type_input and "*" not in (received_type, type_input):
-                    errors.append({"type": "return_type_mismatch",
+                received = self.node_classes[prompt[val[0]]["class_type"]]["output"][val[1]]  # KeyError: dangling
+                if received != input_type and "*" not in (received, input_type):
+                    errors.append({"type": "return_type_mismatch", "details": f"{x}, {received} != {input_type}",
                                    "message": "Return type mismatch between linked nodes",
-                                   "details": f"{x}, {received_type} != {type_input}",
-                                   "extra_info": {"input_name": x, "input_config": spec,
-                                                  "received_type": received_type, "linked_node": val}})
+                                   "extra_info": {"input_name": x, "input_config": config,
+                                                  "received_type": received, "linked_node": val}})
                     continue
-                r = self._validate_inputs(prompt, o_id, validated, forced)
-                if r[0] is False:
+                if not self._validate_inputs(prompt, val[0], validated)[0]:
                     valid = False
                 continue
-
             try:
-                if type_input == "INT":
-                    val = int(val)
-                if type_input == "FLOAT":
-                    val = float(val)
-                if type_input == "STRING":
-                    val = str(val)
-            except Exception as ex:
-                errors.append({"type": "invalid_input_type",
-                               "message": f"Failed to convert an input value to a {type_input} value",
-                               "details": f"{x}, {val}, {ex}",
-                               "extra_info": {"input_name": x, "input_config": spec, "received_value": val,
+                if input_type in ("INT", "FLOAT", "STRING"):
+                    val = {"INT": int, "FLOAT": float, "STRING": str}[input_type](val)
+            except (TypeError, ValueError) as ex:
+                errors.append({"type": "invalid_input_type", "details": f"{x}, {val}, {ex}",
+                               "message": f"Failed to convert an input value to a {input_type} value",
+                               "extra_info": {"input_name": x, "input_config": config, "received_value": val,
                                               "exception_message": str(ex)}})
                 continue
-            if "min" in opts and val < opts["min"]:
-                errors.append({"type": "value_smaller_than_min",
-                               "message": f"Value {val} smaller than min of {opts['min']}", "details": f"{x}",
-                               "extra_info": {"input_name": x, "input_config": spec, "received_value": val}})
-                continue
-            if "max" in opts and val > opts["max"]:
-                errors.append({"type": "value_bigger_than_max",
-                               "message": f"Value {val} bigger than max of {opts['max']}", "details": f"{x}",
-                               "extra_info": {"input_name": x, "input_config": spec, "received_value": val}})
-                continue
-            if x not in validate_fn_inputs and isinstance(type_input, list) and val not in type_input:
-                list_info, input_config = str(type_input), spec
-                if len(type_input) > 20:
-                    list_info, input_config = f"(list of length {len(type_input)})", None
-                errors.append({"type": "value_not_in_list", "message": "Value not in list",
-                               "details": f"{x}: '{val}' not in {list_info}",
-                               "extra_info": {"input_name": x, "input_config": input_config, "received_value": val}})
-                continue
+            for bound, kind, word in (("min", "value_smaller_than_min", "smaller"),
+                                      ("max", "value_bigger_than_max", "bigger")):
+                if bound in extra and (val < extra[bound] if bound == "min" else val > extra[bound]):
+                    errors.append({"type": kind, "message": f"Value {val} {word} than {bound} of {extra[bound]}",
+                                   "details": x, "extra_info": {"input_name": x, "input_config": config,
+                                                                "received_value": val}})
+                    break
+            else:
+                # A COMBO is a list of options (nodes.py classes) or "COMBO" with extra["options"] (V3 nodes).
+                # LoadImage's VALIDATE_INPUTS takes over its `image` check (it also allows sub/folder names).
+                options = extra.get("options", []) if input_type == "COMBO" else input_type
+                if isinstance(options, list) and (class_type, x) != ("LoadImage", "image") and val not in options:
+                    big = len(options) > 20
+                    errors.append({"type": "value_not_in_list", "message": "Value not in list",
+                                   "details": f"{x}: '{val}' not in "
+                                              + (f"(list of length {len(options)})" if big else str(options)),
+                                   "extra_info": {"input_name": x, "input_config": None if big else config,
+                                                  "received_value": val}})
+        if class_type == "LoadImage" and not self._annotated_path(str(inputs.get("image", ""))).exists():
+            errors.append({"type": "custom_validation_failed", "message": "Custom validation failed for node",
+                           "details": f"image - Invalid image file: {inputs.get('image')}",
+                           "extra_info": {"input_name": "image"}})
+        validated[unique_id] = (not errors and valid, errors)
+        return validated[unique_id]
 
-        # VALIDATE_INPUTS (nodes.py LoadImage): the file must exist (folder_paths.exists_annotated_filepath)
-        if class_type == "LoadImage" and isinstance(inputs.get("image"), str):
-            image = inputs["image"]
-            if not self._annotated_path(image).exists():
-                # Current execution.py: extra_info {"input_name": x}; older versions also carried
-                # "input_config" and "received_value".
-                errors.append({"type": "custom_validation_failed", "message": "Custom validation failed for node",
-                               "details": f"image - Invalid image file: {image}",
-                               "extra_info": {"input_name": "image"}})
+    # ------------------------------------------------------------------ execution (main.py prompt_worker)
 
-        ret = (False, errors, unique_id) if errors or valid is not True else (True, [], unique_id)
-        validated[unique_id] = ret
-        return ret
+    def interrupt(self, prompt_id: str | None) -> None:
+        """server.py post_interrupt: a prompt_id interrupts only that prompt, and only while it runs."""
+        with self._lock:
+            self.interrupts.append({"prompt_id": prompt_id})
+            if prompt_id is None or (self._running and self._running[1] == prompt_id):
+                self._interrupt.set()
 
-    # ------------------------------------------------------------------ worker (main.py prompt_worker)
+    def _check_interrupt(self) -> None:  # nodes.before_node_execution / the sampler's callback
+        if self._interrupt.is_set():
+            raise Interrupted("Processing interrupted")
 
     def _prompt_worker(self) -> None:
         while True:
-            with self._not_empty:
+            with self._wake:
                 while not self._queue and not self._stopping:
-                    self._not_empty.wait(timeout=0.1)
+                    self._wake.wait(timeout=0.1)
                 if self._stopping:
                     return
                 item = heapq.heappop(self._queue)
-                item_id = self._task_counter
-                self._task_counter += 1
-                self._running[item_id] = copy.deepcopy(item)
+                self._running = item
+                self._interrupt.clear()  # PromptExecutor.execute: interrupt_processing(False)
+            self._queue_updated()
             time.sleep(self.exec_delay)
-            try:
-                history_result, success, messages = self._execute(item)
-            except Exception as ex:  # never let the worker die
-                history_result, success = {"outputs": {}, "meta": {}}, False
-                messages = [["execution_error", {"prompt_id": item[1], "exception_message": str(ex),
-                                                 "timestamp": _now_ms()}]]
+            history_result, success, messages = self._execute(item)
             with self._lock:
-                prompt = self._running.pop(item_id)
-                # PromptQueue.task_done: {"prompt", "outputs", "status"} updated with history_result
-                entry = {"prompt": list(prompt), "outputs": {},
-                         "status": {"status_str": "success" if success else "error", "completed": success,
-                                    "messages": messages}}
-                entry.update(history_result)
-                self.history[prompt[1]] = entry
+                # PromptQueue.task_done: the entry; then the worker tells the client it is idle
+                self.history[item[1]] = {"prompt": list(item), **history_result, "status": {
+                    "status_str": "success" if success else "error", "completed": success, "messages": messages}}
+                self._running = None
+            self._send("executing", {"node": None, "prompt_id": item[1]}, item[3].get("client_id"))
+            self._queue_updated()
 
     def _signature(self, prompt: dict, node_id: str, memo: dict) -> str:
-        if node_id in memo:
-            return memo[node_id]
-        node = prompt[node_id]
-        parts: list = [node_id, node["class_type"]]
-        for k in sorted(node.get("inputs", {})):
-            v = node["inputs"][k]
-            if isinstance(v, list) and len(v) == 2:
-                parts.append([k, self._signature(prompt, str(v[0]), memo), v[1]])
-            else:
-                parts.append([k, v])
-        if node["class_type"] == "LoadImage":  # LoadImage.IS_CHANGED: sha256 of the file
-            path = self._annotated_path(str(node["inputs"].get("image", "")))
-            parts.append(hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None)
-        memo[node_id] = hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()
+        """The cache key of a node: its class and inputs, recursively, and LoadImage's file hash (IS_CHANGED)."""
+        if node_id not in memo:
+            node = prompt[node_id]
+            parts: list = [node["class_type"]]
+            for k, v in sorted(node.get("inputs", {}).items()):
+                parts.append([k, self._signature(prompt, str(v[0]), memo), v[1]] if isinstance(v, list) else [k, v])
+            if node["class_type"] == "LoadImage":
+                path = self._annotated_path(str(node["inputs"].get("image", "")))
+                parts.append(hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None)
+            memo[node_id] = hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()
         return memo[node_id]
 
-    def _execute(self, item: tuple) -> tuple[dict, bool, list]:
-        """PromptExecutor.execute for the supported nodes; returns (history_result, success, messages)."""
-        number, prompt_id, prompt, extra_data, outputs_to_execute = item
-        messages: list = []
+    def _order(self, prompt: dict, node_id: str, order: list) -> None:
+        if node_id not in order:
+            for v in prompt[node_id].get("inputs", {}).values():
+                if isinstance(v, list) and len(v) == 2:
+                    self._order(prompt, str(v[0]), order)
+            order.append(node_id)
 
-        def add_message(event: str, data: dict) -> None:  # PromptExecutor.add_message
-            messages.append([event, {**data, "timestamp": _now_ms()}])
+    def _execute(self, item: tuple) -> tuple[dict, bool, list]:
+        """PromptExecutor.execute: messages, the classic cache, one node at a time; -> (result, success, msgs)."""
+        _, prompt_id, prompt, extra_data, outputs_to_execute = item
+        client_id, messages = extra_data.get("client_id"), []
+
+        def add_message(event: str, data: dict, broadcast: bool = False) -> None:
+            data = {**data, "timestamp": _now_ms()}
+            messages.append([event, data])
+            if client_id is not None or broadcast:
+                self._send(event, data, client_id)
 
         add_message("execution_start", {"prompt_id": prompt_id})
-        memo: dict = {}
-        cached_nodes: list[str] = []
-        ui_outputs: dict = {}
-        meta_outputs: dict = {}
-        to_run: list[str] = []
+        order: list[str] = []
         for o in outputs_to_execute:
-            sig = self._signature(prompt, o, memo)
-            if self.cache and sig in self._ui_cache:
-                cached_nodes.append(o)
-                ui_outputs[o] = copy.deepcopy(self._ui_cache[sig]["output"])
-                meta_outputs[o] = copy.deepcopy(self._ui_cache[sig]["meta"])
-            else:
-                to_run.append(o)
-        add_message("execution_cached", {"nodes": cached_nodes, "prompt_id": prompt_id})
-
-        markers = {prompt_id, str(extra_data.get("client_id", ""))} - {""}
-        fail_exec = markers & self.fail_execution_for
-        results: dict[str, tuple] = {}
-        executed: list[str] = []
-        current: str | None = None
+            self._order(prompt, o, order)
+        memo: dict = {}
+        signatures = {node_id: self._signature(prompt, node_id, memo) for node_id in order}
+        cached = [n for n in order if n in self._cache and self._cache[n][0] == signatures[n]]
+        add_message("execution_cached", {"nodes": cached, "prompt_id": prompt_id})
+        results = {n: self._cache[n][1] for n in cached}
+        uis = {n: self._cache[n][2] for n in cached if self._cache[n][2]}
+        executed, current = [], None
         try:
-            for o in to_run:
-                order: list[str] = []
-                self._order(prompt, o, order, set())
-                for node_id in order:
-                    if node_id in results:
-                        continue
-                    current = node_id
-                    if fail_exec or node_id in self.fail_execution_for:
-                        raise _ExecutionError(f"forced by FakeComfyUI.fail_execution_for ({node_id})")
-                    out, ui = self._run_node(prompt, node_id, results, prompt_id)
-                    results[node_id] = out
-                    executed.append(node_id)
-                    if ui:
-                        ui_outputs[node_id] = ui
-                        meta = {"node_id": node_id, "display_node": node_id, "parent_node": None,
-                                "real_node_id": node_id}
-                        meta_outputs[node_id] = meta
-                        if self.cache:
-                            self._ui_cache[self._signature(prompt, node_id, memo)] = \
-                                {"output": copy.deepcopy(ui), "meta": copy.deepcopy(meta)}
-        except Exception as ex:
-            # PromptExecutor.handle_execution_error -> "execution_error" message
-            node_id = current or ""
-            add_message("execution_error", {
-                "prompt_id": prompt_id, "node_id": node_id,
-                "node_type": prompt.get(node_id, {}).get("class_type", ""), "executed": executed,
-                "exception_message": str(ex), "exception_type": _full_type_name(type(ex)),
-                "traceback": traceback.format_tb(ex.__traceback__), "current_inputs": {},
-                "current_outputs": {}})
-            return {"outputs": ui_outputs, "meta": meta_outputs}, False, messages
-        add_message("execution_success", {"prompt_id": prompt_id})
-        return {"outputs": ui_outputs, "meta": meta_outputs}, True, messages
+            for node_id in order:
+                if node_id in results:
+                    continue
+                current = node_id
+                self._check_interrupt()
+                self._send("executing", {"node": node_id, "display_node": node_id, "prompt_id": prompt_id},
+                           client_id)
+                node = prompt[node_id]
+                if {node_id, (node.get("_meta") or {}).get("title")} & self.fail_execution_for:
+                    raise RuntimeError(f"forced by FakeComfyUI.fail_execution_for ({node_id})")
+                inputs = {k: results[str(v[0])][v[1]] if isinstance(v, list) else v
+                          for k, v in node.get("inputs", {}).items()}
+                results[node_id], ui = self._run_node(node["class_type"], inputs, node_id, prompt_id, client_id)
+                executed.append(node_id)
+                if ui:
+                    uis[node_id] = ui
+                    self._send("executed", {"node": node_id, "display_node": node_id, "output": ui,
+                                            "prompt_id": prompt_id}, client_id)
+            add_message("execution_success", {"prompt_id": prompt_id})
+            success = True
+        except Exception as ex:  # PromptExecutor.handle_execution_error
+            base = {"prompt_id": prompt_id, "node_id": current, "node_type": prompt[current]["class_type"],
+                    "executed": executed}
+            if isinstance(ex, Interrupted):
+                add_message("execution_interrupted", base, broadcast=True)
+            else:
+                add_message("execution_error", {**base, "exception_message": str(ex),
+                                                "exception_type": _full_type_name(type(ex)),
+                                                "traceback": traceback.format_tb(ex.__traceback__),
+                                                "current_inputs": {}, "current_outputs": list(results)})
+            success = False
+        self._cache = {n: (signatures[n], results[n], uis.get(n)) for n in results}
+        meta = {n: {"node_id": n, "display_node": n, "parent_node": None, "real_node_id": n} for n in uis}
+        return {"outputs": copy.deepcopy(uis), "meta": meta}, success, messages
 
-    def _order(self, prompt: dict, node_id: str, order: list, seen: set) -> None:
-        if node_id in seen:
-            return
-        seen.add(node_id)
-        for v in prompt[node_id].get("inputs", {}).values():
-            if isinstance(v, list) and len(v) == 2:
-                self._order(prompt, str(v[0]), order, seen)
-        order.append(node_id)
-
-    def _run_node(self, prompt: dict, node_id: str, results: dict, prompt_id: str) -> tuple[tuple, dict]:
-        node = prompt[node_id]
-        class_type = node["class_type"]
-        inputs = {}
-        for k, v in node.get("inputs", {}).items():
-            inputs[k] = results[str(v[0])][v[1]] if isinstance(v, list) and len(v) == 2 else v
-
+    def _run_node(self, class_type: str, inputs: dict, node_id: str, prompt_id: str, client_id) -> tuple:
+        """The nodes' FUNCTIONs -> (outputs, ui)."""
+        if class_type in self._custom:
+            return self._custom[class_type](inputs)
         if class_type == "LoadImage":
-            # nodes.py LoadImage.load_image: exif_transpose, 16-bit "I" mode scaled by 1/255, RGB
-            with Image.open(self._annotated_path(inputs["image"])) as i:
-                i = ImageOps.exif_transpose(i)
-                if i.mode == "I":
-                    i = i.point(lambda v: v * (1 / 255))
-                image = i.convert("RGB")
-                mask = i.getchannel("A") if "A" in i.getbands() else None
-            return (image, mask), {}
+            with Image.open(self._annotated_path(inputs["image"])) as image:
+                return (image.convert("RGB"), None), {}
         if class_type == "ImageScale":
-            return (self._scale(inputs["image"], inputs["upscale_method"], int(inputs["width"]),
-                                int(inputs["height"]), inputs["crop"]),), {}
+            return (inputs["image"].resize((inputs["width"], inputs["height"])),), {}
+        if class_type == "CheckpointLoaderSimple":
+            return ("model", "clip", "vae"), {}
+        if class_type == "ControlNetLoader":
+            return (inputs["control_net_name"],), {}
+        if class_type == "CLIPTextEncode":
+            return ({"text": inputs["text"], "hints": []},), {}
+        if class_type == "ControlNetApplyAdvanced":
+            return tuple({**inputs[k], "hints": [*inputs[k]["hints"], inputs["image"]]}
+                         for k in ("positive", "negative")), {}
+        if class_type == "EmptyLatentImage":
+            return ({"size": (inputs["width"], inputs["height"]), "hints": []},), {}
+        if class_type == "KSampler":
+            for step in range(inputs["steps"]):  # comfy.utils.ProgressBar -> "progress" events
+                self._check_interrupt()
+                time.sleep(self.step_delay)
+                self._send("progress", {"value": step + 1, "max": inputs["steps"], "prompt_id": prompt_id,
+                                        "node": node_id}, client_id)
+            return ({**inputs["latent_image"], "hints": inputs["positive"]["hints"]},), {}
+        if class_type == "VAEDecode":
+            latent = inputs["samples"]
+            hints = latent["hints"]
+            return ((hints[0].resize(latent["size"]) if hints else Image.new("RGB", latent["size"], "grey")),), {}
         if class_type in ("SaveImage", "PreviewImage"):
             return (), {"images": [self._save(inputs["images"], inputs.get("filename_prefix", "ComfyUI"),
-                                              class_type, prompt)]}
-        raise _ExecutionError(f"FakeComfyUI cannot execute node class {class_type}")
+                                              class_type == "PreviewImage")]}
+        raise RuntimeError(f"FakeComfyUI cannot execute {class_type}")
 
-    @staticmethod
-    def _scale(image: Image.Image, method: str, width: int, height: int, crop: str) -> Image.Image:
-        # nodes.py ImageScale.upscale / comfy.utils.common_upscale (0 keeps the aspect ratio)
-        w, h = image.size
-        if width == 0 and height == 0:
-            return image
-        if width == 0:
-            width = max(1, round(w * height / h))
-        elif height == 0:
-            height = max(1, round(h * width / w))
-        if crop == "center":
-            old_aspect, new_aspect = w / h, width / height
-            x = y = 0
-            if old_aspect > new_aspect:
-                x = round((w - w * (new_aspect / old_aspect)) / 2)
-            elif old_aspect < new_aspect:
-                y = round((h - h * (old_aspect / new_aspect)) / 2)
-            image = image.crop((x, y, w - x, h - y))
-        resample = {"nearest-exact": Image.NEAREST, "bilinear": Image.BILINEAR, "area": Image.BOX,
-                    "bicubic": Image.BICUBIC, "lanczos": Image.LANCZOS}.get(method, Image.BILINEAR)
-        return image.resize((width, height), resample)
-
-    def _save(self, image: Image.Image, filename_prefix: str, class_type: str, prompt: dict) -> dict:
-        # nodes.py SaveImage.save_images + folder_paths.get_save_image_path
-        if class_type == "PreviewImage":
-            out_root, kind = self.temp_dir, "temp"
-            filename_prefix = "ComfyUI_temp_" + uuid.uuid4().hex[:5]
+    def _save(self, image: Image.Image, prefix: str, preview: bool) -> dict:
+        """SaveImage.save_images + folder_paths.get_save_image_path: the counter after the prefix."""
+        if preview:
+            root, kind, prefix = self.temp_dir, "temp", "ComfyUI_temp_" + uuid.uuid4().hex[:5]
         else:
-            out_root, kind = self.output_dir, "output"
-        out_root_s = os.path.abspath(out_root)
-        subfolder = os.path.dirname(os.path.normpath(filename_prefix))
-        filename = os.path.basename(os.path.normpath(filename_prefix))
-        full_output_folder = os.path.join(out_root_s, subfolder)
-        if os.path.commonpath((out_root_s, os.path.abspath(full_output_folder))) != out_root_s:
-            raise Exception("**** ERROR: Saving image outside the output folder is not allowed.")
-        os.makedirs(full_output_folder, exist_ok=True)
+            root, kind = self.output_dir, "output"
+        subfolder, base = os.path.split(os.path.normpath(prefix))
+        folder = root / subfolder
+        if os.path.commonpath((root.resolve(), folder.resolve())) != str(root.resolve()):
+            raise RuntimeError("**** ERROR: Saving image outside the output folder is not allowed.")
+        folder.mkdir(parents=True, exist_ok=True)
+        counters = [int(n[len(base) + 1:].split("_")[0]) for n in os.listdir(folder)
+                    if n.startswith(base + "_") and n[len(base) + 1:].split("_")[0].isdigit()]
+        name = f"{base}_{max(counters, default=0) + 1:05}_.png"
+        image.save(folder / name, compress_level=4)
+        if any(name.startswith(p) for p in self.lose_outputs):
+            (folder / name).unlink()
+        return {"filename": name, "subfolder": subfolder, "type": kind}
 
-        def map_filename(name: str) -> tuple[int, str]:
-            prefix_len = len(filename)
-            prefix = name[:prefix_len + 1]
-            try:
-                digits = int(name[prefix_len + 1:].split("_")[0])
-            except ValueError:
-                digits = 0
-            return digits, prefix
+    # ------------------------------------------------------------------ /ws, /queue, /history
 
-        candidates = [map_filename(n) for n in os.listdir(full_output_folder)]
-        candidates = [c for c in candidates
-                      if os.path.normcase(c[1][:-1]) == os.path.normcase(filename) and c[1][-1:] == "_"]
-        counter = max(candidates)[0] + 1 if candidates else 1
-        file = f"{filename}_{counter:05}_.png"
-        metadata = PngInfo()
-        metadata.add_text("prompt", json.dumps(prompt))
-        image.save(os.path.join(full_output_folder, file), pnginfo=metadata, compress_level=4)
-        return {"filename": file, "subfolder": subfolder, "type": kind}
+    def _send(self, event: str, data: dict, sid: str | None) -> None:
+        """PromptServer.send_sync: to the client's socket, or to every socket when sid is None."""
+        with self._lock:
+            targets = [self._sockets[sid]] if sid in self._sockets else [] if sid else list(self._sockets.values())
+        for socket in targets:
+            socket.send_json({"type": event, "data": data})
 
-    # ------------------------------------------------------------------ queue / history views
+    def _queue_updated(self) -> None:
+        self._send("status", {"status": self.queue_remaining()}, None)
+
+    def queue_remaining(self) -> dict:
+        with self._lock:
+            return {"exec_info": {"queue_remaining": len(self._queue) + (self._running is not None)}}
 
     def queue_info(self) -> dict:
-        # server.py get_queue: running and pending items, 5-element lists
         with self._lock:
-            return {"queue_running": [list(x)[:5] for x in self._running.values()],
-                    "queue_pending": [list(x)[:5] for x in sorted(self._queue)]}
-
-    def get_history(self, prompt_id: str | None = None, max_items: int | None = None) -> dict:
-        # PromptQueue.get_history
-        with self._lock:
-            if prompt_id is None:
-                keys = list(self.history)
-                if max_items is not None:
-                    keys = keys[max(0, len(keys) - max_items):]
-                return {k: copy.deepcopy(self.history[k]) for k in keys}
-            if prompt_id in self.history:
-                return {prompt_id: copy.deepcopy(self.history[prompt_id])}
-            return {}
+            return {"queue_running": [list(self._running)] if self._running else [],
+                    "queue_pending": [list(x) for x in sorted(self._queue)]}
 
     def system_stats(self) -> dict:
-        # server.py system_stats, as ComfyUI answers when started with --cpu
-        return {
-            "system": {"os": os.name, "ram_total": 16 * 1024 ** 3, "ram_free": 8 * 1024 ** 3,
-                       "comfyui_version": "0.0.0-fake", "python_version": sys.version,
-                       "pytorch_version": "0.0.0+cpu", "embedded_python": False,
-                       "argv": ["main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port)]},
-            "devices": [{"name": "cpu", "type": "cpu", "index": None, "vram_total": 16 * 1024 ** 3,
-                         "vram_free": 8 * 1024 ** 3, "torch_vram_total": 16 * 1024 ** 3,
-                         "torch_vram_free": 8 * 1024 ** 3}],
-        }
+        return {"system": {"os": os.name, "ram_total": 2 ** 34, "ram_free": 2 ** 33, "comfyui_version": "0.3.64",
+                           "python_version": sys.version, "pytorch_version": "2.8.0+cpu", "embedded_python": False,
+                           "argv": ["main.py", "--cpu"]},
+                "devices": [{"name": "cpu", "type": "cpu", "index": None, "vram_total": 2 ** 34,
+                             "vram_free": 2 ** 33, "torch_vram_total": 2 ** 34, "torch_vram_free": 2 ** 33}]}
 
     # ------------------------------------------------------------------ HTTP
 
@@ -783,22 +673,17 @@ class FakeComfyUI:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
-            server_version = "Python/aiohttp (FakeComfyUI)"
 
-            def log_message(self, *args) -> None:  # keep test output quiet
+            def log_message(self, *args) -> None:
                 pass
 
-            def _send(self, status: int, body: bytes = b"", content_type: str | None = None,
-                      headers: dict | None = None) -> None:
+            def _send(self, status: int, body: bytes = b"", ctype: str | None = None, headers: dict | None = None):
                 self.send_response(status)
-                if content_type:
-                    self.send_header("Content-Type", content_type)
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
+                for key, value in (({"Content-Type": ctype} if ctype else {}) | (headers or {})).items():
+                    self.send_header(key, value)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(body)
+                self.wfile.write(body)
 
             def _json(self, obj, status: int = 200) -> None:
                 self._send(status, json.dumps(obj).encode(), "application/json; charset=utf-8")
@@ -808,141 +693,125 @@ class FakeComfyUI:
 
             def _route(self) -> tuple[str, dict]:
                 parts = urlsplit(self.path)
-                path = parts.path
-                if path == "/api" or path.startswith("/api/"):  # server.py add_routes: /api prefix too
-                    path = path[4:] or "/"
-                query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
-                return path, query
-
-            def _body(self) -> bytes:
-                n = int(self.headers.get("Content-Length") or 0)
-                return self.rfile.read(n) if n else b""
+                path = parts.path[4:] if parts.path.startswith("/api/") else parts.path  # add_routes: /api too
+                fake.requests.append((self.command, path))
+                return path, {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
 
             def do_GET(self) -> None:
                 path, query = self._route()
-                fake.requests.append(("GET", path))
                 try:
-                    if path == "/object_info":
-                        return self._json(fake.object_info())
-                    if path.startswith("/object_info/"):
-                        return self._json(fake.object_info(unquote(path[len("/object_info/"):])))
-                    if path == "/system_stats":
-                        return self._json(fake.system_stats())
-                    if path == "/queue":
-                        return self._json(fake.queue_info())
-                    if path == "/prompt":  # server.py get_prompt -> get_queue_info
+                    if path == "/ws" and fake.serve_ws:
+                        return self._websocket(query)
+                    if path.startswith("/object_info"):
+                        return self._json(fake.object_info(unquote(path[len("/object_info/"):]) or None))
+                    if path == "/history" or path.startswith("/history/"):
+                        prompt_id = unquote(path[len("/history/"):])
                         with fake._lock:
-                            remaining = len(fake._queue) + len(fake._running)
-                        return self._json({"exec_info": {"queue_remaining": remaining}})
-                    if path == "/history":
-                        mi = query.get("max_items")
-                        return self._json(fake.get_history(max_items=int(mi) if mi else None))
-                    if path.startswith("/history/"):
-                        return self._json(fake.get_history(prompt_id=unquote(path[len("/history/"):])))
+                            ids = [prompt_id] if prompt_id else list(fake.history)
+                            return self._json({i: fake.history[i] for i in ids if i in fake.history})
+                    answers = {"/system_stats": fake.system_stats, "/queue": fake.queue_info,
+                               "/prompt": fake.queue_remaining}
+                    if path in answers:
+                        return self._json(answers[path]())
                     if path == "/view":
                         return self._view(query)
                     return self._text(404, "404: Not Found")
                 except Exception:
-                    return self._text(500, "500 Internal Server Error\n\n" + traceback.format_exc())
+                    return self._text(500, AIOHTTP_500)
 
             def _view(self, query: dict) -> None:
-                # server.py view_image
-                if "filename" not in query:
+                """server.py view_image: no "..", the folder by type, the subfolder inside it."""
+                name = query.get("filename", "")
+                if not name:
                     return self._send(404)
-                filename, output_dir = fake._annotated_filepath(query["filename"])
-                if not filename or filename[0] == "/" or ".." in filename:
+                if name[0] == "/" or ".." in name:
                     return self._send(400)
-                if output_dir is None:
-                    output_dir = fake._dir_by_type(query.get("type", "output"))
-                if output_dir is None:
+                folder = {"output": fake.output_dir, "input": fake.input_dir, "temp": fake.temp_dir}.get(
+                    query.get("type", "output"))
+                if folder is None:
                     return self._send(400)
-                output_dir_s = os.path.abspath(output_dir)
-                if "subfolder" in query:
-                    full_output_dir = os.path.join(output_dir_s, query["subfolder"])
-                    if os.path.commonpath((os.path.abspath(full_output_dir), output_dir_s)) != output_dir_s:
-                        return self._send(403)
-                    output_dir_s = full_output_dir
-                filename = os.path.basename(filename)
-                file = os.path.join(output_dir_s, filename)
+                full = os.path.abspath(os.path.join(folder, query.get("subfolder", "")))
+                if os.path.commonpath((full, str(folder))) != str(folder):
+                    return self._send(403)
+                file = os.path.join(full, os.path.basename(name))
                 if not os.path.isfile(file):
                     return self._send(404)
-                content_type = mimetypes.guess_type(filename)[0] or "application/octet-stream"
                 with open(file, "rb") as f:
-                    data = f.read()
-                return self._send(200, data, content_type, {"Content-Disposition": f'filename="{filename}"'})
+                    self._send(200, f.read(), mimetypes.guess_type(file)[0] or "application/octet-stream",
+                               {"Content-Disposition": f'filename="{os.path.basename(name)}"'})
 
-            def do_HEAD(self) -> None:
-                self.do_GET()
+            def _websocket(self, query: dict) -> None:
+                """server.py websocket_handler: the status first, then events until the client leaves."""
+                key = self.headers.get("Sec-WebSocket-Key")
+                if (self.headers.get("Upgrade") or "").lower() != "websocket" or not key:
+                    return self._text(400, "No WebSocket UPGRADE hdr")
+                accept = base64.b64encode(hashlib.sha1((key + WS_GUID).encode()).digest()).decode()
+                self.send_response(101)
+                for header, value in (("Upgrade", "websocket"), ("Connection", "Upgrade"),
+                                      ("Sec-WebSocket-Accept", accept)):
+                    self.send_header(header, value)
+                self.end_headers()
+                self.wfile.flush()
+                sid = query.get("clientId") or uuid.uuid4().hex
+                socket = _WebSocket(self)
+                with fake._lock:
+                    fake._sockets[sid] = socket
+                    fake.ws_clients.append(sid)
+                socket.send_json({"type": "status", "data": {"status": fake.queue_remaining(), "sid": sid}})
+                try:
+                    while True:
+                        opcode, payload = socket.receive()
+                        if opcode is None or opcode == 0x8:
+                            break
+                        if opcode == 0x9:
+                            socket.send(0xA, payload)
+                except OSError:
+                    pass
+                finally:
+                    with fake._lock:
+                        if fake._sockets.get(sid) is socket:
+                            del fake._sockets[sid]
+                    self.close_connection = True
 
             def do_POST(self) -> None:
                 path, _ = self._route()
-                fake.requests.append(("POST", path))
-                body = self._body()
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 try:
-                    if path == "/prompt":
-                        try:
-                            json_data = json.loads(body)
-                        except ValueError:
-                            return self._text(500, "500 Internal Server Error")  # aiohttp request.json() raised
-                        fake.prompts.append(json_data)
-                        status, out = fake._post_prompt(json_data)
-                        if out is None:
-                            return self._text(status, "500 Internal Server Error")
-                        return self._json(out, status)
                     if path == "/upload/image":
-                        fields = self._multipart(body)
-                        if fields is None:
-                            return self._text(500, "500 Internal Server Error")
-                        status, out = fake._image_upload(fields)
+                        status, out = fake._image_upload(self._multipart(body))
                         return self._json(out, status) if out is not None else self._send(status)
+                    data = json.loads(body or b"{}")  # aiohttp request.json(): bad JSON -> 500
+                    if path == "/prompt":
+                        fake.prompts.append(data)
+                        status, out = fake._post_prompt(data)
+                        return self._json(out, status)
                     if path == "/queue":  # server.py post_queue
-                        data = json.loads(body or b"{}")
                         with fake._lock:
                             if data.get("clear"):
                                 fake._queue = []
-                            for pid in data.get("delete", []):
-                                fake._queue = [x for x in fake._queue if x[1] != pid]
-                                heapq.heapify(fake._queue)
-                        return self._send(200)
-                    if path == "/history":  # server.py post_history
-                        data = json.loads(body or b"{}")
-                        with fake._lock:
-                            if data.get("clear"):
-                                fake.history.clear()
-                            for pid in data.get("delete", []):
-                                fake.history.pop(pid, None)
+                            fake._queue = [x for x in fake._queue if x[1] not in data.get("delete", [])]
+                            heapq.heapify(fake._queue)
+                        fake._queue_updated()
                         return self._send(200)
                     if path == "/interrupt":
+                        fake.interrupt(data.get("prompt_id"))
                         return self._send(200)
                     return self._text(404, "404: Not Found")
                 except Exception:
-                    return self._text(500, "500 Internal Server Error\n\n" + traceback.format_exc())
+                    return self._text(500, AIOHTTP_500)
 
-            def _multipart(self, body: bytes) -> dict | None:
-                """multipart/form-data with the stdlib email parser (cgi is deprecated)."""
-                ctype = self.headers.get("Content-Type", "")
-                if not ctype.lower().startswith("multipart/form-data"):
-                    return None
-                raw = b"Content-Type: " + ctype.encode("latin-1") + b"\r\nMIME-Version: 1.0\r\n\r\n" + body
-                msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(raw)
-                if not msg.is_multipart():
-                    return None
+            def _multipart(self, body: bytes) -> dict:
+                """multipart/form-data through the stdlib email parser (aiohttp's request.post())."""
+                raw = b"Content-Type: " + self.headers.get("Content-Type", "").encode("latin-1") + b"\r\n\r\n" + body
                 fields: dict = {}
-                for part in msg.iter_parts():
+                for part in email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(raw).iter_parts():
                     name = part.get_param("name", header="content-disposition")
-                    if name is None:
-                        continue
                     data = part.get_payload(decode=True) or b""
                     filename = part.get_filename()
-                    if filename is not None:
-                        fields[name] = {"filename": filename, "data": data,
-                                        "content_type": part.get_content_type()}
-                    else:
-                        charset = part.get_content_charset() or "utf-8"
-                        fields[name] = data.decode(charset, errors="replace")
+                    fields[name] = {"filename": filename, "data": data} if filename is not None else data.decode()
                 return fields
 
         return Handler
 
 
-__all__ = ["FakeComfyUI", "default_node_classes"]
+__all__ = ["FakeComfyUI", "default_node_classes", "node_info"]
