@@ -81,3 +81,9 @@ class RepositoryError(PoseFactoryError):
     """The project is not in the state the command needs (not a git repository, batch not tracked, ...)."""
 
     exit_code = 10
+
+
+class ServiceUnreachableError(PoseFactoryError):
+    """A service the command talks to (a ComfyUI server) does not answer: not running, wrong address, network."""
+
+    exit_code = 14
