@@ -42,7 +42,9 @@ class Progress:
                                TimeRemainingColumn(), console=Console(file=self.stream), transient=False)
             with bar:
                 task_id = bar.add_task(description, total=total)
-                yield Task(lambda n: bar.advance(task_id, n), description, total, unit, self._lock)
+                task = Task(lambda n: bar.advance(task_id, n), description, total, unit, self._lock)
+                task._describe = lambda text: bar.update(task_id, description=text)
+                yield task
         else:
             task = Task(None, description, total, unit, self._lock, log_stream=self.stream)
             yield task
@@ -64,6 +66,17 @@ class Task:
         self._lock = lock
         self._log_stream = log_stream
         self._last_log = time.monotonic()
+        self._describe = None
+        self._note = ""
+
+    def note(self, text: str) -> None:
+        """Say what the current item is doing (e.g. a server's step 12/30) beside the description."""
+        with self._lock:
+            self._note = text
+            if self._describe:
+                self._describe(f"{self.description} {text}" if text else self.description)
+            elif self._log_stream and time.monotonic() - self._last_log >= self.LOG_INTERVAL_S:
+                self.log_line()  # a long item still shows signs of life in logs
 
     def advance(self, amount: float = 1) -> None:
         with self._lock:
@@ -80,7 +93,8 @@ class Task:
         done = _human(self.done, self.unit)
         total = _human(self.total, self.unit)
         percent = 100.0 * self.done / self.total if self.total else 100.0
-        print(f"{self.description}: {done}/{total} ({percent:.0f}%)" + (" done" if final else ""),
+        note = f" [{self._note}]" if self._note and not final else ""
+        print(f"{self.description}: {done}/{total} ({percent:.0f}%)" + (" done" if final else note),
               file=self._log_stream, flush=True)
 
 
