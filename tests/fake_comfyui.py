@@ -182,6 +182,7 @@ class FakeComfyUI:
         self.interrupts: list[dict] = []
         self.ws_clients: list[str] = []
         self.history: dict[str, dict] = {}
+        self.executing: str | None = None  # the node running now
         self.url, self.port = "", 0
         self._tmp: Path | None = None
         self._lock = threading.RLock()
@@ -551,7 +552,7 @@ class FakeComfyUI:
             for node_id in order:
                 if node_id in results:
                     continue
-                current = node_id
+                current = self.executing = node_id
                 self._check_interrupt()
                 self._send("executing", {"node": node_id, "display_node": node_id, "prompt_id": prompt_id},
                            client_id)
@@ -579,6 +580,7 @@ class FakeComfyUI:
                                                 "traceback": traceback.format_tb(ex.__traceback__),
                                                 "current_inputs": {}, "current_outputs": list(results)})
             success = False
+        self.executing = None
         self._cache = {n: (signatures[n], results[n], uis.get(n)) for n in results}
         meta = {n: {"node_id": n, "display_node": n, "parent_node": None, "real_node_id": n} for n in uis}
         return {"outputs": copy.deepcopy(uis), "meta": meta}, success, messages
@@ -762,6 +764,7 @@ class FakeComfyUI:
                     while True:
                         opcode, payload = socket.receive()
                         if opcode is None or opcode == 0x8:
+                            socket.send(0x8, payload[:2]) if opcode else None  # answer the close
                             break
                         if opcode == 0x9:
                             socket.send(0xA, payload)

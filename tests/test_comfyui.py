@@ -1,40 +1,101 @@
-"""`comfyui check` and `comfyui queue` against a local server that speaks ComfyUI's HTTP API."""
+"""`comfyui check`, `comfyui queue` and `comfyui link` against a server that speaks ComfyUI's API.
+
+The stand-in (tests/fake_comfyui.py) by default; tests using the `server` fixture also run, with
+`-m real_comfyui` and POSE_FACTORY_REAL_COMFYUI=http://host:8188, against a real ComfyUI (no models needed).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
 import json
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
 
+import numpy as np
 import pytest
+import requests
+from PIL import Image
 
-from conftest import dvc, publish_generated
-from fake_comfyui import FakeComfyUI
+from conftest import ENV_NAMES, REPO, Project, Result, dvc, make_repository, publish_generated, run_script
+from fake_comfyui import FakeComfyUI, node_info
+from pose_factory.cli import main as cli_main
+
+pytestmark = pytest.mark.integration
 
 BATCH = "2026-11-01_run-cycle"
+REAL_COMFYUI = os.environ.get("POSE_FACTORY_REAL_COMFYUI")
+# Two LoadImage -> SaveImage chains: runs on any ComfyUI, with or without models.
 API_WORKFLOW = {
     "10": {"class_type": "LoadImage", "inputs": {"image": "placeholder.png"}},
     "11": {"class_type": "LoadImage", "inputs": {"image": "placeholder.png"}},
     "20": {"class_type": "SaveImage", "inputs": {"images": ["10", 0], "filename_prefix": "ComfyUI"}},
     "21": {"class_type": "SaveImage", "inputs": {"images": ["11", 0], "filename_prefix": "ComfyUI"}},
 }
+SIMPLE = {"inputs": {"10.image": "pose", "11.image": "depth"}, "values": {"20.filename_prefix": "pf_{pose_set}_{name}"}}
+# The realistic SDXL graph (checkpoint, two ControlNets, KSampler, VAEDecode, SaveImage), at the set's 48x48.
+CONTROLNET = {"inputs": {"10.image": "pose", "13.image": "depth"},
+              "values": {"3.seed": "{seed}", "6.text": "a mannequin, {pose_set}, seen from {azimuth_deg} degrees",
+                         "9.filename_prefix": "pf_{batch_id}_{name}"}}
 UI_WORKFLOW = {"last_node_id": 2, "nodes": [{"id": 1, "type": "LoadImage"}], "links": [], "version": 0.4}
 
 
-def write_config(repo, workflow: dict, **mapping) -> None:
-    (repo.root / "config" / "workflows").mkdir(parents=True, exist_ok=True)
-    (repo.root / "config" / "workflows" / "pose.json").write_text(json.dumps(workflow))
-    entry = {"workflow": "config/workflows/pose.json", "projects": ["run-cycle"],
-             "inputs": {"10.image": "pose", "11.image": "depth"},
-             "values": {"20.filename_prefix": "pf_{pose_set}_{name}"}}
-    entry.update(mapping)
-    (repo.root / "config" / "local.yaml").write_text(json.dumps({"workflows": {"pose-depth": entry}}))
+def controlnet_graph(steps: int = 4) -> dict:
+    graph = json.loads((REPO / "config" / "examples" / "openpose_depth_controlnet_api.json").read_text())
+    graph["5"]["inputs"].update(width=48, height=48)
+    graph["3"]["inputs"]["steps"] = steps
+    return graph
+
+
+def write_config(root: Path, workflow: dict, mapping: dict, **comfyui) -> None:
+    (root / "config" / "workflows").mkdir(parents=True, exist_ok=True)
+    (root / "config" / "workflows" / "pose.json").write_text(json.dumps(workflow))
+    entry = {"workflow": "config/workflows/pose.json", "projects": ["run-cycle"], **mapping}
+    (root / "config" / "local.yaml").write_text(json.dumps({"workflows": {"pose-depth": entry},
+                                                             **({"comfyui": comfyui} if comfyui else {})}))
+
+
+def _run_cli(*args) -> Result:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli_main([str(a) for a in args])
+    return Result(code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture(scope="module")
+def template_repo(tmp_path_factory) -> Path:
+    """A dataset repository with one pulled batch (3 samples, 48x48) and its working set, built once."""
+    base = tmp_path_factory.mktemp("comfyui-repo")
+    root = base / "project"
+    with pytest.MonkeyPatch.context() as env:
+        for name in ENV_NAMES:
+            env.delenv(name, raising=False)
+        env.setenv("DVC_SITE_CACHE_DIR", str(base / "dvc-site-cache"))
+        env.setenv("DVC_NO_ANALYTICS", "1")
+        env.setenv("POSE_FACTORY_DVC_LOCAL_REMOTE", str(base / "dvc-remote"))
+        env.setenv("POSE_FACTORY_BACKEND", "local")
+        env.setenv("POSE_FACTORY_ROOT", str(root))
+        for folder in ("config", ".dvc", "data/raw", "data/working", "data/archive"):
+            (root / folder).mkdir(parents=True)
+        make_repository(Project(root), _run_cli, pipeline=True)
+        publish_generated(base, _run_cli, BATCH, samples=3, seed=1)
+        assert _run_cli("pull", BATCH, "--commit", "-q").code == 0
+        dvc(root, "repro", "-q")
+    return root
 
 
 @pytest.fixture
-def working_set(pipeline_repo, cli, tmp_path):
-    publish_generated(tmp_path, cli, BATCH, samples=3, seed=1)
-    assert cli("pull", BATCH, "--commit", "-q").code == 0
-    dvc(pipeline_repo.root, "repro", "-q")
-    return pipeline_repo
+def repo(template_repo, tmp_path, monkeypatch) -> Path:
+    """A private copy of the repository (hardlinks between the working set, the mirror and the cache kept)."""
+    root = tmp_path / "project"
+    subprocess.run(["cp", "-a", str(template_repo), str(root)], check=True)
+    monkeypatch.setenv("POSE_FACTORY_ROOT", str(root))
+    monkeypatch.setenv("POSE_FACTORY_BACKEND", "local")
+    return root
 
 
 @pytest.fixture
@@ -43,99 +104,322 @@ def comfy():
         yield server
 
 
-def test_check_reports_server_classes_and_inputs(working_set, cli, comfy):
-    write_config(working_set, API_WORKFLOW)
-    result = cli("comfyui", "check", "--server", comfy.url, "--json")
-    assert result.code == 0, result.err
-    report = json.loads(result.out)
-    assert report["version"] == 1 and report["workflows"][0]["ok"] is True
-    workflow = dict(API_WORKFLOW, **{"30": {"class_type": "KSamplerAdvancedPlus", "inputs": {}}})
-    write_config(working_set, workflow)
-    result = cli("comfyui", "check", "--server", comfy.url)
-    assert result.code == 12 and "'KSamplerAdvancedPlus' is not installed on the server" in result.out
+@pytest.fixture(params=["stand-in", pytest.param("real", marks=pytest.mark.real_comfyui)])
+def server(request):
+    """The stand-in (yielded as itself) or, opt-in, the URL of a real ComfyUI."""
+    if request.param == "real":
+        if not REAL_COMFYUI:
+            pytest.skip("set POSE_FACTORY_REAL_COMFYUI=http://host:port to run against a real ComfyUI")
+        yield REAL_COMFYUI.rstrip("/")
+        return
+    with FakeComfyUI() as stand_in:
+        yield stand_in
 
 
-def test_ui_format_workflow_is_refused_with_how_to_export(working_set, cli, comfy):
-    write_config(working_set, UI_WORKFLOW)
-    result = cli("comfyui", "queue", "--server", comfy.url)
+def url_of(server) -> str:
+    return server if isinstance(server, str) else server.url
+
+
+def outputs_dir(root: Path) -> Path:
+    return root / "data" / "working" / "outputs" / BATCH / "pose-depth"
+
+
+def queue_json(cli, url: str, *args) -> tuple[int, dict]:
+    result = cli("comfyui", "queue", "--server", url, "--json", "-q", *args)
+    assert result.out, result.err
+    return result.code, json.loads(result.out)
+
+
+def test_check_names_missing_models_bad_options_and_classes(repo, cli):
+    write_config(repo, controlnet_graph(), CONTROLNET)
+    with FakeComfyUI() as comfy:
+        result = cli("comfyui", "check", "--server", comfy.url, "--json")
+        assert result.code == 0, result.out
+        assert json.loads(result.out)["workflows"][0]["problems"] == []
+    graph = controlnet_graph()
+    graph["3"]["inputs"]["sampler_name"] = "dpmpp_2m_turbo"
+    graph["30"] = {"class_type": "KSamplerAdvancedPlus", "inputs": {}}
+    graph["31"] = {"class_type": "V3Upscale", "inputs": {"method": "lanczos4", "image": ["10", 0]}}
+    write_config(repo, graph, CONTROLNET)
+    with FakeComfyUI(models={"checkpoints": [], "controlnet": ["controlnet-openpose-sdxl-1.0.safetensors"]}) as comfy:
+        # A newer node declares its dropdown as ["COMBO", {"options": [...]}]
+        comfy.add_node(node_info("V3Upscale", {"image": ["IMAGE"], "method": ["COMBO", {"options": ["lanczos"]}]},
+                                 ["IMAGE"], "image"), lambda inputs: ((inputs["image"],), {}))
+        result = cli("comfyui", "check", "--server", comfy.url, "--json")
+        assert result.code == 12
+        workflow = json.loads(result.out)["workflows"][0]
+        assert {(m["node"], m["folder"], m["value"]) for m in workflow["missing_models"]} == {
+            ("4", "checkpoints", "sd_xl_base_1.0.safetensors"), ("15", "controlnet",
+                                                                 "controlnet-depth-sdxl-1.0.safetensors")}
+        problems = "\n".join(workflow["problems"])
+        assert "node 4 (CheckpointLoaderSimple): ckpt_name 'sd_xl_base_1.0.safetensors' is not on the server" \
+               in problems and "models/checkpoints/" in problems
+        assert "node 3 (KSampler): sampler_name 'dpmpp_2m_turbo' is not one of the server's options" in problems
+        assert "node 31 (V3Upscale): method 'lanczos4'" in problems
+        assert "'KSamplerAdvancedPlus' is not installed" in problems
+        assert len(workflow["problems"]) == 5
+        # and what check foresaw is what a run meets
+        write_config(repo, controlnet_graph(), CONTROLNET)
+        code, report = queue_json(cli, comfy.url, "--limit", "1")
+        assert code == 12 and report["failed"][0]["reason"] == "refused"
+        assert "ckpt_name: 'sd_xl_base_1.0.safetensors' not in []" in report["failed"][0]["error"]
+
+
+def test_mapping_and_format_errors_name_the_fix(repo, cli):
+    write_config(repo, UI_WORKFLOW, SIMPLE)
+    result = cli("comfyui", "queue", "--server", "http://127.0.0.1:9")
     assert result.code == 2 and "not an API-format workflow" in result.err and "Save (API Format)" in result.err
-    assert comfy.prompts == []
-
-
-def test_mapping_errors_name_the_node_and_input(working_set, cli, comfy):
-    write_config(working_set, API_WORKFLOW, inputs={"99.image": "pose"})
-    result = cli("comfyui", "queue", "--server", comfy.url)
+    write_config(repo, API_WORKFLOW, {**SIMPLE, "inputs": {"99.image": "pose"}})
+    result = cli("comfyui", "queue", "--server", "http://127.0.0.1:9")
     assert result.code == 2 and "'99.image' names no node of the workflow" in result.err
-    write_config(working_set, API_WORKFLOW, inputs={"10.picture": "pose"})
-    result = cli("comfyui", "queue", "--server", comfy.url)
+    write_config(repo, API_WORKFLOW, {**SIMPLE, "inputs": {"10.picture": "pose"}})
+    result = cli("comfyui", "queue", "--server", "http://127.0.0.1:9")
     assert result.code == 2 and "node 10 (LoadImage) has no input 'picture'" in result.err
 
 
-def test_queue_runs_every_sample_records_outputs_and_resumes(working_set, cli, comfy):
-    write_config(working_set, API_WORKFLOW)
-    result = cli("comfyui", "queue", "--server", comfy.url, "--json")
-    assert result.code == 0, result.err
-    report = json.loads(result.out)
-    assert report["version"] == 1 and (report["done"], report["skipped"], report["failed"]) == (3, 0, [])
-    assert report["outputs"] == 6
-    assert len(comfy.prompts) == 3 and len(comfy.uploads) == 6
-    first = comfy.prompts[0]["prompt"]
-    assert first["10"]["inputs"]["image"] == "pose-factory/pose/000000.png"
-    assert first["20"]["inputs"]["filename_prefix"] == "pf_run-cycle_000000"
-    out = working_set.root / "data" / "working" / "outputs" / BATCH / "pose-depth"
-    record = json.loads((out / "000000.json").read_text())
-    assert record["version"] == 1 and record["sample_id"] == "000000" and len(record["outputs"]) == 2
+def test_queue_runs_a_controlnet_graph_records_every_sample_and_resumes(repo, cli, comfy):
+    write_config(repo, controlnet_graph(), CONTROLNET)
+    code, report = queue_json(cli, comfy.url)
+    assert code == 0, report
+    assert (report["done"], report["skipped"], report["failed"], report["outputs"]) == (3, 0, [], 3)
+    assert comfy.ws_clients, "the run followed its prompts on /ws"
+    # uploads went to their own folder, by batch and modality, never to input/pose-factory
+    assert not (comfy.input_dir / "pose-factory").exists()
+    assert {u["path"].relative_to(comfy.input_dir).parts[:3] for u in comfy.uploads} == {
+        ("pose-factory-upload", BATCH, "pose"), ("pose-factory-upload", BATCH, "depth")}
+    assert all(u["overwrite"] is None for u in comfy.uploads)
+    first = comfy.prompts[0]
+    assert first["prompt"]["3"]["inputs"]["seed"] == 0 and first["prompt"]["9"]["inputs"]["filename_prefix"] == \
+        f"pf_{BATCH}_000000"
+    record = json.loads((outputs_dir(repo) / "000000.json").read_text())
+    assert record["prompt_id"] == first["prompt_id"], "the client chose the prompt_id"
+    assert record["sample_id"] == "000000" and len(record["workflow_hash"]) == 64
     assert record["batch_version"]["dvc_md5"].endswith(".dir") and len(record["batch_version"]["git_commit"]) == 40
-    assert len(record["workflow_hash"]) == 64
-    saved = out / record["outputs"][0]["file"]
-    working_pose = working_set.root / "data" / "working" / "current_batch" / "pose" / "000000.png"
-    import numpy as np
-    from PIL import Image
-
-    assert np.array_equal(np.asarray(Image.open(saved)), np.asarray(Image.open(working_pose)))
-    again = json.loads(cli("comfyui", "queue", "--server", comfy.url, "--json").out)
-    assert (again["done"], again["skipped"]) == (0, 3) and len(comfy.prompts) == 3
-
-
-def test_node_errors_are_reported_per_sample(working_set, cli, comfy):
-    write_config(working_set, API_WORKFLOW)
-    # --linked without a linked folder: ComfyUI cannot find the images and says so per node.
-    result = cli("comfyui", "queue", "--server", comfy.url, "--linked", "--limit", "2")
-    assert result.code == 12
-    assert "failed 000000" in result.out and "node 10 (LoadImage)" in result.out
-    assert "2 failed" in result.out
+    [output] = record["outputs"]
+    assert (output["node"], output["kind"], output["file"]) == ("9", "images", "000000_9_0.png")
+    working_pose = repo / "data" / "working" / "current_batch" / "pose" / "000000.png"
+    assert np.array_equal(np.asarray(Image.open(outputs_dir(repo) / output["file"])),
+                          np.asarray(Image.open(working_pose))), "the pose image reached the pose ControlNet"
+    assert not list(outputs_dir(repo).glob("*.prompt.json")), "nothing left in flight"
+    code, again = queue_json(cli, comfy.url)
+    assert (code, again["done"], again["skipped"]) == (0, 0, 3) and len(comfy.prompts) == 3
 
 
-def test_unreachable_server_is_a_clear_error(working_set, cli):
-    from pose_factory.devtools.s3local import free_port
+def test_queue_round_trip(repo, cli, server):
+    """Also against a real ComfyUI: upload, prompt, follow, download."""
+    write_config(repo, API_WORKFLOW, SIMPLE)
+    code, report = queue_json(cli, url_of(server), "--limit", "2")
+    assert code == 0 and (report["done"], report["failed"], report["outputs"]) == (2, [], 4), report
+    record = json.loads((outputs_dir(repo) / "000001.json").read_text())
+    saved = {o["node"]: outputs_dir(repo) / o["file"] for o in record["outputs"]}
+    depth = repo / "data" / "working" / "current_batch" / "depth" / "000001.png"
+    assert np.array_equal(np.asarray(Image.open(saved["21"]).convert("RGB")),
+                          np.asarray(Image.open(depth).convert("RGB")))
 
-    write_config(working_set, API_WORKFLOW)
-    result = cli("comfyui", "queue", "--server", f"http://127.0.0.1:{free_port()}")
-    assert result.code == 4 and "cannot reach ComfyUI" in result.err and "--server" in result.err
+
+def test_a_partly_invalid_prompt_fails_its_sample_and_is_taken_back(repo, cli, server):
+    """ComfyUI answers 200 and runs only the outputs that validated: that sample is not done."""
+    if not isinstance(server, str):
+        server.exec_delay = 0.3  # the prompt is still queued or starting when the client takes it back
+    write_config(repo, API_WORKFLOW, {**SIMPLE, "inputs": {"10.image": "pose"}})  # 11 keeps "placeholder.png"
+    code, report = queue_json(cli, url_of(server), "--limit", "2")
+    assert code == 12 and report["done"] == 0 and len(report["failed"]) == 2
+    failure = report["failed"][0]
+    assert failure["reason"] == "node_errors" and "node 11 (LoadImage)" in failure["error"]
+    assert "Invalid image file: placeholder.png" in failure["error"]
+    assert not list(outputs_dir(repo).glob("*.json")), "no record, no marker"
+    if isinstance(server, FakeComfyUI):
+        assert server.wait_idle()
+        for prompt in server.prompts:
+            messages = [m[0] for m in server.history.get(prompt["prompt_id"], {"status": {"messages": []}})
+                        ["status"]["messages"]]
+            assert "execution_success" not in messages, "deleted from the queue or interrupted, never run"
+        code, again = queue_json(cli, url_of(server), "--limit", "2")
+        assert again["skipped"] == 0 and len(again["failed"]) == 2, "a failed sample is retried"
 
 
-def test_a_failed_execution_is_reported_and_retried_on_the_next_run(working_set, cli, comfy):
-    write_config(working_set, API_WORKFLOW)
+def test_an_execution_error_is_reported_and_retried_on_the_next_run(repo, cli, comfy):
+    write_config(repo, API_WORKFLOW, SIMPLE)
     comfy.fail_execution_for = {"21"}
     result = cli("comfyui", "queue", "--server", comfy.url, "--limit", "1")
-    assert result.code == 12 and "failed 000000" in result.out and "fail_execution_for (21)" in result.out
-    out = working_set.root / "data" / "working" / "outputs" / BATCH / "pose-depth"
-    assert not (out / "000000.json").exists(), "a failed sample is not recorded as done"
+    assert result.code == 12 and "failed 000000 (execution_error): node 21 (SaveImage) failed" in result.out
+    assert "fail_execution_for (21)" in result.out
+    assert not (outputs_dir(repo) / "000000.json").exists(), "a failed sample is not recorded as done"
     comfy.fail_execution_for = set()
-    again = json.loads(cli("comfyui", "queue", "--server", comfy.url, "--limit", "1", "--json").out)
-    assert (again["done"], again["failed"]) == (1, [])
+    code, again = queue_json(cli, comfy.url, "--limit", "1")
+    assert (code, again["done"], again["failed"]) == (0, 1, [])
 
 
-def test_queue_depth_bounds_the_prompts_in_flight(working_set, cli, comfy):
-    write_config(working_set, API_WORKFLOW)
-    config = json.loads((working_set.root / "config" / "local.yaml").read_text())
-    config["comfyui"] = {"queue_depth": 1}
-    (working_set.root / "config" / "local.yaml").write_text(json.dumps(config))
-    assert cli("comfyui", "queue", "--server", comfy.url).code == 0
-    # With a depth of 1 every prompt is followed to its end in /history before the next one is submitted.
-    order = [path for method, path in comfy.requests if (method, path.split("?")[0]) == ("POST", "/prompt")
-             or path.startswith("/history/")]
-    submitted = [i for i, path in enumerate(order) if path == "/prompt"]
-    assert len(submitted) == 3
-    for before, after in zip(submitted, submitted[1:]):
-        assert any(path.startswith("/history/") for path in order[before + 1:after]), order
+def _when(condition, then, timeout: float = 60) -> threading.Thread:
+    """In the background: once `condition()` holds, call `then()`."""
+    def run():
+        end = time.monotonic() + timeout
+        while time.monotonic() < end and not condition():
+            time.sleep(0.01)
+        then()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_interrupted_in_comfyui_is_reported_as_interrupted(repo, cli, comfy):
+    comfy.step_delay = 0.01
+    write_config(repo, controlnet_graph(steps=5000), CONTROLNET)
+    # someone presses Cancel in ComfyUI's UI while the sampler runs (a global interrupt, no prompt_id)
+    clicker = _when(lambda: comfy.executing == "3", lambda: requests.post(comfy.url + "/interrupt", timeout=10))
+    code, report = queue_json(cli, comfy.url, "--limit", "1")
+    clicker.join()
+    assert code == 12 and report["failed"][0]["reason"] == "interrupted"
+    assert "at node 3 (KSampler)" in report["failed"][0]["error"]
+
+
+def test_the_timeout_counts_from_the_start_of_execution_and_interrupts(repo, cli, comfy):
+    # Another client's prompt holds the server for longer than our timeout: ours wait in the queue unharmed.
+    release = threading.Event()
+    comfy.add_node(node_info("Hold", {}, [], "test", output_node=True),
+                   lambda inputs: (release.wait(60), ((), {}))[1])
+    requests.post(comfy.url + "/prompt", json={"prompt": {"1": {"class_type": "Hold", "inputs": {}}}}, timeout=10)
+    write_config(repo, controlnet_graph(steps=2), CONTROLNET, timeout_s=1.0)
+    holder = _when(lambda: len(comfy.pending_ids()) >= 2, lambda: (time.sleep(1.8), release.set()))
+    code, report = queue_json(cli, comfy.url, "--limit", "2")
+    holder.join()
+    assert (code, report["done"], report["failed"]) == (0, 2, []), report
+    # Our own prompt running past the timeout is interrupted, and reported as timed out.
+    comfy.step_delay = 0.01
+    write_config(repo, controlnet_graph(steps=5000), CONTROLNET, timeout_s=0.5)
+    code, report = queue_json(cli, comfy.url, "--limit", "1")
+    assert code == 12 and report["failed"][0]["reason"] == "timeout"
+    assert comfy.wait_idle(timeout=10), "the abandoned prompt did not go on running"
+    stuck = report["failed"][0]["prompt_id"]
+    assert comfy.history[stuck]["status"]["messages"][-1][0] == "execution_interrupted"
+    assert {"prompt_id": stuck} in comfy.interrupts
+
+
+def test_a_run_killed_after_sending_follows_that_prompt_on_the_rerun(repo, comfy):
+    comfy.step_delay = 0.01
+    write_config(repo, controlnet_graph(steps=150), CONTROLNET)
+    args = ["comfyui", "queue", "--server", comfy.url, "--limit", "1", "-q", "--json"]
+    killed = run_script(args, cwd=repo, env={"POSE_FACTORY_KILL_AT": "comfyui-queue:after-submit"})
+    assert killed.returncode == -9
+    assert len(comfy.prompts) == 1 and (outputs_dir(repo) / "000000.prompt.json").is_file()
+    rerun = run_script(args, cwd=repo)
+    assert rerun.returncode == 0, rerun.stderr
+    report = json.loads(rerun.stdout)
+    assert (report["done"], report["followed"]) == (1, 1)
+    assert len(comfy.prompts) == 1, "the prompt still queued or running was not sent twice"
+    record = json.loads((outputs_dir(repo) / "000000.json").read_text())
+    assert record["prompt_id"] == comfy.prompts[0]["prompt_id"]
+
+
+def _state(*folders: Path) -> dict[str, tuple[str, int]]:
+    """Every file's sha256 and modification time: a rewrite with the same bytes shows too."""
+    return {str(p): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+            for folder in folders for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_no_queue_run_changes_a_byte_of_the_raw_mirror_or_the_dvc_cache(repo, cli, tmp_path, template_repo,
+                                                                         monkeypatch):
+    comfyui_dir = tmp_path / "ComfyUI"
+    raw, cache = repo / "data" / "raw", repo / ".dvc" / "cache"
+    working_pose = repo / "data" / "working" / "current_batch" / "pose" / "000000.png"
+    assert working_pose.stat().st_nlink >= 3, "working set, raw mirror and DVC cache share the file"
+    # A second clone whose working set holds other samples under the same names (000000.png is sample 000001).
+    other = tmp_path / "other-clone"
+    subprocess.run(["cp", "-a", str(template_repo), str(other)], check=True)
+    params = other / "params.yaml"
+    params.write_text(params.read_text().replace("sample_ids: []", 'sample_ids: ["000001", "000002"]'))
+    assert cli("materialize", "--params", params, "--raw", other / "data/raw/pose-factory", "--reports",
+               other / "data/reports/validate", "--out", other / "data/working/current_batch", "-q").code == 0
+    write_config(repo, API_WORKFLOW, SIMPLE)
+    write_config(other, API_WORKFLOW, SIMPLE)
+    before = _state(raw, cache)
+    assert len(before) > 10
+    with FakeComfyUI(base_dir=comfyui_dir) as comfy:  # writes into a real input/ folder, as ComfyUI does
+        assert cli("comfyui", "link", comfyui_dir).code == 0
+        assert (comfyui_dir / "input" / "pose-factory").is_symlink()
+        code, report = queue_json(cli, comfy.url)  # uploads
+        assert (code, report["done"]) == (0, 3)
+        assert cli("comfyui", "link", comfyui_dir).code == 0, "link does not refuse after an upload run"
+        for path in outputs_dir(repo).iterdir():
+            path.unlink()
+        code, report = queue_json(cli, comfy.url, "--linked")
+        assert (code, report["done"]) == (0, 3) and len(comfy.uploads) == 6
+        monkeypatch.setenv("POSE_FACTORY_ROOT", str(other))
+        code, report = queue_json(cli, comfy.url)  # the other clone uploads to the same ComfyUI
+        assert (code, report["done"]) == (0, 2)
+        assert _state(raw, cache) == before
+        # What the old client did (upload into input/pose-factory with overwrite) rewrites the dataset as root:
+        with (other / "data" / "working" / "current_batch" / "pose" / "000000.png").open("rb") as handle:
+            requests.post(comfy.url + "/upload/image", files={"image": ("000000.png", handle, "image/png")},
+                          data={"subfolder": "pose-factory/pose", "overwrite": "true"}, timeout=10)
+        changed = {k for k, v in _state(raw, cache).items() if before[k][0] != v[0]}
+        if os.geteuid() == 0:  # as in Docker and on RunPod: read-only files do not stop root
+            assert len(changed) >= 2, "the raw mirror and the DVC cache share the rewritten file"
+        else:
+            assert changed == set()
+
+
+def test_every_output_kind_is_kept_with_its_own_extension_and_previews_are_skipped(repo, cli, comfy):
+    def media(inputs):
+        prefix = inputs["filename_prefix"]
+        ui = {"images": [comfy.save_file(f"{prefix}_00001_.webp", b"RIFF-webp")],
+              "gifs": [comfy.save_file(f"{prefix}_00001.mp4", b"mp4-bytes")],
+              "audio": [comfy.save_file(f"{prefix}_00001_.flac", b"fLaC")],
+              "3d": [comfy.save_file(f"{prefix}_00001_.glb", b"glTF")],
+              "text": [f"caption for {prefix}"], "animated": [True]}
+        ui["images"].append(comfy.save_file(f"{prefix}_preview.png", b"png", kind="temp"))
+        return (), ui
+
+    comfy.add_node(node_info("SaveMedia", {"images": ["IMAGE"], "filename_prefix": ["STRING", {}]}, [], "test",
+                             output_node=True), media)
+    graph = {"10": {"class_type": "LoadImage", "inputs": {"image": "x.png"}},
+             "20": {"class_type": "SaveMedia", "inputs": {"images": ["10", 0], "filename_prefix": "m"}},
+             "21": {"class_type": "PreviewImage", "inputs": {"images": ["10", 0]}}}
+    write_config(repo, graph, {"inputs": {"10.image": "pose"}, "values": {"20.filename_prefix": "m{name}"}})
+    code, report = queue_json(cli, comfy.url, "--limit", "1")
+    assert code == 0, report
+    record = json.loads((outputs_dir(repo) / "000000.json").read_text())
+    assert {(o["kind"], o["file"]) for o in record["outputs"]} == {
+        ("images", "000000_20_0.webp"), ("gifs", "000000_20_gifs_0.mp4"), ("audio", "000000_20_audio_0.flac"),
+        ("3d", "000000_20_3d_0.glb"), ("text", "000000_20_text_0.txt")}
+    assert (outputs_dir(repo) / "000000_20_gifs_0.mp4").read_bytes() == b"mp4-bytes"
+    assert (outputs_dir(repo) / "000000_20_text_0.txt").read_text() == "caption for m000000"
+
+
+def test_one_upload_or_download_error_fails_its_sample_and_the_run_goes_on(repo, cli, comfy):
+    write_config(repo, API_WORKFLOW, SIMPLE)
+    # a folder where sample 000001's pose upload goes makes ComfyUI fail that upload (HTTP 500)
+    (comfy.input_dir / "pose-factory-upload" / BATCH / "pose" / "000001.png").mkdir(parents=True)
+    comfy.lose_outputs = {"pf_run-cycle_000002"}  # sample 000002's output is gone before it is downloaded
+    code, report = queue_json(cli, comfy.url)
+    assert code == 12 and report["done"] == 1
+    failed = {f["sample"]: f for f in report["failed"]}
+    assert failed["000001"]["reason"] == "upload" and "HTTP 500" in failed["000001"]["error"]
+    assert "Server got itself in trouble" in failed["000001"]["error"]
+    assert failed["000002"]["reason"] == "download" and "HTTP 404" in failed["000002"]["error"]
+    # --fail-fast: stop at the first failure, leave nothing queued
+    prompts = len(comfy.prompts)
+    code, report = queue_json(cli, comfy.url, "--fail-fast")
+    assert code == 12 and report["stopped"] is True and len(report["failed"]) == 1
+    assert len(comfy.prompts) == prompts and comfy.pending_ids() == []
+
+
+def test_polling_without_a_websocket_and_the_queue_depth(repo, cli):
+    write_config(repo, API_WORKFLOW, SIMPLE, queue_depth=1)
+    with FakeComfyUI(serve_ws=False) as comfy:
+        code, report = queue_json(cli, comfy.url)
+        assert (code, report["done"]) == (0, 3) and comfy.ws_clients == []
+    # With a depth of 1 every prompt is followed to its end before the next one is sent.
+    order = [p for m, p in comfy.requests if (m, p) == ("POST", "/prompt") or p.startswith("/history/")]
+    sent = [i for i, p in enumerate(order) if p == "/prompt"]
+    assert len(sent) == 3
+    for before, after in zip(sent, sent[1:]):
+        assert any(p.startswith("/history/") for p in order[before + 1:after]), order
+
+
+def test_an_unreachable_server_has_its_own_exit_code(project, cli):
+    from pose_factory.devtools.s3local import free_port
+
+    result = cli("comfyui", "check", "--server", f"http://127.0.0.1:{free_port()}")
+    assert result.code == 14 and "cannot reach ComfyUI" in result.err and "--server" in result.err

@@ -239,6 +239,7 @@ def test_interrupt_ends_only_the_named_running_prompt_and_delete_empties_the_que
     assert comfy.wait_for(lambda: comfy._running and comfy._running[1] == first["prompt_id"])
     requests.post(comfy.url + "/queue", json={"delete": [second["prompt_id"]]}, timeout=10)
     assert comfy.pending_ids() == []
+    assert comfy.wait_for(lambda: comfy.executing == "3")  # the sampler
     requests.post(comfy.url + "/interrupt", json={"prompt_id": second["prompt_id"]}, timeout=10)
     assert comfy.running_id() == first["prompt_id"], "a prompt_id that is not running interrupts nothing"
     requests.post(comfy.url + "/interrupt", json={"prompt_id": first["prompt_id"]}, timeout=10)

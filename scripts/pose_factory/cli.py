@@ -221,15 +221,19 @@ def cmd_comfyui_queue(args: argparse.Namespace, settings: Settings, progress: Pr
 
     result = queue(settings, workflow=args.workflow, server=args.server or settings.comfyui["server"],
                    limit=args.limit, depth=settings.comfyui["queue_depth"], timeout_s=settings.comfyui["timeout_s"],
-                   linked=args.linked, progress=progress)
+                   linked=args.linked, fail_fast=args.fail_fast, progress=progress)
     if args.json:
         _emit_json({"version": 1, "workflow": result.workflow, "done": result.done, "skipped": result.skipped,
-                    "outputs": result.outputs, "failed": result.failed, "out_dir": result.out_dir})
+                    "followed": result.followed, "outputs": result.outputs, "failed": result.failed,
+                    "stopped": result.stopped, "out_dir": result.out_dir})
     else:
-        _out(f"{result.workflow}: {result.done} sample(s) run, {result.skipped} already done, {result.outputs} "
-             f"output image(s) in {result.out_dir}, {len(result.failed)} failed")
         for failure in result.failed[:10]:
-            _out(f"  failed {failure['sample']}: {failure['error']}")
+            _out(f"failed {failure['sample']} ({failure['reason']}): {failure['error']}")
+        if len(result.failed) > 10:
+            _out(f"... and {len(result.failed) - 10} more (--json lists them all)")
+        _out(f"{result.workflow}: {result.done} sample(s) run, {result.skipped} already done, {result.outputs} "
+             f"output file(s) in {result.out_dir}, {len(result.failed)} failed"
+             + (" (stopped at the first failure: --fail-fast)" if result.stopped else ""))
     return 0 if not result.failed else 12
 
 
@@ -576,6 +580,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, metavar="N", help="only the first N samples")
     p.add_argument("--linked", action="store_true", help="use the folder made by `comfyui link` instead of "
                    "uploading (ComfyUI on this machine)")
+    p.add_argument("--fail-fast", action="store_true", help="stop at the first failed sample (and take back the "
+                   "prompts still queued)")
     p.add_argument("--json", action="store_true", help="machine-readable result")
 
     p = add("diff", cmd_diff, "What changed in the dataset between two versions (default: HEAD against the "
