@@ -479,6 +479,7 @@ class _Run:
             out_dir = self.settings.root / "data" / "working" / "outputs" / row["batch_id"] / self.mapping.name
             self.result.out_dir = str(out_dir.parent.parent)
             if self._done_before(out_dir / f"{row['name']}.json"):
+                self._marker(row, out_dir).unlink(missing_ok=True)  # left if killed between record and clean-up
                 self.result.skipped += 1
                 self._advance()
                 continue
