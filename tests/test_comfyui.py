@@ -345,6 +345,13 @@ def test_no_queue_run_changes_a_byte_of_the_raw_mirror_or_the_dvc_cache(repo, cl
             path.unlink()
         code, report = queue_json(cli, comfy.url, "--linked")
         assert (code, report["done"]) == (0, 3) and len(comfy.uploads) == 6
+        assert cli("comfyui", "link", comfyui_dir, "--name", "poses-b").code == 0
+        (comfyui_dir / "input" / "pose-factory").unlink()  # only the link named poses-b is left
+        for path in outputs_dir(repo).iterdir():
+            path.unlink()
+        code, report = queue_json(cli, comfy.url, "--linked", "poses-b")  # the graph reads input/poses-b/...
+        assert (code, report["done"]) == (0, 3) and len(comfy.uploads) == 6
+        assert cli("comfyui", "link", comfyui_dir).code == 0  # input/pose-factory again, for the last check
         monkeypatch.setenv("POSE_FACTORY_ROOT", str(other))
         code, report = queue_json(cli, comfy.url)  # the other clone uploads to the same ComfyUI
         assert (code, report["done"]) == (0, 2)

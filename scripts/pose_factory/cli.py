@@ -578,8 +578,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workflow", metavar="NAME", help="which mapped workflow (needed when several are mapped)")
     p.add_argument("--server", metavar="URL", help="ComfyUI address (default: comfyui.server in the settings)")
     p.add_argument("--limit", type=int, metavar="N", help="only the first N samples")
-    p.add_argument("--linked", action="store_true", help="use the folder made by `comfyui link` instead of "
-                   "uploading (ComfyUI on this machine)")
+    p.add_argument("--linked", nargs="?", const="pose-factory", metavar="NAME",
+                   help="use the folder made by `comfyui link [--name NAME]` instead of uploading (ComfyUI on this "
+                        "machine; NAME defaults to pose-factory)")
     p.add_argument("--fail-fast", action="store_true", help="stop at the first failed sample (and take back the "
                    "prompts still queued)")
     p.add_argument("--json", action="store_true", help="machine-readable result")

@@ -424,7 +424,7 @@ class _Prompt:
 
 
 def queue(settings: Settings, *, workflow: str | None, server: str, limit: int | None = None, depth: int = 2,
-          timeout_s: float = 600, linked: bool = False, fail_fast: bool = False, progress=None) -> QueueResult:
+          timeout_s: float = 600, linked: str | None = None, fail_fast: bool = False, progress=None) -> QueueResult:
     """Run every sample of the working set through the mapped workflow; resumable, and cleans up after itself."""
     mapping = load_mapping(settings, workflow)
     working = settings.root / WORKING_SET
@@ -459,7 +459,7 @@ class _Run:
     """One `comfyui queue` run: submits, follows and collects prompts, at most `depth` in flight."""
 
     def __init__(self, settings: Settings, mapping: Mapping, client: Client, working: Path, *, depth: int,
-                 timeout_s: float, linked: bool, fail_fast: bool):
+                 timeout_s: float, linked: str | None, fail_fast: bool):
         self.settings, self.mapping, self.client, self.working = settings, mapping, client, working
         self.depth, self.timeout_s, self.linked, self.fail_fast = depth, timeout_s, linked, fail_fast
         self.upload_folder = settings.comfyui.get("upload_folder", "pose-factory-upload")
@@ -565,7 +565,7 @@ class _Run:
             node_id, _, input_name = key.partition(".")
             relative = row["files"][modality]
             if self.linked:
-                value = f"pose-factory/{relative}"
+                value = f"{self.linked}/{relative}"  # the name given to `comfyui link --name`
             else:
                 # Never into input/pose-factory: after `comfyui link` that is a symlink to the working set, whose
                 # files are hardlinks of the raw mirror and the DVC cache. One folder per batch and modality, named
