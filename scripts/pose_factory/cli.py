@@ -498,30 +498,48 @@ def cmd_rclone_config(args: argparse.Namespace, settings: Settings, progress: Pr
 
 # --- parser ---------------------------------------------------------------------------------------------
 
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's help, with each option's default shown (as ArgumentDefaultsHelpFormatter does), except
+    where there is none to show (off switches, no value) or the help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (default is None or default is False or default is argparse.SUPPRESS or default == [] or "default" in text
+                or not (action.option_strings or action.nargs in ("?", "*"))):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--backend", choices=["auto", "local", "r2"], default=None,
-                        help="storage to use: auto (default: R2 when credentials are set, else the local folder), "
-                             "local, or r2")
     common.add_argument("--config", metavar="FILE", help="settings file (default: config/local.yaml if present)")
     common.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    # Only for commands that read or write the bucket (or say which one they would use).
+    storage = argparse.ArgumentParser(add_help=False)
+    storage.add_argument("--backend", choices=["auto", "local", "r2"], default=None,
+                         help="storage to use: auto (default: R2 when credentials are set, else the local "
+                              "folder), local, or r2")
 
     parser = argparse.ArgumentParser(prog="pose-sync", description="Version synthetic pose batches from R2 with "
-                                     "git + DVC and hand them to ComfyUI.")
+                                     "git + DVC and hand them to ComfyUI.", formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"pose-sync {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    def adder(subparsers) -> Callable[[str, Callable, str], argparse.ArgumentParser]:
-        def add_command(name: str, handler: Callable, help_text: str) -> argparse.ArgumentParser:
-            p = subparsers.add_parser(name, parents=[common], help=help_text, description=help_text)
-            p.set_defaults(handler=handler)
+    def adder(subparsers) -> Callable[..., argparse.ArgumentParser]:
+        def add_command(name: str, handler: Callable, help_text: str, *, bucket: bool = False
+                        ) -> argparse.ArgumentParser:
+            parents = [common, storage] if bucket else [common]
+            p = subparsers.add_parser(name, parents=parents, help=help_text, description=help_text,
+                                      formatter_class=HelpFormatter)
+            p.set_defaults(handler=handler, backend=None)
             return p
 
         return add_command
 
-    def group(name: str, help_text: str) -> Callable[[str, Callable, str], argparse.ArgumentParser]:
+    def group(name: str, help_text: str) -> Callable[..., argparse.ArgumentParser]:
         """A command with sub-commands (`comfyui link`); alone, it prints its own help."""
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text, formatter_class=HelpFormatter)
         p.set_defaults(group_parser=p)
         return adder(p.add_subparsers(dest=f"{name}_command", metavar="COMMAND"))
 
@@ -529,10 +547,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("generate", cmd_generate, "Render a synthetic pose batch (no GPU) into a folder and print its id")
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write the batch folder into")
-    p.add_argument("--project", default="run-cycle", help="project slug (default: run-cycle)")
-    p.add_argument("--samples", type=int, default=8, help="number of samples (default: 8)")
-    p.add_argument("--size", default="1024x1024", help="image size WIDTHxHEIGHT (default: 1024x1024)")
-    p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same images (default: 0)")
+    p.add_argument("--project", default="run-cycle", help="project slug")
+    p.add_argument("--samples", type=int, default=8, metavar="N", help="number of samples")
+    p.add_argument("--size", default="1024x1024", metavar="WxH", help="image size in pixels")
+    p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same images")
     p.add_argument("--pose-set", default="run-cycle", help="run-cycle, walk-cycle or random-pose")
     p.add_argument("--rig", default="mannequin-a", help="mannequin-a or mannequin-b")
     p.add_argument("--job", metavar="JOB_FILE", help="render this job definition instead of the options above")
@@ -540,21 +558,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an existing batch folder with the same id")
     p.add_argument("--workers", type=int, default=None, help="render processes (default: one per core)")
 
-    p = add("publish", cmd_publish, "Upload a batch folder (pod side): verify, upload, mark complete last")
-    p.add_argument("batch_dir", metavar="BATCH_DIR")
+    p = add("publish", cmd_publish, "Upload a batch folder (pod side): verify, upload, mark complete last",
+            bucket=True)
+    p.add_argument("batch_dir", metavar="BATCH_DIR", help="the batch folder (named by its id, with manifest.json)")
     p.add_argument("--json", action="store_true", help="machine-readable result")
 
-    p = add("list", cmd_list, "List the batches in the bucket")
+    p = add("list", cmd_list, "List the batches in the bucket", bucket=True)
     p.add_argument("--project", help="only this project")
     p.add_argument("--since", metavar="YYYY-MM-DD", help="only batches created on or after this day")
     p.add_argument("--until", metavar="YYYY-MM-DD", help="only batches created on or before this day")
     p.add_argument("--json", action="store_true", help="machine-readable listing")
 
     p = add("verify", cmd_verify, "Check a local batch folder against its manifest (sizes, sha256, no extra files)")
-    p.add_argument("batch_dir", metavar="BATCH_DIR")
+    p.add_argument("batch_dir", metavar="BATCH_DIR", help="the batch folder to check")
 
     p = add("validate", cmd_validate, "Validate a batch completely: schemas, files, images, keypoints, ids")
-    p.add_argument("batch_dir", metavar="BATCH_DIR")
+    p.add_argument("batch_dir", metavar="BATCH_DIR", help="the batch folder to validate")
     p.add_argument("--report", metavar="DIR", help="write metrics.json, report.json and plot CSVs here")
     p.add_argument("--json", action="store_true", help="print the whole report as JSON")
 
@@ -565,12 +584,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="data/working/current_batch", help="the working set folder")
 
     p = add("prepare-batch", cmd_prepare_batch, "Make one batch the working set and run `dvc repro`")
-    p.add_argument("batch_id", metavar="BATCH_ID")
+    p.add_argument("batch_id", metavar="BATCH_ID", help="a batch in params.yaml's batches:")
 
     comfyui_add = group("comfyui", "ComfyUI hand-off: link, check, queue")
     p = comfyui_add("link", cmd_comfyui_link, "Link the working set into ComfyUI's input/ folder")
-    p.add_argument("comfyui_dir", metavar="COMFYUI_DIR")
-    p.add_argument("--name", default="pose-factory", help="folder name inside input/ (default: pose-factory)")
+    p.add_argument("comfyui_dir", metavar="COMFYUI_DIR", help="the ComfyUI folder (the one holding input/)")
+    p.add_argument("--name", default="pose-factory", help="folder name inside input/")
     p = comfyui_add("check", cmd_comfyui_check, "Check ComfyUI is up and has what the mapped workflows use")
     p.add_argument("--server", metavar="URL", help="ComfyUI address (default: comfyui.server in the settings)")
     p.add_argument("--json", action="store_true", help="machine-readable report")
@@ -595,36 +614,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("rev_a", nargs="?", metavar="REV_A", help="older revision (default: HEAD)")
     p.add_argument("rev_b", nargs="?", metavar="REV_B", help="newer revision (default: the workspace)")
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write index.html and thumbnails into")
-    p.add_argument("--limit", type=int, default=24, help="changed samples shown per batch (default: 24)")
+    p.add_argument("--limit", type=int, default=24, help="changed samples shown per batch")
 
     p = add("show", cmd_show, "A contact sheet (static HTML page) of one batch")
-    p.add_argument("batch_id", metavar="BATCH_ID")
+    p.add_argument("batch_id", metavar="BATCH_ID", help="a batch in the workspace (raw mirror or archive)")
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write index.html and thumbnails into")
-    p.add_argument("--limit", type=int, default=48, help="samples shown (default: 48)")
+    p.add_argument("--limit", type=int, default=48, help="samples shown")
 
     job_add = group("job", "RunPod render jobs: submit, watch, status, list, cancel")
     p = job_add("submit", cmd_job_submit, "Validate a job, upload it and start a RunPod pod that renders it")
-    p.add_argument("job_file", metavar="JOB_FILE")
+    p.add_argument("job_file", metavar="JOB_FILE", help="a job definition (schemas/job.schema.json)")
     p = job_add("watch", cmd_job_watch,
                 "Follow a job until its batch is complete in the bucket; then shut the pod down")
-    p.add_argument("job_id", metavar="JOB_ID")
+    p.add_argument("job_id", metavar="JOB_ID", help="the id `job submit` printed")
     p.add_argument("--pull", action="store_true", help="pull the batch when the job is done")
     p.add_argument("--commit", action="store_true", help="with --pull: git commit the new version")
     p.add_argument("--timeout", type=float, help="seconds (default: runpod.job_timeout_s)")
     p.add_argument("--poll", type=float, help="seconds between looks (default: runpod.poll_s)")
     p = job_add("status", cmd_job_status, "The jobs submitted from this project")
-    p.add_argument("job_id", nargs="?", metavar="JOB_ID")
+    p.add_argument("job_id", nargs="?", metavar="JOB_ID", help="only this job (default: every job)")
     p.add_argument("--json", action="store_true", help="machine-readable listing")
     p = job_add("list", cmd_job_list, "Pods started by pose-sync that are still up")
     p.add_argument("--json", action="store_true", help="machine-readable listing")
     p = job_add("cancel", cmd_job_cancel, "Shut a job's pod down")
-    p.add_argument("job_id", metavar="JOB_ID")
+    p.add_argument("job_id", metavar="JOB_ID", help="the job whose pod to shut down")
 
     worker_add = group("worker", "What a pod runs")
     p = worker_add("run", cmd_worker_run, "Render the job from the bucket and publish the batch")
-    p.add_argument("job_id", metavar="JOB_ID")
+    p.add_argument("job_id", metavar="JOB_ID", help="a job in the bucket's jobs/ prefix")
 
-    p = add("config", cmd_config, "Show the settings in effect (secrets shown only as set / not set)")
+    p = add("config", cmd_config, "Show the settings in effect (secrets shown only as set / not set)", bucket=True)
     p.add_argument("--json", action="store_true", help="machine-readable settings")
 
     def pull_options(p: argparse.ArgumentParser) -> None:
@@ -632,36 +651,42 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--since", metavar="YYYY-MM-DD", help="only batches created on or after this day")
         p.add_argument("--until", metavar="YYYY-MM-DD", help="only batches created on or before this day")
         p.add_argument("--engine", choices=["auto", "boto3", "rclone"], default="auto",
-                       help="transfer engine (default auto: rclone for R2/S3, file copies for the local "
-                            "bucket); every engine verifies every file the same way")
+                       help="transfer engine (default: auto, which is rclone for R2/S3 and file copies for the "
+                            "local bucket); every engine verifies every file the same way")
         p.add_argument("--allow-incomplete", action="store_true",
                        help="also pull a batch without _complete.json if every file its manifest lists is there")
         p.add_argument("--commit", action="store_true", help="git commit the new dataset version")
         p.add_argument("--json", action="store_true", help="machine-readable report")
 
-    p = add("pull", cmd_pull, "Pull batches into data/raw/pose-factory/, verify them and version them with DVC")
-    p.add_argument("batch_ids", nargs="*", metavar="BATCH_ID")
+    p = add("pull", cmd_pull, "Pull batches into data/raw/pose-factory/, verify them and version them with DVC",
+            bucket=True)
+    p.add_argument("batch_ids", nargs="*", metavar="BATCH_ID",
+                   help="batch ids as `pose-sync list` shows them (or none, with filters)")
     pull_options(p)
 
-    p = add("pull-latest", cmd_pull_latest, "Pull the newest complete batch (optionally of one project)")
+    p = add("pull-latest", cmd_pull_latest, "Pull the newest complete batch (optionally of one project)",
+            bucket=True)
     pull_options(p)
 
-    p = add("init", cmd_init, "Make the DVC remote the default: R2 with credentials, else a local folder")
+    p = add("init", cmd_init, "Make the DVC remote the default: R2 with credentials, else a local folder",
+            bucket=True)
     p.add_argument("--json", action="store_true", help="machine-readable result")
 
-    p = add("status", cmd_status, "Batches in the bucket, the mirror and the archive, and what differs")
+    p = add("status", cmd_status, "Batches in the bucket, the mirror and the archive, and what differs",
+            bucket=True)
     p.add_argument("--json", action="store_true", help="machine-readable status")
 
     p = add("archive", cmd_archive, "Move a batch to data/archive/ (still versioned, out of the pipeline)")
-    p.add_argument("batch_id", metavar="BATCH_ID")
+    p.add_argument("batch_id", metavar="BATCH_ID", help="a batch in data/raw/pose-factory/")
 
     p = add("restore", cmd_restore, "Move an archived batch back to data/raw/ and into the pipeline")
-    p.add_argument("batch_id", metavar="BATCH_ID")
+    p.add_argument("batch_id", metavar="BATCH_ID", help="a batch in data/archive/pose-factory/")
 
-    p = add("push-job", cmd_push_job, "Validate a job definition and upload it to the bucket's jobs prefix")
-    p.add_argument("job_file", metavar="JOB_FILE")
+    p = add("push-job", cmd_push_job, "Validate a job definition and upload it to the bucket's jobs prefix",
+            bucket=True)
+    p.add_argument("job_file", metavar="JOB_FILE", help="a job definition (schemas/job.schema.json)")
 
-    p = add("list-jobs", cmd_list_jobs, "List the job definitions in the bucket")
+    p = add("list-jobs", cmd_list_jobs, "List the job definitions in the bucket", bucket=True)
     p.add_argument("--json", action="store_true", help="machine-readable listing")
 
     p = add("rclone-config", cmd_rclone_config, "Print an rclone.conf section for the R2 remote")
