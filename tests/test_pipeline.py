@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import dvc, git, publish_generated
+from conftest import dvc, git, publish_generated, run_script
 from pose_factory.dataset import materialize as materialize_module
 
 A, B, C = "2026-11-01_run-cycle", "2026-11-02_walk", "2026-11-03_jump"
@@ -239,6 +239,8 @@ def test_fresh_clone_after_dvc_pull_reproduces_the_same_index(two_batches, tmp_p
     dvc(repo.root, "push", "-q")
     clone = tmp_path / "second-machine"
     git(tmp_path, "clone", "-q", str(repo.root), str(clone))
+    # A local-folder DVC remote is machine-local (.dvc/config.local): each clone runs `pose-sync init`.
+    assert run_script(["init"], cwd=clone, env={"POSE_FACTORY_ROOT": str(clone)}).returncode == 0
     dvc(clone, "pull", "-q")
     dvc(clone, "repro", "-q")
     assert (clone / "data/working/current_batch/index.json").read_bytes() == (

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TEST_SECRET_KEY, dvc, git, publish_generated
+from conftest import TEST_SECRET_KEY, dvc, git, publish_generated, run_script
 from faultproxy import FaultProxy
 
 BATCH = "2026-11-20_run-cycle"
@@ -34,6 +34,8 @@ def test_second_clone_restores_every_version(repo, cli, tmp_path):
     clone = tmp_path / "clone"
     git(tmp_path, "clone", "-q", str(repo.root), str(clone))
     (clone / "config").mkdir(exist_ok=True)
+    # Once per clone (a local-folder remote is machine-local, in .dvc/config.local).
+    assert run_script(["init"], cwd=clone, env={"POSE_FACTORY_ROOT": str(clone)}).returncode == 0
     dvc(clone, "pull", "-q")
     mirror = clone / "data" / "raw" / "pose-factory" / BATCH
     assert tree_bytes(mirror) == v2

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pose_factory import __version__
-from pose_factory.core.errors import PoseFactoryError, UsageError
+from pose_factory.core.errors import PoseFactoryError, RepositoryError, UsageError
 from pose_factory.core.progress import Progress, human_bytes
 from pose_factory.core.settings import (
     ENV_ACCESS_KEY,
@@ -66,6 +66,12 @@ def cmd_publish(args: argparse.Namespace, settings: Settings, progress: Progress
     from pose_factory.bucket.backends import open_storage
     from pose_factory.bucket.batches import publish_batch
 
+    if not settings.in_project and resolve_backend(settings, args.backend)[0] == "local":
+        # The local-folder bucket is a project's data/local-bucket/, never a folder made where you stand.
+        raise RepositoryError("no bucket to publish to: the local-folder bucket is a project's data/local-bucket/ "
+                              "and this is not a Pose Factory project", where=str(settings.root),
+                              hint="set the R2 variables (README: 'Connect a real R2 bucket') to publish to R2, or "
+                                   "run it inside your dataset repository (or with POSE_FACTORY_ROOT set)")
     storage = open_storage(settings, args.backend)
     result = publish_batch(storage, settings, Path(args.batch_dir), progress=progress)
     if args.json:
@@ -407,11 +413,18 @@ def cmd_init(args: argparse.Namespace, settings: Settings, progress: Progress) -
     if args.json:
         _emit_json({"version": 1, "remote": remote.as_dict(), "backend": backend})
         return 0
-    _out(f"DVC remote '{remote.name}' ({remote.kind}) is the default: {remote.url}")
+    _out(f"DVC remote '{remote.name}' ({remote.kind}) is the default: {remote.url} (in {remote.config_file})")
     if remote.kind == "r2":
         _out("credentials stay in the environment / .env; `dvc push`, `dvc pull` and `dvc status -c` in the "
              "virtualenv find them")
-    _out("commit .dvc/config to share the remote: git add .dvc/config && git commit -m 'DVC remote'")
+    else:
+        _out("this folder is this machine's only, so it stays out of git (.dvc/config.local is git-ignored); "
+             "set the R2 variables and run `pose-sync init` again to share versions through R2")
+    if remote.to_commit:
+        _out("to share the DVC set-up with every clone: git add " + " ".join(remote.to_commit)
+             + " && git commit -m 'DVC remote'")
+    else:
+        _out("nothing to commit")
     return 0
 
 
@@ -527,12 +540,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def adder(subparsers) -> Callable[..., argparse.ArgumentParser]:
-        def add_command(name: str, handler: Callable, help_text: str, *, bucket: bool = False
-                        ) -> argparse.ArgumentParser:
+        def add_command(name: str, handler: Callable, help_text: str, *, bucket: bool = False,
+                        anywhere: bool = False) -> argparse.ArgumentParser:
+            """bucket: takes --backend. anywhere: works outside a project (it reads and writes only the
+            paths it is given, or the bucket); every other command refuses there, as git does."""
             parents = [common, storage] if bucket else [common]
             p = subparsers.add_parser(name, parents=parents, help=help_text, description=help_text,
                                       formatter_class=HelpFormatter)
-            p.set_defaults(handler=handler, backend=None)
+            p.set_defaults(handler=handler, backend=None, needs_project=not anywhere)
             return p
 
         return add_command
@@ -545,7 +560,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     add = adder(sub)
 
-    p = add("generate", cmd_generate, "Render a synthetic pose batch (no GPU) into a folder and print its id")
+    p = add("generate", cmd_generate, "Render a synthetic pose batch (no GPU) into a folder and print its id",
+            anywhere=True)
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write the batch folder into")
     p.add_argument("--project", default="run-cycle", help="project slug")
     p.add_argument("--samples", type=int, default=8, metavar="N", help="number of samples")
@@ -559,7 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="render processes (default: one per core)")
 
     p = add("publish", cmd_publish, "Upload a batch folder (pod side): verify, upload, mark complete last",
-            bucket=True)
+            bucket=True, anywhere=True)
     p.add_argument("batch_dir", metavar="BATCH_DIR", help="the batch folder (named by its id, with manifest.json)")
     p.add_argument("--json", action="store_true", help="machine-readable result")
 
@@ -569,15 +585,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--until", metavar="YYYY-MM-DD", help="only batches created on or before this day")
     p.add_argument("--json", action="store_true", help="machine-readable listing")
 
-    p = add("verify", cmd_verify, "Check a local batch folder against its manifest (sizes, sha256, no extra files)")
+    p = add("verify", cmd_verify, "Check a local batch folder against its manifest (sizes, sha256, no extra files)",
+            anywhere=True)
     p.add_argument("batch_dir", metavar="BATCH_DIR", help="the batch folder to check")
 
-    p = add("validate", cmd_validate, "Validate a batch completely: schemas, files, images, keypoints, ids")
+    p = add("validate", cmd_validate, "Validate a batch completely: schemas, files, images, keypoints, ids",
+            anywhere=True)
     p.add_argument("batch_dir", metavar="BATCH_DIR", help="the batch folder to validate")
     p.add_argument("--report", metavar="DIR", help="write metrics.json, report.json and plot CSVs here")
     p.add_argument("--json", action="store_true", help="print the whole report as JSON")
 
-    p = add("materialize", cmd_materialize, "Build the ComfyUI working set from params.yaml (the dvc.yaml stage)")
+    p = add("materialize", cmd_materialize, "Build the ComfyUI working set from params.yaml (the dvc.yaml stage)",
+            anywhere=True)
     p.add_argument("--params", default="params.yaml", help="params file with the working: section")
     p.add_argument("--raw", default="data/raw/pose-factory", help="the raw mirror")
     p.add_argument("--reports", default="data/reports/validate", help="validation reports, one folder per batch")
@@ -640,7 +659,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job_id", metavar="JOB_ID", help="the job whose pod to shut down")
 
     worker_add = group("worker", "What a pod runs")
-    p = worker_add("run", cmd_worker_run, "Render the job from the bucket and publish the batch")
+    p = worker_add("run", cmd_worker_run, "Render the job from the bucket and publish the batch", anywhere=True)
     p.add_argument("job_id", metavar="JOB_ID", help="a job in the bucket's jobs/ prefix")
 
     p = add("config", cmd_config, "Show the settings in effect (secrets shown only as set / not set)", bucket=True)
@@ -701,7 +720,8 @@ def main(argv: list[str] | None = None) -> int:
         getattr(args, "group_parser", parser).print_help()
         return 2
     try:
-        settings = load_settings(config_file=Path(args.config) if args.config else None)
+        settings = load_settings(config_file=Path(args.config) if args.config else None,
+                                 require_project=args.needs_project)
         return args.handler(args, settings, Progress(enabled=not args.quiet))
     except PoseFactoryError as exc:
         print(redact(f"error: {exc}"), file=sys.stderr)

@@ -16,7 +16,7 @@ from typing import Any
 
 from pose_factory.core import schemas
 from pose_factory.core.errors import ConfigError, CredentialsError
-from pose_factory.core.layout import project_root
+from pose_factory.core.layout import find_project_root, project_root
 
 CONFIG_RELATIVE = Path("config") / "local.yaml"
 
@@ -84,6 +84,8 @@ class Settings:
     workflows: dict[str, Any] = field(default_factory=dict)
     comfyui: dict[str, Any] = field(default_factory=dict)
     runpod: dict[str, Any] = field(default_factory=dict)
+    # False when a command that needs no project runs outside one: root is then the working directory.
+    in_project: bool = True
 
     @property
     def mirror_dir(self) -> Path:
@@ -167,16 +169,26 @@ def load_dotenv(root: Path) -> None:
                 os.environ[key] = value
 
 
-def load_settings(root: Path | None = None, config_file: Path | None = None) -> Settings:
-    """Defaults, overlaid by the config file (if any), overlaid by environment overrides."""
-    root = root or project_root()
-    load_dotenv(root)
+def load_settings(root: Path | None = None, config_file: Path | None = None, *, require_project: bool = True
+                  ) -> Settings:
+    """Defaults, overlaid by the config file (if any), overlaid by environment overrides.
+
+    Outside a project: RepositoryError, or with require_project=False settings rooted at the working
+    directory with no project files read (no .env, no config/local.yaml).
+    """
+    in_project = True
+    if root is None:
+        root = project_root() if require_project else find_project_root()
+    if root is None:
+        root, in_project = Path.cwd().resolve(), False
+    else:
+        load_dotenv(root)
     if config_file is None and os.environ.get(ENV_CONFIG):
         config_file = Path(os.environ[ENV_CONFIG])
         if not config_file.is_file():
             raise ConfigError("the config file named by POSE_FACTORY_CONFIG does not exist", where=str(config_file),
                               hint="point POSE_FACTORY_CONFIG at a YAML file or unset it")
-    if config_file is None and (root / CONFIG_RELATIVE).is_file():
+    if config_file is None and in_project and (root / CONFIG_RELATIVE).is_file():
         config_file = root / CONFIG_RELATIVE
     merged = _deep_merge(DEFAULTS, _read_config_file(config_file) if config_file else {})
     storage = merged["storage"]
@@ -202,6 +214,7 @@ def load_settings(root: Path | None = None, config_file: Path | None = None) -> 
         workflows=merged["workflows"],
         comfyui=merged["comfyui"],
         runpod=merged["runpod"],
+        in_project=in_project,
     )
 
 

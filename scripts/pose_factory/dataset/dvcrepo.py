@@ -81,9 +81,12 @@ class RemoteInfo:
     name: str
     url: str
     kind: str  # r2 | local
+    config_file: str = ".dvc/config"  # where the remote is written: .dvc/config (shared) or .dvc/config.local
+    to_commit: tuple[str, ...] = ()  # what init changed that git should record
 
-    def as_dict(self) -> dict[str, str]:
-        return {"name": self.name, "url": self.url, "kind": self.kind}
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "url": self.url, "kind": self.kind, "config_file": self.config_file,
+                "to_commit": list(self.to_commit)}
 
 
 @contextmanager
@@ -113,8 +116,11 @@ def open_repo(root: Path) -> Iterator[Any]:
 def configure_remote(settings: Settings, credentials: R2Credentials | None) -> RemoteInfo:
     """Make the DVC remote the default: R2 at s3://<bucket>/<dvc prefix>, or a local folder.
 
-    Only the URL, endpoint and region go into `.dvc/config` (committed). Credentials stay in the
-    environment / `.env`, from where the virtualenv's start-up hook hands them to dvc (see envhook).
+    R2 is every clone's remote: its URL, endpoint and region go into `.dvc/config` (committed);
+    credentials stay in the environment / `.env`, from where the virtualenv's start-up hook hands them
+    to dvc (see envhook). A local folder is this machine's alone, so, as `dvc remote add --local` does,
+    it goes into `.dvc/config.local` (git-ignored), where it also overrides a shared R2 default on this
+    machine only. The cache link type, probed on this machine's filesystem, is machine-local too.
     """
     root = settings.root
     if not (root / ".dvc" / "config").exists():
@@ -122,20 +128,36 @@ def configure_remote(settings: Settings, credentials: R2Credentials | None) -> R
 
         with contextlib.redirect_stdout(io.StringIO()):
             Repo.init(str(root), force=(root / ".dvc").exists())
-    if credentials:
-        info = RemoteInfo(R2_REMOTE, f"s3://{settings.bucket}/{settings.prefixes.dvc.rstrip('/')}", "r2")
-        options = {"url": info.url, "endpointurl": credentials.endpoint_url, "region": "auto"}
-    else:
-        folder = settings.dvc_local_remote.resolve()
-        folder.mkdir(parents=True, exist_ok=True)
-        info = RemoteInfo(LOCAL_REMOTE, str(folder), "local")
-        options = {"url": info.url}
-    with open_repo(root) as repo, repo.config.edit("repo") as conf:
-        conf["core"]["analytics"] = "false"
-        conf["cache"]["type"] = cache_type(root)
-        conf["remote"][info.name] = options
-        conf["core"]["remote"] = info.name
-    return info
+    link_type = cache_type(root)
+    with open_repo(root) as repo:
+        with repo.config.edit("repo") as shared:
+            shared["core"]["analytics"] = "false"
+            if credentials:
+                info = RemoteInfo(R2_REMOTE, f"s3://{settings.bucket}/{settings.prefixes.dvc.rstrip('/')}", "r2")
+                shared["remote"][R2_REMOTE] = {"url": info.url, "endpointurl": credentials.endpoint_url,
+                                               "region": "auto"}
+                shared["core"]["remote"] = R2_REMOTE
+            else:
+                folder = settings.dvc_local_remote.resolve()
+                folder.mkdir(parents=True, exist_ok=True)
+                info = RemoteInfo(LOCAL_REMOTE, str(folder), "local", ".dvc/config.local")
+                # An earlier version wrote this machine's folder into the shared file: take it out.
+                shared["remote"].pop(LOCAL_REMOTE, None)
+                if shared["core"].get("remote") == LOCAL_REMOTE:
+                    del shared["core"]["remote"]
+        with repo.config.edit("local") as mine:
+            mine["cache"]["type"] = link_type
+            if credentials:
+                if mine["core"].get("remote") == LOCAL_REMOTE:  # else it would still win over R2 here
+                    del mine["core"]["remote"]
+            else:
+                mine["remote"][LOCAL_REMOTE] = {"url": info.url}
+                mine["core"]["remote"] = LOCAL_REMOTE
+    changed: tuple[str, ...] = ()
+    if (root / ".git").exists():  # config.local is git-ignored (DVC's .dvc/.gitignore): never listed here
+        status = git(root, "status", "--porcelain", "--untracked-files=all", "--", ".dvc", ".dvcignore")
+        changed = tuple(sorted(line[3:] for line in status.splitlines() if line))
+    return RemoteInfo(info.name, info.url, info.kind, info.config_file, changed)
 
 
 def default_remote(root: Path) -> str | None:
