@@ -44,10 +44,11 @@ def cache_type(root: Path) -> str:
         dest.unlink(missing_ok=True)
 
 
-def _run(command: list[str], root: Path, what: str, *, env: dict[str, str] | None = None) -> str:
+def _run(command: list[str], root: Path, what: str, *, env: dict[str, str] | None = None,
+         stdin: str | None = None) -> str:
     full_env = {**os.environ, "DVC_NO_ANALYTICS": "1", **(env or {})}
     try:
-        done = subprocess.run(command, cwd=root, capture_output=True, text=True, env=full_env)
+        done = subprocess.run(command, cwd=root, capture_output=True, text=True, env=full_env, input=stdin)
     except FileNotFoundError:
         raise ToolError(f"cannot run {command[0]}", where=what, hint="install it (make setup installs dvc)") from None
     if done.returncode != 0:
@@ -62,9 +63,9 @@ def dvc(root: Path, *args: str) -> str:
     return _run([sys.executable, "-m", "dvc", *args], root, f"dvc {' '.join(args[:2])}")
 
 
-def git(root: Path, *args: str) -> str:
+def git(root: Path, *args: str, env: dict[str, str] | None = None, stdin: str | None = None) -> str:
     """Run `git ARGS` in the project."""
-    return _run(["git", *args], root, f"git {args[0]}")
+    return _run(["git", *args], root, f"git {args[0]}", env=env, stdin=stdin)
 
 
 def require_repository(root: Path) -> None:
@@ -202,8 +203,59 @@ def git_status(root: Path) -> list[str]:
     return [line for line in git(root, "status", "--porcelain", "--untracked-files=all").splitlines() if line]
 
 
+PARAMS_FILE = "params.yaml"
+
+
 def commit(root: Path, paths: list[Path], message: str) -> str:
-    """Stage exactly these paths and commit; return the new commit id."""
-    git(root, "add", "--", *[str(p.relative_to(root)) for p in paths])
-    git(root, "commit", "-q", "-m", message, "--", *[str(p.relative_to(root)) for p in paths])
+    """Commit exactly these paths as they are in the workspace, and return the new commit id.
+
+    params.yaml is the exception: what is committed is HEAD's version with only the batch lists the tool
+    keeps taken from the workspace (params.text_to_commit), so an unrelated edit you have not committed
+    stays uncommitted in the workspace instead of riding along in "Pull pose batches". Anything else you
+    have staged stays staged and out of this commit.
+    """
+    from pose_factory.dataset import params
+
+    rels = [p.relative_to(root).as_posix() for p in paths]
+    files = [rel for rel in rels if rel != PARAMS_FILE]
+    params_blob = None
+    if PARAMS_FILE in rels:
+        text = params.text_to_commit((root / PARAMS_FILE).read_text(), _head_file(root, PARAMS_FILE))
+        params_blob = git(root, "hash-object", "-w", "--stdin", f"--path={PARAMS_FILE}", stdin=text).strip()
+
+    def stage(env: dict[str, str] | None) -> None:
+        if files:
+            git(root, "add", "-A", "--", *files, env=env)
+        if params_blob:
+            git(root, "update-index", "--add", "--cacheinfo", f"100644,{params_blob},{PARAMS_FILE}", env=env)
+
+    # Your index first (killed right after, the change is staged and visible in `git status`), then the
+    # commit, from a private index that holds HEAD plus exactly these changes.
+    stage(None)
+    private = root / git(root, "rev-parse", "--git-path", "pose-sync-commit.index").strip()
+    private.unlink(missing_ok=True)
+    try:
+        env = {"GIT_INDEX_FILE": str(private)}
+        if _has_head(root):
+            git(root, "read-tree", "HEAD", env=env)
+        stage(env)
+        git(root, "commit", "-q", "-m", message, env=env)
+    finally:
+        private.unlink(missing_ok=True)
     return git(root, "rev-parse", "HEAD").strip()
+
+
+def _has_head(root: Path) -> bool:
+    try:
+        git(root, "rev-parse", "--verify", "-q", "HEAD")
+        return True
+    except ToolError:
+        return False
+
+
+def _head_file(root: Path, rel: str) -> str | None:
+    """A file as HEAD has it, or None when there is no HEAD or no such file in it."""
+    try:
+        return git(root, "show", f"HEAD:{rel}")
+    except ToolError:
+        return None
