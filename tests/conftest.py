@@ -214,6 +214,8 @@ def make_repository(project: Project, cli, *, pipeline: bool) -> Project:
     git(root, "config", "user.email", "tester@example.invalid")
     git(root, "config", "user.name", "Tester")
     dvc(root, "init", "-q")
+    if pipeline:  # the plot templates dvc.yaml names live in .dvc/plots/, which `dvc init` has just made
+        shutil.copytree(REPO / ".dvc" / "plots", root / ".dvc" / "plots")
     result = cli("init")
     assert result.code == 0, result.err
     git(root, "add", "-A")

@@ -79,6 +79,8 @@ def make_sandbox(repo: Path) -> None:
                     ["git", "config", "user.email", "demo@pose-factory.invalid"],
                     [sys.executable, "-m", "dvc", "init", "-q"]):
         subprocess.run(command, cwd=repo, check=True, capture_output=True)
+    # The plot templates dvc.yaml names (bars for the validate stage's plots) live in .dvc/plots/.
+    shutil.copytree(CODE_ROOT / ".dvc" / "plots", repo / ".dvc" / "plots")
 
 
 def run_demo(samples: int, size: str, s3_local: bool) -> None:
