@@ -138,6 +138,14 @@ def test_diffs_between_real_revisions(history, cli):
     assert f"changed  {A}: samples 4 -> 4, +0 -0 ~1" in text and "pose: 1 sample(s) modified" in text
     assert f"mean {SHIFT_PX:.1f} px, max {SHIFT_PX:.1f} px" in text
 
+    # The same for a pull-request comment: Markdown tables of the joints and of the metrics before and after.
+    markdown = cli("diff", revs["c2"], revs["c3"], "--format", "markdown")
+    assert markdown.code == 0 and markdown.out.startswith("### Pose dataset diff:")
+    assert f"#### `{A}`: changed" in markdown.out and "| joint | mean px | max px | visibility flips |" in markdown.out
+    assert re.search(rf"\n\| \w+ \| {SHIFT_PX:.1f} \| {SHIFT_PX:.1f} \| 0 \|\n", markdown.out)
+    assert f"Samples that moved most: `000001` ({SHIFT_PX:.1f} px" in markdown.out
+    assert f"| before (`{revs['c2']}`) | 4 | " in markdown.out and f"| after (`{revs['c3']}`) | 4 | " in markdown.out
+
     # Reading old versions disturbed nothing.
     assert git(repo.root, "rev-parse", "HEAD") == head_before
     assert git(repo.root, "status", "--porcelain") == status_before

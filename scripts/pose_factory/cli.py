@@ -174,11 +174,14 @@ def cmd_comfyui_link(args: argparse.Namespace, settings: Settings, progress: Pro
 
 
 def cmd_diff(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
-    from pose_factory.dataset.diff import diff, summary_lines
+    from pose_factory.dataset.diff import diff, markdown_summary, summary_lines
 
     result = diff(settings.root, args.rev_a, args.rev_b)
-    if args.json:
+    if args.json or args.format == "json":
         _emit_json(result.as_json())
+        return 0
+    if args.format == "markdown":
+        _out(markdown_summary(result))
         return 0
     for line in summary_lines(result):
         _out(line)
@@ -627,7 +630,9 @@ def build_parser() -> argparse.ArgumentParser:
                                "workspace)")
     p.add_argument("rev_a", nargs="?", metavar="REV_A", help="older revision (default: HEAD)")
     p.add_argument("rev_b", nargs="?", metavar="REV_B", help="newer revision (default: the workspace)")
-    p.add_argument("--json", action="store_true", help="machine-readable diff")
+    p.add_argument("--format", choices=["text", "json", "markdown"], default="text",
+                   help="markdown: a summary to paste into a pull-request comment")
+    p.add_argument("--json", action="store_true", help="machine-readable diff (same as --format json)")
 
     p = add("review", cmd_review, "A static HTML review page of a dataset diff, with before/after thumbnails")
     p.add_argument("rev_a", nargs="?", metavar="REV_A", help="older revision (default: HEAD)")

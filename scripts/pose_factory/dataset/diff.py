@@ -130,6 +130,17 @@ class JointMovement:
 
 
 @dataclass
+class SampleMovement:
+    """How far one sample's keypoints moved: the farthest joint, the mean over joints, visibility flips."""
+
+    sample_id: str
+    max_px: float
+    mean_px: float
+    visibility_flips: int
+    joint: str | None  # the joint that moved farthest
+
+
+@dataclass
 class BatchDiff:
     batch_id: str
     status: str  # added | removed | changed | archived | restored | unchanged
@@ -143,6 +154,15 @@ class BatchDiff:
     metrics_before: dict[str, Any] | None = None
     metrics_after: dict[str, Any] | None = None
     changed_samples: list[str] = field(default_factory=list)
+    movement: dict[str, SampleMovement] = field(default_factory=dict)  # samples whose keypoints were compared
+
+    def by_movement(self) -> list[str]:
+        """The changed samples, the one whose keypoints moved farthest first (then by flips, then by id)."""
+        def farthest(sid: str) -> tuple[float, int, str]:
+            moved = self.movement.get(sid)
+            return (-moved.max_px, -moved.visibility_flips, sid) if moved else (0.0, 0, sid)
+
+        return sorted(self.changed_samples, key=farthest)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -153,6 +173,7 @@ class BatchDiff:
                         "changed": self.changed_samples},
             "manifest_changes": self.manifest_changes,
             "keypoints": [vars(j) for j in self.joints],
+            "moved_samples": [vars(self.movement[sid]) for sid in self.by_movement() if sid in self.movement],
             "validation": {"before": self.metrics_before, "after": self.metrics_after},
         }
 
@@ -189,27 +210,42 @@ def _sample_hashes(manifest: dict[str, Any]) -> dict[str, dict[str, str]]:
     return out
 
 
+def keypoints_of(version: Version, batch_id: str, place: str, annotation: str) -> list[list[float]] | None:
+    """The first person's 2D keypoints ([x, y, visibility] per joint) in a sample's annotation, if any."""
+    data = version.batch_file(batch_id, place, annotation)
+    doc = orjson.loads(data) if data else None
+    return doc["persons"][0]["keypoints_2d"] if doc and doc.get("persons") else None
+
+
 def _joint_movement(before: Version, after: Version, batch_id: str, places: tuple[str, str],
-                    manifests: tuple[dict, dict], sample_ids: list[str]) -> list[JointMovement]:
+                    manifests: tuple[dict, dict], sample_ids: list[str]
+                    ) -> tuple[list[JointMovement], dict[str, SampleMovement]]:
     joints = manifests[1]["conventions"]["keypoints"]["joints"]
     paths = [{s["sample_id"]: s["annotation"] for s in m["samples"]} for m in manifests]
     moved: list[list[float]] = [[] for _ in joints]
     flips = [0] * len(joints)
+    samples: dict[str, SampleMovement] = {}
     for sid in sample_ids:
-        docs = []
-        for version, place, index in ((before, places[0], paths[0]), (after, places[1], paths[1])):
-            data = version.batch_file(batch_id, place, index[sid])
-            docs.append(orjson.loads(data) if data else None)
-        if not all(d and d.get("persons") for d in docs):
+        old = keypoints_of(before, batch_id, places[0], paths[0][sid])
+        new = keypoints_of(after, batch_id, places[1], paths[1][sid])
+        if old is None or new is None:
             continue
-        old, new = (d["persons"][0]["keypoints_2d"] for d in docs)
+        distances: dict[str, float] = {}
+        sample_flips = 0
         for j, ((x0, y0, v0), (x1, y1, v1)) in enumerate(zip(old, new)):
             if bool(v0) != bool(v1) or (v0 == 2) != (v1 == 2):
                 flips[j] += 1
+                sample_flips += 1
             if v0 and v1:
-                moved[j].append(math.hypot(x1 - x0, y1 - y0))
-    return [JointMovement(name, round(sum(d) / len(d), 3) if d else 0.0, round(max(d), 3) if d else 0.0, flips[j])
-            for j, (name, d) in enumerate(zip(joints, moved))]
+                distances[joints[j]] = math.hypot(x1 - x0, y1 - y0)
+                moved[j].append(distances[joints[j]])
+        farthest = max(distances, key=distances.get) if distances else None
+        samples[sid] = SampleMovement(sid, round(distances[farthest], 3) if farthest else 0.0,
+                                      round(sum(distances.values()) / len(distances), 3) if distances else 0.0,
+                                      sample_flips, farthest if farthest and distances[farthest] > 0 else None)
+    per_joint = [JointMovement(name, round(sum(d) / len(d), 3) if d else 0.0, round(max(d), 3) if d else 0.0,
+                               flips[j]) for j, (name, d) in enumerate(zip(joints, moved))]
+    return per_joint, samples
 
 
 def diff_batch(before: Version, after: Version, batch_id: str, places: tuple[str | None, str | None]
@@ -252,7 +288,8 @@ def diff_batch(before: Version, after: Version, batch_id: str, places: tuple[str
         result.manifest_changes += _changed_fields(m_old.get(name), m_new.get(name), f"$.{name}")
     # Keypoints can only have moved where the annotation or the OpenPose JSON changed.
     touched = sorted(set(result.modified.get("annotation", [])) | set(result.modified.get("openpose_json", [])))
-    result.joints = _joint_movement(before, after, batch_id, (places[0], places[1]), (m_old, m_new), touched)
+    result.joints, result.movement = _joint_movement(before, after, batch_id, (places[0], places[1]),
+                                                     (m_old, m_new), touched)
     return result
 
 
@@ -305,3 +342,71 @@ def summary_lines(result: DatasetDiff) -> list[str]:
 def _short(value: Any) -> str:
     text = orjson.dumps(value).decode()
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+# --- Markdown, for a pull-request comment ---------------------------------------------------------------
+
+VALIDATION_KEYS = ("samples", "files", "errors", "warnings")
+
+
+def _cell(value: Any) -> str:
+    text = value if isinstance(value, str) else orjson.dumps(value).decode()
+    text = text if len(text) <= 60 else text[:57] + "..."
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[Any, ...]], right: int = 1) -> list[str]:
+    """A GitHub-flavoured Markdown table; columns from `right` on are numbers, right-aligned."""
+    align = ["---" if i < right else "---:" for i in range(len(header))]
+    return (["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
+            + ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows] + [""])
+
+
+def markdown_summary(result: DatasetDiff, *, max_rows: int = 20) -> str:
+    """The diff as Markdown ready to paste into a pull-request comment: the batches, their samples, how far
+    each joint moved, the samples that moved most and the validation metrics before and after."""
+    before, after = f"`{result.before}`", f"`{result.after}`"
+    counts = result.counts()
+    changed = [b for b in result.batches if b.status != "unchanged"]
+    lines = [f"### Pose dataset diff: {before} → {after}", ""]
+    if not changed:
+        return "\n".join(lines + ["No batch changed" + (f" ({counts.get('unchanged', 0)} unchanged)."
+                                                          if counts.get("unchanged") else "."), ""])
+    lines += _table(("batches", "count"), sorted(counts.items()))
+    lines += [f"**Samples:** {sum(len(b.samples_added) for b in result.batches)} added, "
+              f"{sum(len(b.samples_removed) for b in result.batches)} removed, "
+              f"{sum(len(b.changed_samples) for b in result.batches)} changed.", ""]
+    for b in changed:
+        lines += [f"#### `{b.batch_id}`: {b.status}", ""]
+        if b.status in ("added", "removed"):
+            lines += [f"{max(b.samples_before, b.samples_after)} samples.", ""]
+        elif b.status == "changed":
+            modified = ", ".join(f"{m} {len(ids)}" for m, ids in sorted(b.modified.items()))
+            lines += [f"Samples {b.samples_before} → {b.samples_after}: {len(b.samples_added)} added, "
+                      f"{len(b.samples_removed)} removed, {len(b.changed_samples)} changed"
+                      + (f" (files modified per modality: {modified})." if modified else "."), ""]
+            moved = sorted((j for j in b.joints if j.max_px > 0 or j.visibility_flips), key=lambda j: -j.max_px)
+            if moved:
+                lines += ["Keypoint movement per joint, in pixels, over the samples whose keypoints changed:", ""]
+                lines += _table(("joint", "mean px", "max px", "visibility flips"),
+                                [(j.joint, f"{j.mean_px:.1f}", f"{j.max_px:.1f}", j.visibility_flips)
+                                 for j in moved[:max_rows]])
+            farthest = [b.movement[sid] for sid in b.by_movement() if sid in b.movement][:5]
+            if farthest and (farthest[0].max_px > 0 or farthest[0].visibility_flips):
+                lines += ["Samples that moved most: " + ", ".join(
+                    f"`{m.sample_id}` ({m.max_px:.1f} px" + (f", {m.joint}" if m.joint else "")
+                    + (f", {m.visibility_flips} flip(s)" if m.visibility_flips else "") + ")"
+                    for m in farthest) + ".", ""]
+            if b.manifest_changes:
+                lines += ["Manifest fields changed:", ""]
+                lines += _table(("field", "before", "after"),
+                                [(f"`{c['field']}`", c["before"], c["after"]) for c in b.manifest_changes[:max_rows]],
+                                right=3)
+                if len(b.manifest_changes) > max_rows:
+                    lines += [f"... and {len(b.manifest_changes) - max_rows} more field(s).", ""]
+        if b.metrics_before or b.metrics_after:
+            lines += ["Validation (`dvc metrics`):", ""]
+            sides = ((f"before ({before})", b.metrics_before), (f"after ({after})", b.metrics_after))
+            rows = [(label, *[(metrics or {}).get(k, "-") for k in VALIDATION_KEYS]) for label, metrics in sides]
+            lines += _table(("", *VALIDATION_KEYS), rows)
+    return "\n".join(lines)
