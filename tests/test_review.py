@@ -5,18 +5,21 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import subprocess
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
-from conftest import git, publish_generated
+from conftest import dvc, git, publish_generated
+from headless import Browser, chromium
 from pose_factory.core import contract
+from pose_factory.dataset.pages import PLOTS
 
 A, B = "2026-11-01_run-cycle", "2026-11-02_walk"
 SHIFT_PX = 5.0
 ARTEFACTS = Path(os.environ.get("POSE_FACTORY_TEST_ARTEFACTS", Path(__file__).resolve().parent / "artefacts"))
+
+pytestmark = pytest.mark.integration
 
 
 def commit(repo, message: str) -> str:
@@ -34,16 +37,16 @@ def reseal(batch: Path) -> None:
     (batch / "manifest.json").write_bytes(contract.dumps(manifest))
 
 
-def move_keypoints(batch: Path, sample: str) -> None:
-    """Re-render one sample with every labelled keypoint moved SHIFT_PX to the right (as a pod fix would)."""
+def move_keypoints(batch: Path, sample: str, shift: float = SHIFT_PX) -> None:
+    """Re-render one sample with every labelled keypoint moved `shift` px to the right (as a pod fix would)."""
     from pose_factory.producer import figure
 
     annotation_file = batch / "annotations" / f"{sample}.json"
     annotation = json.loads(annotation_file.read_text())
     points = annotation["persons"][0]["keypoints_2d"]
     for point in points:
-        if point[2] and point[0] + SHIFT_PX < 47:
-            point[0] = round(point[0] + SHIFT_PX, 2)
+        if point[2] and point[0] + shift < 47:
+            point[0] = round(point[0] + shift, 2)
         elif point[2]:
             point[:] = [0, 0, 0]  # would leave the canvas: now not labelled (a visibility flip)
     annotation_file.write_bytes(contract.dumps(annotation))
@@ -92,6 +95,7 @@ def history(pipeline_repo, cli, tmp_path, monkeypatch):
     assert cli("publish", pod_a, "-q").code == 0
     assert cli("pull", A, "-q").code == 0
     revs["c5"] = commit(repo, "A conventions")
+    revs["pod_a"] = pod_a
     return repo, revs
 
 
@@ -166,60 +170,124 @@ def test_a_bad_revision_is_a_clear_error(history, cli):
     assert result.code == 2 and "'no-such-rev' is not a git revision" in result.err and "HEAD~1" in result.err
 
 
-def chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
+needs_chromium = pytest.mark.skipif(chromium() is None, reason="Chromium is not installed: `make test` installs it "
+                                                              "on Debian (apt-get install chromium)")
 
 
-def open_in_browser(page: Path, tmp_path: Path, screenshot: Path) -> str:
-    """Load the page from disk in headless Chromium; return the DOM after its load handler ran."""
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'chromium-profile'}", "--virtual-time-budget=5000",
-             "--allow-file-access-from-files"]
-    url = page.resolve().as_uri()
-    dom = subprocess.run([chromium(), *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120)
-    assert dom.returncode == 0, dom.stderr[-2000:]
-    screenshot.parent.mkdir(parents=True, exist_ok=True)
-    shot = subprocess.run([chromium(), *flags, f"--screenshot={screenshot}", "--window-size=1280,1600", url],
-                          capture_output=True, text=True, timeout=120)
-    assert shot.returncode == 0 and screenshot.stat().st_size > 10_000, shot.stderr[-2000:]
-    return dom.stdout
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    """One headless Chromium for the module's pages."""
+    with Browser(tmp_path_factory.mktemp("chromium-profile")) as running:
+        yield running
 
 
-@pytest.mark.skipif(chromium() is None, reason="Chromium is not installed: `make test` installs it on Debian "
-                                               "(apt-get install chromium)")
-def test_review_page_in_a_real_browser(history, cli, tmp_path):
+def offline(requests: list[str]) -> list[str]:
+    """The requests that left the disk: anything but file:// and data: URLs."""
+    return [url for url in requests if urlsplit(url).scheme not in ("file", "data")]
+
+
+@needs_chromium
+def test_the_network_check_sees_a_request(browser, tmp_path):
+    """The offline check below can fail: a page that loads an image from a server is caught."""
+    page = tmp_path / "online.html"
+    page.write_text("<!doctype html><body><img src='http://127.0.0.1:9/x.png'>"
+                    "<script>addEventListener('load',()=>document.body.setAttribute('data-images',1))</script>")
+    assert offline(browser.load(page).requests) == ["http://127.0.0.1:9/x.png"]
+
+
+def page_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+@needs_chromium
+def test_review_page_in_a_real_browser(history, cli, browser, tmp_path):
     repo, revs = history
-    out = tmp_path / "review"
-    result = cli("review", revs["c1"], revs["c3"], "--out", out)
+    # In the workspace a second sample of A moves twice as far: it must come first on the page.
+    move_keypoints(revs["pod_a"], "000002", shift=2 * SHIFT_PX)
+    reseal(revs["pod_a"])
+    assert cli("publish", revs["pod_a"], "-q").code == 0 and cli("pull", A, "-q").code == 0
+    validate_and_record(cli, repo, A)
+    result = cli("review", revs["c2"])  # c2 against the workspace, into the default folder
     assert result.code == 0, result.err
+    out = repo.root / "data" / "reports" / "review"
     document = json.loads((out / "diff.json").read_text())
-    assert document == diff_json(cli, revs["c1"], revs["c3"])
-    dom = open_in_browser(out / "index.html", tmp_path, ARTEFACTS / "review.png")
-    images = int(re.search(r'data-images="(\d+)"', dom).group(1))
-    assert images >= 12, "before/after thumbnails of the changed sample and the added batch"
-    assert re.search(r'data-broken-images="0"', dom), "every image on the page loads"
+    assert document == diff_json(cli, revs["c2"])
+    loaded = browser.load(out / "index.html", screenshot=ARTEFACTS / "review.png")
+    dom = loaded.dom
+    assert offline(loaded.requests) == [], "the page works offline: nothing but files beside it is loaded"
+    assert re.search(r'data-broken-images="0"', dom) and int(re.search(r'data-images="(\d+)"', dom).group(1)) >= 12
     counts = dict(re.findall(r'data-count="([^"]+)">(\d+)<', dom))
-    assert int(counts["samples-changed"]) == document["summary"]["samples_changed"] == 1
-    assert int(counts["samples-added"]) == document["summary"]["samples_added"]
+    assert int(counts["samples-changed"]) == document["summary"]["samples_changed"] == 2
     for status, n in document["summary"]["batches"].items():
         assert int(counts[f"batches-{status}"]) == n
-    # Thumbnails are small files beside the page, referenced relatively: the folder works offline.
-    thumbs = list((out / "thumbs").rglob("*.png"))
-    assert thumbs and all(p.stat().st_size < 60_000 for p in thumbs)
-    assert "http://" not in (out / "index.html").read_text() and "https://" not in (out / "index.html").read_text()
+
+    # Changed samples, farthest move first; every thumbnail column labelled, before and after side by side.
+    assert re.findall(r'<tr data-sample="(\d+)" data-moved-px="([\d.]+)"', dom) == [
+        ("000002", f"{2 * SHIFT_PX}"), ("000001", f"{SHIFT_PX}")]
+    columns = re.findall(r'<th colspan="2" data-column="(\w+)">', dom)
+    assert columns == ["overlay", "rgb", "pose", "depth", "normal", "seg"]
+    before, after = f"before ({revs['c2'][:12]})", "after (workspace)"
+    assert dom.count(f'<th class="side">{before}</th><th class="side">{after}</th>') == len(columns)
+    row = dom.split('data-sample="000001"', 1)[1].split("</tr>", 1)[0]
+    assert re.search(r'alt="before pose".*alt="after pose"', row), "the changed pose map: before, then after"
+    assert row.count("unchanged") == 4, "rgb, depth, normal and seg did not change: shown once"
+    # The keypoint change: the old skeleton dashed under the new, and an arrow for each joint that moved.
+    moved = {j["joint"] for j in document["batches"][0]["keypoints"] if j["max_px"] > 0}
+    arrows = set(re.findall(r'<line class="moved" data-joint="(\w+)"', row))
+    assert arrows and arrows <= moved and 'stroke-dasharray="4 3"' in row
+    # The charts of the validate stage's plots, drawn in the page, with axis titles and both versions.
+    charts = re.findall(r'<svg class="chart" data-chart="(\w+)"', dom)
+    assert set(charts) == {"azimuth", "elevation", "visibility", "counts"}
+    for title in ("camera azimuth (degrees)", "samples with the joint visible", "pose set"):
+        assert f">{title}</text>" in dom
+    assert f'data-series="{before}"' in dom and f'data-series="{after}"' in dom
+
+    # Readable by anyone, as the thumbnails are; git does not see the folder.
+    assert (out / "index.html").stat().st_mode & 0o777 == page_mode() == (out / "diff.json").stat().st_mode & 0o777
+    assert "data/reports/review" not in git(repo.root, "status", "--porcelain", "--untracked-files=all")
 
 
-@pytest.mark.skipif(chromium() is None, reason="Chromium is not installed")
-def test_show_contact_sheet_in_a_real_browser(history, cli, tmp_path):
-    out = tmp_path / "sheet"
+@needs_chromium
+def test_show_contact_sheet_in_a_real_browser(history, cli, browser, tmp_path):
+    repo, _ = history
+    out = repo.root / "sheet"  # a folder of the user's choosing, inside the repository
     result = cli("show", A, "--out", out, "--limit", "3")
     assert result.code == 0 and "3 of 4 samples shown" in result.out
-    dom = open_in_browser(out / "index.html", tmp_path, ARTEFACTS / "contact-sheet.png")
+    assert sorted(p.name for p in out.iterdir()) == [".gitignore", "index.html", "thumbs"], "no stray diff.json"
+    assert git(repo.root, "status", "--porcelain", "--untracked-files=all") == "", "the page folder ignores itself"
+    loaded = browser.load(out / "index.html", screenshot=ARTEFACTS / "contact-sheet.png")
+    dom = loaded.dom
+    assert offline(loaded.requests) == []
     assert re.search(r'data-broken-images="0"', dom) and 'data-count="samples">4<' in dom
     assert 'data-count="not-shown">1 more sample(s) not shown' in dom
+    assert re.findall(r'<th data-column="(\w+)">', dom) == ["overlay", "rgb", "pose", "depth", "normal", "seg"]
+    assert len(re.findall(r'<svg class="chart"', dom)) == 4 and ">camera elevation (degrees)</text>" in dom
     missing = cli("show", "2020-01-01_none", "--out", out)
     assert missing.code == 8 and "pose-sync status" in missing.err
+
+
+def test_the_pages_draw_the_charts_dvc_plots_define(pipeline_repo, cli, tmp_path):
+    """`dvc plots show --json` (real dvc) encodes each plot as the pages draw it: bars, the right axes."""
+    repo = pipeline_repo
+    publish_generated(tmp_path, cli, A, samples=2)
+    assert cli("pull", A, "-q").code == 0
+    validate_and_record(cli, repo, A)
+    shown = json.loads(dvc(repo.root, "plots", "show", "--json").stdout)
+    assert not shown.get("errors"), shown.get("errors")
+    for plot in PLOTS:
+        [entry] = shown["data"][f"data/reports/validate/{A}/{plot.file}"]
+        content = entry["content"]
+        x, y = content["encoding"]["x"], content["encoding"]["y"]
+        assert content["mark"]["type"] == "bar" and content["title"] == plot.title, plot.file
+        assert (x["field"], x["title"], y["field"], y["title"]) == (plot.x, plot.x_label, plot.y, plot.y_label)
+        if plot.horizontal:  # one bar per category along y, its length a number along x
+            assert (x["type"], y["type"]) == ("quantitative", "nominal"), plot.file
+        else:  # one bar per angle, in numeric order
+            assert (x["type"], y["type"]) == ("ordinal", "quantitative"), plot.file
+            assert x["sort"]["field"] in {t.get("as") for t in content["transform"]}
+        assert (x if plot.horizontal else y)["scale"]["zero"] is True, "bars start at zero"
 
 
 def test_diff_reads_manifests_and_changed_annotations_only(history, cli, monkeypatch):

@@ -191,20 +191,27 @@ def cmd_diff(args: argparse.Namespace, settings: Settings, progress: Progress) -
 def cmd_review(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
     from pose_factory.dataset.pages import write_review
 
-    page, document = write_review(settings.root, args.rev_a, args.rev_b, Path(args.out), limit=args.limit,
-                                  progress=progress)
-    counts = document["summary"]["batches"]
-    _out(f"review page {page}: " + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no change")
+    written = write_review(settings.root, args.rev_a, args.rev_b, Path(args.out) if args.out else None,
+                           limit=args.limit, progress=progress)
+    counts = written.document["summary"]["batches"]
+    _out(f"review page {written.page}: " + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no change")
          + " (open it in a browser; it works offline)")
+    _print_not_ignored(written)
     return 0
+
+
+def _print_not_ignored(written) -> None:
+    if not written.ignored:
+        _out(f"note: git does not ignore {written.page.parent}: leave it out of `git add` (or add it to .gitignore)")
 
 
 def cmd_show(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
     from pose_factory.dataset.pages import write_contact_sheet
 
-    page, shown, total = write_contact_sheet(settings.root, args.batch_id, Path(args.out), limit=args.limit,
-                                             progress=progress)
-    _out(f"contact sheet {page}: {shown} of {total} samples shown")
+    written = write_contact_sheet(settings.root, args.batch_id, Path(args.out) if args.out else None,
+                                  limit=args.limit, progress=progress)
+    _out(f"contact sheet {written.page}: {written.shown} of {written.total} samples shown")
+    _print_not_ignored(written)
     return 0
 
 
@@ -637,12 +644,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("review", cmd_review, "A static HTML review page of a dataset diff, with before/after thumbnails")
     p.add_argument("rev_a", nargs="?", metavar="REV_A", help="older revision (default: HEAD)")
     p.add_argument("rev_b", nargs="?", metavar="REV_B", help="newer revision (default: the workspace)")
-    p.add_argument("--out", required=True, metavar="DIR", help="folder to write index.html and thumbnails into")
+    p.add_argument("--out", metavar="DIR", help="folder for index.html and its thumbnails (default: "
+                   "data/reports/review/, git-ignored; a new folder elsewhere ignores itself)")
     p.add_argument("--limit", type=int, default=24, help="changed samples shown per batch")
 
     p = add("show", cmd_show, "A contact sheet (static HTML page) of one batch")
     p.add_argument("batch_id", metavar="BATCH_ID", help="a batch in the workspace (raw mirror or archive)")
-    p.add_argument("--out", required=True, metavar="DIR", help="folder to write index.html and thumbnails into")
+    p.add_argument("--out", metavar="DIR", help="folder for index.html and its thumbnails (default: "
+                   "data/reports/show/BATCH_ID/, git-ignored; a new folder elsewhere ignores itself)")
     p.add_argument("--limit", type=int, default=48, help="samples shown")
 
     job_add = group("job", "RunPod render jobs: submit, watch, status, list, cancel")

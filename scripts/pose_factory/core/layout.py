@@ -9,6 +9,10 @@ from pathlib import Path
 CODE_ROOT = Path(__file__).resolve().parents[3]
 SCHEMA_DIR = CODE_ROOT / "schemas"
 
+# Pages for people (`pose-sync review`, `show`), relative to the project root; git-ignored.
+REVIEW_PAGES = Path("data") / "reports" / "review"
+CONTACT_SHEET_PAGES = Path("data") / "reports" / "show"
+
 MANIFEST_NAME = "manifest.json"
 COMPLETE_MARKER_NAME = "_complete.json"
 ANNOTATIONS_FOLDER = "annotations"
