@@ -22,6 +22,7 @@ from pose_factory.core.settings import (
     ENV_ENDPOINT,
     ENV_SECRET_KEY,
     Settings,
+    backend_reason,
     load_settings,
     redact,
     resolve_backend,
@@ -99,7 +100,12 @@ def cmd_list(args: argparse.Namespace, settings: Settings, progress: Progress) -
         _emit_json(list_json(storage, batches))
         return 0
     if not batches:
-        _out(f"no batches in {storage.description}")
+        _out(f"no batches in {storage.description}" + (" match" if args.project or since or until else ""))
+        if not (args.project or since or until):
+            from pose_factory.bucket.backends import LocalFolderStorage
+            from pose_factory.dataset.mirror import getting_started
+
+            _out("next: " + getting_started(isinstance(storage, LocalFolderStorage)))
         return 0
     rows = [("BATCH", "PROJECT", "DATE", "SAMPLES", "SIZE", "STATUS")]
     for b in batches:
@@ -343,12 +349,15 @@ def cmd_worker_run(args: argparse.Namespace, settings: Settings, progress: Progr
 def cmd_config(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
     import os
 
+    from pose_factory.dataset.dvcrepo import remote_in_effect
+
     backend, credentials = resolve_backend(settings, args.backend)
     document = {
         "version": CONFIG_JSON_VERSION,
         "root": str(settings.root),
         "config_file": str(settings.config_file) if settings.config_file else None,
         "backend": backend,
+        "backend_reason": backend_reason(settings, args.backend),
         "bucket": settings.bucket,
         "endpoint": credentials.endpoint_url if credentials else None,
         "local_bucket_dir": str(settings.local_bucket_dir) if backend == "local" else None,
@@ -358,13 +367,30 @@ def cmd_config(args: argparse.Namespace, settings: Settings, progress: Progress)
         # Only whether each variable is set: values are never shown.
         "environment": {name: ("set" if os.environ.get(name) else "not set")
                         for name in (ENV_ACCESS_KEY, ENV_SECRET_KEY, ENV_ACCOUNT_ID, ENV_BUCKET, ENV_ENDPOINT)},
+        "dvc_remote": remote_in_effect(settings.root),
     }
     if args.json:
         _emit_json(document)
-    else:
-        for key, value in document.items():
-            if key != "version":
-                _out(f"{key}: {value}")
+        return 0
+    where = (f"in the local folder {document['local_bucket_dir']}" if backend == "local"
+             else f"at {document['endpoint']}")
+    remote = document["dvc_remote"]
+    rows = [
+        ("project", document["root"]),
+        ("settings file", document["config_file"] or "none: built-in defaults (copy config/local.example.yaml to "
+                                                     "config/local.yaml to change them)"),
+        ("backend", f"{backend} ({document['backend_reason']})"),
+        ("bucket", f"{settings.bucket}, {where}"),
+        ("prefixes", "  ".join(f"{name}: {value}" for name, value in document["prefixes"].items())),
+        ("data root", document["data_root"]),
+        ("DVC remote", f"{remote['name']}: {remote['url']} (the default, set in {remote['config_file']})" if remote
+         else "none yet: run `pose-sync init`"),
+        ("rclone remote", settings.rclone_remote),
+        ("environment", ", ".join(f"{name} {state}" for name, state in document["environment"].items())),
+    ]
+    width = max(len(label) for label, _ in rows)
+    for label, value in rows:
+        _out(f"{label + ':':{width + 2}}{value}")
     return 0
 
 
@@ -439,24 +465,26 @@ def cmd_init(args: argparse.Namespace, settings: Settings, progress: Progress) -
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
-    from pose_factory.bucket.backends import open_storage
+    from pose_factory.bucket.backends import LocalFolderStorage, open_storage
     from pose_factory.dataset import dvcrepo
-    from pose_factory.dataset.mirror import status, status_json
+    from pose_factory.dataset.mirror import getting_started, status, status_json
 
     dvcrepo.require_repository(settings.root)
-    states = status(open_storage(settings, args.backend), settings)
+    storage = open_storage(settings, args.backend)
+    states = status(storage, settings)
     document = status_json(states)
     if args.json:
         _emit_json(document)
         return 0
     if not states:
-        _out("no batches in the bucket, the mirror or the archive")
+        _out(f"no batches in the bucket ({storage.description}), the mirror or the archive")
+        _out("next: " + getting_started(isinstance(storage, LocalFolderStorage)))
         return 0
-    rows = [("BATCH", "STATE", "BUCKET", "LOCAL", "PUSHED")]
+    rows = [("BATCH", "STATE", "BUCKET", "LOCAL", "PUSHED", "NEXT")]
     for s in states:
         where = "archive" if s.archived else ("raw" if s.local else "-")
         pushed = "-" if s.pushed is None else ("yes" if s.pushed else "no")
-        rows.append((s.batch_id, s.state, s.remote or "-", where, pushed))
+        rows.append((s.batch_id, s.state, s.remote or "-", where, pushed, s.next or "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         _out("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())

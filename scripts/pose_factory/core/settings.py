@@ -263,3 +263,16 @@ def redact(text: str) -> str:
     for value in secret_values():
         text = text.replace(value, "***")
     return text
+
+
+def backend_reason(settings: Settings, requested: str | None = None) -> str:
+    """Why resolve_backend picks the backend it picks, in words (`pose-sync config` shows it)."""
+    if requested:
+        return f"--backend {requested}"
+    if os.environ.get(ENV_BACKEND):
+        return f"{ENV_BACKEND}={os.environ[ENV_BACKEND]}"
+    if settings.backend != "auto":
+        return f"storage.backend is {settings.backend} in {settings.config_file}"
+    if r2_credentials(required=False):
+        return "auto: R2 credentials are set"
+    return f"auto: no R2 credentials ({ENV_ACCESS_KEY}, ...) in the environment or .env"

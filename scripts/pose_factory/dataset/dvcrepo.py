@@ -161,6 +161,28 @@ def configure_remote(settings: Settings, credentials: R2Credentials | None) -> R
     return RemoteInfo(info.name, info.url, info.kind, info.config_file, changed)
 
 
+REMOTE_CONFIG_FILES = {"local": ".dvc/config.local", "repo": ".dvc/config", "global": "DVC's global config",
+                       "system": "DVC's system config"}
+
+
+def remote_in_effect(root: Path) -> dict[str, str] | None:
+    """The default DVC remote as dvc will use it here: name, url and the config file that makes it the
+    default (config.local wins over .dvc/config); None when DVC has no default remote or no config."""
+    if not (root / ".dvc" / "config").exists():
+        return None
+    try:
+        with open_repo(root) as repo:
+            name = repo.config["core"].get("remote")
+            if not name:
+                return None
+            url = str(repo.config["remote"].get(name, {}).get("url", ""))
+            level = next((lv for lv in ("local", "repo", "global", "system")
+                          if repo.config.read(lv).get("core", {}).get("remote") == name), "repo")
+    except ToolError:  # a config DVC cannot read: `dvc doctor` says why; showing the settings must still work
+        return None
+    return {"name": name, "url": url, "config_file": REMOTE_CONFIG_FILES[level]}
+
+
 def default_remote(root: Path) -> str | None:
     """The name of the default DVC remote, if one is set."""
     with open_repo(root) as repo:

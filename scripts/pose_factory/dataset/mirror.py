@@ -20,6 +20,34 @@ from pose_factory.dataset import dvcrepo, params
 
 STATUS_JSON_VERSION = 1
 
+# The command that resolves each state of a batch ({batch} is its id); None when there is nothing to do.
+# One place for every state `status` can report: add a state here with the command that gets out of it.
+NEXT_COMMAND: dict[str, str | None] = {
+    "in-bucket-only": "pose-sync pull {batch}",
+    "uploading": "pose-sync pull {batch}  (once `pose-sync list` shows it complete)",
+    "changed-in-bucket": "pose-sync pull {batch}",
+    "not-pushed": "dvc push",
+    "archived": None,
+    "up-to-date": None,
+}
+
+
+def next_command(state: str, batch_id: str) -> str | None:
+    """The command that resolves a batch's state, or None when there is nothing to do."""
+    command = NEXT_COMMAND.get(state)
+    return command.format(batch=batch_id) if command else None
+
+
+def getting_started(local_bucket: bool) -> str:
+    """What to run when the bucket holds no batch yet: a newcomer is never left without a next command."""
+    make_one = ("`pose-sync generate --out data/pod-outbox` (it prints the batch id), then `pose-sync publish "
+                "data/pod-outbox/<batch id>`, then `pose-sync pull-latest`")
+    if local_bucket:
+        return (f"to try it without an account, make a batch as a pod would: {make_one}; to use your R2 bucket, "
+                "set CLOUDFLARE_R2_ACCESS_KEY_ID, CLOUDFLARE_R2_SECRET_ACCESS_KEY, CLOUDFLARE_R2_ACCOUNT_ID and "
+                "POSE_FACTORY_R2_BUCKET (README: 'Connect a real R2 bucket')")
+    return f"render one on RunPod (`pose-sync job submit JOB_FILE`), or publish one from here: {make_one}"
+
 
 def local_batches(folder: Path) -> list[str]:
     """Batch ids with a folder or a .dvc file in a mirror folder."""
@@ -40,8 +68,13 @@ class BatchState:
     changed_in_remote: bool
     state: str  # one word for people: see _summary_state
 
+    @property
+    def next(self) -> str | None:
+        """The command that resolves this state (NEXT_COMMAND)."""
+        return next_command(self.state, self.batch_id)
+
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "next": self.next}
 
 
 def _summary_state(s: BatchState) -> str:

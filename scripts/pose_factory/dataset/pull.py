@@ -35,12 +35,12 @@ ENGINES = ("auto", "boto3", "rclone")
 
 def resolve_engine(engine: str, storage: Storage) -> str:
     """auto: rclone for an S3 bucket (boto3 spends a core on each request's Python work: rclone pulls
-    2,000 files 3x faster here), plain file copies for the local folder."""
+    2,000 files 3x faster here), plain file copies for the local folder ("copy": no boto3 involved)."""
     if engine not in ENGINES:
         raise UsageError(f"unknown engine {engine!r}", where="--engine", hint="use auto, boto3 or rclone")
-    if engine != "auto":
-        return engine
-    return "rclone" if isinstance(storage, S3Storage) else "boto3"
+    if engine == "auto":
+        engine = "rclone" if isinstance(storage, S3Storage) else "boto3"
+    return "copy" if engine == "boto3" and not isinstance(storage, S3Storage) else engine
 
 
 @dataclass
@@ -82,8 +82,12 @@ def choose_batches(storage: Storage, settings: Settings, *, batch_ids: list[str]
     if not eligible:
         filters = ", ".join(f for f in (project and f"project {project}", since and f"since {since}",
                                         until and f"until {until}") if f) or "no filter"
-        raise BatchNotFoundError(f"no complete batch matches ({filters})", where=storage.description,
-                                 hint="`pose-sync list` shows what is there and what is still uploading")
+        hint = "`pose-sync list` shows what is there and what is still uploading"
+        if not listed and filters == "no filter":
+            from pose_factory.dataset.mirror import getting_started
+
+            hint = "the bucket holds no batch yet: " + getting_started(not isinstance(storage, S3Storage))
+        raise BatchNotFoundError(f"no complete batch matches ({filters})", where=storage.description, hint=hint)
     return [eligible[0].batch_id] if latest else [b.batch_id for b in eligible]
 
 
