@@ -38,6 +38,30 @@ def test_every_command_is_in_the_reference_and_every_documented_option_exists():
             assert documented in options, f"README documents {documented} for {name}, which does not exist"
 
 
+def test_the_reference_names_every_option_of_every_command():
+    """The other way round: a user reading the table sees every option (the common ones are said once)."""
+    common = {"--help", "--config", "--quiet", "--backend"}
+    reference = README.split("## Command reference", 1)[1].split("\n## ", 1)[0]
+
+    def commands(parser, prefix=""):
+        for action in parser._actions:
+            if isinstance(action.choices, dict):
+                for name, child in action.choices.items():
+                    nested = any(isinstance(a.choices, dict) for a in child._actions)
+                    yield from commands(child, f"{prefix}{name} ") if nested else [(f"{prefix}{name}", child)]
+
+    found = dict(commands(build_parser()))
+    assert {"pull-latest", "comfyui queue", "job watch", "worker run"} <= set(found)
+    for name, sub in found.items():
+        rows = " ".join(line for line in reference.splitlines()
+                        if re.match(rf"\| `pose-sync {re.escape(name)}[ `]", line))
+        assert rows, f"`pose-sync {name}` has no row in the README command reference"
+        for action in sub._actions:
+            for option in set(action.option_strings) - common:
+                if option.startswith("--"):
+                    assert option in rows, f"the README row of `pose-sync {name}` does not mention {option}"
+
+
 def test_make_help_lists_the_documented_targets():
     result = subprocess.run(["make", "-s", "help"], cwd=REPO, capture_output=True, text=True, check=True)
     plain = re.sub(r"\x1b\[[0-9;]*m", "", result.stdout)
@@ -82,6 +106,8 @@ def test_demo_runs_the_loop_on_the_embedded_default_even_with_r2_credentials_set
     assert [name.split("_", 1)[1] for name in published] == ["run-cycle", "walk-cycle"]
     log = subprocess.run(["git", "log", "--format=%s"], cwd=sandbox, capture_output=True, text=True).stdout
     assert log.count("Pull pose batches") == 2
+    shown = re.findall(r"^\$ git add -A && git commit -m '([^']+)'$", out, re.M)
+    assert len(shown) == 2 and all(message in log.splitlines() for message in shown), "the demo commits what it shows"
     assert any((project.root / "data" / "demo" / "dvc-remote").rglob("*")), "dvc push reached the remote"
     index = json.loads((sandbox / "data" / "working" / "current_batch" / "index.json").read_text())
     assert len(index["samples"]) == 2 and "The ComfyUI working set is" in out

@@ -23,6 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from pose_factory.core.errors import PoseFactoryError
 from pose_factory.core.layout import CODE_ROOT, project_root
 from pose_factory.core.settings import (
     ENV_ACCESS_KEY,
@@ -44,6 +45,12 @@ def _show_and_run(label: str, command: list[str], env: dict[str, str], cwd: Path
     if done.returncode != 0:
         raise SystemExit(f"demo step failed (exit {done.returncode}): {label}")
     return done.stdout
+
+
+def _commit_step(message: str, env: dict[str, str], cwd: Path) -> None:
+    """Show and run one git commit of everything: the message shown is the message made."""
+    _show_and_run(f"git add -A && git commit -m {shlex.quote(message)}",
+                  ["sh", "-c", f"git add -A && git commit -q -m {shlex.quote(message)} && echo committed"], env, cwd)
 
 
 def _remove_tree(folder: Path) -> None:
@@ -113,8 +120,7 @@ def run_demo(samples: int, size: str, s3_local: bool) -> None:
     try:
         print(f"Pose Factory demo, in a sandbox dataset repository: {repo}")
         step("init")
-        _show_and_run("git commit -m 'dataset repository'", ["sh", "-c", "git add -A && git commit -q -m "
-                      "'dataset repository' && echo committed"], env, repo)
+        _commit_step("Dataset repository", env, repo)
         print("\n# The pod's side: render two batches and publish them to the bucket.")
         for project, pose_set, seed in DEMO_BATCHES:
             batch_id = step("generate", "--out", str(outbox), "--project", project, "--pose-set", pose_set,
@@ -129,8 +135,7 @@ def run_demo(samples: int, size: str, s3_local: bool) -> None:
         print("\n# The pipeline: validate every batch, build the ComfyUI working set from params.yaml.")
         _show_and_run("dvc repro", [sys.executable, "-m", "dvc", "repro", "-q"], env, repo)
         _show_and_run("dvc metrics show", [sys.executable, "-m", "dvc", "metrics", "show"], env, repo)
-        _show_and_run("git commit -m 'validate and materialise'", ["sh", "-c", "git add -A && git commit -q -m "
-                      "'Validate batches, materialise the working set' && echo committed"], env, repo)
+        _commit_step("Validate batches, materialise the working set", env, repo)
         _show_and_run("git log --oneline", ["git", "log", "--oneline"], env, repo)
         where = "a local S3 server (stopped now)" if server else f"the local bucket {repo / 'data' / 'local-bucket'}"
         remote = "the local S3 server's dvc/ prefix" if server else str(dvc_remote)
@@ -154,7 +159,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", default="512x512", help="image size (default: 512x512)")
     parser.add_argument("--s3-local", action="store_true", help="use a throw-away local S3 server as the bucket")
     args = parser.parse_args(argv)
-    run_demo(args.samples, args.size, args.s3_local)
+    try:
+        run_demo(args.samples, args.size, args.s3_local)
+    except PoseFactoryError as exc:  # e.g. run outside a project: nowhere to put data/demo/
+        print(f"error: {exc}" + (f"\nhint: {exc.hint}" if exc.hint else ""), file=sys.stderr)
+        return exc.exit_code
     return 0
 
 
