@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -70,6 +71,26 @@ def test_make_help_lists_the_documented_targets():
         assert f"make {target}" in README or target == "setup"
 
 
+def test_make_setup_says_what_it_does_and_installs_the_hook_without_a_warning(tmp_path):
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    plan = subprocess.run(["make", "-n", "-B", "setup", f"VENV={venv}"], cwd=REPO, capture_output=True, text=True,
+                          check=True).stdout.splitlines()
+    installs = [i for i, line in enumerate(plan) if "pip install" in line]
+    assert len(installs) == 2, "the pinned packages, then pose-sync itself"
+    for i in installs:
+        assert "--quiet" not in plan[i] and "awk" in plan[i], "pip's progress is shown as a count"
+        assert any(line.startswith('echo "==> installing') for line in plan[i - 3:i]), "each step is announced"
+    assert any("requirements.lock" in line and "==>" in line for line in plan)
+    assert any("1-2 minutes" in line for line in plan), "and how long it takes"
+    # The start-up hook is installed by a call, not `python -m` on a module the hook has already imported.
+    [hook] = [line for line in plan if "envhook" in line]
+    done = subprocess.run(["bash", "-c", hook], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO / "scripts")})
+    assert done.returncode == 0 and "Warning" not in done.stderr, done.stderr
+    assert list(venv.glob("lib/python*/site-packages/pose_factory_r2_env.pth")), done.stdout
+
+
 def test_readme_example_commands_run(project, tmp_path):
     example = README.split("Example:", 1)[1]
     block = re.search(r"```sh\n(.*?)```", example, re.S).group(1)
@@ -91,8 +112,6 @@ def test_readme_example_commands_run(project, tmp_path):
 def test_demo_runs_the_loop_on_the_embedded_default_even_with_r2_credentials_set(project):
     env = {"CLOUDFLARE_R2_ACCESS_KEY_ID": "TESTKEYID-REALISTIC-01", "CLOUDFLARE_R2_SECRET_ACCESS_KEY": "real-secret-x",
            "CLOUDFLARE_R2_ACCOUNT_ID": "deadbeef", "POSE_FACTORY_ROOT": str(project.root)}
-    import os
-
     result = subprocess.run([sys.executable, "-m", "pose_factory.devtools.demo", "--samples", "2", "--size", "64x64"],
                             cwd=project.root, env={**os.environ, **env}, capture_output=True, text=True,
                             timeout=300)
