@@ -75,7 +75,7 @@ def test_existing_batch_is_not_overwritten_without_force(tmp_path, project, cli)
 def test_interrupted_generate_leaves_nothing_that_looks_like_a_batch(tmp_path, monkeypatch):
     from pose_factory.producer import figure
 
-    real_render = figure.render
+    real_render = figure.render_view
     calls = {"n": 0}
 
     def render_then_die(*args, **kwargs):
@@ -84,7 +84,7 @@ def test_interrupted_generate_leaves_nothing_that_looks_like_a_batch(tmp_path, m
             raise KeyboardInterrupt
         return real_render(*args, **kwargs)
 
-    monkeypatch.setattr(figure, "render", render_then_die)
+    monkeypatch.setattr(figure, "render_view", render_then_die)
     job = default_job("run-cycle", 5, (32, 32), seed=1)
     with pytest.raises(KeyboardInterrupt):
         generate_batch(job, tmp_path, load_settings(root=tmp_path), batch_id="2026-11-02_run-cycle", workers=1)

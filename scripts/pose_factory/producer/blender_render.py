@@ -14,7 +14,6 @@ canvas or behind the camera.
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import shutil
@@ -25,18 +24,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from pose_factory.core import contract, schemas
 from pose_factory.core.errors import PoseFactoryError, ToolError, UsageError
 from pose_factory.core.progress import Progress
 from pose_factory.core.settings import Settings
-from pose_factory.producer import figure
-from pose_factory.producer.generate import _rounded, _save_png, _software, batch_id_for, camera_views, seal_batch
+from pose_factory.producer import encode, figure
+from pose_factory.producer.generate import batch_id_for, camera_views, pose_block, seal_batch, software_block
 
 RENDER_SCRIPT = Path(__file__).resolve().parents[2] / "blender" / "render_job.py"
 BACKGROUND_Z = 1e9  # Cycles writes 1e10 where nothing is hit
 DEFAULT_SPP = 8
 _PERSON_INDEX, _FLOOR_INDEX = 1, 2
+_LABELS = ("sky", "floor", "person")
 _MATERIAL_COLOR = {figure._SKIN: "skin", figure._HAIR: "hair", figure._SHIRT: "shirt",
                    figure._TROUSERS: "trousers", figure._SHOES: "shoes"}
 
@@ -122,100 +123,25 @@ def run_blender(spec_path: Path, raw_dir: Path, *, timeout_s: float) -> str:
 
 def _convert_sample(plan: dict[str, Any], raw: Path, out: Path, job: dict[str, Any], batch_id: str
                     ) -> dict[str, Any]:
-    """Blender passes -> contract files and annotation, the same encodings as figure.render."""
+    """Blender passes -> a View for the shared encoder, which writes the contract files and annotation."""
     camera: figure.Camera = plan["camera"]
     pose: figure.Pose = plan["pose"]
-    W, H = camera.width, camera.height
     z = np.load(raw / "depth.npy").astype(np.float64)
     n_world = np.load(raw / "normal.npy").astype(np.float64)
     index = np.rint(np.load(raw / "index.npy")).astype(np.int64)
     geom = (z < BACKGROUND_Z) & (index > 0)
-    person = geom & (index == _PERSON_INDEX)
-    zbuf = np.where(geom, z, np.inf)
-
-    # depth: linear in camera z, near = white, per-image range rounded outwards to 0.1 m
-    if geom.any():
-        zmin, zmax = float(z[geom].min()), float(z[geom].max())
-        near = max(math.floor(zmin * 10.0) / 10.0, 0.0)
-        far = math.ceil(zmax * 10.0) / 10.0 + 0.1
-    else:
-        near, far = 0.0, 1.0
-    d8 = np.zeros((H, W), dtype=np.uint8)
-    d8[geom] = np.clip(np.rint(255.0 * (far - z[geom]) / (far - near)), 0, 255).astype(np.uint8)
-    depth = np.repeat(d8[:, :, None], 3, axis=2)
-
-    # normal: world -> OpenCV camera, then (-x, -y, -z) as "red left, green up, blue front"
-    n_cam = n_world @ camera.R_w2c().T
-    norm = np.linalg.norm(n_cam, axis=2, keepdims=True)
-    n_cam = np.where(norm > 1e-6, n_cam / np.maximum(norm, 1e-12), 0.0)
-    enc = -n_cam
-    enc[~geom] = (0.0, 0.0, 1.0)
-    normal = np.clip(np.rint((enc + 1.0) * 127.5), 0, 255).astype(np.uint8)
-
-    # seg: exact palette colours from the object index
-    seg = np.empty((H, W, 3), dtype=np.uint8)
-    seg[:] = figure.SEG_PALETTE["sky"]
-    seg[geom & (index == _FLOOR_INDEX)] = figure.SEG_PALETTE["floor"]
-    seg[person] = figure.SEG_PALETTE["person"]
-
-    # keypoints: project with the Camera, visibility by depth test against Blender's Z pass
-    kp_world = np.stack([pose.joints_world[n] for n in figure.COCO18_JOINTS])
-    kp_cam = kp_world @ camera.R_w2c().T + camera.t_w2c()
-    uv, kz = camera.project(kp_world)
-    embed = figure._embed_depth(figure.RIGS[pose.rig])
-    kp2d = np.zeros((18, 3))
-    for i in range(18):
-        u, v = uv[i]
-        if not (kz[i] > figure._NEAR_CLIP_M and 0.0 <= u < W and 0.0 <= v < H):
-            continue
-        surface = zbuf[int(v), int(u)]
-        kp2d[i] = (u, v, 2 if kz[i] <= surface + embed[i] + figure._KP_TOL_M else 1)
-    if person.any():
-        rows, cols = np.nonzero(person)
-        bbox = [float(cols.min()), float(rows.min()), float(cols.max() - cols.min() + 1),
-                float(rows.max() - rows.min() + 1)]
-    else:
-        bbox = [0.0, 0.0, 0.0, 0.0]
-
-    sid = plan["sid"]
-    files: dict[str, str] = {}
-    for modality in job["render"]["modalities"]:
-        rel = contract.modality_path(modality, sid)
-        files[modality] = rel
-        if modality == "rgb":
-            shutil.copyfile(raw / "rgb.png", out / rel)
-        elif modality == "openpose_json":
-            (out / rel).write_bytes(contract.dumps(figure.openpose_json(kp2d, W, H)))
-        else:
-            image = {"pose": lambda: figure.draw_openpose(kp2d, W, H), "depth": lambda: depth,
-                     "normal": lambda: normal, "seg": lambda: seg}[modality]()
-            _save_png(image, out / rel)
-    annotation = {
-        "schema_version": contract.CONTRACT_VERSION,
-        "batch_id": batch_id,
-        "sample_id": sid,
-        "index": plan["index"],
-        "files": files,
-        "camera": {
-            "width": W, "height": H,
-            "K": _rounded(camera.K()), "R_w2c": _rounded(camera.R_w2c()), "t_w2c": _rounded(camera.t_w2c()),
-            "azimuth_deg": float(plan["azimuth"]), "elevation_deg": float(plan["elevation"]),
-            "distance_m": float(plan["distance"]), "focal_length_mm": float(job["cameras"]["focal_length_mm"]),
-            "view_index": plan["view_index"], "target": [float(v) for v in camera.target],
-        },
-        "pose": {"set": pose.pose_set, "rig": pose.rig, "frame": plan["frame"], "phase": round(float(pose.phase), 6),
-                 "joint_angles_deg": {k: round(float(v), 4) for k, v in sorted(pose.joint_angles_deg.items())}},
-        "persons": [{
-            "instance_id": 0,
-            "keypoints_2d": [[round(float(x), 2), round(float(y), 2), int(v)] for x, y, v in kp2d],
-            "keypoints_3d_cam": _rounded(kp_cam),
-            "bbox": [round(v, 2) for v in bbox],
-            "visible_fraction": round(float(np.mean(kp2d[:, 2] == 2)), 4),
-        }],
-        "depth_range_m": [round(float(near), 4), round(float(far), 4)],
-    }
-    (out / contract.annotation_path(sid)).write_bytes(contract.dumps(annotation))
-    return {"sample_id": sid, "annotation": contract.annotation_path(sid), "files": files}
+    labels = np.zeros(z.shape, dtype=np.uint8)  # index into _LABELS
+    labels[geom & (index == _FLOOR_INDEX)] = 1
+    labels[geom & (index == _PERSON_INDEX)] = 2
+    rgb = np.asarray(Image.open(raw / "rgb.png").convert("RGB"))
+    view = encode.View(camera=camera, z=np.where(geom, z, np.inf),
+                       normal_cam=np.where(geom[..., None], n_world @ camera.R_w2c().T, 0.0),
+                       labels=labels, label_names=_LABELS, rgb=rgb,
+                       keypoints_world=np.stack([pose.joints_world[n] for n in encode.COCO18_JOINTS]),
+                       embed_m=figure.embed_depth(pose.rig))
+    return encode.write_sample(out, job, batch_id, plan["index"], encode.encode_view(view),
+                               encode.camera_block(camera, plan["view_index"], job["cameras"]["focal_length_mm"]),
+                               pose_block(pose, plan["frame"]))
 
 
 def render_with_blender(job: dict[str, Any], out_root: Path, settings: Settings, batch_id: str | None = None, *,
@@ -266,7 +192,7 @@ def render_with_blender(job: dict[str, Any], out_root: Path, settings: Settings,
             for plan in plans:
                 samples.append(_convert_sample(plan, raw_dir / plan["sid"], work, job, batch_id))
                 bar.advance()
-        software = _software()
+        software = software_block()
         software.update({"generator": "pose-factory-blender", "blender_version": info["blender_version"],
                          "render_engine": info["render_engine"], "gpu": None,
                          "python_version": platform.python_version()})

@@ -57,7 +57,16 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageDraw
+
+from pose_factory.producer import encode
+from pose_factory.producer.encode import (
+    COCO18_JOINTS,
+    OPENPOSE_COLORS,
+    OPENPOSE_LIMBS,
+    SEG_PALETTE,
+    draw_openpose,
+    openpose_json,
+)
 
 __all__ = [
     "COCO18_JOINTS",
@@ -74,35 +83,9 @@ __all__ = [
     "render",
     "draw_openpose",
     "openpose_json",
+    "render_view",
+    "embed_depth",
 ]
-
-COCO18_JOINTS: tuple[str, ...] = (
-    "nose", "neck",
-    "r_shoulder", "r_elbow", "r_wrist",
-    "l_shoulder", "l_elbow", "l_wrist",
-    "r_hip", "r_knee", "r_ankle",
-    "l_hip", "l_knee", "l_ankle",
-    "r_eye", "l_eye", "r_ear", "l_ear",
-)
-
-OPENPOSE_COLORS: tuple[tuple[int, int, int], ...] = (
-    (255, 0, 0), (255, 85, 0), (255, 170, 0), (255, 255, 0), (170, 255, 0),
-    (85, 255, 0), (0, 255, 0), (0, 255, 85), (0, 255, 170), (0, 255, 255),
-    (0, 170, 255), (0, 85, 255), (0, 0, 255), (85, 0, 255), (170, 0, 255),
-    (255, 0, 255), (255, 0, 170), (255, 0, 85),
-)
-
-OPENPOSE_LIMBS: tuple[tuple[int, int], ...] = (
-    (2, 3), (2, 6), (3, 4), (4, 5), (6, 7), (7, 8), (2, 9), (9, 10), (10, 11),
-    (2, 12), (12, 13), (13, 14), (2, 1), (1, 15), (15, 17), (1, 16), (16, 18),
-)
-
-SEG_PALETTE: dict[str, tuple[int, int, int]] = {
-    "person": (150, 5, 61),
-    "floor": (80, 50, 50),
-    "wall": (120, 120, 120),
-    "sky": (6, 230, 230),
-}
 
 POSE_SETS: tuple[str, ...] = ("walk-cycle", "run-cycle", "random-pose")
 
@@ -440,8 +423,8 @@ class Render:
 
 _SKY, _FLOOR, _SKIN, _HAIR, _SHIRT, _TROUSERS, _SHOES = range(7)
 _FLOOR_HALF_M = 4.0
-_NEAR_CLIP_M = 0.01
-_KP_TOL_M = 0.02
+_NEAR_CLIP_M = encode.NEAR_CLIP_M
+_LABELS = ("sky", "floor", "person")
 _LIGHT_CAM = np.array([-0.45, -0.65, -0.6]) / np.linalg.norm([-0.45, -0.65, -0.6])
 
 
@@ -490,8 +473,9 @@ def _primitives(pose: Pose) -> list[tuple]:
     return prims
 
 
-def _embed_depth(rig: dict) -> np.ndarray:
-    R = rig["radii_m"]
+def embed_depth(rig_name: str) -> np.ndarray:
+    """How deep each COCO-18 joint centre sits below the body surface around it (metres)."""
+    R = RIGS[rig_name]["radii_m"]
     per = {"nose": 0.0, "r_eye": 0.0, "l_eye": 0.0, "r_ear": 0.03, "l_ear": 0.03,
            "neck": R["chest"][1], "r_shoulder": R["shoulder_bar"] + 0.01, "l_shoulder": R["shoulder_bar"] + 0.01,
            "r_elbow": R["upper_arm"], "l_elbow": R["upper_arm"], "r_wrist": R["forearm"], "l_wrist": R["forearm"],
@@ -594,7 +578,8 @@ def _normals_ellipsoid(p, C, Rot, radii):
     return (local / np.asarray(radii) ** 2) @ Rot.T
 
 
-def render(pose: Pose, camera: Camera) -> Render:
+def render_view(pose: Pose, camera: Camera) -> encode.View:
+    """Ray-cast the posed figure: the raw buffers the encoder turns into the batch's files."""
     W, H = int(camera.width), int(camera.height)
     k = camera.K()
     Rw, tw = camera.R_w2c(), camera.t_w2c()
@@ -654,62 +639,23 @@ def render(pose: Pose, camera: Camera) -> Render:
         mat[r0:r1, c0:c1][win] = m
 
     geom = np.isfinite(zbuf)
-    person = mat >= _SKIN
-
-    # ---- depth
-    if geom.any():
-        zmin, zmax = float(zbuf[geom].min()), float(zbuf[geom].max())
-        near = math.floor(zmin * 10.0) / 10.0
-        far = math.ceil(zmax * 10.0) / 10.0 + 0.1
-        near = max(near, 0.0)
-    else:
-        near, far = 0.0, 1.0
-    d8 = np.zeros((H, W), dtype=np.uint8)
-    d8[geom] = np.clip(np.rint(255.0 * (far - zbuf[geom]) / (far - near)), 0, 255).astype(np.uint8)
-    depth = np.repeat(d8[:, :, None], 3, axis=2)
-
-    # ---- normal: ControlNet 1.1 "red left, green top, blue front" from OpenCV camera axes
-    enc = np.empty((H, W, 3))
-    enc[..., 0] = -nbuf[..., 0]
-    enc[..., 1] = -nbuf[..., 1]
-    enc[..., 2] = -nbuf[..., 2]
-    enc[~geom] = (0.0, 0.0, 1.0)
-    normal = np.clip(np.rint((enc + 1.0) * 127.5), 0, 255).astype(np.uint8)
-
-    # ---- seg
-    seg = np.empty((H, W, 3), dtype=np.uint8)
-    seg[:] = SEG_PALETTE["sky"]
-    seg[mat == _FLOOR] = SEG_PALETTE["floor"]
-    seg[person] = SEG_PALETTE["person"]
-
-    # ---- rgb
+    labels = np.zeros((H, W), dtype=np.uint8)  # index into _LABELS
+    labels[mat == _FLOOR] = 1
+    labels[mat >= _SKIN] = 2
     rgb = _shade(pose, mat, nbuf, geom, fx_w, fy_w, dwz / np.sqrt(dwx**2 + dwy**2 + dwz**2))
-
-    # ---- keypoints
     kp_world = np.stack([pose.joints_world[n] for n in COCO18_JOINTS])
-    kp_cam = kp_world @ Rw.T + tw
-    uv, z = camera.project(kp_world)
-    kp2d = np.zeros((18, 3))
-    embed = _embed_depth(RIGS[pose.rig])
-    for i in range(18):
-        u, v = uv[i]
-        if not (z[i] > _NEAR_CLIP_M and 0.0 <= u < W and 0.0 <= v < H):
-            continue
-        surface = zbuf[int(v), int(u)]
-        vis = 2 if z[i] <= surface + embed[i] + _KP_TOL_M else 1
-        kp2d[i] = (u, v, vis)
+    return encode.View(camera=camera, z=zbuf, normal_cam=nbuf, labels=labels, label_names=_LABELS, rgb=rgb,
+                       keypoints_world=kp_world, embed_m=embed_depth(pose.rig))
 
-    if person.any():
-        rows, cols = np.nonzero(person)
-        bbox = (float(cols.min()), float(rows.min()),
-                float(cols.max() - cols.min() + 1), float(rows.max() - rows.min() + 1))
-    else:
-        bbox = (0.0, 0.0, 0.0, 0.0)
 
+def render(pose: Pose, camera: Camera) -> Render:
+    """Ray-cast the posed figure and encode every modality (see the module docstring)."""
+    enc = encode.encode_view(render_view(pose, camera))
     return Render(
-        rgb=rgb, pose_map=draw_openpose(kp2d, W, H), depth=depth, normal=normal, seg=seg,
-        keypoints_2d=kp2d, keypoints_cam=kp_cam, bbox=bbox,
-        visible_fraction=float(np.mean(kp2d[:, 2] == 2)), depth_near_m=float(near), depth_far_m=float(far),
+        rgb=enc.images["rgb"], pose_map=enc.images["pose"], depth=enc.images["depth"],
+        normal=enc.images["normal"], seg=enc.images["seg"], keypoints_2d=enc.keypoints_2d,
+        keypoints_cam=enc.keypoints_cam, bbox=enc.bbox, visible_fraction=enc.visible_fraction,
+        depth_near_m=enc.depth_near_m, depth_far_m=enc.depth_far_m,
     )
 
 
@@ -746,91 +692,3 @@ def _shade(pose: Pose, mat, nbuf, geom, fx_w, fy_w, up_component) -> np.ndarray:
         horizon, zenith = np.array([214.0, 222.0, 232.0]), np.array([92.0, 140.0, 204.0])
         out[sky] = horizon + (zenith - horizon) * s[:, None]
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
-
-
-# --------------------------------------------------------------------------- OpenPose
-
-
-def _ellipse2poly(center: tuple[int, int], axes: tuple[int, int], angle: int,
-                  arc_start: int = 0, arc_end: int = 360, delta: int = 1) -> np.ndarray:
-    """numpy port of cv2.ellipse2Poly (integer overload), including its rounding and dedup."""
-    while angle < 0:
-        angle += 360
-    while angle > 360:
-        angle -= 360
-    if arc_start > arc_end:
-        arc_start, arc_end = arc_end, arc_start
-    while arc_start < 0:
-        arc_start += 360
-        arc_end += 360
-    while arc_end > 360:
-        arc_end -= 360
-        arc_start -= 360
-    if arc_end - arc_start > 360:
-        arc_start, arc_end = 0, 360
-    alpha, beta = math.cos(math.radians(angle)), math.sin(math.radians(angle))
-    ang = np.minimum(np.arange(arc_start, arc_end + delta, delta), arc_end)
-    ang = np.where(ang < 0, ang + 360, ang)
-    rad = np.radians(ang.astype(float))
-    x = axes[0] * np.cos(rad)
-    y = axes[1] * np.sin(rad)
-    px = np.rint(center[0] + x * alpha - y * beta).astype(np.int64)  # cvRound = round half to even
-    py = np.rint(center[1] + x * beta + y * alpha).astype(np.int64)
-    pts = np.stack([px, py], axis=1)
-    keep = np.ones(len(pts), dtype=bool)
-    keep[1:] = np.any(pts[1:] != pts[:-1], axis=1)
-    pts = pts[keep]
-    if len(pts) == 1:
-        pts = np.array([center, center], dtype=np.int64)
-    return pts
-
-
-def draw_openpose(keypoints_2d: np.ndarray, width: int, height: int, stickwidth: int = 4) -> np.ndarray:
-    """ControlNet / controlnet_aux ``draw_bodypose`` on a black canvas (pixel coordinates)."""
-    kp = np.asarray(keypoints_2d, dtype=float).reshape(-1, 3)
-    img = Image.new("RGB", (int(width), int(height)), (0, 0, 0))
-    draw = ImageDraw.Draw(img)
-    for (a, b), color in zip(OPENPOSE_LIMBS, OPENPOSE_COLORS):
-        p1, p2 = kp[a - 1], kp[b - 1]
-        if p1[2] <= 0 or p2[2] <= 0:
-            continue
-        # Same variable juggling as the annotator: X holds y values, Y holds x values.
-        Y = np.array([p1[0], p2[0]])
-        X = np.array([p1[1], p2[1]])
-        mX, mY = float(np.mean(X)), float(np.mean(Y))
-        length = float(((X[0] - X[1]) ** 2 + (Y[0] - Y[1]) ** 2) ** 0.5)
-        angle = math.degrees(math.atan2(X[0] - X[1], Y[0] - Y[1]))
-        poly = _ellipse2poly((int(mY), int(mX)), (int(length / 2), int(stickwidth)), int(angle), 0, 360, 1)
-        fill = tuple(int(float(c) * 0.6) for c in color)
-        draw.polygon([tuple(map(int, p)) for p in poly], fill=fill)
-    canvas = np.asarray(img).copy()
-    H, W = canvas.shape[:2]
-    radius = 4
-    yy, xx = np.mgrid[-radius:radius + 1, -radius:radius + 1]
-    # Shape of cv2.circle(radius=4, thickness=-1): the midpoint-circle disc, d^2 <= r(r+1).
-    disc = xx * xx + yy * yy <= radius * (radius + 1)
-    for p, color in zip(kp, OPENPOSE_COLORS):
-        if p[2] <= 0:
-            continue
-        cx, cy = int(p[0]), int(p[1])
-        ys, xs = yy[disc] + cy, xx[disc] + cx
-        ok = (ys >= 0) & (ys < H) & (xs >= 0) & (xs < W)
-        canvas[ys[ok], xs[ok]] = color
-    return canvas
-
-
-def openpose_json(keypoints_2d: np.ndarray, width: int, height: int) -> dict:
-    kp = np.asarray(keypoints_2d, dtype=float).reshape(-1, 3)
-    flat: list[float] = []
-    for x, y, v in kp:
-        flat += [round(float(x), 2), round(float(y), 2), 1.0] if v > 0 else [0.0, 0.0, 0.0]
-    return {
-        "people": [{
-            "pose_keypoints_2d": flat,
-            "face_keypoints_2d": None,
-            "hand_left_keypoints_2d": None,
-            "hand_right_keypoints_2d": None,
-        }],
-        "canvas_width": int(width),
-        "canvas_height": int(height),
-    }

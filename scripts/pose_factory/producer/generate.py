@@ -97,15 +97,9 @@ class _SampleTask:
     out_dir: str
 
 
-def _save_png(array: np.ndarray, path: Path) -> None:
-    from PIL import Image
-
-    Image.fromarray(array, mode="RGB").save(path, format="PNG", compress_level=6)
-
-
 def _render_sample(task: _SampleTask) -> dict[str, Any]:
     """Render and write one sample; return its manifest `samples` entry. Runs in a worker process."""
-    from pose_factory.producer import figure
+    from pose_factory.producer import encode, figure
 
     job = task.job
     views = camera_views(job)
@@ -117,70 +111,20 @@ def _render_sample(task: _SampleTask) -> dict[str, Any]:
                            focal_mm=job["cameras"]["focal_length_mm"], width=width, height=height,
                            sensor_mm=job["cameras"].get("sensor_width_mm", 36.0))
     pose = figure.make_pose(job["poses"]["set"], job["rig"]["name"], job["seed"], frame)
-    result = figure.render(pose, camera)
-    sid = contract.sample_id(task.index)
-    out = Path(task.out_dir)
-    wanted = job["render"]["modalities"]
-    files: dict[str, str] = {}
-    images = {"rgb": result.rgb, "pose": result.pose_map, "depth": result.depth, "normal": result.normal,
-              "seg": result.seg}
-    for modality in wanted:
-        rel = contract.modality_path(modality, sid)
-        files[modality] = rel
-        if modality == "openpose_json":
-            (out / rel).write_bytes(contract.dumps(figure.openpose_json(result.keypoints_2d, width, height)))
-        else:
-            _save_png(images[modality], out / rel)
-    annotation = {
-        "schema_version": contract.CONTRACT_VERSION,
-        "batch_id": task.batch_id,
-        "sample_id": sid,
-        "index": task.index,
-        "files": files,
-        "camera": {
-            "width": width, "height": height,
-            "K": _rounded(camera.K()), "R_w2c": _rounded(camera.R_w2c()), "t_w2c": _rounded(camera.t_w2c()),
-            "azimuth_deg": float(azimuth), "elevation_deg": float(elevation), "distance_m": float(distance),
-            "focal_length_mm": float(job["cameras"]["focal_length_mm"]), "view_index": view_index,
-            "target": [float(v) for v in camera.target],
-        },
-        "pose": {"set": pose.pose_set, "rig": pose.rig, "frame": frame, "phase": round(float(pose.phase), 6),
-                 "joint_angles_deg": {k: round(float(v), 4) for k, v in sorted(pose.joint_angles_deg.items())}},
-        "persons": [{
-            "instance_id": 0,
-            "keypoints_2d": [[round(float(x), 2), round(float(y), 2), int(v)] for x, y, v in result.keypoints_2d],
-            "keypoints_3d_cam": _rounded(result.keypoints_cam),
-            "bbox": [round(float(v), 2) for v in result.bbox],
-            "visible_fraction": round(float(result.visible_fraction), 4),
-        }],
-        "depth_range_m": [round(float(result.depth_near_m), 4), round(float(result.depth_far_m), 4)],
-    }
-    (out / contract.annotation_path(sid)).write_bytes(contract.dumps(annotation))
-    return {"sample_id": sid, "annotation": contract.annotation_path(sid), "files": files}
+    encoded = encode.encode_view(figure.render_view(pose, camera))
+    return encode.write_sample(Path(task.out_dir), job, task.batch_id, task.index, encoded,
+                               encode.camera_block(camera, view_index, job["cameras"]["focal_length_mm"]),
+                               pose_block(pose, frame))
 
 
-def _rounded(array: np.ndarray) -> Any:
-    return np.round(np.asarray(array, dtype=float), 6).tolist()
+def pose_block(pose: Any, frame: int) -> dict[str, Any]:
+    """The annotation's `pose` object for a built-in pose."""
+    return {"set": pose.pose_set, "rig": pose.rig, "frame": frame, "phase": round(float(pose.phase), 6),
+            "joint_angles_deg": {k: round(float(v), 4) for k, v in sorted(pose.joint_angles_deg.items())}}
 
 
-def _conventions() -> dict[str, Any]:
-    from pose_factory.producer import figure
-
-    return {
-        "keypoints": {"format": "coco18", "units": "pixels", "origin": "top-left",
-                      "joints": list(figure.COCO18_JOINTS), "limbs": [list(p) for p in figure.OPENPOSE_LIMBS]},
-        "visibility": "coco",
-        "depth": {"encoding": "linear-normalised-per-sample", "bit_depth": 8, "channels": 3, "near": "white",
-                  "background": 0},
-        "normal": {"space": "camera", "encoding": "rgb=(n+1)/2*255", "red": "left", "green": "up",
-                   "blue": "towards-camera", "background": [128, 128, 255]},
-        "segmentation": {"palette": "ade20k", "labels": {k: list(v) for k, v in figure.SEG_PALETTE.items()}},
-        "camera": {"frame": "opencv", "world_frame": "z-up-right-handed", "units": "metres",
-                   "extrinsics": "world-to-camera"},
-    }
-
-
-def _software() -> dict[str, Any]:
+def software_block() -> dict[str, Any]:
+    """The manifest's `software` block for this package (renderers fill in their own fields)."""
     import PIL
 
     return {"generator": "pose-factory-synthetic", "generator_version": __version__, "generator_commit": None,
@@ -238,7 +182,7 @@ def generate_batch(job: dict[str, Any], out_root: Path, settings: Settings, *, b
                 for task in tasks:
                     samples.append(_render_sample(task))
                     bar.advance()
-        manifest = seal_batch(work, final_dir, job, batch_id, samples, _software())
+        manifest = seal_batch(work, final_dir, job, batch_id, samples, software_block())
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
@@ -253,6 +197,8 @@ def seal_batch(work: Path, final_dir: Path, job: dict[str, Any], batch_id: str, 
     Shared by every renderer (synthetic, Blender), so all batches get the same manifest and the same
     all-or-nothing arrival.
     """
+    from pose_factory.producer import encode
+
     rel_files = [p.relative_to(work).as_posix() for p in sorted(work.rglob("*")) if p.is_file()]
     files = contract.file_entries(work, rel_files)
     manifest = {
@@ -262,7 +208,7 @@ def seal_batch(work: Path, final_dir: Path, job: dict[str, Any], batch_id: str, 
         "created_at": contract.utc_now(),
         "job": job,
         "software": software,
-        "conventions": _conventions(),
+        "conventions": encode.conventions(),
         "image": dict(job["image"]),
         "modalities": contract.modalities_block(job["render"]["modalities"]),
         "samples": samples,
