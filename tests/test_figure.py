@@ -17,7 +17,8 @@ from pose_factory.producer.figure import (
     RIGS,
     SEG_PALETTE,
     Camera,
-    _foot_spheroid,
+    anatomy_problems,
+    body_bounds,
     draw_openpose,
     make_pose,
     openpose_json,
@@ -78,12 +79,7 @@ def test_pose_has_coco_joints_feet_on_floor_and_rig_height():
     for rig, height in (("mannequin-a", 1.78), ("mannequin-b", 1.62)):
         p = make_pose("walk-cycle", rig, 0, 0)
         assert set(COCO18_JOINTS) <= set(p.joints_world)
-        foot_r = RIGS[rig]["radii_m"]["foot"]
-        soles = []
-        for s in ("r", "l"):
-            centre, rot, radii = _foot_spheroid(p.joints_world[f"{s}_heel"], p.joints_world[f"{s}_toe"], foot_r)
-            soles.append(centre[2] - np.linalg.norm(rot[2, :] * np.asarray(radii)))
-        assert min(soles) == pytest.approx(0.0, abs=1e-9)
+        assert body_bounds(p)[0][2] == pytest.approx(0.0, abs=1e-9)
         assert all(p.joints_world[n][2] > 0.0 for n in COCO18_JOINTS)
         assert p.joints_world["head_top"][2] == pytest.approx(height, abs=0.1)
         # Figure faces -Y: the nose is in front (more negative y) of the neck; its right is at -X.
@@ -103,13 +99,19 @@ def test_run_cycle_really_moves_and_loops():
 
 
 def test_random_pose_angles_within_joint_limits():
-    for i in range(40):
+    for i in range(200):
         p = make_pose("random-pose", "mannequin-b", 2, i)
         assert p.phase == 0.0
         for name, value in p.joint_angles_deg.items():
             key = name[:-2] if name[-2:] in ("_l", "_r") else name
             lo, hi = JOINT_LIMITS_DEG[key]
             assert lo <= value <= hi, (name, value)
+        assert anatomy_problems(p.joint_angles_deg) == [], i
+    # The couplings are checked, not just the per-joint limits.
+    angles = dict(make_pose("random-pose", "mannequin-b", 2, 0).joint_angles_deg, hip_flex_r=110.0, knee_flex_r=0.0)
+    assert any("hamstring" in problem for problem in anatomy_problems(angles))
+    angles.update(hip_flex_r=20.0, shoulder_flex_l=170.0, shoulder_abd_l=150.0)
+    assert any("shoulder_l" in problem for problem in anatomy_problems(angles))
 
 
 def test_unknown_pose_set_or_rig_raises():
@@ -205,12 +207,20 @@ def test_depth_encoding(front):
     assert r.depth[..., 0][person].min() > 0
     assert r.depth[..., 0][person].mean() > 170  # near = white
     assert np.all(r.depth[sky] == 0)
-    assert 0.0 <= r.depth_near_m < 4.0 < r.depth_far_m
-    # Linear in camera z: the nose sits on the surface, so its pixel encodes its own depth.
+    # near is the subject's nearest surface, far at most 1.5 x its farthest.
+    z_person = r.depth_metric[person] / 1000.0
+    assert r.depth_near_m == pytest.approx(z_person.min(), abs=0.002)
+    assert r.depth_far_m <= 1.5 * z_person.max() + 0.002
+    # Relative inverse depth (MiDaS): the nose sits on the surface, so its pixel encodes its own depth.
     x, y, _ = r.keypoints_2d[IDX["nose"]]
     z = r.keypoints_cam[IDX["nose"], 2]
-    expected = 255.0 * (r.depth_far_m - z) / (r.depth_far_m - r.depth_near_m)
+    expected = 255.0 * (1 / z - 1 / r.depth_far_m) / (1 / r.depth_near_m - 1 / r.depth_far_m)
     assert abs(int(r.depth[int(y), int(x), 0]) - expected) <= 3
+    # The subject has relief: a body 0.5 m deep at 4 m spans dozens of grey levels (1.0's linear map: ~33).
+    assert np.ptp(r.depth[..., 0][person]) >= 50
+    # Metric depth is lossless in millimetres: the nose's pixel holds its camera z.
+    assert abs(int(r.depth_metric[int(y), int(x)]) - z * 1000.0) <= 15
+    assert r.depth_metric.dtype == np.uint16 and np.all(r.depth_metric[sky] == 0)
     # Floor further away is darker than floor nearby (rows near the bottom are nearer).
     floor = np.all(r.seg == SEG_PALETTE["floor"], axis=2)
     col = r.depth[..., 0][:, 5][floor[:, 5]]
@@ -223,7 +233,7 @@ def test_seg_palette_only_and_consistent_with_depth(front):
     assert colours <= set(SEG_PALETTE.values())
     assert SEG_PALETTE["person"] in colours and SEG_PALETTE["floor"] in colours
     person = np.all(r.seg == SEG_PALETTE["person"], axis=2)
-    geom = r.depth[..., 0] > 0
+    geom = r.depth_metric > 0
     assert np.all(geom[person])
     sky = np.all(r.seg == SEG_PALETTE["sky"], axis=2)
     assert np.array_equal(sky, ~geom)
@@ -266,9 +276,10 @@ def test_rgb_has_distinct_regions(front):
     assert len({tuple(c) for c in r.rgb[person]}) > 50  # shaded, not flat
 
 
-def test_pose_map_is_draw_openpose(front):
+def test_pose_map_is_draw_openpose_of_the_reported_keypoints(front):
     _, r = front
-    np.testing.assert_array_equal(r.pose_map, draw_openpose(r.keypoints_2d, SIZE, SIZE))
+    # 128 px short side: controlnet_aux's 4 px at 512 px scale to 1 px sticks and joints.
+    np.testing.assert_array_equal(r.pose_map, draw_openpose(r.reported_2d, SIZE, SIZE, 1, 1))
 
 
 # ---------------------------------------------------------------- OpenPose drawing / JSON
@@ -312,10 +323,13 @@ def test_draw_openpose_joint_disc_and_missing_points():
     kp = np.zeros((18, 3))
     kp[IDX["neck"]] = (50.5, 50.5, 2)
     img = draw_openpose(kp, 100, 100)
-    nonzero = np.argwhere(img.any(axis=2))
-    # cv2.circle(r=4, filled): 9x9 disc without the corners.
-    assert nonzero[:, 0].min() == 46 and nonzero[:, 0].max() == 54
-    assert img[50, 54].tolist() == list(OPENPOSE_COLORS[1]) and not img[46, 46].any()
+    drawn = img.any(axis=2)[46:55, 46:55].astype(int)
+    # cv2.circle(radius=4, thickness=-1) as OpenCV rasterises it (checked against opencv-python 5.0):
+    # rows +-4 are one pixel, rows +-3 five, the middle row nine; 49 pixels, not a round 9x9 disc.
+    assert drawn.tolist() == [[0, 0, 0, 0, 1, 0, 0, 0, 0], [0, 0, 1, 1, 1, 1, 1, 0, 0], [0, 1, 1, 1, 1, 1, 1, 1, 0],
+                              [0, 1, 1, 1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1, 1, 1, 1], [0, 1, 1, 1, 1, 1, 1, 1, 0],
+                              [0, 1, 1, 1, 1, 1, 1, 1, 0], [0, 0, 1, 1, 1, 1, 1, 0, 0], [0, 0, 0, 0, 1, 0, 0, 0, 0]]
+    assert img.any(axis=2).sum() == 49 and img[50, 54].tolist() == list(OPENPOSE_COLORS[1])
     # No limb is drawn when one end is missing; occluded (v=1) points still are.
     kp[IDX["r_shoulder"]] = (20.0, 50.0, 1)
     img = draw_openpose(kp, 100, 100)
@@ -324,8 +338,10 @@ def test_draw_openpose_joint_disc_and_missing_points():
 
 def test_openpose_json(front):
     _, r = front
-    data = openpose_json(r.keypoints_2d, SIZE, SIZE)
-    json.dumps(data)
+    frames = openpose_json(r.keypoints_2d, SIZE, SIZE)
+    json.dumps(frames)
+    assert isinstance(frames, list) and len(frames) == 1  # ComfyUI POSE_KEYPOINT: a list of frames
+    data = frames[0]
     assert data["canvas_width"] == SIZE and data["canvas_height"] == SIZE
     person = data["people"][0]
     flat = person["pose_keypoints_2d"]
@@ -338,7 +354,7 @@ def test_openpose_json(front):
 
     kp = r.keypoints_2d.copy()
     kp[3] = (0.0, 0.0, 0.0)
-    flat = openpose_json(kp, SIZE, SIZE)["people"][0]["pose_keypoints_2d"]
+    flat = openpose_json(kp, SIZE, SIZE)[0]["people"][0]["pose_keypoints_2d"]
     assert flat[9:12] == [0.0, 0.0, 0.0]
 
 

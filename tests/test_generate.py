@@ -18,12 +18,14 @@ def test_generated_batch_passes_every_schema_and_its_manifest(template_batch):
     contract.verify_batch(template_batch, manifest)
     assert manifest["totals"]["samples"] == 4
     assert manifest["totals"]["files"] == 4 * 7
-    assert set(manifest["modalities"]) == set(contract.ALL_MODALITIES)
+    assert set(manifest["modalities"]) == set(contract.DEFAULT_MODALITIES)
     for sample in manifest["samples"]:
         annotation = json.loads((template_batch / sample["annotation"]).read_text())
         assert schemas.problems(annotation, "sample", sample["annotation"]) == []
-        openpose = json.loads((template_batch / sample["files"]["openpose_json"]).read_text())
-        assert schemas.problems(openpose, "openpose", sample["files"]["openpose_json"]) == []
+        frames = json.loads((template_batch / sample["files"]["openpose_json"]).read_text())
+        assert schemas.problems(frames, "openpose", sample["files"]["openpose_json"]) == []
+        assert isinstance(frames, list) and len(frames) == 1  # ComfyUI's POSE_KEYPOINT: a list of frames
+        openpose = frames[0]
         assert (openpose["canvas_width"], openpose["canvas_height"]) == (64, 64)
         # Keypoints are pixels inside the canvas, never normalised; c is 1 or the point is 0,0,0.
         triples = [openpose["people"][0]["pose_keypoints_2d"][i:i + 3] for i in range(0, 54, 3)]
@@ -52,13 +54,14 @@ def test_same_seed_same_files_other_seed_other_files(tmp_path):
 
 def test_generate_cli_prints_the_batch_id_and_honours_options(tmp_path, project):
     result = run_script(["generate", "--out", str(tmp_path / "out"), "--project", "jump", "--samples", "2",
-                         "--size", "80x48", "--seed", "3", "-q"], cwd=project.root)
+                         "--size", "80x48", "--seed", "3", "--keypoints", "all", "-q"], cwd=project.root)
     assert result.returncode == 0, result.stderr
     batch_id = result.stdout.strip()
     assert batch_id.endswith("_jump") and len(batch_id) == len("2026-11-28_jump")
     manifest = contract.load_manifest(tmp_path / "out" / batch_id)
     assert manifest["image"] == {"width": 80, "height": 48}
     assert manifest["totals"]["samples"] == 2 and manifest["job"]["seed"] == 3
+    assert manifest["job"]["render"]["keypoints"] == "all" and manifest["conventions"]["openpose"]["keypoints"] == "all"
 
 
 def test_existing_batch_is_not_overwritten_without_force(tmp_path, project, cli):

@@ -195,13 +195,13 @@ def test_every_working_key_is_validated_by_name(two_batches, cli, monkeypatch):
 
 def test_filters_and_naming(two_batches):
     repo = two_batches
-    set_working(repo, batches=[A, B], filters={"azimuth_deg": [0, 50], "sample_ids": []},
+    set_working(repo, batches=[A, B], filters={"azimuth_deg": [0, 100], "sample_ids": []},
                 naming={"prefix": "pose_", "digits": 5}, modalities=["pose", "depth"])
     repro(repo)
     index = json.loads((working(repo) / "index.json").read_text())
-    # Azimuths cycle 0, 45, 90, ... so samples 0 and 1 of each batch are in [0, 50].
+    # Spread sampling visits azimuths 0, 180, 90, ... so samples 0 and 2 of each batch are in [0, 100].
     assert [(s["batch_id"], s["sample_id"]) for s in index["samples"]] == [
-        (A, "000000"), (A, "000001"), (B, "000000"), (B, "000001")]
+        (A, "000000"), (A, "000002"), (B, "000000"), (B, "000002")]
     assert sorted(p.name for p in (working(repo) / "pose").iterdir()) == [
         "pose_00000.png", "pose_00001.png", "pose_00002.png", "pose_00003.png"]
     assert sorted(p.name for p in working(repo).iterdir() if p.is_dir()) == ["depth", "pose"]

@@ -43,9 +43,9 @@ def set_keypoint(document: dict, joint: int, x: float, y: float) -> None:
     document["persons"][0]["keypoints_2d"][joint] = [x, y, 2]
 
 
-def shift_openpose(document: dict) -> None:
-    document["people"][0]["pose_keypoints_2d"][0] = 10.0
-    document["people"][0]["pose_keypoints_2d"][2] = 1.0
+def shift_openpose(document: list) -> None:
+    document[0]["people"][0]["pose_keypoints_2d"][0] = 10.0
+    document[0]["people"][0]["pose_keypoints_2d"][2] = 1.0
 
 
 def _image(batch: Path, rel: str, array: np.ndarray, mode: str | None = None) -> None:
@@ -76,9 +76,9 @@ CASES = {
                                           lambda d: d["persons"][0]["keypoints_2d"].pop()), reseal(b)),
                      "annotations/000001.json: $.persons[0].keypoints_2d: expected at least 18 items, found 17 items"),
     "openpose 51 numbers": (lambda b: (edit_json(b, "openpose_json/000002.json",
-                                                 lambda d: d["people"][0].update(pose_keypoints_2d=[0] * 51)),
+                                                 lambda d: d[0]["people"][0].update(pose_keypoints_2d=[0] * 51)),
                                        reseal(b)),
-                            "openpose_json/000002.json: $.people[0].pose_keypoints_2d: expected at least 54 items"),
+                            "openpose_json/000002.json: $[0].people[0].pose_keypoints_2d: expected at least 54 items"),
     "keypoint off canvas": (lambda b: (edit_json(b, "annotations/000000.json", lambda d: set_keypoint(d, 4, 70.5, 10)),
                                        reseal(b)),
                             "annotations/000000.json: $.persons[0].keypoints_2d[4]: expected a point inside the "
@@ -94,9 +94,9 @@ CASES = {
     "annotation schema": (lambda b: (edit_json(b, "annotations/000002.json", lambda d: d["camera"].pop("K")),
                                      reseal(b)),
                           "annotations/000002.json: $.camera.K: expected this key to be present"),
-    "canvas size": (lambda b: (edit_json(b, "openpose_json/000001.json", lambda d: d.update(canvas_width=512)),
+    "canvas size": (lambda b: (edit_json(b, "openpose_json/000001.json", lambda d: d[0].update(canvas_width=512)),
                                reseal(b)),
-                    "openpose_json/000001.json: $.canvas_width/canvas_height: expected 64x64, found 512x64"),
+                    "openpose_json/000001.json: $[0].canvas_width/canvas_height: expected 64x64, found 512x64"),
     "totals": (lambda b: save_manifest(b, _with(manifest_of(b), ["totals", "samples"], 5)),
                "manifest.json: $.totals.samples: expected 4 (counted), found 5"),
     "sample id mismatch": (lambda b: (edit_json(b, "annotations/000003.json", lambda d: d.update(sample_id="000009")),

@@ -54,7 +54,8 @@ def cmd_generate(args: argparse.Namespace, settings: Settings, progress: Progres
     if args.job:
         job = load_job(Path(args.job))
     else:
-        job = default_job(args.project, args.samples, parse_size(args.size), args.seed, args.pose_set, args.rig)
+        job = default_job(args.project, args.samples, parse_size(args.size), args.seed, args.pose_set, args.rig,
+                          args.keypoints)
     result = generate_batch(job, Path(args.out), settings, batch_id=args.batch_id, replace=args.force,
                             workers=args.workers, progress=progress)
     print(f"generated {result.batch_id}: {result.samples} samples, {result.files} files, "
@@ -607,6 +608,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same images")
     p.add_argument("--pose-set", default="run-cycle", help="run-cycle, walk-cycle or random-pose")
     p.add_argument("--rig", default="mannequin-a", help="mannequin-a or mannequin-b")
+    p.add_argument("--keypoints", choices=("detector", "all"), default="detector",
+                   help="pose map / OpenPose JSON: only what a detector would report (default) or every joint")
     p.add_argument("--job", metavar="JOB_FILE", help="render this job definition instead of the options above")
     p.add_argument("--batch-id", help="batch id (default: <date>_<project> from the naming convention)")
     p.add_argument("--force", action="store_true", help="replace an existing batch folder with the same id")

@@ -24,7 +24,7 @@ from pose_factory.core.schemas import Problem
 
 T = TypeVar("T")
 
-CONTRACT_VERSION = "1.0.0"
+CONTRACT_VERSION = "1.1.0"
 
 # modality -> (folder, extension, format). One name per sample across folders, so loaders pair by index.
 MODALITIES: dict[str, tuple[str, str, str]] = {
@@ -34,8 +34,11 @@ MODALITIES: dict[str, tuple[str, str, str]] = {
     "depth": ("depth", ".png", "png-rgb8 depth, near white"),
     "normal": ("normal", ".png", "png-rgb8 camera-space normals"),
     "seg": ("seg", ".png", "png-rgb8 ADE20K palette"),
+    "depth_metric": ("depth_metric", ".png", "png-gray16 camera z in millimetres"),
 }
 ALL_MODALITIES = tuple(MODALITIES)
+# What a job renders unless it names its modalities: the ControlNet inputs and the preview (1.0's six).
+DEFAULT_MODALITIES = ("rgb", "pose", "openpose_json", "depth", "normal", "seg")
 SAMPLE_ID_WIDTH = 6
 # Files above this size are hashed in several threads (see map_files).
 LARGE_FILE = 4 * 1024 * 1024

@@ -37,6 +37,8 @@ PNG_START = b"\x89PNG\r\n\x1a\n"
 BODY_KEYPOINTS = 18
 # Keypoints from the annotation and the OpenPose JSON may differ by rounding only.
 KEYPOINT_TOLERANCE_PX = 0.02
+# A keypoint or the person's box this close to the edge (pixels) touches the border: the figure is cut off.
+BORDER_PX = 1.0
 # A problem list this long is already unreadable; the counts still cover everything.
 KEPT_PROBLEMS = 200
 
@@ -92,8 +94,9 @@ def _load(path: Path, label: str, report: ValidationReport, documents: dict[str,
 PNG_COLOUR_TYPES = {0: "greyscale", 2: "RGB", 3: "palette", 4: "greyscale+alpha", 6: "RGBA"}
 
 
-def png_problem(data: bytes, width: int, height: int) -> tuple[str, str, str] | None:
-    """(field, expected, found) if these PNG bytes are truncated, corrupt, the wrong size or not 8-bit RGB.
+def png_problem(data: bytes, width: int, height: int, *, grey16: bool = False) -> tuple[str, str, str] | None:
+    """(field, expected, found) if these PNG bytes are truncated, corrupt, the wrong size or not 8-bit RGB
+    (16-bit greyscale with `grey16`, for depth_metric).
 
     Reads the chunk structure instead of decoding pixels: every chunk's CRC is checked (which catches
     damage anywhere in the file), IHDR gives size, bit depth and colour type, IEND must close the file.
@@ -120,7 +123,10 @@ def png_problem(data: bytes, width: int, height: int) -> tuple[str, str, str] | 
             break
     if (found_width, found_height) != (width, height):
         return "size", f"{width}x{height} (manifest image)", f"{found_width}x{found_height}"
-    if bit_depth != 8 or colour_type != 2:
+    if grey16 and (bit_depth != 16 or colour_type != 0):
+        return ("mode", "16-bit greyscale (depth_metric)",
+                f"{bit_depth}-bit {PNG_COLOUR_TYPES.get(colour_type, colour_type)}")
+    if not grey16 and (bit_depth != 8 or colour_type != 2):
         return ("mode", "8-bit RGB (ComfyUI reads 16-bit as /255)",
                 f"{bit_depth}-bit {PNG_COLOUR_TYPES.get(colour_type, colour_type)}")
     return None
@@ -137,6 +143,28 @@ def _check_keypoints(points: list[list[float]], width: int, height: int, label: 
                          f"({x}, {y})")
         if not v and (x, y) != (0, 0):
             report.error(label, f"{where}[{joint}]", "0, 0 for a point that is not labelled", f"({x}, {y})")
+
+
+def _check_framing(annotation: dict[str, Any], width: int, height: int, label: str,
+                   report: ValidationReport) -> None:
+    """Warn when a body joint or the person's mask (its bbox) touches or leaves the border of the image."""
+    for n, person in enumerate(annotation["persons"]):
+        x, y, w, h = person["bbox"]
+        if w > 0 and (x <= 0 or y <= 0 or x + w >= width or y + h >= height):
+            report.warn(label, f"$.persons[{n}].bbox", "the person inside the image, clear of the border",
+                        f"the person's mask touches the border ({x}, {y}, {w}, {h})")
+            continue
+        k = annotation["camera"]["K"]
+        for joint, point in enumerate(person.get("keypoints_3d_cam") or []):
+            px, py, pz = point
+            if pz <= 0:
+                u, v = -1.0, -1.0
+            else:
+                u, v = k[0][0] * px / pz + k[0][2], k[1][1] * py / pz + k[1][2]
+            if not (BORDER_PX <= u <= width - BORDER_PX and BORDER_PX <= v <= height - BORDER_PX):
+                report.warn(label, f"$.persons[{n}].keypoints_3d_cam[{joint}]", "every body joint inside the image",
+                            f"joint {joint} at ({u:.1f}, {v:.1f}) touches or leaves the border")
+                break
 
 
 def _check_sample(batch_dir: Path, entry: dict[str, Any], index: int, manifest: dict[str, Any], listed: set[str],
@@ -183,6 +211,7 @@ def _check_sample(batch_dir: Path, entry: dict[str, Any], index: int, manifest: 
             for n, person in enumerate(annotation["persons"]):
                 _check_keypoints(person["keypoints_2d"], width, height, entry["annotation"],
                                  f"$.persons[{n}].keypoints_2d", report)
+            _check_framing(annotation, width, height, entry["annotation"], report)
             if annotation["persons"]:
                 keypoints = annotation["persons"][0]["keypoints_2d"]
                 for joint, point in enumerate(keypoints):
@@ -202,26 +231,35 @@ def _check_sample(batch_dir: Path, entry: dict[str, Any], index: int, manifest: 
             for p in found:
                 report.errors.append(p)
             if not found:
+                # 1.1 writes a list of frames (ComfyUI's POSE_KEYPOINT), 1.0 one frame object.
+                where = "$[0]" if isinstance(openpose, list) else "$"
+                openpose = openpose[0] if isinstance(openpose, list) else openpose
                 if (openpose["canvas_width"], openpose["canvas_height"]) != (width, height):
-                    report.error(rel, "$.canvas_width/canvas_height", f"{width}x{height}",
+                    report.error(rel, f"{where}.canvas_width/canvas_height", f"{width}x{height}",
                                  f"{openpose['canvas_width']}x{openpose['canvas_height']}")
                 for n, person in enumerate(openpose["people"]):
                     flat = person["pose_keypoints_2d"]
                     triples = [flat[i:i + 3] for i in range(0, len(flat), 3)]
                     for joint, (_, _, c) in enumerate(triples):
                         if c not in (0, 1):
-                            report.error(rel, f"$.people[{n}].pose_keypoints_2d[{joint * 3 + 2}]",
+                            report.error(rel, f"{where}.people[{n}].pose_keypoints_2d[{joint * 3 + 2}]",
                                          "confidence 1.0 (present) or 0 (missing)", c)
                     _check_keypoints([[x, y, c] for x, y, c in triples], width, height, rel,
-                                     f"$.people[{n}].pose_keypoints_2d", report)
+                                     f"{where}.people[{n}].pose_keypoints_2d", report)
                 if keypoints is not None and openpose["people"]:
+                    # "detector" batches leave out occluded joints and face points turned away; "all" (and
+                    # 1.0 batches) show every labelled joint.
+                    mode = manifest["conventions"].get("openpose", {}).get("keypoints", "all")
                     flat = openpose["people"][0]["pose_keypoints_2d"]
                     for joint, (x, y, v) in enumerate(keypoints):
                         ox, oy, oc = flat[joint * 3:joint * 3 + 3]
-                        if bool(v) != bool(oc) or (v and (abs(ox - x) > KEYPOINT_TOLERANCE_PX
-                                                          or abs(oy - y) > KEYPOINT_TOLERANCE_PX)):
-                            report.warn(rel, f"$.people[0].pose_keypoints_2d[{joint * 3}]",
-                                        f"the annotation's point ({x}, {y}, v={v})", f"({ox}, {oy}, c={oc})")
+                        allowed = (v == 2) if mode == "detector" else bool(v)
+                        missing_ok = mode == "detector" or not v
+                        if (oc and not allowed) or (not oc and not missing_ok) or (oc and (
+                                abs(ox - x) > KEYPOINT_TOLERANCE_PX or abs(oy - y) > KEYPOINT_TOLERANCE_PX)):
+                            report.warn(rel, f"{where}.people[0].pose_keypoints_2d[{joint * 3}]",
+                                        f"the annotation's point ({x}, {y}, v={v}) under keypoints: {mode}",
+                                        f"({ox}, {oy}, c={oc})")
                             break
 
     for _modality, rel in sorted(entry["files"].items()):
@@ -254,12 +292,13 @@ def validate_batch(batch_dir: Path, progress=None) -> ValidationReport:
     width, height = manifest["image"]["width"], manifest["image"]["height"]
     png: dict[str, Any] = {}
     documents: dict[str, bytes] = {}
+    metric_folder = contract.MODALITIES["depth_metric"][0] + "/"
 
     def read_once(rel: str, data: bytes) -> tuple[int, str, str]:
         # One read per file: the hash for the manifest check, the PNG structure check for images, and the
         # JSON documents kept for the per-sample checks (opening files is what costs here, not hashing).
         if rel.endswith(".png"):
-            png[rel] = png_problem(data, width, height)
+            png[rel] = png_problem(data, width, height, grey16=rel.startswith(metric_folder))
         elif rel.endswith(".json"):
             documents[rel] = data
         return len(data), hashlib.sha256(data).hexdigest(), ""

@@ -31,7 +31,15 @@ from pose_factory.core.errors import PoseFactoryError, ToolError, UsageError
 from pose_factory.core.progress import Progress
 from pose_factory.core.settings import Settings
 from pose_factory.producer import encode, figure
-from pose_factory.producer.generate import batch_id_for, camera_views, pose_block, seal_batch, software_block
+from pose_factory.producer.generate import (
+    batch_id_for,
+    frame_view,
+    plan_sample,
+    pose_block,
+    seal_batch,
+    software_block,
+    synthetic_pose,
+)
 
 RENDER_SCRIPT = Path(__file__).resolve().parents[2] / "blender" / "render_job.py"
 BACKGROUND_Z = 1e9  # Cycles writes 1e10 where nothing is hit
@@ -53,16 +61,11 @@ def blender_executable() -> str:
 
 
 def _sample_plan(job: dict[str, Any], index: int) -> dict[str, Any]:
-    views = camera_views(job)
-    view_index = index % len(views)
-    frame = (index // len(views)) * job["poses"].get("frame_step", 1)
-    azimuth, elevation, distance = views[view_index]
-    camera = figure.Camera(azimuth_deg=azimuth, elevation_deg=elevation, distance_m=distance,
-                           focal_mm=job["cameras"]["focal_length_mm"], width=job["image"]["width"],
-                           height=job["image"]["height"], sensor_mm=job["cameras"].get("sensor_width_mm", 36.0))
-    pose = figure.make_pose(job["poses"]["set"], job["rig"]["name"], job["seed"], frame)
-    return {"index": index, "sid": contract.sample_id(index), "view_index": view_index, "frame": frame,
-            "azimuth": azimuth, "elevation": elevation, "distance": distance, "camera": camera, "pose": pose}
+    plan = plan_sample(job, index)
+    pose = synthetic_pose(job, plan)
+    camera = frame_view(job, plan, *figure.body_bounds(pose))
+    return {"index": index, "sid": contract.sample_id(index), "view_index": plan.view_index, "frame": plan.frame,
+            "camera": camera, "pose": pose}
 
 
 def _blender_camera(camera: figure.Camera) -> dict[str, Any]:
@@ -139,7 +142,8 @@ def _convert_sample(plan: dict[str, Any], raw: Path, out: Path, job: dict[str, A
                        labels=labels, label_names=_LABELS, rgb=rgb,
                        keypoints_world=np.stack([pose.joints_world[n] for n in encode.COCO18_JOINTS]),
                        embed_m=figure.embed_depth(pose.rig))
-    return encode.write_sample(out, job, batch_id, plan["index"], encode.encode_view(view),
+    encoded = encode.encode_view(view, encode.Options.from_job(job))
+    return encode.write_sample(out, job, batch_id, plan["index"], encoded,
                                encode.camera_block(camera, plan["view_index"], job["cameras"]["focal_length_mm"]),
                                pose_block(pose, plan["frame"]))
 

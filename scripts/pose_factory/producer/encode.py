@@ -47,6 +47,20 @@ SEG_PALETTE: dict[str, tuple[int, int, int]] = {
     "sky": (6, 230, 230),
 }
 
+KEYPOINT_MODES = ("detector", "all")
+# controlnet_aux detects at 512 px on the short side with stick width 4 and joint radius 4, then scales the map
+# to the output size: sizes here scale with short side / DETECT_RESOLUTION.
+DETECT_RESOLUTION = 512
+BASE_STICK_WIDTH = 4
+BASE_JOINT_RADIUS = 4
+# Face points are reported only when their surface faces the camera: cos(angle between the point's outward
+# direction from the head centre and the direction to the camera) above these values.
+FACE_FACING_MIN_COS = {"nose": -0.17, "r_eye": 0.0, "l_eye": 0.0, "r_ear": -0.17, "l_ear": -0.17}
+# The depth map's far end is at most this many times the subject's farthest depth: a far backdrop or a
+# large ground plane must not flatten the subject (at 4 m the figure then spans about 70 grey levels).
+DEPTH_FAR_FACTOR = 1.5
+METRIC_DEPTH_SCALE = 1000.0  # depth_metric PNG units per metre (millimetres)
+
 NEAR_CLIP_M = 0.01
 # Joint centres sit inside the flesh: a joint is visible when it is at most its embedding depth plus this
 # much behind the rendered surface at its pixel.
@@ -67,12 +81,26 @@ class View:
     embed_m: np.ndarray           # (18,) depth of each joint below the body surface around it
 
 
+@dataclass(frozen=True)
+class Options:
+    """How a job wants its control maps drawn (job.render.keypoints / stick_scale)."""
+
+    keypoints: str = "detector"
+    stick_scale: float = 1.0
+
+    @classmethod
+    def from_job(cls, job: dict[str, Any]) -> Options:
+        render = job.get("render", {})
+        return cls(keypoints=render.get("keypoints", "detector"), stick_scale=float(render.get("stick_scale", 1.0)))
+
+
 @dataclass
 class Encoded:
     """The files' contents and the per-person annotation of one view."""
 
     images: dict[str, np.ndarray]
-    keypoints_2d: np.ndarray     # (18, 3) x, y, COCO v
+    keypoints_2d: np.ndarray     # (18, 3) x, y, COCO v: every joint (the annotation)
+    reported: np.ndarray         # (18, 3) what the pose map and OpenPose JSON show (detector rule or all)
     keypoints_cam: np.ndarray    # (18, 3)
     bbox: tuple[float, float, float, float]
     visible_fraction: float
@@ -98,27 +126,71 @@ def keypoints_2d(camera: Any, keypoints_world: np.ndarray, z: np.ndarray, embed_
     return kp2d, kp_cam
 
 
-def encode_depth(z: np.ndarray) -> tuple[np.ndarray, float, float]:
-    """8-bit, 3-channel depth map (near = white) and its [near, far] range in metres."""
-    geom = np.isfinite(z)
-    if geom.any():
-        zmin, zmax = float(z[geom].min()), float(z[geom].max())
-        near = max(math.floor(zmin * 10.0) / 10.0, 0.0)
-        far = math.ceil(zmax * 10.0) / 10.0 + 0.1
-    else:
-        near, far = 0.0, 1.0
+def detector_keypoints(keypoints_2d: np.ndarray, keypoints_cam: np.ndarray) -> np.ndarray:
+    """The joints an OpenPose / DWPose detector would report; the others become 0, 0, 0.
+
+    Reported: joints inside the canvas that pass the depth test (v = 2), and of the face points only
+    those whose surface faces the camera (a back view has no face, a profile only the near eye and ear).
+    The head centre is taken as the midpoint of the ears, so the rule needs nothing but the 18 joints.
+    """
+    kp = np.array(keypoints_2d, dtype=float).reshape(-1, 3)
+    out = np.where((kp[:, 2] == 2)[:, None], kp, 0.0)
+    cam = np.asarray(keypoints_cam, dtype=float).reshape(-1, 3)
+    index = {name: i for i, name in enumerate(COCO18_JOINTS)}
+    head = 0.5 * (cam[index["r_ear"]] + cam[index["l_ear"]])
+    for name, min_cos in FACE_FACING_MIN_COS.items():
+        i = index[name]
+        outward = cam[i] - head
+        to_camera = -cam[i]
+        norm = float(np.linalg.norm(outward) * np.linalg.norm(to_camera))
+        if norm < 1e-12 or float(outward @ to_camera) / norm <= min_cos:
+            out[i] = 0.0
+    return out
+
+
+def stick_sizes(width: int, height: int, stick_scale: float = 1.0) -> tuple[int, int]:
+    """(stick width, joint radius) in pixels: controlnet_aux's 4 and 4 at 512 px, scaled to the short side."""
+    scale = min(width, height) / DETECT_RESOLUTION * stick_scale
+    return max(1, round(BASE_STICK_WIDTH * scale)), max(1, round(BASE_JOINT_RADIUS * scale))
+
+
+def encode_depth(z: np.ndarray, subject: np.ndarray | None = None) -> tuple[np.ndarray, float, float]:
+    """8-bit, 3-channel relative inverse depth (MiDaS / Depth Anything style, near = white) and [near, far].
+
+    ``value = 255 * clip((1/z - 1/far) / (1/near - 1/far), 0, 1)``: near is the subject's nearest surface
+    (the person; the whole image when nobody is in view), far the farthest surface but at most
+    DEPTH_FAR_FACTOR x the subject's farthest; both rounded outwards to the millimetre. Nothing hit = 0.
+    """
+    geom = np.isfinite(z) & (z > 0)
     d8 = np.zeros(z.shape, dtype=np.uint8)
-    d8[geom] = np.clip(np.rint(255.0 * (far - z[geom]) / (far - near)), 0, 255).astype(np.uint8)
+    if not geom.any():
+        return np.repeat(d8[:, :, None], 3, axis=2), 0.0, 0.0
+    focus = geom & subject if subject is not None and (geom & subject).any() else geom
+    near = max(math.floor(float(z[focus].min()) * 1000.0) / 1000.0, 0.001)
+    far = math.ceil(min(float(z[geom].max()), DEPTH_FAR_FACTOR * float(z[focus].max())) * 1000.0) / 1000.0
+    far = max(far, near + 0.001)
+    inv = (1.0 / z[geom] - 1.0 / far) / (1.0 / near - 1.0 / far)
+    d8[geom] = np.clip(np.rint(255.0 * inv), 0, 255).astype(np.uint8)
     return np.repeat(d8[:, :, None], 3, axis=2), near, far
+
+
+def metric_depth(z: np.ndarray) -> np.ndarray:
+    """Camera z as 16-bit millimetres (0 = nothing hit, clipped at 65.535 m): the lossless depth_metric."""
+    out = np.zeros(z.shape, dtype=np.uint16)
+    geom = np.isfinite(z) & (z > 0)
+    out[geom] = np.clip(np.rint(z[geom] * METRIC_DEPTH_SCALE), 1, 65535).astype(np.uint16)
+    return out
 
 
 def encode_normal(normal_cam: np.ndarray, geom: np.ndarray) -> np.ndarray:
     """ControlNet 1.1 "red left, green top, blue front" from OpenCV camera-frame normals."""
-    norm = np.linalg.norm(normal_cam, axis=2, keepdims=True)
-    unit = np.where(norm > 1e-12, normal_cam / np.maximum(norm, 1e-12), 0.0)
-    enc = -unit
-    enc[~geom] = (0.0, 0.0, 1.0)
-    return np.clip(np.rint((enc + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    out = np.empty(geom.shape + (3,), dtype=np.uint8)
+    out[:] = (128, 128, 255)  # "facing the camera" where nothing was hit
+    n = normal_cam[geom]
+    norm = np.linalg.norm(n, axis=1, keepdims=True)
+    unit = np.where(norm > 1e-12, n / np.maximum(norm, 1e-12), 0.0)
+    out[geom] = np.clip(np.rint((1.0 - unit) * 127.5), 0, 255).astype(np.uint8)
+    return out
 
 
 def encode_seg(labels: np.ndarray, label_names: tuple[str, ...]) -> np.ndarray:
@@ -136,17 +208,22 @@ def person_bbox(person: np.ndarray) -> tuple[float, float, float, float]:
             float(rows.max() - rows.min() + 1))
 
 
-def encode_view(view: View) -> Encoded:
+def encode_view(view: View, options: Options | None = None) -> Encoded:
     """Every modality's image and the keypoints of one rendered view."""
+    options = options or Options()
     height, width = view.z.shape
     geom = np.isfinite(view.z)
     person = np.asarray(view.labels) == view.label_names.index("person") if "person" in view.label_names \
         else np.zeros_like(geom)
-    depth, near, far = encode_depth(view.z)
+    depth, near, far = encode_depth(view.z, person)
     kp2d, kp_cam = keypoints_2d(view.camera, view.keypoints_world, view.z, view.embed_m)
-    images = {"rgb": view.rgb, "pose": draw_openpose(kp2d, width, height), "depth": depth,
+    reported = detector_keypoints(kp2d, kp_cam) if options.keypoints == "detector" else kp2d.copy()
+    stick, radius = stick_sizes(width, height, options.stick_scale)
+    images = {"rgb": view.rgb, "pose": draw_openpose(reported, width, height, stick, radius), "depth": depth,
+              "depth_metric": metric_depth(view.z),
               "normal": encode_normal(view.normal_cam, geom), "seg": encode_seg(view.labels, view.label_names)}
-    return Encoded(images=images, keypoints_2d=kp2d, keypoints_cam=kp_cam, bbox=person_bbox(person),
+    return Encoded(images=images, keypoints_2d=kp2d, reported=reported, keypoints_cam=kp_cam,
+                   bbox=person_bbox(person),
                    visible_fraction=float(np.mean(kp2d[:, 2] == 2)), depth_near_m=near, depth_far_m=far,
                    width=width, height=height)
 
@@ -188,8 +265,37 @@ def _ellipse2poly(center: tuple[int, int], axes: tuple[int, int], angle: int,
     return pts
 
 
-def draw_openpose(keypoints_2d: np.ndarray, width: int, height: int, stickwidth: int = 4) -> np.ndarray:
-    """ControlNet / controlnet_aux ``draw_bodypose`` on a black canvas (pixel coordinates)."""
+def circle_disc(radius: int) -> tuple[np.ndarray, np.ndarray]:
+    """(dy, dx) offsets of the pixels ``cv2.circle(img, c, radius, colour, thickness=-1)`` fills.
+
+    OpenCV fills a thin (thickness < 0, LINE_8) circle with the midpoint circle algorithm: for every step
+    (dx, dy) it draws the rows c.y +- dy from c.x - dx to c.x + dx and the rows c.y +- dx from c.x - dy to
+    c.x + dy. This follows the same integer steps.
+    """
+    spans: dict[int, int] = {}
+    err, dx, dy, plus, minus = 0, radius, 0, 1, 2 * radius - 1
+    while dx >= dy:
+        for row, half in ((dy, dx), (-dy, dx), (dx, dy), (-dx, dy)):
+            spans[row] = max(spans.get(row, -1), half)
+        dy += 1
+        err += plus
+        plus += 2
+        mask = -1 if err > 0 else 0  # (err <= 0) - 1 in C
+        err -= minus & mask
+        dx += mask
+        minus -= mask & 2
+    rows = [(row, col) for row, half in spans.items() for col in range(-half, half + 1)]
+    offsets = np.array(rows, dtype=np.int64)
+    return offsets[:, 0], offsets[:, 1]
+
+
+def draw_openpose(keypoints_2d: np.ndarray, width: int, height: int, stickwidth: int = BASE_STICK_WIDTH,
+                  radius: int = BASE_JOINT_RADIUS) -> np.ndarray:
+    """ControlNet / controlnet_aux ``draw_bodypose`` on a black canvas (pixel coordinates).
+
+    Limbs are cv2.ellipse2Poly polygons filled with colour x 0.6, joints cv2.circle discs; points with
+    v <= 0 are not drawn (nor their limbs).
+    """
     kp = np.asarray(keypoints_2d, dtype=float).reshape(-1, 3)
     img = Image.new("RGB", (int(width), int(height)), (0, 0, 0))
     draw = ImageDraw.Draw(img)
@@ -208,22 +314,19 @@ def draw_openpose(keypoints_2d: np.ndarray, width: int, height: int, stickwidth:
         draw.polygon([tuple(map(int, p)) for p in poly], fill=fill)
     canvas = np.asarray(img).copy()
     H, W = canvas.shape[:2]
-    radius = 4
-    yy, xx = np.mgrid[-radius:radius + 1, -radius:radius + 1]
-    # Shape of cv2.circle(radius=4, thickness=-1): the midpoint-circle disc, d^2 <= r(r+1).
-    disc = xx * xx + yy * yy <= radius * (radius + 1)
+    dys, dxs = circle_disc(int(radius))
     for p, color in zip(kp, OPENPOSE_COLORS):
         if p[2] <= 0:
             continue
         cx, cy = int(p[0]), int(p[1])
-        ys, xs = yy[disc] + cy, xx[disc] + cx
+        ys, xs = dys + cy, dxs + cx
         ok = (ys >= 0) & (ys < H) & (xs >= 0) & (xs < W)
         canvas[ys[ok], xs[ok]] = color
     return canvas
 
 
-def openpose_json(keypoints_2d: np.ndarray, width: int, height: int) -> dict:
-    """OpenPose keypoint JSON of one frame: flat x, y, c triples in pixels, 0, 0, 0 for a missing point."""
+def openpose_frame(keypoints_2d: np.ndarray, width: int, height: int) -> dict:
+    """One OpenPose frame: flat x, y, c triples in pixels, c = 1.0 present, 0, 0, 0 for a missing point."""
     kp = np.asarray(keypoints_2d, dtype=float).reshape(-1, 3)
     flat: list[float] = []
     for x, y, v in kp:
@@ -240,6 +343,16 @@ def openpose_json(keypoints_2d: np.ndarray, width: int, height: int) -> dict:
     }
 
 
+def openpose_json(keypoints_2d: np.ndarray, width: int, height: int) -> list[dict]:
+    """The openpose_json file: a ComfyUI POSE_KEYPOINT value, i.e. a list of frames (here one).
+
+    comfyui_controlnet_aux's "Save Pose Keypoints" writes exactly this list (it reads pose_kps[0]), its
+    renderers take a list or one frame, and JSON loaders pass the file's content on unchanged: a list of
+    one frame loads everywhere without conversion.
+    """
+    return [openpose_frame(keypoints_2d, width, height)]
+
+
 # --------------------------------------------------------------------------- files and annotation
 
 
@@ -249,8 +362,9 @@ def rounded(array: Any) -> Any:
 
 
 def save_png(array: np.ndarray, path: Path) -> None:
-    """An 8-bit RGB image as PNG."""
-    Image.fromarray(array, mode="RGB").save(path, format="PNG", compress_level=6)
+    """An 8-bit RGB image, or a 16-bit greyscale one (uint16), as PNG."""
+    image = Image.fromarray(array) if array.dtype == np.uint16 else Image.fromarray(array, mode="RGB")
+    image.save(path, format="PNG", compress_level=6)
 
 
 def camera_block(camera: Any, view_index: int, focal_length_mm: float) -> dict[str, Any]:
@@ -265,7 +379,7 @@ def camera_block(camera: Any, view_index: int, focal_length_mm: float) -> dict[s
 
 
 def write_sample(out: Path, job: dict[str, Any], batch_id: str, index: int, encoded: Encoded,
-                 camera: dict[str, Any], pose: dict[str, Any]) -> dict[str, Any]:
+                 camera: dict[str, Any], pose: dict[str, Any], tags: list[str] | None = None) -> dict[str, Any]:
     """Write one sample's modality files and annotation into the batch folder; return its manifest entry."""
     sid = contract.sample_id(index)
     files: dict[str, str] = {}
@@ -273,7 +387,7 @@ def write_sample(out: Path, job: dict[str, Any], batch_id: str, index: int, enco
         rel = contract.modality_path(modality, sid)
         files[modality] = rel
         if modality == "openpose_json":
-            document = openpose_json(encoded.keypoints_2d, encoded.width, encoded.height)
+            document = openpose_json(encoded.reported, encoded.width, encoded.height)
             (out / rel).write_bytes(contract.dumps(document))
         else:
             save_png(encoded.images[modality], out / rel)
@@ -294,18 +408,27 @@ def write_sample(out: Path, job: dict[str, Any], batch_id: str, index: int, enco
         }],
         "depth_range_m": [round(float(encoded.depth_near_m), 4), round(float(encoded.depth_far_m), 4)],
     }
+    if tags:
+        annotation["tags"] = list(tags)
     (out / contract.annotation_path(sid)).write_bytes(contract.dumps(annotation))
     return {"sample_id": sid, "annotation": contract.annotation_path(sid), "files": files}
 
 
-def conventions() -> dict[str, Any]:
+def conventions(job: dict[str, Any] | None = None) -> dict[str, Any]:
     """The manifest's `conventions` block: what every encoding above means."""
+    options = Options.from_job(job or {})
+    size = (job or {}).get("image", {"width": DETECT_RESOLUTION, "height": DETECT_RESOLUTION})
+    stick, radius = stick_sizes(size["width"], size["height"], options.stick_scale)
     return {
         "keypoints": {"format": "coco18", "units": "pixels", "origin": "top-left",
                       "joints": list(COCO18_JOINTS), "limbs": [list(p) for p in OPENPOSE_LIMBS]},
         "visibility": "coco",
-        "depth": {"encoding": "linear-normalised-per-sample", "bit_depth": 8, "channels": 3, "near": "white",
-                  "background": 0},
+        "depth": {"encoding": "inverse-normalised-per-sample", "bit_depth": 8, "channels": 3, "near": "white",
+                  "background": 0, "far_factor": DEPTH_FAR_FACTOR},
+        "depth_metric": {"encoding": "camera-z", "bit_depth": 16, "channels": 1, "units_per_metre": METRIC_DEPTH_SCALE,
+                         "background": 0},
+        "openpose": {"keypoints": options.keypoints, "stick_width": stick, "joint_radius": radius,
+                     "detect_resolution": DETECT_RESOLUTION, "file": "pose-keypoint-list"},
         "normal": {"space": "camera", "encoding": "rgb=(n+1)/2*255", "red": "left", "green": "up",
                    "blue": "towards-camera", "background": [128, 128, 255]},
         "segmentation": {"palette": "ade20k", "labels": {k: list(v) for k, v in SEG_PALETTE.items()}},

@@ -85,6 +85,9 @@ __all__ = [
     "openpose_json",
     "render_view",
     "embed_depth",
+    "body_bounds",
+    "frame_camera",
+    "anatomy_problems",
 ]
 
 POSE_SETS: tuple[str, ...] = ("walk-cycle", "run-cycle", "random-pose")
@@ -129,8 +132,12 @@ def _make_rig(height: float, *, shoulder_half: float, hip_half: float, girth: fl
         },
         "radii_m": {
             "head": (0.075 * h / 1.78, 0.096 * h / 1.78, 0.115 * h / 1.78),
-            "neck": 0.05 * g, "chest": (0.155 * g, 0.105 * g, 0.17 * g),
-            "abdomen": 0.12 * g, "pelvis": (0.085 * h + 0.07 * g, 0.11 * g, 0.12 * g),
+            "neck": 0.043 * g, "chest": (0.15 * g, 0.1 * g, 0.165 * g),
+            "abdomen": (0.125 * g, 0.085 * g), "pelvis": (0.052 * h + 0.075 * g, 0.1 * g, 0.11 * g),
+            "trapezius": 0.042 * g, "deltoid": 0.056 * g, "glute": (0.07 * g, 0.06 * g, 0.08 * g),
+            "palm": (0.042 * h / 1.78, 0.015 * h / 1.78, 0.048 * h / 1.78),
+            "fingers": (0.038 * h / 1.78, 0.012 * h / 1.78, 0.042 * h / 1.78), "thumb": 0.0105 * h / 1.78,
+            "heel": 0.036 * g, "toes": (0.043 * g, 0.022 * g, 0.04 * g),
             "shoulder_bar": 0.052 * g, "upper_arm": 0.045 * g, "forearm": 0.037 * g,
             "hand": 0.03 * g, "thigh": 0.072 * g, "shank": 0.052 * g, "foot": 0.035 * g,
         },
@@ -195,6 +202,33 @@ class Camera:
         with np.errstate(divide="ignore", invalid="ignore"):
             uv = np.stack([k[0, 0] * pc[:, 0] / z + k[0, 2], k[1, 1] * pc[:, 1] / z + k[1, 2]], axis=1)
         return uv, z
+
+
+# Fraction of the image's short side kept clear around the figure's bounding box when framing.
+FRAME_MARGIN = 0.05
+
+
+def frame_camera(lo: np.ndarray, hi: np.ndarray, azimuth_deg: float, elevation_deg: float, distance_m: float,
+                 focal_mm: float, width: int, height: int, sensor_mm: float = 36.0,
+                 margin: float = FRAME_MARGIN) -> Camera:
+    """The camera of one view, aimed at the centre of the box [lo, hi] and moved back as far as needed.
+
+    The job's distance is a minimum: when the box (all 8 corners) would not fit inside the image with
+    `margin` x the short side clear on every edge, the camera moves back along its view direction until it
+    does, so every aspect ratio shows the whole figure.
+    """
+    lo, hi = np.asarray(lo, dtype=float), np.asarray(hi, dtype=float)
+    target = 0.5 * (lo + hi)
+    probe = Camera(azimuth_deg, elevation_deg, 1.0, focal_mm, width, height, sensor_mm, tuple(target))
+    k, rot = probe.K(), probe.R_w2c()
+    corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+    q = (corners - target) @ rot.T  # camera-frame offsets from the target; the target sits at z = distance
+    clear = margin * min(width, height)
+    half_w, half_h = max(width / 2.0 - clear, 1.0), max(height / 2.0 - clear, 1.0)
+    need = np.maximum(k[0, 0] * np.abs(q[:, 0]) / half_w - q[:, 2], k[1, 1] * np.abs(q[:, 1]) / half_h - q[:, 2])
+    distance = max(float(distance_m), float(need.max()), float((-q[:, 2]).max()) + 0.1)
+    return Camera(azimuth_deg, elevation_deg, distance, focal_mm, width, height, sensor_mm,
+                  tuple(float(v) for v in target))
 
 
 # --------------------------------------------------------------------------- poses
@@ -263,26 +297,57 @@ def _cycle_angles(kind: str, phase: float, style: dict[str, float]) -> dict[str,
     return a
 
 
+# Ranges random-pose draws from (inside JOINT_LIMITS_DEG). The support leg keeps a standing range so the
+# body rests on a foot; the free leg, arms, spine and head use most of their anatomical range.
+RANDOM_POSE_RANGES_DEG: dict[str, tuple[float, float]] = {
+    "hip_flex_support": (-15.0, 30.0), "hip_abd_support": (-5.0, 15.0), "knee_flex_support": (0.0, 35.0),
+    "hip_flex_free": (-20.0, 105.0), "hip_abd_free": (-5.0, 40.0), "knee_flex_free": (0.0, 125.0),
+    "ankle_flex": (-25.0, 15.0), "shoulder_flex": (-40.0, 170.0), "shoulder_abd": (0.0, 150.0),
+    "elbow_flex": (0.0, 140.0), "spine_lean": (-10.0, 35.0), "spine_side": (-15.0, 15.0),
+    "spine_twist": (-30.0, 30.0), "head_yaw": (-60.0, 60.0), "head_pitch": (-25.0, 35.0), "root_yaw": (-20.0, 20.0),
+}
+# Straight-leg raise stops at about 80 degrees (hamstrings): hip flexion beyond it needs a bent knee.
+HAMSTRING_REACH_DEG = 80.0
+# Raising the arm forward and sideways at once cannot exceed a total elevation of about 180 degrees.
+ARM_ELEVATION_MAX_DEG = 180.0
+
+
+def anatomy_problems(angles: dict[str, float]) -> list[str]:
+    """Why a set of joint angles is not anatomically possible (empty when it is): limits and couplings."""
+    found = []
+    for name, value in angles.items():
+        key = name[:-2] if name[-2:] in ("_l", "_r") else name
+        lo, hi = JOINT_LIMITS_DEG[key]
+        if not lo - 1e-9 <= value <= hi + 1e-9:
+            found.append(f"{name} {value:.1f} outside [{lo}, {hi}]")
+    for side in ("r", "l"):
+        if angles[f"hip_flex_{side}"] > HAMSTRING_REACH_DEG + angles[f"knee_flex_{side}"] + 1e-9:
+            found.append(f"hip_flex_{side} beyond the hamstring reach for knee_flex_{side}")
+        if math.hypot(angles[f"shoulder_flex_{side}"], angles[f"shoulder_abd_{side}"]) > ARM_ELEVATION_MAX_DEG + 1e-9:
+            found.append(f"shoulder_{side} raised beyond {ARM_ELEVATION_MAX_DEG:.0f} degrees in total")
+    return found
+
+
 def _random_angles(rng: np.random.Generator) -> dict[str, float]:
-    # One support leg keeps a standing range so the body rests on a foot instead
-    # of floating; the free leg, arms and spine use most of their range.
+    R = RANDOM_POSE_RANGES_DEG
     support_left = bool(rng.integers(2))
     a: dict[str, float] = {}
     for side in ("r", "l"):
-        support = (side == "l") == support_left
-        a[f"hip_flex_{side}"] = rng.uniform(-15, 35) if support else rng.uniform(-25, 100)
-        a[f"hip_abd_{side}"] = rng.uniform(-5, 15) if support else rng.uniform(-10, 40)
-        a[f"knee_flex_{side}"] = rng.uniform(0, 40) if support else rng.uniform(0, 120)
-        a[f"ankle_flex_{side}"] = rng.uniform(-20, 15)
-        a[f"shoulder_flex_{side}"] = rng.uniform(-40, 170)
-        a[f"shoulder_abd_{side}"] = rng.uniform(5, 120)
-        a[f"elbow_flex_{side}"] = rng.uniform(0, 140)
-    a["spine_lean"] = rng.uniform(-10, 35)
-    a["spine_side"] = rng.uniform(-15, 15)
-    a["spine_twist"] = rng.uniform(-30, 30)
-    a["head_yaw"] = rng.uniform(-60, 60)
-    a["head_pitch"] = rng.uniform(-25, 35)
-    a["root_yaw"] = rng.uniform(-20, 20)
+        role = "support" if (side == "l") == support_left else "free"
+        a[f"hip_flex_{side}"] = rng.uniform(*R[f"hip_flex_{role}"])
+        a[f"hip_abd_{side}"] = rng.uniform(*R[f"hip_abd_{role}"])
+        a[f"knee_flex_{side}"] = rng.uniform(*R[f"knee_flex_{role}"])
+        # Couplings: bend the knee as far as a high leg raise needs; scale a too-high arm back onto the limit.
+        a[f"knee_flex_{side}"] = max(a[f"knee_flex_{side}"], a[f"hip_flex_{side}"] - HAMSTRING_REACH_DEG)
+        a[f"ankle_flex_{side}"] = rng.uniform(*R["ankle_flex"])
+        flex, abd = rng.uniform(*R["shoulder_flex"]), rng.uniform(*R["shoulder_abd"])
+        total = math.hypot(flex, abd)
+        if total > ARM_ELEVATION_MAX_DEG:
+            flex, abd = flex * ARM_ELEVATION_MAX_DEG / total, abd * ARM_ELEVATION_MAX_DEG / total
+        a[f"shoulder_flex_{side}"], a[f"shoulder_abd_{side}"] = flex, abd
+        a[f"elbow_flex_{side}"] = rng.uniform(*R["elbow_flex"])
+    for name in ("spine_lean", "spine_side", "spine_twist", "head_yaw", "head_pitch", "root_yaw"):
+        a[name] = rng.uniform(*R[name])
     return a
 
 
@@ -316,6 +381,9 @@ def _skeleton(rig: dict, a: dict[str, float]) -> dict[str, np.ndarray]:
         j[f"{side}_hip"], j[f"{side}_knee"], j[f"{side}_ankle"] = hip, knee, ankle
         j[f"{side}_heel"] = ankle + r_foot @ np.array([0.0, -0.22 * L["foot"], -sole])
         j[f"{side}_toe"] = ankle + r_foot @ np.array([0.0, 0.74 * L["foot"], -sole])
+        # Points that orient the shoe: the foot's outer side (for its frame) and the ball of the foot.
+        j[f"{side}_foot_side"] = ankle + r_foot @ np.array([sign[side] * 0.05, 0.0, 0.0])
+        j[f"{side}_ball"] = ankle + r_foot @ np.array([0.0, 0.5 * L["foot"], -sole + 0.004])
 
     spine_base = root + np.array([0.0, 0.0, L["spine_root"]])
     r_spine = _rz(a["spine_twist"]) @ _rx(-a["spine_lean"]) @ _ry(a["spine_side"])
@@ -330,6 +398,11 @@ def _skeleton(rig: dict, a: dict[str, float]) -> dict[str, np.ndarray]:
         wrist = elbow + r_fore @ np.array([0.0, 0.0, -L["forearm"]])
         j[f"{side}_shoulder"], j[f"{side}_elbow"], j[f"{side}_wrist"] = sh, elbow, wrist
         j[f"{side}_hand"] = wrist + r_fore @ np.array([0.0, 0.0, -L["hand"]])
+        # Relaxed hand: palm towards the body, thumb forward (+y), fingers along the forearm.
+        j[f"{side}_thumb_dir"] = wrist + r_fore @ np.array([0.0, 0.05, 0.0])
+        j[f"{side}_thumb_base"] = wrist + r_fore @ np.array([-sign[side] * 0.004, 0.022, -0.025 * L["hand"] / 0.151])
+        j[f"{side}_thumb_tip"] = wrist + r_fore @ np.array([-sign[side] * 0.012, 0.045,
+                                                            -0.085 * L["hand"] / 0.151])
     j["neck"] = 0.5 * (j["r_shoulder"] + j["l_shoulder"])
     j["neck_top"] = spine_base + r_spine @ np.array([0.0, 0.01, shoulder_z + L["neck"]])
 
@@ -350,33 +423,12 @@ def _skeleton(rig: dict, a: dict[str, float]) -> dict[str, np.ndarray]:
     return j
 
 
-def _lowest_point(rig: dict, j: dict[str, np.ndarray]) -> float:
-    r = rig["radii_m"]
-    probes = [("r_knee", r["thigh"]), ("l_knee", r["thigh"]), ("r_hand", r["hand"]), ("l_hand", r["hand"])]
-    low = min(float(j[n][2]) - rad for n, rad in probes)
-    for s in ("r", "l"):
-        centre, rot, radii = _foot_spheroid(j[f"{s}_heel"], j[f"{s}_toe"], r["foot"])
-        # Lowest point of an ellipsoid: centre minus its support distance along -z.
-        low = min(low, float(centre[2] - np.linalg.norm(rot[2, :] * np.asarray(radii))))
-    return low
+def make_pose(pose_set: str, rig: str, seed: int, index: int, cycle_position: float | None = None) -> Pose:
+    """The posed skeleton of one sample: frame `index` of a cycle (or the index-th random pose).
 
-
-def _foot_spheroid(heel: np.ndarray, toe: np.ndarray, r: float) -> tuple:
-    """Shoe as a spheroid along heel->toe; its top slopes down from the instep like a real foot.
-
-    Equal radii across the axis make its roll irrelevant, so any perpendicular frame works.
+    `cycle_position` in [0, 1) places a cycle pose by the fraction of the cycle instead of the frame
+    (the seeded start phase still applies); random poses ignore it.
     """
-    axis = toe - heel
-    half = 0.5 * float(np.linalg.norm(axis)) + 0.02
-    y = axis / np.linalg.norm(axis)
-    helper = np.array([1.0, 0.0, 0.0]) if abs(y[0]) < 0.9 else np.array([0.0, 0.0, 1.0])
-    x = np.cross(y, helper)
-    x /= np.linalg.norm(x)
-    rot = np.stack([x, y, np.cross(x, y)], axis=1)
-    return 0.5 * (heel + toe), rot, (r, half, r)
-
-
-def make_pose(pose_set: str, rig: str, seed: int, index: int) -> Pose:
     if pose_set not in POSE_SETS:
         raise ValueError(f"unknown pose_set {pose_set!r}; allowed: {', '.join(POSE_SETS)}")
     if rig not in RIGS:
@@ -391,16 +443,20 @@ def make_pose(pose_set: str, rig: str, seed: int, index: int) -> Pose:
         style = {"phase0": rng.uniform(0, 1), "stride": rng.uniform(0.85, 1.15),
                  "arm": rng.uniform(0.8, 1.2), "lean": rng.uniform(-2, 2),
                  "head_yaw": rng.uniform(-12, 12), "head_pitch": rng.uniform(-4, 8)}
-        phase = float((style["phase0"] + index / _FRAMES_PER_CYCLE[pose_set]) % 1.0)
+        step = cycle_position if cycle_position is not None else index / _FRAMES_PER_CYCLE[pose_set]
+        phase = float((style["phase0"] + step) % 1.0)
         angles = _cycle_angles(pose_set, phase, style)
     angles = _clamp_to_limits(angles)
 
     body = _skeleton(spec, angles)
     # Body frame (x right, y forward, z up) -> world: the figure faces -Y, its right is -X.
     to_world = _rz(angles["root_yaw"]) @ np.diag([-1.0, -1.0, 1.0])
-    lift = -_lowest_point(spec, body)
-    joints = {n: to_world @ p + np.array([0.0, 0.0, lift]) for n, p in body.items()}
-    return Pose(pose_set=pose_set, rig=rig, phase=phase, joint_angles_deg=angles, joints_world=joints)
+    pose = Pose(pose_set=pose_set, rig=rig, phase=phase, joint_angles_deg=angles,
+                joints_world={n: to_world @ p for n, p in body.items()})
+    # Stand on the floor: the lowest point of the body (normally a heel or the toes) touches z = 0.
+    lift = np.array([0.0, 0.0, -float(body_bounds(pose)[0][2])])
+    pose.joints_world = {n: p + lift for n, p in pose.joints_world.items()}
+    return pose
 
 
 # --------------------------------------------------------------------------- rendering
@@ -419,6 +475,8 @@ class Render:
     visible_fraction: float
     depth_near_m: float
     depth_far_m: float
+    depth_metric: np.ndarray  # uint16 millimetres
+    reported_2d: np.ndarray   # the keypoints the pose map shows (detector rule)
 
 
 _SKY, _FLOOR, _SKIN, _HAIR, _SHIRT, _TROUSERS, _SHOES = range(7)
@@ -437,24 +495,34 @@ def _frame(x_hint: np.ndarray, z_hint: np.ndarray) -> np.ndarray:
 
 
 def _primitives(pose: Pose) -> list[tuple]:
-    """Body as ('cap', A, B, r, mat) and ('ell', centre, rotation, radii, mat), world frame."""
+    """Body as ('cap', A, B, r, mat) and ('ell', centre, rotation, radii, mat), world frame.
+
+    Proportions of a person rather than a mannequin: a ribcage over a narrower waist and a pelvis with
+    glutes, a neck with sloping trapezius and deltoids, flat hands (palm, fingers, a thumb), shoes with a
+    heel, an instep and a toe box.
+    """
     rig = RIGS[pose.rig]
     R = rig["radii_m"]
     j = pose.joints_world
     across = j["l_hip"] - j["r_hip"]  # world direction of the figure's left
     up_pelvis = np.array([0.0, 0.0, 1.0])
     pelvis_frame = _frame(across, up_pelvis)
-    chest_frame = _frame(j["l_shoulder"] - j["r_shoulder"], j["neck"] - j["spine_base"])
+    spine_up = j["neck"] - j["spine_base"]
+    chest_frame = _frame(j["l_shoulder"] - j["r_shoulder"], spine_up)
     head_frame = _frame(j["l_ear"] - j["r_ear"], j["head_top"] - j["head_center"])
-    # _frame builds (x, z cross x, z); with x = figure-left the y column points backwards,
-    # which is irrelevant for symmetric radii but matters for the hair offset below.
+    # _frame builds (x, z cross x, z); with x = figure-left the y column points backwards.
     back = head_frame[:, 1]
+    torso_back = chest_frame[:, 1]
+    pelvis_back = pelvis_frame[:, 1]
+    waist = j["spine_base"] + 0.45 * (j["chest"] - j["spine_base"])
+    neck_base = j["neck"] + 0.02 * spine_up / np.linalg.norm(spine_up)
     prims: list[tuple] = [
         ("ell", j["pelvis"] + up_pelvis * 0.03, pelvis_frame, R["pelvis"], _TROUSERS),
-        ("cap", j["pelvis"] + up_pelvis * 0.05, j["chest"], R["abdomen"], _SHIRT),
-        ("ell", j["chest"], chest_frame, R["chest"], _SHIRT),
+        ("ell", waist, chest_frame, (R["abdomen"][0], R["abdomen"][1],
+                                     0.55 * float(np.linalg.norm(j["chest"] - j["spine_base"]))), _SHIRT),
+        ("ell", j["chest"] + 0.01 * torso_back, chest_frame, R["chest"], _SHIRT),
         ("cap", j["r_shoulder"], j["l_shoulder"], R["shoulder_bar"], _SHIRT),
-        ("cap", j["neck"], j["neck_top"], R["neck"], _SKIN),
+        ("cap", neck_base, j["neck_top"], R["neck"], _SKIN),
         ("ell", j["head_center"], head_frame, R["head"], _SKIN),
         ("ell", j["head_center"] + 0.012 * back + 0.018 * head_frame[:, 2], head_frame,
          (R["head"][0] * 1.055, R["head"][1] * 0.97, R["head"][2] * 0.975), _HAIR),
@@ -462,15 +530,52 @@ def _primitives(pose: Pose) -> list[tuple]:
          np.eye(3), (0.016, 0.016, 0.016), _SKIN),
     ]
     for s in ("r", "l"):
+        hand_frame = _frame(j[f"{s}_thumb_dir"] - j[f"{s}_wrist"], j[f"{s}_wrist"] - j[f"{s}_hand"])
+        hand_axis = j[f"{s}_hand"] - j[f"{s}_wrist"]
+        foot_frame = _frame(j[f"{s}_foot_side"] - j[f"{s}_ankle"], j[f"{s}_toe"] - j[f"{s}_heel"])
+        foot_len = float(np.linalg.norm(j[f"{s}_toe"] - j[f"{s}_heel"]))
+        foot_up = -foot_frame[:, 1] if foot_frame[2, 1] < 0 else foot_frame[:, 1]
         prims += [
+            # Sloping shoulders: trapezius from the base of the neck to each shoulder, then the deltoid.
+            ("cap", neck_base + 0.01 * torso_back, 0.8 * j[f"{s}_shoulder"] + 0.2 * j["neck"], R["trapezius"],
+             _SHIRT),
+            ("ell", j[f"{s}_shoulder"] + 0.12 * (j[f"{s}_elbow"] - j[f"{s}_shoulder"]),
+             _frame(chest_frame[:, 0], j[f"{s}_elbow"] - j[f"{s}_shoulder"]),
+             (R["deltoid"], R["deltoid"] * 0.95, R["deltoid"] * 1.6), _SHIRT),
+            ("ell", j[f"{s}_hip"] + 0.045 * pelvis_back + 0.01 * up_pelvis, pelvis_frame, R["glute"], _TROUSERS),
             ("cap", j[f"{s}_shoulder"], j[f"{s}_elbow"], R["upper_arm"], _SHIRT),
             ("cap", j[f"{s}_elbow"], j[f"{s}_wrist"], R["forearm"], _SKIN),
-            ("cap", j[f"{s}_wrist"], j[f"{s}_hand"], R["hand"], _SKIN),
+            ("ell", j[f"{s}_wrist"] + 0.36 * hand_axis, hand_frame, R["palm"], _SKIN),
+            ("ell", j[f"{s}_wrist"] + 0.75 * hand_axis, hand_frame, R["fingers"], _SKIN),
+            ("cap", j[f"{s}_thumb_base"], j[f"{s}_thumb_tip"], R["thumb"], _SKIN),
             ("cap", j[f"{s}_hip"], j[f"{s}_knee"], R["thigh"], _TROUSERS),
             ("cap", j[f"{s}_knee"], j[f"{s}_ankle"], R["shank"], _TROUSERS),
-            ("ell",) + _foot_spheroid(j[f"{s}_heel"], j[f"{s}_toe"], R["foot"]) + (_SHOES,),
+            # Shoe: heel, instep from heel to the ball of the foot, flatter toe box.
+            # Every part's underside lies on the sole line (the heel-toe line lowered by the foot radius).
+            ("ell", j[f"{s}_heel"] + foot_up * (R["heel"] - R["foot"]) + 0.35 * R["heel"] * foot_frame[:, 2],
+             foot_frame, (R["heel"] * 0.95, R["heel"], R["heel"] * 1.05), _SHOES),
+            ("ell", 0.5 * (j[f"{s}_heel"] + j[f"{s}_ball"]) + foot_up * R["foot"] * 0.05, foot_frame,
+             (R["foot"] * 1.15, R["foot"] * 1.05, 0.36 * foot_len), _SHOES),
+            ("ell", j[f"{s}_ball"] + 0.25 * (j[f"{s}_toe"] - j[f"{s}_ball"]) + foot_up * (R["toes"][1] - R["foot"]),
+             foot_frame, R["toes"], _SHOES),
         ]
     return prims
+
+
+def body_bounds(pose: Pose) -> tuple[np.ndarray, np.ndarray]:
+    """World-space bounding box (lo, hi) of the figure's body primitives."""
+    los, his = [], []
+    for prim in _primitives(pose):
+        if prim[0] == "cap":
+            _, a, b, r, _m = prim
+            los.append(np.minimum(a, b) - r)
+            his.append(np.maximum(a, b) + r)
+        else:
+            _, c, rot, radii, _m = prim
+            ext = np.abs(rot) @ np.asarray(radii)
+            los.append(c - ext)
+            his.append(c + ext)
+    return np.min(los, axis=0), np.max(his, axis=0)
 
 
 def embed_depth(rig_name: str) -> np.ndarray:
@@ -648,26 +753,27 @@ def render_view(pose: Pose, camera: Camera) -> encode.View:
                        keypoints_world=kp_world, embed_m=embed_depth(pose.rig))
 
 
-def render(pose: Pose, camera: Camera) -> Render:
+def render(pose: Pose, camera: Camera, options: encode.Options | None = None) -> Render:
     """Ray-cast the posed figure and encode every modality (see the module docstring)."""
-    enc = encode.encode_view(render_view(pose, camera))
+    enc = encode.encode_view(render_view(pose, camera), options)
     return Render(
         rgb=enc.images["rgb"], pose_map=enc.images["pose"], depth=enc.images["depth"],
         normal=enc.images["normal"], seg=enc.images["seg"], keypoints_2d=enc.keypoints_2d,
         keypoints_cam=enc.keypoints_cam, bbox=enc.bbox, visible_fraction=enc.visible_fraction,
-        depth_near_m=enc.depth_near_m, depth_far_m=enc.depth_far_m,
+        depth_near_m=enc.depth_near_m, depth_far_m=enc.depth_far_m, depth_metric=enc.images["depth_metric"],
+        reported_2d=enc.reported,
     )
 
 
 def _shade(pose: Pose, mat, nbuf, geom, fx_w, fy_w, up_component) -> np.ndarray:
     colors = RIGS[pose.rig]["colors"]
-    H, W = mat.shape
-    base = np.zeros((H, W, 3))
+    lut = np.zeros((7, 3))
+    for m, name in ((_SKIN, "skin"), (_HAIR, "hair"), (_SHIRT, "shirt"), (_TROUSERS, "trousers"), (_SHOES, "shoes")):
+        lut[m] = colors[name]
+    base = lut[mat]
     # Light rides with the camera (key light above-left) so every view is readable.
     lam = np.clip(nbuf @ _LIGHT_CAM, 0.0, 1.0)
     shade = 0.32 + 0.68 * lam
-    for m, name in ((_SKIN, "skin"), (_HAIR, "hair"), (_SHIRT, "shirt"), (_TROUSERS, "trousers"), (_SHOES, "shoes")):
-        base[mat == m] = colors[name]
 
     fl = mat == _FLOOR
     if fl.any():
@@ -680,7 +786,10 @@ def _shade(pose: Pose, mat, nbuf, geom, fx_w, fy_w, up_component) -> np.ndarray:
         for name, sigma, strength in (("pelvis", 0.32, 0.45), ("r_ankle", 0.12, 0.5), ("l_ankle", 0.12, 0.5)):
             px, py, pz = j[name]
             fade = math.exp(-max(pz - 0.08, 0.0) / 0.4) if name != "pelvis" else 1.0
-            occl *= 1.0 - strength * fade * np.exp(-((x - px) ** 2 + (y - py) ** 2) / (2 * sigma**2))
+            # Beyond 4 sigma the blob is below 1/2980: only pixels inside that square pay for the exp.
+            near = (np.abs(x - px) < 4 * sigma) & (np.abs(y - py) < 4 * sigma)
+            d2 = (x[near] - px) ** 2 + (y[near] - py) ** 2
+            occl[near] *= 1.0 - strength * fade * np.exp(-d2 / (2 * sigma**2))
         edge = np.clip((_FLOOR_HALF_M - np.maximum(np.abs(x), np.abs(y))) / 1.5, 0.0, 1.0)
         base[fl] = c * (0.55 + 0.45 * edge[:, None]) * occl[:, None]
         shade[fl] = 0.75 + 0.25 * lam[fl]

@@ -45,7 +45,7 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def default_job(project: str, samples: int, size: tuple[int, int], seed: int, pose_set: str = "run-cycle",
-                rig: str = "mannequin-a") -> dict[str, Any]:
+                rig: str = "mannequin-a", keypoints: str = "detector") -> dict[str, Any]:
     """The job a pod would receive, for a synthetic batch."""
     if not SLUG.match(project):
         raise UsageError(f"project {project!r} is not a slug (lowercase letters, digits and '-')", where="--project",
@@ -63,7 +63,7 @@ def default_job(project: str, samples: int, size: tuple[int, int], seed: int, po
         "image": {"width": size[0], "height": size[1]},
         "samples": samples,
         "seed": seed,
-        "render": {"engine": "synthetic", "modalities": list(contract.ALL_MODALITIES)},
+        "render": {"engine": "synthetic", "modalities": list(contract.DEFAULT_MODALITIES), "keypoints": keypoints},
     }
 
 
@@ -89,6 +89,65 @@ def camera_views(job: dict[str, Any]) -> list[tuple[float, float, float]]:
     return list(itertools.product(cams["azimuths_deg"], cams["elevations_deg"], cams["distances_m"]))
 
 
+def spread_order(count: int) -> list[int]:
+    """0..count-1 in bit-reversed order (0, 4, 2, 6, 1, 5, 3, 7 for 8): every prefix is spread evenly."""
+    bits = max(1, (count - 1).bit_length())
+    order = [int(format(i, f"0{bits}b")[::-1], 2) for i in range(1 << bits)]
+    return [i for i in order if i < count]
+
+
+@dataclass(frozen=True)
+class SamplePlan:
+    """Which camera view and which pose sample `index` shows."""
+
+    index: int
+    view_index: int
+    azimuth: float
+    elevation: float
+    distance: float
+    frame: int                    # the annotation's pose.frame
+    position: float | None        # spread sampling: fraction of the cycle / clip, in [0, 1)
+
+
+def plan_sample(job: dict[str, Any], index: int) -> SamplePlan:
+    """The documented sampling (docs/batch-contract.md, section 3) of sample `index`.
+
+    `spread` (default): views in bit-reversed order of the view list, so any number of samples covers the
+    azimuths evenly; poses stratified over the whole cycle or clip, position (i + u_i) / N with a seeded
+    u_i in [0, 1), so every sample has its own phase. `sequential` (contract 1.0): view i mod V, frame
+    (i div V) x frame_step.
+    """
+    views = camera_views(job)
+    poses = job["poses"]
+    if poses.get("sampling", "spread") == "sequential":
+        view_index = index % len(views)
+        frame = poses.get("frame_start", 0) + (index // len(views)) * poses.get("frame_step", 1)
+        position = None
+    else:
+        view_index = spread_order(len(views))[index % len(views)]
+        jitter = float(np.random.default_rng((int(job["seed"]), int(index), 0x5A3)).uniform())
+        position = (index + jitter) / job["samples"]
+        frame = index
+    azimuth, elevation, distance = views[view_index]
+    return SamplePlan(index, view_index, float(azimuth), float(elevation), float(distance), frame, position)
+
+
+def frame_view(job: dict[str, Any], plan: SamplePlan, lo: np.ndarray, hi: np.ndarray) -> Any:
+    """The framed camera of a sample around the body's bounding box (see figure.frame_camera)."""
+    from pose_factory.producer import figure
+
+    cams = job["cameras"]
+    return figure.frame_camera(lo, hi, plan.azimuth, plan.elevation, plan.distance, cams["focal_length_mm"],
+                               job["image"]["width"], job["image"]["height"], cams.get("sensor_width_mm", 36.0))
+
+
+def synthetic_pose(job: dict[str, Any], plan: SamplePlan) -> Any:
+    """The built-in pose of a sample."""
+    from pose_factory.producer import figure
+
+    return figure.make_pose(job["poses"]["set"], job["rig"]["name"], job["seed"], plan.frame, plan.position)
+
+
 @dataclass(frozen=True)
 class _SampleTask:
     index: int
@@ -102,19 +161,13 @@ def _render_sample(task: _SampleTask) -> dict[str, Any]:
     from pose_factory.producer import encode, figure
 
     job = task.job
-    views = camera_views(job)
-    view_index = task.index % len(views)
-    frame = (task.index // len(views)) * job["poses"].get("frame_step", 1)
-    azimuth, elevation, distance = views[view_index]
-    width, height = job["image"]["width"], job["image"]["height"]
-    camera = figure.Camera(azimuth_deg=azimuth, elevation_deg=elevation, distance_m=distance,
-                           focal_mm=job["cameras"]["focal_length_mm"], width=width, height=height,
-                           sensor_mm=job["cameras"].get("sensor_width_mm", 36.0))
-    pose = figure.make_pose(job["poses"]["set"], job["rig"]["name"], job["seed"], frame)
-    encoded = encode.encode_view(figure.render_view(pose, camera))
+    plan = plan_sample(job, task.index)
+    pose = synthetic_pose(job, plan)
+    camera = frame_view(job, plan, *figure.body_bounds(pose))
+    encoded = encode.encode_view(figure.render_view(pose, camera), encode.Options.from_job(job))
     return encode.write_sample(Path(task.out_dir), job, task.batch_id, task.index, encoded,
-                               encode.camera_block(camera, view_index, job["cameras"]["focal_length_mm"]),
-                               pose_block(pose, frame))
+                               encode.camera_block(camera, plan.view_index, job["cameras"]["focal_length_mm"]),
+                               pose_block(pose, plan.frame))
 
 
 def pose_block(pose: Any, frame: int) -> dict[str, Any]:
@@ -208,7 +261,7 @@ def seal_batch(work: Path, final_dir: Path, job: dict[str, Any], batch_id: str, 
         "created_at": contract.utc_now(),
         "job": job,
         "software": software,
-        "conventions": encode.conventions(),
+        "conventions": encode.conventions(job),
         "image": dict(job["image"]),
         "modalities": contract.modalities_block(job["render"]["modalities"]),
         "samples": samples,
