@@ -419,14 +419,12 @@ def conventions(job: dict[str, Any] | None = None) -> dict[str, Any]:
     options = Options.from_job(job or {})
     size = (job or {}).get("image", {"width": DETECT_RESOLUTION, "height": DETECT_RESOLUTION})
     stick, radius = stick_sizes(size["width"], size["height"], options.stick_scale)
-    return {
+    block = {
         "keypoints": {"format": "coco18", "units": "pixels", "origin": "top-left",
                       "joints": list(COCO18_JOINTS), "limbs": [list(p) for p in OPENPOSE_LIMBS]},
         "visibility": "coco",
         "depth": {"encoding": "inverse-normalised-per-sample", "bit_depth": 8, "channels": 3, "near": "white",
                   "background": 0, "far_factor": DEPTH_FAR_FACTOR},
-        "depth_metric": {"encoding": "camera-z", "bit_depth": 16, "channels": 1, "units_per_metre": METRIC_DEPTH_SCALE,
-                         "background": 0},
         "openpose": {"keypoints": options.keypoints, "stick_width": stick, "joint_radius": radius,
                      "detect_resolution": DETECT_RESOLUTION, "file": "pose-keypoint-list"},
         "normal": {"space": "camera", "encoding": "rgb=(n+1)/2*255", "red": "left", "green": "up",
@@ -435,3 +433,7 @@ def conventions(job: dict[str, Any] | None = None) -> dict[str, Any]:
         "camera": {"frame": "opencv", "world_frame": "z-up-right-handed", "units": "metres",
                    "extrinsics": "world-to-camera"},
     }
+    if "depth_metric" in (job or {}).get("render", {}).get("modalities", ()):
+        block["depth_metric"] = {"encoding": "camera-z", "bit_depth": 16, "channels": 1,
+                                 "units_per_metre": METRIC_DEPTH_SCALE, "background": 0}
+    return block

@@ -1,9 +1,13 @@
 """Synthetic posed human figure: a numpy + Pillow stand-in for a Blender render.
 
-One call to :func:`make_pose` builds a procedurally posed skeleton; :func:`render`
-ray-casts a body made of capsules and ellipsoids around that skeleton and returns
-an RGB preview plus the ControlNet control maps (OpenPose skeleton, depth, normal,
-segmentation), all taken from the same z-buffer so they agree pixel for pixel.
+One call to :func:`make_pose` builds a procedurally posed skeleton; :func:`render_view`
+ray-casts a body made of capsules and ellipsoids around that skeleton (ribcage, waist,
+pelvis and glutes, neck and trapezius, hands with palm, fingers and thumb, shoes with
+heel, instep and toe box) into z, normal and label buffers plus a shaded RGB preview;
+:mod:`pose_factory.producer.encode` (shared with the Blender renderer) turns them into
+the ControlNet control maps, all from the same z-buffer so they agree pixel for pixel.
+:func:`render` does both. :func:`frame_camera` aims a view at the figure's bounding box
+and backs off until it fits the image with a margin, at any aspect ratio.
 
 Conventions
 -----------
@@ -15,8 +19,8 @@ World frame
 Camera
     ``Camera(azimuth_deg, elevation_deg, distance_m, ...)`` sits at
     ``target + distance * (sin(az) cos(el), -cos(az) cos(el), sin(el))`` and looks
-    at ``target``. Azimuth 0 is therefore in front of the figure (on -Y),
-    azimuth 90 on the figure's left (+X), 180 behind it. Elevation is above the
+    at ``target`` (the centre of the figure's bounding box, see frame_camera).
+    Azimuth 0 is therefore in front of the figure (on -Y), azimuth 90 on the figure's left (+X), 180 behind it. Elevation is above the
     horizon. Extrinsics are world-to-camera in the OpenCV/BOP convention
     (x right, y down, z forward): ``p_cam = R_w2c @ p_world + t_w2c``.
     Intrinsics: square pixels, ``f_px = focal_mm / sensor_mm * max(width, height)``
@@ -24,12 +28,12 @@ Camera
     ``(width/2, height/2)``. Pixel (row i, column j) covers [j, j+1) x [i, i+1), so
     its centre is (j + 0.5, i + 0.5) and a keypoint at (x, y) lies in pixel
     (int(y), int(x)).
-Depth (8-bit, 3 equal channels)
-    Linear in camera z: ``value = 255 * (far - z) / (far - near)``, rounded and
-    clipped, NEAR = WHITE. ``near``/``far`` are per image: the nearest and farthest
-    rendered surface rounded outwards to 0.1 m, with far pushed 0.1 m further so
-    the farthest surface stays above 0. Pixels with no geometry (sky) are 0.
-    ``Render.depth_near_m``/``depth_far_m`` record the range.
+Depth (8-bit, 3 equal channels), see encode.encode_depth
+    Relative inverse depth like MiDaS / Depth Anything, NEAR = WHITE:
+    ``value = 255 * clip((1/z - 1/far) / (1/near - 1/far), 0, 1)`` with near the
+    person's nearest surface and far the farthest surface, at most 1.5 x the person's
+    farthest. Pixels with no geometry (sky) are 0. ``Render.depth_near_m`` /
+    ``depth_far_m`` record the range; ``Render.depth_metric`` is camera z in mm (uint16).
 Normal (8-bit RGB)
     Camera-space unit normals encoded as ``(c + 1) / 2 * 255`` in ControlNet 1.1's
     wording "blue is front, red is left, green is top": R = image-left component
@@ -48,7 +52,8 @@ Keypoints
     occlusion test compares the joint's camera z with the rendered z-buffer at its
     pixel; because joint centres sit inside the flesh, the tolerance is the
     joint's embedding depth (the radius of the body part around it, 0 for the
-    face points) plus 2 cm.
+    face points) plus 2 cm. The pose map shows ``Render.reported_2d``: by default
+    only what a detector would report (encode.detector_keypoints).
 """
 
 from __future__ import annotations
