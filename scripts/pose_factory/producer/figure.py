@@ -20,9 +20,10 @@ Camera
     ``Camera(azimuth_deg, elevation_deg, distance_m, ...)`` sits at
     ``target + distance * (sin(az) cos(el), -cos(az) cos(el), sin(el))`` and looks
     at ``target`` (the centre of the figure's bounding box, see frame_camera).
-    Azimuth 0 is therefore in front of the figure (on -Y), azimuth 90 on the figure's left (+X), 180 behind it. Elevation is above the
-    horizon. Extrinsics are world-to-camera in the OpenCV/BOP convention
-    (x right, y down, z forward): ``p_cam = R_w2c @ p_world + t_w2c``.
+    Azimuth 0 is therefore in front of the figure (on -Y), azimuth 90 on the
+    figure's left (+X), 180 behind it. Elevation is above the horizon.
+    Extrinsics are world-to-camera in the OpenCV/BOP convention (x right, y down,
+    z forward): ``p_cam = R_w2c @ p_world + t_w2c``.
     Intrinsics: square pixels, ``f_px = focal_mm / sensor_mm * max(width, height)``
     (Blender's "Auto" sensor fit), principal point at the image centre
     ``(width/2, height/2)``. Pixel (row i, column j) covers [j, j+1) x [i, i+1), so
