@@ -26,7 +26,7 @@ import time
 import bmesh
 import bpy
 import numpy as np
-from mathutils import Matrix
+from mathutils import Matrix, Vector
 
 PERSON_INDEX, FLOOR_INDEX = 1, 2
 FLOOR_HALF_M = 4.0
@@ -84,7 +84,7 @@ class SceneBuilder:
     def _setup_render(self) -> None:
         s, r = self.scene, self.scene.render
         r.engine = "CYCLES"
-        s.cycles.device = "CPU"
+        self.device = choose_device(s, self.spec.get("device", "auto"))
         s.cycles.samples = int(self.spec.get("samples_per_pixel", 8))
         s.cycles.use_adaptive_sampling = False
         s.cycles.use_denoising = False
@@ -236,15 +236,17 @@ class SceneBuilder:
         tilt = Matrix.Rotation(math.radians(35.0), 3, "X") @ Matrix.Rotation(math.radians(-30.0), 3, "Y")
         self.sun.matrix_world = (rot @ tilt).to_4x4()
 
-    def render(self, sample_dir: str) -> None:
+    def render(self, sample_dir: str, frame: int = 1) -> None:
         os.makedirs(sample_dir, exist_ok=True)
-        self.scene.frame_set(1)
+        if frame != self.scene.frame_current:
+            self.scene.frame_set(frame)
         self.file_output.base_path = sample_dir
         self.scene.render.filepath = os.path.join(sample_dir, "rgb.png")
         bpy.ops.render.render(write_still=True)
         w, h = self.scene.render.resolution_x, self.scene.render.resolution_y
         for name in PASSES:
-            exr = os.path.join(sample_dir, f"{name}_0001.exr")
+            # The file output node numbers its files by the current frame.
+            exr = os.path.join(sample_dir, f"{name}_{self.scene.frame_current:04d}.exr")
             img = bpy.data.images.load(exr, check_existing=False)
             img.colorspace_settings.name = "Non-Color"
             buf = np.empty(w * h * 4, dtype=np.float32)
@@ -259,11 +261,356 @@ class SceneBuilder:
             os.remove(exr)
 
 
+# ============================================================================ devices
+
+
+def choose_device(scene: bpy.types.Scene, wanted: str) -> dict:
+    """Cycles on the GPU when Blender reports one (OptiX first, then CUDA, HIP, oneAPI), else the CPU."""
+    scene.cycles.device = "CPU"
+    if wanted == "CPU":
+        return {"type": "CPU", "names": []}
+    try:
+        prefs = bpy.context.preferences.addons["cycles"].preferences
+    except KeyError:
+        return {"type": "CPU", "names": []}
+    for kind in ("OPTIX", "CUDA", "HIP", "ONEAPI"):
+        try:
+            prefs.compute_device_type = kind
+        except TypeError:
+            continue  # this build has no such backend
+        prefs.get_devices()
+        found = [d for d in prefs.devices if d.type == kind]
+        if not found:
+            continue
+        for device in prefs.devices:
+            device.use = device.type == kind
+        scene.cycles.device = "GPU"
+        return {"type": kind, "names": [d.name for d in found]}
+    if wanted == "GPU":
+        raise SceneFailure("no_gpu", "the job asks for the GPU but Blender reports no OptiX, CUDA, HIP or oneAPI "
+                           "device")
+    return {"type": "CPU", "names": []}
+
+
+# ============================================================================ the user's scene
+
+
+class SceneFailure(Exception):
+    """A problem with the user's scene, reported to pose_factory through OUT_DIR/error.json."""
+
+    def __init__(self, kind: str, message: str, names: list | None = None):
+        super().__init__(message)
+        self.kind, self.message, self.names = kind, message, names or []
+
+
+def _open_blend(path: str) -> None:
+    if not os.path.isfile(path):
+        raise SceneFailure("missing_file", f"no .blend file at {path}")
+    try:
+        bpy.ops.wm.open_mainfile(filepath=path, load_ui=False)
+    except RuntimeError as exc:
+        raise SceneFailure("unreadable_file", f"Blender cannot open {path}: {str(exc).strip()}") from None
+
+
+def _find_rig(spec: dict) -> tuple:
+    """(armature object, the character's mesh objects) named by the job."""
+    scene = bpy.context.scene
+    names = sorted(o.name for o in scene.objects)
+    character = spec.get("character")
+    obj = scene.objects.get(character) if character else None
+    if character and obj is None:
+        raise SceneFailure("no_character", f"the scene has no object {character!r}", names)
+    armature = None
+    if spec.get("armature"):
+        armature = scene.objects.get(spec["armature"])
+        if armature is None or armature.type != "ARMATURE":
+            raise SceneFailure("no_armature", f"the scene has no armature {spec['armature']!r}",
+                               sorted(o.name for o in scene.objects if o.type == "ARMATURE"))
+    elif obj is not None and obj.type == "ARMATURE":
+        armature = obj
+    elif obj is not None:
+        mods = [m.object for m in obj.modifiers if m.type == "ARMATURE" and m.object]
+        armature = mods[0] if mods else (obj.parent if obj.parent and obj.parent.type == "ARMATURE" else None)
+    else:
+        found = [o for o in scene.objects if o.type == "ARMATURE"]
+        armature = found[0] if len(found) == 1 else None
+    if armature is None:
+        raise SceneFailure("no_armature", "cannot tell which armature drives the character: name it in rig.armature",
+                           sorted(o.name for o in scene.objects if o.type == "ARMATURE"))
+    meshes = [o for o in scene.objects if o.type == "MESH" and (
+        o.parent == armature or any(m.type == "ARMATURE" and m.object == armature for m in o.modifiers))]
+    if obj is not None and obj.type == "MESH" and obj not in meshes:
+        meshes.append(obj)
+    if not meshes:
+        raise SceneFailure("no_mesh", f"no mesh is deformed by or parented to the armature {armature.name!r}", names)
+    return armature, meshes
+
+
+def _shim_bvh_importer() -> None:
+    """Debian's Blender 3.4 bundles an io_anim_bvh that opens files with mode 'rU', which its Python 3.11
+    rejects ("invalid mode: 'rU'"); give that module an open() that drops the obsolete 'U'."""
+    try:
+        from io_anim_bvh import import_bvh
+    except ImportError:
+        return
+    import builtins
+
+    def _open(file, mode="r", *args, **kwargs):
+        return builtins.open(file, mode.replace("U", ""), *args, **kwargs)
+
+    import_bvh.open = _open
+
+
+class Motion:
+    """The character's motion: a BVH retargeted by bone name, an action of the .blend, or the scene's own."""
+
+    def __init__(self, spec: dict, armature: bpy.types.Object) -> None:
+        self.armature, self.source, self.pairs = armature, None, []
+        motion = spec.get("motion") or {}
+        scene = bpy.context.scene
+        if motion.get("bvh"):
+            path = motion["bvh"]
+            if not os.path.isfile(path):
+                raise SceneFailure("missing_file", f"no BVH file at {path}")
+            before = set(bpy.data.objects)
+            _shim_bvh_importer()
+            try:
+                bpy.ops.import_anim.bvh(filepath=path, target="ARMATURE", use_fps_scale=False,
+                                        update_scene_fps=False, update_scene_duration=False,
+                                        global_scale=float(motion.get("scale", 1.0)))
+            except RuntimeError as exc:
+                raise SceneFailure("unreadable_file", f"Blender cannot import {path}: {str(exc).strip()}") from None
+            created = [o for o in bpy.data.objects if o not in before and o.type == "ARMATURE"]
+            if not created:
+                raise SceneFailure("unreadable_file", f"{path} holds no skeleton")
+            self.source = created[0]
+            self.source.hide_render = True
+            action = self.source.animation_data.action
+            self.range = (int(action.frame_range[0]), int(action.frame_range[1]))
+            # Retarget by bone name: parents first, so each child's head follows its posed parent.
+            for bone in armature.data.bones:
+                if bone.name in self.source.data.bones:
+                    self.pairs.append(bone.name)
+            depth = {b.name: len(b.parent_recursive) for b in armature.data.bones}
+            self.pairs.sort(key=lambda name: depth[name])
+            if not self.pairs:
+                raise SceneFailure("bvh_mismatch", f"no joint of {path} has the name of a bone of {armature.name!r}",
+                                   sorted(b.name for b in armature.data.bones))
+        elif motion.get("action"):
+            action = bpy.data.actions.get(motion["action"])
+            if action is None:
+                raise SceneFailure("no_action", f"the .blend has no action {motion['action']!r}",
+                                   sorted(a.name for a in bpy.data.actions))
+            armature.animation_data_create()
+            armature.animation_data.action = action
+            self.range = (int(action.frame_range[0]), int(action.frame_range[1]))
+        elif armature.animation_data and armature.animation_data.action:
+            action = armature.animation_data.action
+            self.range = (int(action.frame_range[0]), int(action.frame_range[1]))
+        else:
+            self.range = (scene.frame_current, scene.frame_current)
+
+    def apply(self, frame: int) -> None:
+        """Pose the character at this frame."""
+        scene = bpy.context.scene
+        scene.frame_set(frame)
+        if self.source is None:
+            return
+        src, dst = self.source, self.armature
+        layer = bpy.context.view_layer
+        for name in self.pairs:
+            s_bone, d_bone = src.pose.bones[name], dst.pose.bones[name]
+            rest_s = src.matrix_world @ s_bone.bone.matrix_local
+            pose_s = src.matrix_world @ s_bone.matrix
+            delta = pose_s @ rest_s.inverted()  # world-space motion of the BVH joint from its rest
+            rest_d = dst.matrix_world @ d_bone.bone.matrix_local
+            target = delta @ rest_d
+            if d_bone.parent is not None and d_bone.bone.use_connect:
+                target.translation = (dst.matrix_world @ d_bone.matrix).translation  # stays on its parent
+            d_bone.matrix = dst.matrix_world.inverted() @ target
+            layer.update()
+
+
+def _point(ref: str, armature, meshes, depsgraph) -> list:
+    if ref.startswith("vertex:"):
+        group = ref[len("vertex:"):]
+        total, count = Vector((0.0, 0.0, 0.0)), 0
+        for obj in meshes:
+            index = obj.vertex_groups.find(group)
+            if index < 0:
+                continue
+            evaluated = obj.evaluated_get(depsgraph)
+            mesh = evaluated.to_mesh()
+            source = obj.data
+            for v_src, v_eval in zip(source.vertices, mesh.vertices):
+                if any(g.group == index and g.weight > 0.0 for g in v_src.groups):
+                    total += evaluated.matrix_world @ v_eval.co
+                    count += 1
+            evaluated.to_mesh_clear()
+        return list(total / count) if count else None
+    name, _, end = ref.rpartition(":") if ref.endswith((":head", ":tail")) else (ref, "", "head")
+    bone = armature.pose.bones[name]
+    return list(armature.matrix_world @ (bone.tail if end == "tail" else bone.head))
+
+
+def _check_refs(refs: list, armature, meshes) -> None:
+    bones = {b.name for b in armature.data.bones}
+    groups = {g.name for o in meshes for g in o.vertex_groups}
+    missing = []
+    for ref in refs:
+        if ref.startswith("vertex:"):
+            if ref[len("vertex:"):] not in groups:
+                missing.append(ref)
+        else:
+            name = ref.rpartition(":")[0] if ref.endswith((":head", ":tail")) else ref
+            if name not in bones:
+                missing.append(ref)
+    if missing:
+        raise SceneFailure("missing_bones", "the rig mapping names what the armature "
+                           f"{armature.name!r} lacks: {', '.join(missing)}", sorted(bones))
+
+
+def _bounds(meshes, depsgraph) -> list:
+    lo, hi = [math.inf] * 3, [-math.inf] * 3
+    for obj in meshes:
+        evaluated = obj.evaluated_get(depsgraph)
+        for corner in evaluated.bound_box:
+            p = evaluated.matrix_world @ Vector(corner)
+            lo = [min(a, b) for a, b in zip(lo, p)]
+            hi = [max(a, b) for a, b in zip(hi, p)]
+    return [lo, hi]
+
+
+def _setup_user_scene(spec: dict) -> tuple:
+    _open_blend(spec["blend_file"])
+    armature, meshes = _find_rig(spec)
+    _check_refs(spec.get("points", []), armature, meshes)
+    return armature, meshes, Motion(spec, armature)
+
+
+def probe_user_scene(spec: dict, out_dir: str) -> None:
+    """Check the scene, character, mapping and motion; write the mapped points and the body's box per frame."""
+    armature, meshes, motion = _setup_user_scene(spec)
+    first, last = motion.range
+    start = int(spec["frame_start"]) if spec.get("frame_start") is not None else first
+    end = int(spec["frame_end"]) if spec.get("frame_end") is not None else last
+    step = max(1, int(spec.get("frame_step", 1)))
+    frames = list(range(start, max(start, end) + 1, step))[: int(spec.get("max_frames", 100000))]
+    wanted = spec.get("frames") or frames
+    per_frame = {}
+    for frame in wanted:
+        motion.apply(int(frame))
+        depsgraph = bpy.context.evaluated_depsgraph_get()
+        per_frame[str(frame)] = {"points": {ref: _point(ref, armature, meshes, depsgraph) for ref in spec["points"]},
+                                 "bounds": _bounds(meshes, depsgraph)}
+    info = {"frames": frames, "clip_range": [first, last], "armature": armature.name,
+            "meshes": [o.name for o in meshes], "bones": sorted(b.name for b in armature.data.bones),
+            "per_frame": per_frame, "blender_version": bpy.app.version_string}
+    with open(os.path.join(out_dir, "probe.json"), "w", encoding="utf-8") as handle:
+        json.dump(info, handle)
+
+
+def _set_hdri(path: str, strength: float) -> None:
+    if not os.path.isfile(path):
+        raise SceneFailure("missing_file", f"no HDRI at {path}")
+    world = bpy.data.worlds.new("pose-factory-hdri")
+    world.use_nodes = True
+    nodes, links = world.node_tree.nodes, world.node_tree.links
+    env = nodes.new("ShaderNodeTexEnvironment")
+    try:
+        env.image = bpy.data.images.load(path)
+    except RuntimeError as exc:
+        raise SceneFailure("unreadable_file", f"Blender cannot read the HDRI {path}: {str(exc).strip()}") from None
+    links.new(env.outputs["Color"], nodes["Background"].inputs["Color"])
+    nodes["Background"].inputs["Strength"].default_value = strength
+    bpy.context.scene.world = world
+
+
+def _label_objects(meshes: list, labels: list, default: str) -> None:
+    """pass_index = 1 + index of the object's class in labels (0 stays for 'nothing hit')."""
+    person = set(meshes)
+    for obj in bpy.context.scene.objects:
+        if obj.type not in ("MESH", "CURVE", "SURFACE", "META", "FONT"):
+            continue
+        tagged = obj.get("pose_factory_class")
+        if obj in person or obj.get("pose_factory_person") or tagged == "person":
+            label = "person"
+        elif isinstance(tagged, str) and tagged in labels:
+            label = tagged
+        elif any(word in obj.name.lower() for word in ("floor", "ground")):
+            label = "floor"
+        else:
+            label = default
+        obj.pass_index = labels.index(label) + 1
+
+
+def render_user_scene(spec: dict, out_dir: str) -> None:
+    """Render the user's scene: its lights, world and materials, our camera, the passes the contract needs."""
+    armature, meshes, motion = _setup_user_scene(spec)
+    scene = bpy.context.scene
+    if spec.get("hdri"):
+        _set_hdri(spec["hdri"], float(spec.get("hdri_strength", 1.0)))
+    _label_objects(meshes, spec["labels"], spec["default_class"])
+    r = scene.render
+    r.engine = "CYCLES"
+    device = choose_device(scene, spec.get("device", "auto"))
+    scene.cycles.samples = int(spec.get("samples_per_pixel", 8))
+    scene.cycles.use_adaptive_sampling = False
+    scene.cycles.use_denoising = False
+    scene.cycles.filter_width = 0.01
+    scene.cycles.seed = int(spec.get("seed", 0))
+    r.resolution_x, r.resolution_y = int(spec["width"]), int(spec["height"])
+    r.resolution_percentage = 100
+    r.pixel_aspect_x = r.pixel_aspect_y = 1.0
+    r.use_border = False
+    r.film_transparent = False
+    r.use_compositing = True
+    r.use_sequencer = False
+    r.image_settings.file_format = "PNG"
+    r.image_settings.color_mode = "RGB"
+    r.image_settings.color_depth = "8"
+    threads = int(spec.get("threads", 0))
+    r.threads_mode = "FIXED" if threads > 0 else "AUTO"
+    if threads > 0:
+        r.threads = threads
+    layer = bpy.context.view_layer
+    for other in scene.view_layers:
+        other.use = other == layer
+    layer.use_pass_z = layer.use_pass_normal = layer.use_pass_object_index = True
+    cam_data = bpy.data.cameras.new("pose-factory-camera")
+    cam_data.sensor_fit = "AUTO"
+    cam_data.clip_start, cam_data.clip_end = 0.01, 10000.0
+    camera = bpy.data.objects.new("pose-factory-camera", cam_data)
+    scene.collection.objects.link(camera)
+    scene.camera = camera
+    builder = SceneBuilder.__new__(SceneBuilder)  # reuse the compositor and pass reading of the built-in path
+    builder.scene = scene
+    builder._setup_compositor()
+    timings = {}
+    for sample in spec["samples"]:
+        start = time.perf_counter()
+        motion.apply(int(sample["frame"]))
+        camera.matrix_world = Matrix(sample["camera"]["matrix_world"])
+        cam_data.lens = float(sample["camera"]["lens_mm"])
+        cam_data.sensor_width = float(sample["camera"]["sensor_mm"])
+        builder.render(os.path.join(out_dir, sample["sample_id"]), frame=int(sample["frame"]))
+        timings[sample["sample_id"]] = round(time.perf_counter() - start, 3)
+        print(f"pose-factory: rendered {sample['sample_id']} in {timings[sample['sample_id']]:.2f}s", flush=True)
+    info = {"blender_version": bpy.app.version_string, "render_engine": "CYCLES", "device": device,
+            "samples_per_pixel": scene.cycles.samples, "render_seconds": timings}
+    with open(os.path.join(out_dir, "blender.json"), "w", encoding="utf-8") as handle:
+        json.dump(info, handle, indent=1)
+
+
 def main() -> None:
     spec_path, out_dir = _args()
     with open(spec_path, encoding="utf-8") as handle:
         spec = json.load(handle)
     os.makedirs(out_dir, exist_ok=True)
+    if spec.get("mode") == "probe":
+        return probe_user_scene(spec, out_dir)
+    if spec.get("mode") == "scene":
+        return render_user_scene(spec, out_dir)
     builder = SceneBuilder(spec)
     timings = {}
     for sample in spec["samples"]:
@@ -273,7 +620,7 @@ def main() -> None:
         builder.render(os.path.join(out_dir, sample["sample_id"]))
         timings[sample["sample_id"]] = round(time.perf_counter() - start, 3)
         print(f"pose-factory: rendered {sample['sample_id']} in {timings[sample['sample_id']]:.2f}s", flush=True)
-    info = {"blender_version": bpy.app.version_string, "render_engine": "CYCLES", "device": "CPU",
+    info = {"blender_version": bpy.app.version_string, "render_engine": "CYCLES", "device": builder.device,
             "samples_per_pixel": builder.scene.cycles.samples, "render_seconds": timings}
     with open(os.path.join(out_dir, "blender.json"), "w", encoding="utf-8") as handle:
         json.dump(info, handle, indent=1)
@@ -282,6 +629,13 @@ def main() -> None:
 if __name__ == "__main__":
     try:
         main()
+    except SceneFailure as failure:
+        # An expected problem with the user's scene: pose_factory turns error.json into a typed error.
+        with open(os.path.join(_args()[1], "error.json"), "w", encoding="utf-8") as handle:
+            json.dump({"kind": failure.kind, "message": failure.message, "names": failure.names}, handle)
+        print(f"pose-factory: {failure.kind}: {failure.message}", flush=True)
+        sys.stdout.flush()
+        os._exit(3)
     except BaseException as exc:  # make Blender exit non-zero instead of idling on a Python error
         import traceback
 

@@ -87,3 +87,9 @@ class ServiceUnreachableError(PoseFactoryError):
     """A service the command talks to (a ComfyUI server) does not answer: not running, wrong address, network."""
 
     exit_code = 14
+
+
+class SceneError(PoseFactoryError):
+    """A render job's Blender scene, character, rig mapping or motion cannot be used (caught before rendering)."""
+
+    exit_code = 15

@@ -46,6 +46,17 @@ SEG_PALETTE: dict[str, tuple[int, int, int]] = {
     "wall": (120, 120, 120),
     "sky": (6, 230, 230),
 }
+# More ADE20K classes (the 150-class palette ControlNet's seg models use) for objects of a Blender scene,
+# chosen with the object's custom property `pose_factory_class`; listed in a batch's conventions only
+# when that batch uses them.
+ADE20K_MORE: dict[str, tuple[int, int, int]] = {
+    "building": (180, 120, 120), "tree": (4, 200, 3), "ceiling": (120, 120, 80), "road": (140, 140, 140),
+    "bed": (204, 5, 255), "windowpane": (230, 230, 230), "grass": (4, 250, 7), "cabinet": (224, 5, 255),
+    "sidewalk": (235, 255, 7), "earth": (120, 120, 70), "door": (8, 255, 51), "table": (255, 6, 82),
+    "mountain": (143, 255, 140), "plant": (204, 255, 4), "curtain": (255, 51, 7), "chair": (204, 70, 3),
+    "car": (0, 102, 200), "sofa": (11, 102, 255), "shelf": (255, 7, 71), "box": (0, 255, 20),
+}
+ADE20K = {**SEG_PALETTE, **ADE20K_MORE}
 
 KEYPOINT_MODES = ("detector", "all")
 # controlnet_aux detects at 512 px on the short side with stick width 4 and joint radius 4, then scales the map
@@ -195,7 +206,7 @@ def encode_normal(normal_cam: np.ndarray, geom: np.ndarray) -> np.ndarray:
 
 def encode_seg(labels: np.ndarray, label_names: tuple[str, ...]) -> np.ndarray:
     """Exact ADE20K palette colours, one per label, no anti-aliasing."""
-    lut = np.array([SEG_PALETTE[name] for name in label_names], dtype=np.uint8)
+    lut = np.array([ADE20K[name] for name in label_names], dtype=np.uint8)
     return lut[labels]
 
 
@@ -429,7 +440,8 @@ def conventions(job: dict[str, Any] | None = None) -> dict[str, Any]:
                      "detect_resolution": DETECT_RESOLUTION, "file": "pose-keypoint-list"},
         "normal": {"space": "camera", "encoding": "rgb=(n+1)/2*255", "red": "left", "green": "up",
                    "blue": "towards-camera", "background": [128, 128, 255]},
-        "segmentation": {"palette": "ade20k", "labels": {k: list(v) for k, v in SEG_PALETTE.items()}},
+        "segmentation": {"palette": "ade20k", "labels": {k: list(v) for k, v in (
+            ADE20K if (job or {}).get("scene", {}).get("blend_file") else SEG_PALETTE).items()}},
         "camera": {"frame": "opencv", "world_frame": "z-up-right-handed", "units": "metres",
                    "extrinsics": "world-to-camera"},
     }

@@ -89,13 +89,18 @@ def run_worker(storage: Storage, settings: Settings, job_id: str, *, heartbeat_s
     job = json.loads(storage.read_bytes(job_key(settings, job_id)))
     with StatusWriter(storage, settings, job_id, job["samples"], heartbeat_s) as status:
         try:
-            status.write(state="rendering")
             with tempfile.TemporaryDirectory(prefix="pose-factory-worker-") as scratch:
+                prepared = None
+                if job["generator"] == "blender" and job["scene"].get("blend_file"):
+                    from pose_factory.producer.blender_render import prepare_scene
+
+                    prepared = prepare_scene(job, settings, storage, Path(scratch))  # SceneError: failed, not rendered
+                status.write(state="rendering")
                 if job["generator"] == "blender":
                     from pose_factory.producer.blender_render import render_with_blender
 
                     batch_dir = render_with_blender(job, Path(scratch), settings, replace=True,
-                                                    progress=status.progress)
+                                                    progress=status.progress, prepared=prepared)
                 else:
                     batch_dir = generate_batch(job, Path(scratch), settings, replace=True,
                                                progress=status.progress).batch_dir
