@@ -35,6 +35,8 @@ def assets(tmp_path_factory) -> Path:
     done = subprocess.run(["blender", "-b", "--factory-startup", "-noaudio", "-P", str(MAKE_CHARACTER), "--",
                            str(out)], capture_output=True, text=True, timeout=300)
     assert (out / "character.blend").is_file(), done.stdout[-2000:] + done.stderr[-2000:]
+    # A 4x2 Radiance HDRI of one reddish radiance (flat RGBE scanlines: width < 8 is never run-length coded).
+    (out / "red.hdr").write_bytes(b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y 2 +X 4\n" + bytes([200, 20, 20, 129]) * 8)
     return out
 
 
@@ -74,6 +76,7 @@ def expected_world(rest: dict, frame: int, joint_bone: str) -> np.ndarray:
 
 def test_user_scene_renders_a_valid_batch_with_the_pose_from_the_rig(assets, settings, tmp_path):
     job = scene_job()
+    job["scene"]["hdri"] = "red.hdr"
     batch = blender_render.render_with_blender(job, tmp_path / "out", settings, "2026-11-30_character")
     report = validate_batch(batch)
     assert report.ok, report.as_json()["problems"]
@@ -99,6 +102,10 @@ def test_user_scene_renders_a_valid_batch_with_the_pose_from_the_rig(assets, set
                 assert person[max(0, int(y) - 2):int(y) + 3, max(0, int(x) - 2):int(x) + 3].any(), (sid, joint)
         colours = {tuple(c) for c in seg.reshape(-1, 3)}
         assert encode.SEG_PALETTE["person"] in colours and encode.SEG_PALETTE["floor"] in colours
+        assert encode.ADE20K["table"] in colours  # the box tagged pose_factory_class = table
+        sky = np.all(seg == encode.SEG_PALETTE["sky"], axis=2)
+        rgb = np.asarray(Image.open(batch / f"rgb/{sid}.png").convert("RGB")).astype(int)
+        assert sky.any() and np.all(rgb[sky][:, 0] > rgb[sky][:, 1] + 30), "the HDRI is the world"
     # The arm really moved between frame 1 and 2, as the BVH says.
     a, b = (json.loads((batch / f"annotations/{s}.json").read_text())["persons"][0]["keypoints_3d_cam"]
             for s in ("000000", "000001"))
