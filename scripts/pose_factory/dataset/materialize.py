@@ -6,6 +6,11 @@ plus `index.json` / `index.csv` listing every sample with its paths and metadata
 temporary folder beside the destination and swapped in atomically: ComfyUI never sees half a set, and an
 interrupted build leaves the previous one as it was. Files come from the read-only raw mirror by
 hardlink, symlink, copy or copy-on-write clone; the mirror is never writable through them.
+
+`dvc.yaml` marks the working set `persist: true`, so `dvc repro` does not delete it before running this
+stage: until the swap, ComfyUI keeps reading the previous set, and a failed or killed build leaves it in
+place. What a killed build leaves beside the set (`.current_batch.build-*`, `.current_batch.old-*`) is put
+right by the next run, under a lock so that two builds never share a folder.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import csv
 import ctypes
 import ctypes.util
 import errno
+import fcntl
 import io
 import json
 import os
@@ -29,7 +35,7 @@ from typing import Any
 
 import orjson
 
-from pose_factory.core import contract, schemas
+from pose_factory.core import contract, killpoint, schemas
 from pose_factory.core.errors import ConfigError, PoseFactoryError, RepositoryError
 from pose_factory.core.fsutil import clone_file
 from pose_factory.core.layout import MANIFEST_NAME
@@ -73,11 +79,26 @@ class Selected:
     manifest_sha256: str
 
 
+def _require_checked_out(batch_ids: list[str], raw_dir: Path) -> None:
+    """Every batch the build reads has its folder in the mirror (a fresh clone has only the .dvc files)."""
+    for batch_id in batch_ids:
+        if not (raw_dir / batch_id / MANIFEST_NAME).is_file():
+            tracked = (raw_dir / f"{batch_id}.dvc").is_file()
+            raise RepositoryError(f"batch {batch_id} is registered in batches: but its folder is not checked out",
+                                  where=str(raw_dir / batch_id),
+                                  hint=f"`dvc pull {raw_dir / batch_id}.dvc` (or `dvc checkout` when the data is "
+                                       "in the DVC cache)" if tracked
+                                  else f"`pose-sync pull {batch_id}`, or remove it from batches: in params.yaml")
+
+
 def _resolve_batches(working: dict[str, Any], registered: list[str], raw_dir: Path, params_file: str) -> list[str]:
     if not registered:
-        raise RepositoryError("no batches are registered in params.yaml (batches:)", where=params_file,
-                              hint="pull one first: `pose-sync pull-latest`")
+        raise RepositoryError("no batches are registered in params.yaml (batches:), so there is nothing to put "
+                              "in the working set", where=params_file,
+                              hint="pull one first: `pose-sync pull-latest` (or `pose-sync restore BATCH_ID`)")
     if working["batches"] == "latest":
+        _require_checked_out(registered, raw_dir)
+
         def created(batch_id: str) -> tuple[str, str]:
             manifest = orjson.loads((raw_dir / batch_id / MANIFEST_NAME).read_bytes())
             return manifest["created_at"], batch_id
@@ -87,6 +108,7 @@ def _resolve_batches(working: dict[str, Any], registered: list[str], raw_dir: Pa
     if unknown:
         raise ConfigError(f"key 'working.batches': {unknown[0]!r} is not in batches:", where=params_file,
                           hint="pull it (`pose-sync pull`), or restore it if archived (`pose-sync restore`)")
+    _require_checked_out(list(working["batches"]), raw_dir)
     return list(working["batches"])
 
 
@@ -161,18 +183,72 @@ def _exchange(a: Path, b: Path) -> bool:
     return False
 
 
+def _build_prefix(dest: Path) -> str:
+    return f".{dest.name}.build-"
+
+
+def _aside_prefix(dest: Path) -> str:
+    return f".{dest.name}.old-"
+
+
 def swap_into_place(built: Path, dest: Path) -> None:
     """Make `built` the new `dest` in one step; the previous set is removed afterwards."""
     if dest.exists() and _exchange(built, dest):
+        killpoint.reached("materialize:swapped")
         shutil.rmtree(built)  # now holds the previous set
         return
     if dest.exists():
-        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+        # No atomic exchange on this filesystem: two renames. A crash between them leaves the previous set
+        # aside under this name, and the next run puts it back (recover_leftovers).
+        old = dest.with_name(f"{_aside_prefix(dest)}{os.getpid()}")
         os.replace(dest, old)
+        killpoint.reached("materialize:moved-aside")
         os.replace(built, dest)
+        killpoint.reached("materialize:swapped")
         shutil.rmtree(old)
     else:
         os.replace(built, dest)
+        killpoint.reached("materialize:swapped")
+
+
+def recover_leftovers(dest: Path) -> list[str]:
+    """Put right what a killed build left beside `dest`; return the names removed or restored.
+
+    A previous set moved aside and not replaced goes back to `dest`; build folders and sets already
+    replaced are removed. Call it only while holding the build lock.
+    """
+    if not dest.parent.is_dir():
+        return []
+    done = []
+    aside = sorted((p for p in dest.parent.iterdir() if p.name.startswith(_aside_prefix(dest))),
+                   key=lambda p: p.stat().st_mtime)
+    if aside and not dest.exists():
+        os.replace(aside.pop(), dest)
+        done.append(f"restored {dest.name}")
+    for leftover in aside + [p for p in dest.parent.iterdir() if p.name.startswith(_build_prefix(dest))]:
+        shutil.rmtree(leftover, ignore_errors=True)
+        done.append(f"removed {leftover.name}")
+    return done
+
+
+@contextlib.contextmanager
+def build_lock(dest: Path):
+    """One build of `dest` at a time (`dvc repro` and `pose-sync materialize` run by hand may overlap).
+
+    The lock is taken on the parent folder itself, so no lock file is left beside the working set; the
+    kernel drops it when the process dies, however it dies.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(dest.parent, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RepositoryError("another materialize is building the working set", where=str(dest),
+                                  hint="wait for it to finish, then run this again") from None
+        yield
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -186,7 +262,15 @@ class MaterializeResult:
 
 def materialize(params_file: Path, raw_dir: Path, reports_dir: Path, out_dir: Path, progress=None
                 ) -> MaterializeResult:
-    """Build the working set the params ask for and swap it into out_dir."""
+    """Build the working set the params ask for and swap it into out_dir; on any failure out_dir is unchanged."""
+    with build_lock(out_dir):
+        recover_leftovers(out_dir)
+        killpoint.reached("materialize:start")
+        return _materialize(params_file, raw_dir, reports_dir, out_dir, progress)
+
+
+def _materialize(params_file: Path, raw_dir: Path, reports_dir: Path, out_dir: Path, progress
+                 ) -> MaterializeResult:
     import yaml
 
     label = str(params_file)
@@ -231,8 +315,7 @@ def materialize(params_file: Path, raw_dir: Path, reports_dir: Path, out_dir: Pa
         raise ConfigError("the filters in working: select no sample", where=label,
                           hint="widen working.filters, or choose other working.batches")
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    build = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.build-", dir=out_dir.parent))
+    build = Path(tempfile.mkdtemp(prefix=_build_prefix(out_dir), dir=out_dir.parent))
     counts = {"hardlink": 0, "symlink": 0, "copy": 0, "clone": 0}
     link = _linker(working["link_mode"], counts)
     naming = working["naming"]
@@ -258,6 +341,7 @@ def materialize(params_file: Path, raw_dir: Path, reports_dir: Path, out_dir: Pa
                     files[modality] = rel
                     sources[modality] = f"{item.batch_id}/{item.sample['files'][modality]}"
                 rows.append(_index_row(index, name, item, files, sources))
+                killpoint.reached("materialize:linking")
                 if bar:
                     bar.advance()
         index_doc = {
@@ -272,6 +356,7 @@ def materialize(params_file: Path, raw_dir: Path, reports_dir: Path, out_dir: Pa
         (build / "index.json").write_bytes(
             orjson.dumps(index_doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n")
         (build / "index.csv").write_text(_index_csv(rows, modalities))
+        killpoint.reached("materialize:built")
         swap_into_place(build, out_dir)
     except BaseException:
         shutil.rmtree(build, ignore_errors=True)

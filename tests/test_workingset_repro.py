@@ -1,0 +1,220 @@
+"""The working set survives `dvc repro`: rebuilt beside the old one and swapped in, through real `dvc repro`.
+
+ComfyUI reads `data/working/current_batch/` at any moment, so during a rebuild, a failed build and a build killed
+with SIGKILL, the folder must hold a complete set (the old one or the new one), and the next run must converge.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+
+from conftest import ENV_NAMES, Project, Result, dvc, git, make_repository, publish_generated
+from pose_factory.cli import main as cli_main
+
+pytestmark = pytest.mark.integration
+
+A, B = "2026-11-01_run-cycle", "2026-11-02_walk"
+WORKING = Path("data") / "working" / "current_batch"
+
+
+def _quiet_cli(*args) -> Result:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli_main([str(a) for a in args])
+    return Result(code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture(scope="module")
+def built_repo(tmp_path_factory) -> Path:
+    """A dataset repository with two pulled batches (48x48, 3 samples), `dvc repro` run and committed: made once."""
+    base = tmp_path_factory.mktemp("workingset")
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ENV_NAMES:
+            patch.delenv(name, raising=False)
+        root = base / "project"
+        for folder in ("config", ".dvc", "data/raw", "data/working", "data/archive"):
+            (root / folder).mkdir(parents=True)
+        patch.setenv("POSE_FACTORY_ROOT", str(root))
+        patch.setenv("POSE_FACTORY_BACKEND", "local")
+        patch.setenv("POSE_FACTORY_DVC_LOCAL_REMOTE", str(base / "dvc-remote"))
+        patch.setenv("DVC_SITE_CACHE_DIR", str(base / "dvc-site-cache"))
+        patch.setenv("DVC_NO_ANALYTICS", "1")
+        make_repository(Project(root), _quiet_cli, pipeline=True)
+        for batch_id, seed, hour in ((A, 1, 8), (B, 2, 9)):
+            patch.setenv("SOURCE_DATE_EPOCH", str(1793520000 + hour * 3600))
+            publish_generated(base, _quiet_cli, batch_id, samples=3, seed=seed)
+            assert _quiet_cli("pull", batch_id, "-q").code == 0
+        patch.delenv("SOURCE_DATE_EPOCH")
+        dvc(root, "repro", "-q")
+        git(root, "add", "-A")
+        git(root, "commit", "-q", "-m", "two batches and their working set")
+    return root
+
+
+@pytest.fixture
+def repo(built_repo, tmp_path, monkeypatch) -> Path:
+    """A private copy of the built repository (DVC's state is dropped: inodes differ in a copy)."""
+    root = tmp_path / "project"
+    shutil.copytree(built_repo, root, symlinks=True, ignore=shutil.ignore_patterns("tmp"))
+    monkeypatch.setenv("POSE_FACTORY_ROOT", str(root))
+    monkeypatch.setenv("POSE_FACTORY_BACKEND", "local")
+    monkeypatch.chdir(root)
+    return root
+
+
+def set_working(root: Path, **values) -> None:
+    from ruamel.yaml import YAML
+
+    yaml = YAML()
+    params = yaml.load((root / "params.yaml").read_text())
+    for key, value in values.items():
+        params["working"][key] = value
+    with (root / "params.yaml").open("w") as handle:
+        yaml.dump(params, handle)
+
+
+def complete_set(root: Path) -> dict:
+    """The working set's index, after checking that every file it lists is there: a complete set, old or new."""
+    out = root / WORKING
+    index = json.loads((out / "index.json").read_text())
+    for sample in index["samples"]:
+        for rel in sample["files"].values():
+            assert (out / rel).is_file(), rel
+    return index
+
+
+def batches_of(index: dict) -> list[str]:
+    return [b["batch_id"] for b in index["batches"]]
+
+
+def leftovers(root: Path) -> list[str]:
+    return sorted(p.name for p in (root / WORKING).parent.iterdir() if ".build-" in p.name or ".old-" in p.name)
+
+
+def status_clean(root: Path) -> bool:
+    return "Data and pipelines are up to date" in dvc(root, "status").stdout
+
+
+def test_a_rebuild_never_leaves_comfyui_without_a_working_set(repo):
+    index_file = repo / WORKING / "index.json"
+    seen = {"polls": 0, "missing": 0, "torn": 0}
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.is_set():
+            seen["polls"] += 1
+            try:
+                json.loads(index_file.read_bytes())
+            except FileNotFoundError:
+                seen["missing"] += 1
+            except ValueError:
+                seen["torn"] += 1
+            stop.wait(0.002)
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    try:
+        set_working(repo, batches=[A])
+        dvc(repo, "repro")
+    finally:
+        stop.set()
+        poller.join()
+    assert seen["polls"] > 20 and seen["missing"] == 0 and seen["torn"] == 0, seen
+    assert batches_of(complete_set(repo)) == [A]
+    assert leftovers(repo) == [] and status_clean(repo)
+
+
+def test_dvc_lock_records_the_working_set_and_status_notices_an_edit(repo):
+    lock = (repo / "dvc.lock").read_text()
+    entry = lock[lock.index("path: data/working/current_batch"):]
+    assert "md5:" in entry.split("path:")[1] and "nfiles:" in entry.split("path:")[1]
+    assert status_clean(repo)
+    edited = repo / WORKING / "index.csv"
+    edited.write_text("hand-edited\n")
+    status = dvc(repo, "status").stdout
+    assert "materialize" in status and "data/working/current_batch" in status
+    dvc(repo, "repro")
+    assert edited.read_text().startswith("index,name,batch_id") and status_clean(repo)
+
+
+def test_a_failing_repro_keeps_the_previous_set_and_status_says_it_is_stale(repo):
+    before = (repo / WORKING / "index.json").read_bytes()
+    original = (repo / "params.yaml").read_text()
+    for values, fragment in (({"link_mod": "copy"}, "working.link_mod"),
+                             ({"filters": {"rig": "nobody"}}, "select no sample")):
+        (repo / "params.yaml").write_text(original)
+        set_working(repo, **values)
+        failed = dvc(repo, "repro", check=False)
+        assert failed.returncode != 0 and fragment in failed.stdout + failed.stderr
+        assert (repo / WORKING / "index.json").read_bytes() == before
+        complete_set(repo)
+        status = dvc(repo, "status").stdout
+        assert "materialize" in status and "params.yaml" in status  # stale, and dvc status says so
+    (repo / "params.yaml").write_text(original)
+    # Archiving every batch leaves nothing to build: the stage fails and the last set stays for ComfyUI.
+    for batch_id in (A, B):
+        assert _quiet_cli("archive", batch_id).code == 0
+    failed = dvc(repo, "repro", check=False)
+    assert failed.returncode != 0 and "no batches are registered" in failed.stdout + failed.stderr
+    assert (repo / WORKING / "index.json").read_bytes() == before
+    assert leftovers(repo) == []
+
+
+@pytest.mark.parametrize("point", ["materialize:linking:2", "materialize:built", "materialize:swapped"])
+def test_sigkill_during_materialize_keeps_a_complete_set_and_the_next_repro_converges(repo, point):
+    set_working(repo, batches=[A])
+    killed = dvc(repo, "repro", env={"POSE_FACTORY_KILL_AT": point}, check=False)
+    assert killed.returncode != 0
+    # Before the swap the old set is in place, after it the new one; never half of either.
+    assert batches_of(complete_set(repo)) == ([A] if point == "materialize:swapped" else [B])
+    assert len(leftovers(repo)) == 1  # the build folder (after the swap: the old set) the kill left
+    assert "materialize" in dvc(repo, "status").stdout
+    dvc(repo, "repro")
+    assert batches_of(complete_set(repo)) == [A]
+    assert leftovers(repo) == [] and status_clean(repo)
+
+
+def test_materialize_with_no_data_is_a_clear_error(repo):
+    before = (repo / WORKING / "index.json").read_bytes()
+    raw = repo / "data" / "raw" / "pose-factory" / B
+    for path in sorted(raw.rglob("*"), reverse=True):
+        path.chmod(0o755)
+    shutil.rmtree(raw)  # what a clone has before `dvc pull`: the .dvc file only
+    result = _quiet_cli("materialize")
+    assert result.code == 10 and "not checked out" in result.err and "dvc pull" in result.err
+    assert "Traceback" not in result.err
+    (repo / "params.yaml").write_text("batches: []\nworking: {batches: latest}\n")
+    result = _quiet_cli("materialize")
+    assert result.code == 10 and "no batches are registered" in result.err and "hint: " in result.err
+    assert (repo / WORKING / "index.json").read_bytes() == before
+
+
+def test_a_set_moved_aside_by_a_killed_swap_is_put_back(repo):
+    # Where the filesystem has no atomic exchange the swap is two renames; a kill between them leaves the
+    # previous set aside. The next run, even one that fails, puts it back first.
+    before = (repo / WORKING / "index.json").read_bytes()
+    (repo / WORKING).rename(repo / WORKING.parent / ".current_batch.old-4242")
+    set_working(repo, link_mod="copy")
+    assert _quiet_cli("materialize").code == 2
+    assert (repo / WORKING / "index.json").read_bytes() == before and leftovers(repo) == []
+
+
+def test_one_build_at_a_time(repo):
+    import fcntl
+    import os
+
+    fd = os.open(repo / WORKING.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # what a build in progress holds
+        result = _quiet_cli("materialize")
+        assert result.code == 10 and "another materialize" in result.err
+    finally:
+        os.close(fd)
+    assert _quiet_cli("materialize").code == 0
