@@ -249,3 +249,51 @@ def publish_generated(tmp_path: Path, cli, batch_id: str, *, samples: int = 3, s
     result = cli("publish", made.batch_dir, "-q")
     assert result.code == 0, result.err
     return made.batch_dir
+
+
+def quiet_cli(*args) -> Result:
+    """Run `pose-sync ARGS` in-process outside a test function (no capsys), capturing its output."""
+    import contextlib
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli_main([str(a) for a in args])
+    return Result(code, out.getvalue(), err.getvalue())
+
+
+def build_pipeline_repository(base: Path, batches: list[tuple[str, int, int]]) -> Path:
+    """A pipeline repository with these batches (id, seed, samples; 48x48) pulled, `dvc repro` run, committed.
+
+    For module-scoped fixtures: expensive to make, so make it once and hand each test a copy_repository().
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ENV_NAMES:
+            patch.delenv(name, raising=False)
+        root = base / "project"
+        for folder in ("config", ".dvc", "data/raw", "data/working", "data/archive"):
+            (root / folder).mkdir(parents=True)
+        patch.setenv("POSE_FACTORY_ROOT", str(root))
+        patch.setenv("POSE_FACTORY_BACKEND", "local")
+        patch.setenv("POSE_FACTORY_DVC_LOCAL_REMOTE", str(base / "dvc-remote"))
+        patch.setenv("DVC_SITE_CACHE_DIR", str(base / "dvc-site-cache"))
+        patch.setenv("DVC_NO_ANALYTICS", "1")
+        make_repository(Project(root), quiet_cli, pipeline=True)
+        for hour, (batch_id, seed, samples) in enumerate(batches):
+            patch.setenv("SOURCE_DATE_EPOCH", str(1793520000 + hour * 3600))
+            publish_generated(base, quiet_cli, batch_id, samples=samples, seed=seed)
+            assert quiet_cli("pull", batch_id, "-q").code == 0
+        patch.delenv("SOURCE_DATE_EPOCH")
+        dvc(root, "repro", "-q")
+        git(root, "add", "-A")
+        git(root, "commit", "-q", "-m", "batches and their working set")
+    return root
+
+
+def copy_repository(template: Path, dest: Path, monkeypatch) -> Path:
+    """A private copy of a built repository, made the current project (DVC's state is dropped: inodes differ)."""
+    shutil.copytree(template, dest, symlinks=True, ignore=shutil.ignore_patterns("tmp"))
+    monkeypatch.setenv("POSE_FACTORY_ROOT", str(dest))
+    monkeypatch.setenv("POSE_FACTORY_BACKEND", "local")
+    monkeypatch.chdir(dest)
+    return dest

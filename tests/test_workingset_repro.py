@@ -6,8 +6,6 @@ with SIGKILL, the folder must hold a complete set (the old one or the new one), 
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import shutil
 import threading
@@ -15,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ENV_NAMES, Project, Result, dvc, git, make_repository, publish_generated
-from pose_factory.cli import main as cli_main
+from conftest import build_pipeline_repository, copy_repository, dvc, quiet_cli
 
 pytestmark = pytest.mark.integration
 
@@ -24,49 +21,15 @@ A, B = "2026-11-01_run-cycle", "2026-11-02_walk"
 WORKING = Path("data") / "working" / "current_batch"
 
 
-def _quiet_cli(*args) -> Result:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = cli_main([str(a) for a in args])
-    return Result(code, out.getvalue(), err.getvalue())
-
-
 @pytest.fixture(scope="module")
 def built_repo(tmp_path_factory) -> Path:
-    """A dataset repository with two pulled batches (48x48, 3 samples), `dvc repro` run and committed: made once."""
-    base = tmp_path_factory.mktemp("workingset")
-    with pytest.MonkeyPatch.context() as patch:
-        for name in ENV_NAMES:
-            patch.delenv(name, raising=False)
-        root = base / "project"
-        for folder in ("config", ".dvc", "data/raw", "data/working", "data/archive"):
-            (root / folder).mkdir(parents=True)
-        patch.setenv("POSE_FACTORY_ROOT", str(root))
-        patch.setenv("POSE_FACTORY_BACKEND", "local")
-        patch.setenv("POSE_FACTORY_DVC_LOCAL_REMOTE", str(base / "dvc-remote"))
-        patch.setenv("DVC_SITE_CACHE_DIR", str(base / "dvc-site-cache"))
-        patch.setenv("DVC_NO_ANALYTICS", "1")
-        make_repository(Project(root), _quiet_cli, pipeline=True)
-        for batch_id, seed, hour in ((A, 1, 8), (B, 2, 9)):
-            patch.setenv("SOURCE_DATE_EPOCH", str(1793520000 + hour * 3600))
-            publish_generated(base, _quiet_cli, batch_id, samples=3, seed=seed)
-            assert _quiet_cli("pull", batch_id, "-q").code == 0
-        patch.delenv("SOURCE_DATE_EPOCH")
-        dvc(root, "repro", "-q")
-        git(root, "add", "-A")
-        git(root, "commit", "-q", "-m", "two batches and their working set")
-    return root
+    """Two pulled batches (48x48, 3 samples each), `dvc repro` run and committed: made once for the module."""
+    return build_pipeline_repository(tmp_path_factory.mktemp("workingset"), [(A, 1, 3), (B, 2, 3)])
 
 
 @pytest.fixture
 def repo(built_repo, tmp_path, monkeypatch) -> Path:
-    """A private copy of the built repository (DVC's state is dropped: inodes differ in a copy)."""
-    root = tmp_path / "project"
-    shutil.copytree(built_repo, root, symlinks=True, ignore=shutil.ignore_patterns("tmp"))
-    monkeypatch.setenv("POSE_FACTORY_ROOT", str(root))
-    monkeypatch.setenv("POSE_FACTORY_BACKEND", "local")
-    monkeypatch.chdir(root)
-    return root
+    return copy_repository(built_repo, tmp_path / "project", monkeypatch)
 
 
 def set_working(root: Path, **values) -> None:
@@ -160,7 +123,7 @@ def test_a_failing_repro_keeps_the_previous_set_and_status_says_it_is_stale(repo
     (repo / "params.yaml").write_text(original)
     # Archiving every batch leaves nothing to build: the stage fails and the last set stays for ComfyUI.
     for batch_id in (A, B):
-        assert _quiet_cli("archive", batch_id).code == 0
+        assert quiet_cli("archive", batch_id).code == 0
     failed = dvc(repo, "repro", check=False)
     assert failed.returncode != 0 and "no batches are registered" in failed.stdout + failed.stderr
     assert (repo / WORKING / "index.json").read_bytes() == before
@@ -187,11 +150,11 @@ def test_materialize_with_no_data_is_a_clear_error(repo):
     for path in sorted(raw.rglob("*"), reverse=True):
         path.chmod(0o755)
     shutil.rmtree(raw)  # what a clone has before `dvc pull`: the .dvc file only
-    result = _quiet_cli("materialize")
+    result = quiet_cli("materialize")
     assert result.code == 10 and "not checked out" in result.err and "dvc pull" in result.err
     assert "Traceback" not in result.err
     (repo / "params.yaml").write_text("batches: []\nworking: {batches: latest}\n")
-    result = _quiet_cli("materialize")
+    result = quiet_cli("materialize")
     assert result.code == 10 and "no batches are registered" in result.err and "hint: " in result.err
     assert (repo / WORKING / "index.json").read_bytes() == before
 
@@ -202,7 +165,7 @@ def test_a_set_moved_aside_by_a_killed_swap_is_put_back(repo):
     before = (repo / WORKING / "index.json").read_bytes()
     (repo / WORKING).rename(repo / WORKING.parent / ".current_batch.old-4242")
     set_working(repo, link_mod="copy")
-    assert _quiet_cli("materialize").code == 2
+    assert quiet_cli("materialize").code == 2
     assert (repo / WORKING / "index.json").read_bytes() == before and leftovers(repo) == []
 
 
@@ -213,8 +176,8 @@ def test_one_build_at_a_time(repo):
     fd = os.open(repo / WORKING.parent, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # what a build in progress holds
-        result = _quiet_cli("materialize")
+        result = quiet_cli("materialize")
         assert result.code == 10 and "another materialize" in result.err
     finally:
         os.close(fd)
-    assert _quiet_cli("materialize").code == 0
+    assert quiet_cli("materialize").code == 0
