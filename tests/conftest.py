@@ -190,7 +190,7 @@ def dvc(root: Path, *args: str, env: dict[str, str] | None = None, unset: tuple[
 
 
 PIPELINE_FILES = ("dvc.yaml", "params.yaml", "schemas", "scripts/pose_sync.py", "scripts/pose_factory",
-                  "config/local.example.yaml")
+                  "config/local.example.yaml", "data/curation/.gitkeep")
 
 
 def make_repository(project: Project, cli, *, pipeline: bool) -> Project:

@@ -153,10 +153,53 @@ def cmd_validate(args: argparse.Namespace, settings: Settings, progress: Progres
 def cmd_materialize(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
     from pose_factory.dataset.materialize import materialize
 
-    result = materialize(Path(args.params), Path(args.raw), Path(args.reports), Path(args.out), progress=progress)
+    result = materialize(Path(args.params), Path(args.raw), Path(args.reports), Path(args.out), progress=progress,
+                         curation_dir=Path(args.curation))
     links = ", ".join(f"{count} {mode}" for mode, count in result.link_counts.items())
+    curated = f"; {result.rejected} rejected in curation left out" if result.rejected else ""
     _out(f"working set {result.out_dir}: {result.samples} samples from {', '.join(result.batches)}; "
-         f"{', '.join(result.modalities)}; files: {links}")
+         f"{', '.join(result.modalities)}; files: {links}{curated}")
+    if result.fresh_look:
+        _out(f"note: {result.fresh_look} curation decision(s) not applied: those samples were re-rendered since "
+             "(`pose-sync curate` shows them as 'to look at again')")
+    return 0
+
+
+def cmd_curate(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
+    from pose_factory.dataset.curation_server import make_server, open_in_browser
+
+    server = make_server(settings, args.batch_id, port=args.port)
+    app = server.app
+    _out(f"curating {app.batch.batch_id} ({len(app.batch.samples)} samples); decisions are saved as you make them "
+         f"to {app.path.relative_to(settings.root)}")
+    _out(f"open {server.url}")
+    _out("keys: arrows move, k keep, r reject, 1-9 reject for a reason, u undo, Enter every modality; "
+         "Ctrl-C stops the server")
+    sys.stdout.flush()
+    if not args.no_browser:
+        open_in_browser(server.url)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    _out(f"stopped: {app.decided} decision(s) saved this session in {app.path.relative_to(settings.root)}; "
+         "`pose-sync curation` sums them up, `dvc repro` applies them")
+    return 0
+
+
+def cmd_curation(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
+    from pose_factory.dataset.curation import summary
+
+    document = summary(settings, args.batch_id)
+    if args.json:
+        _emit_json(document)
+        return 0
+    _out(f"{document['batch_id']}: {document['samples']} samples: {document['keep']} kept, {document['reject']} "
+         f"rejected, {document['undecided']} undecided, {document['fresh_look']} to look at again ({document['file']})")
+    for reason, count in document["reasons"].items():
+        _out(f"  rejected: {reason}: {count}")
     return 0
 
 
@@ -642,9 +685,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--raw", default="data/raw/pose-factory", help="the raw mirror")
     p.add_argument("--reports", default="data/reports/validate", help="validation reports, one folder per batch")
     p.add_argument("--out", default="data/working/current_batch", help="the working set folder")
+    p.add_argument("--curation", default="data/curation", help="curation decisions, one .tsv per batch")
 
     p = add("prepare-batch", cmd_prepare_batch, "Make one batch the working set and run `dvc repro`")
     p.add_argument("batch_id", metavar="BATCH_ID", help="a batch in params.yaml's batches:")
+
+    p = add("curate", cmd_curate, "Keep or reject samples of a batch by eye, in a local page (Ctrl-C stops it)")
+    p.add_argument("batch_id", nargs="?", metavar="BATCH_ID", help="default: the newest batch in batches:")
+    p.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
+    p.add_argument("--no-browser", action="store_true", help="print the address only; do not open a browser")
+
+    p = add("curation", cmd_curation, "What curation has decided for a batch: kept, rejected (why), left to do")
+    p.add_argument("batch_id", metavar="BATCH_ID")
+    p.add_argument("--json", action="store_true", help="machine-readable summary")
 
     comfyui_add = group("comfyui", "ComfyUI hand-off: link, check, queue")
     p = comfyui_add("link", cmd_comfyui_link, "Link the working set into ComfyUI's input/ folder")

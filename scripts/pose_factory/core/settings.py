@@ -52,6 +52,8 @@ DEFAULTS: dict[str, Any] = {
                "gpu_type": "NVIDIA GeForce RTX 4090", "gpu_count": 1, "container_disk_gb": 40, "volume_gb": 20,
                "cloud_type": "SECURE", "hourly_price_usd": 0.69, "shutdown": "terminate", "job_timeout_s": 7200,
                "heartbeat_timeout_s": 300, "poll_s": 10},
+    "curation": {"reasons": ["limb through the floor", "skeleton does not match the render", "ugly camera angle",
+                             "figure cut off by the frame", "other"]},
 }
 
 
@@ -86,6 +88,7 @@ class Settings:
     runpod: dict[str, Any] = field(default_factory=dict)
     # False when a command that needs no project runs outside one: root is then the working directory.
     in_project: bool = True
+    curation: dict[str, Any] = field(default_factory=dict)
 
     @property
     def mirror_dir(self) -> Path:
@@ -105,6 +108,16 @@ class Settings:
     @property
     def params_file(self) -> Path:
         return self.root / "params.yaml"
+
+    @property
+    def curation_dir(self) -> Path:
+        """`data/curation/`: one decisions file per curated batch (git-tracked; a dependency of materialize)."""
+        return self.root / "data" / "curation"
+
+    @property
+    def cache_dir(self) -> Path:
+        """`data/cache/`: things made once and kept out of git (the curation page's thumbnails)."""
+        return self.root / "data" / "cache"
 
 
 @dataclass(frozen=True)
@@ -215,6 +228,7 @@ def load_settings(root: Path | None = None, config_file: Path | None = None, *, 
         comfyui=merged["comfyui"],
         runpod=merged["runpod"],
         in_project=in_project,
+        curation=merged["curation"],
     )
 
 

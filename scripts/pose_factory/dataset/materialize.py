@@ -2,9 +2,10 @@
 
 One folder per modality (`pose/`, `openpose_json/`, `depth/`, `normal/`, `seg/`, `rgb/`) with one
 zero-padded name per sample across all of them, so batch loaders that sort by name pair them by index,
-plus `index.json` / `index.csv` listing every sample with its paths and metadata. The set is built in a
-temporary folder beside the destination and swapped in atomically: ComfyUI never sees half a set, and an
-interrupted build leaves the previous one as it was. Files come from the read-only raw mirror by
+plus `index.json` / `index.csv` listing every sample with its paths and metadata. Samples rejected with
+`pose-sync curate` (data/curation/<batch>.tsv) are left out unless `working.curation` is `ignore`. The set
+is built in a temporary folder beside the destination and swapped in atomically: ComfyUI never sees half a
+set, and an interrupted build leaves the previous one as it was. Files come from the read-only raw mirror by
 hardlink, symlink, copy or copy-on-write clone; the mirror is never writable through them.
 
 `dvc.yaml` marks the working set `persist: true`, so `dvc repro` does not delete it before running this
@@ -48,6 +49,7 @@ DEFAULT_WORKING: dict[str, Any] = {
                 "tags": [], "sample_ids": []},
     "naming": {"prefix": "", "digits": 6},
     "link_mode": "hardlink",
+    "curation": "respect",
 }
 
 
@@ -258,20 +260,24 @@ class MaterializeResult:
     batches: list[str]
     modalities: list[str]
     link_counts: dict[str, int]
+    rejected: int = 0  # left out by curation decisions
+    fresh_look: int = 0  # curation decisions not applied: the sample was re-rendered since
 
 
-def materialize(params_file: Path, raw_dir: Path, reports_dir: Path, out_dir: Path, progress=None
-                ) -> MaterializeResult:
+def materialize(params_file: Path, raw_dir: Path, reports_dir: Path, out_dir: Path, progress=None,
+                curation_dir: Path = Path("data/curation")) -> MaterializeResult:
     """Build the working set the params ask for and swap it into out_dir; on any failure out_dir is unchanged."""
     with build_lock(out_dir):
         recover_leftovers(out_dir)
         killpoint.reached("materialize:start")
-        return _materialize(params_file, raw_dir, reports_dir, out_dir, progress)
+        return _materialize(params_file, raw_dir, reports_dir, out_dir, progress, curation_dir)
 
 
-def _materialize(params_file: Path, raw_dir: Path, reports_dir: Path, out_dir: Path, progress
+def _materialize(params_file: Path, raw_dir: Path, reports_dir: Path, out_dir: Path, progress, curation_dir: Path
                  ) -> MaterializeResult:
     import yaml
+
+    from pose_factory.dataset.curation import rejected_samples
 
     label = str(params_file)
     try:
@@ -297,6 +303,7 @@ def _materialize(params_file: Path, raw_dir: Path, reports_dir: Path, out_dir: P
                                   hint=f"see {reports_dir / batch_id / 'report.json'}")
     modalities = working["modalities"]
     selected: list[tuple[Selected, dict[str, Any]]] = []
+    left_out, fresh_look = 0, 0
     for batch_id in batch_ids:
         batch_dir = raw_dir / batch_id
         manifest_bytes = (batch_dir / MANIFEST_NAME).read_bytes()
@@ -306,11 +313,22 @@ def _materialize(params_file: Path, raw_dir: Path, reports_dir: Path, out_dir: P
         if missing:
             raise ConfigError(f"key 'working.modalities': batch {batch_id} has no {', '.join(missing)}",
                               where=label, hint="choose from: " + ", ".join(manifest["modalities"]))
+        rejected: set[str] = set()
+        if working["curation"] == "respect":
+            rejected, stale = rejected_samples(curation_dir, batch_id, manifest)
+            fresh_look += stale
         for sample in manifest["samples"]:
             annotation = orjson.loads((batch_dir / sample["annotation"]).read_bytes())
             item = Selected(batch_id, sample, annotation, manifest_sha256)
             if _keep(item, working["filters"], manifest):
+                if sample["sample_id"] in rejected:
+                    left_out += 1
+                    continue
                 selected.append((item, manifest))
+    if not selected and left_out:
+        raise ConfigError(f"every sample the filters in working: select is rejected in {curation_dir}", where=label,
+                          hint="keep some (`pose-sync curate`), widen working.filters, or set working.curation: "
+                               "ignore")
     if not selected:
         raise ConfigError("the filters in working: select no sample", where=label,
                           hint="widen working.filters, or choose other working.batches")
@@ -361,7 +379,8 @@ def _materialize(params_file: Path, raw_dir: Path, reports_dir: Path, out_dir: P
     except BaseException:
         shutil.rmtree(build, ignore_errors=True)
         raise
-    return MaterializeResult(out_dir, len(rows), batch_ids, modalities, {k: v for k, v in counts.items() if v})
+    return MaterializeResult(out_dir, len(rows), batch_ids, modalities, {k: v for k, v in counts.items() if v},
+                             left_out, fresh_look)
 
 
 def _index_row(index: int, name: str, item: Selected, files: dict[str, str], sources: dict[str, str]) -> dict:
