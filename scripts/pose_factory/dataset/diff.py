@@ -17,12 +17,13 @@ import orjson
 
 from pose_factory.core.errors import PoseFactoryError, RepositoryError, UsageError
 from pose_factory.core.layout import MANIFEST_NAME
-from pose_factory.dataset import dvcrepo
+from pose_factory.dataset import curation, dvcrepo
 
 DIFF_JSON_VERSION = 1
 RAW = "data/raw/pose-factory"
 ARCHIVE = "data/archive/pose-factory"
 REPORTS = "data/reports/validate"
+CURATION = "data/curation"
 WORKSPACE = "workspace"
 # Fields whose change a reviewer must see; the files list and samples are compared separately.
 MANIFEST_FIELDS = ("schema_version", "project", "created_at", "job", "software", "conventions", "image", "modalities")
@@ -183,6 +184,7 @@ class DatasetDiff:
     before: str
     after: str
     batches: list[BatchDiff]
+    curation: list[dict[str, Any]] = field(default_factory=list)  # per batch whose curation decisions changed
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -195,8 +197,14 @@ class DatasetDiff:
                 "summary": {"batches": self.counts(),
                             "samples_added": sum(len(b.samples_added) for b in self.batches),
                             "samples_removed": sum(len(b.samples_removed) for b in self.batches),
-                            "samples_changed": sum(len(b.changed_samples) for b in self.batches)},
-                "batches": [b.as_dict() for b in self.batches if b.status != "unchanged"]}
+                            "samples_changed": sum(len(b.changed_samples) for b in self.batches),
+                            "curation": {
+                                "rejected_before": sum(c["before"]["reject"] for c in self.curation),
+                                "rejected_after": sum(c["after"]["reject"] for c in self.curation),
+                                "newly_rejected": sum(len(c["newly_rejected"]) for c in self.curation),
+                                "no_longer_rejected": sum(len(c["no_longer_rejected"]) for c in self.curation)}},
+                "batches": [b.as_dict() for b in self.batches if b.status != "unchanged"],
+                "curation": self.curation}
 
 
 def _sample_hashes(manifest: dict[str, Any]) -> dict[str, dict[str, str]]:
@@ -301,7 +309,26 @@ def diff(root: Path, rev_a: str | None = None, rev_b: str | None = None) -> Data
     old, new = before.batches(), after.batches()
     batches = [diff_batch(before, after, batch_id, (old.get(batch_id), new.get(batch_id)))
                for batch_id in sorted(set(old) | set(new))]
-    return DatasetDiff(before.label, after.label, batches)
+    curated = []
+    for batch_id in sorted(set(old) | set(new)):
+        change = curation.compare(_curation(before, batch_id, old.get(batch_id)),
+                                  _curation(after, batch_id, new.get(batch_id)))
+        if change:
+            curated.append({"batch_id": batch_id, **change})
+    return DatasetDiff(before.label, after.label, batches, curated)
+
+
+def _curation(version: Version, batch_id: str, place: str | None) -> curation.Applied | None:
+    """A batch's curation decisions in one version, checked against that version's files (None: never curated)."""
+    path = f"{CURATION}/{batch_id}.tsv"
+    data = version.read_bytes(path)
+    if data is None:
+        return None
+    decisions = curation.parse_decisions(data.decode("utf-8", "replace"), f"{path} at {version.label}")
+    loaded = version.manifest(batch_id, place) if place else None
+    # Without the batch's files at that version, the decisions are taken as they were made.
+    fingerprints = curation.sample_fingerprints(loaded[0]) if loaded else {s: d.files for s, d in decisions.items()}
+    return curation.apply_decisions(decisions, fingerprints)
 
 
 def summary_lines(result: DatasetDiff) -> list[str]:
@@ -309,7 +336,14 @@ def summary_lines(result: DatasetDiff) -> list[str]:
     counts = result.counts()
     lines = [f"dataset diff {result.before} -> {result.after}: "
              + (", ".join(f"{n} {s}" for s, n in sorted(counts.items()) if s != "unchanged") or "no change")
-             + (f" ({counts['unchanged']} unchanged)" if counts.get("unchanged") else "")]
+             + (f" ({counts['unchanged']} unchanged)" if counts.get("unchanged") else "")
+             + (f"; curation changed in {len(result.curation)} batch(es)" if result.curation else "")]
+    for entry in result.curation:
+        reasons = ", ".join(f"{reason} {n}" for reason, n in entry["after"]["reasons"].items())
+        lines.append(f"  curation {entry['batch_id']}: rejected {entry['before']['reject']} -> "
+                     f"{entry['after']['reject']} (+{len(entry['newly_rejected'])} "
+                     f"-{len(entry['no_longer_rejected'])})" + (f"; {reasons}" if reasons else "")
+                     + (f"; {len(entry['fresh_look'])} to look at again" if entry["fresh_look"] else ""))
     for b in result.batches:
         if b.status == "unchanged":
             continue

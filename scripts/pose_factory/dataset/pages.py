@@ -29,6 +29,7 @@ from pose_factory.core.errors import BatchNotFoundError, PoseFactoryError, Usage
 from pose_factory.core.fsutil import atomic_write_path
 from pose_factory.core.layout import CONTACT_SHEET_PAGES, REVIEW_PAGES
 from pose_factory.dataset import dvcrepo
+from pose_factory.dataset.curation import review_block
 from pose_factory.dataset.diff import REPORTS, BatchDiff, Version, diff, keypoints_of
 
 THUMB_PX = 120
@@ -416,7 +417,7 @@ def write_review(root: Path, rev_a: str | None, rev_b: str | None, out: Path | N
             f'<tr><td>samples added</td><td data-count="samples-added">{summary["samples_added"]}</td></tr>',
             f'<tr><td>samples removed</td><td data-count="samples-removed">{summary["samples_removed"]}</td></tr>',
             f'<tr><td>samples changed</td><td data-count="samples-changed">{summary["samples_changed"]}</td></tr>',
-            "</table>"]
+            "</table>", review_block(document["curation"])]
     changed_batches = [b for b in result.batches if b.status != "unchanged"]
     counter = progress.task("review", len(changed_batches), "batches") if progress else contextlib.nullcontext()
     with counter as bar:
