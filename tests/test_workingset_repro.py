@@ -130,6 +130,16 @@ def test_a_failing_repro_keeps_the_previous_set_and_status_says_it_is_stale(repo
     assert leftovers(repo) == []
 
 
+def test_prepare_batch_that_fails_says_the_previous_set_is_still_there(repo):
+    before = (repo / WORKING / "index.json").read_bytes()
+    damaged = repo / "data" / "raw" / "pose-factory" / A / "seg" / "000001.png"
+    damaged.chmod(0o644)
+    damaged.write_bytes(damaged.read_bytes()[:-20])
+    result = quiet_cli("prepare-batch", A)
+    assert result.code == 9 and f"previous working set ({B}) is still in place" in result.err
+    assert (repo / WORKING / "index.json").read_bytes() == before
+
+
 @pytest.mark.parametrize("point", ["materialize:linking:2", "materialize:built", "materialize:swapped"])
 def test_sigkill_during_materialize_keeps_a_complete_set_and_the_next_repro_converges(repo, point):
     set_working(repo, batches=[A])

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pose_factory.core.errors import RepositoryError, ToolError
+from pose_factory.core.errors import PoseFactoryError, RepositoryError, ToolError
 from pose_factory.core.settings import Settings
 from pose_factory.dataset import dvcrepo, params
 from pose_factory.dataset.materialize import describe
@@ -33,6 +33,13 @@ def prepare_batch(settings: Settings, batch_id: str) -> dict[str, Any]:
     done = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=settings.root, text=True,
                           env={**os.environ, "DVC_NO_ANALYTICS": "1"})
     if done.returncode != 0:
+        # The working set is a persisted output built beside the old one, so a failed repro leaves the old one.
+        try:
+            kept = f"the previous working set ({', '.join(describe(settings.root / WORKING_SET)['batches'])}) is " \
+                   "still in place for ComfyUI"
+        except PoseFactoryError:
+            kept = "there is no working set yet"
         raise ToolError("dvc repro failed (its output is above)", where=str(settings.root),
-                        hint="a batch that fails validation is listed with its problems above")
+                        hint=f"{kept}; params.yaml now asks for {batch_id}: fix what is listed above (a batch that "
+                             "fails validation is listed with its problems), then run `dvc repro`")
     return describe(settings.root / WORKING_SET)
