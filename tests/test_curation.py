@@ -71,6 +71,10 @@ def chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+class ProtocolError(Exception):
+    """Chromium answered a DevTools command with an error."""
+
+
 class Browser:
     """Chromium with the DevTools protocol on fds 3 (commands in) and 4 (answers out), one page attached."""
 
@@ -114,7 +118,8 @@ class Browser:
                 raw, self._buffer = self._buffer.split(b"\0", 1)
                 answer = json.loads(raw)
                 if answer.get("id") == self._next:
-                    assert "error" not in answer, answer
+                    if "error" in answer:
+                        raise ProtocolError(f"{method}: {answer['error']}")
                     return answer["result"]
             chunk = os.read(self._from_browser, 1 << 20)
             assert chunk, "Chromium closed the DevTools pipe"
@@ -141,12 +146,18 @@ class Browser:
                                                  event["type"] != "keyUp"})
 
     def body(self, name: str) -> str | None:
-        return self.js(f"document.body.dataset[{name!r}] ?? null")
+        """A data-* attribute of the page's body (None while a navigation has not made the body yet)."""
+        try:
+            result = self.page("Runtime.evaluate", {"expression": f"document.body?.dataset[{name!r}] ?? null",
+                                                    "returnByValue": True})
+        except ProtocolError:  # the page's context is being replaced by the navigation
+            return None
+        return result["result"].get("value")
 
     def close(self) -> None:
         try:
             self.call("Browser.close")
-        except (AssertionError, OSError):
+        except (AssertionError, OSError, ProtocolError):
             pass
         try:
             self.process.wait(20)
@@ -176,6 +187,7 @@ def test_curate_in_a_real_browser_then_repro_diff_and_review(repo, tmp_path):
     try:
         browser.page("Page.navigate", {"url": url})
         wait_for(lambda: browser.body("ready") == "1", "the page to load its samples")
+        assert browser.js("location.href") == url  # the page itself, not about:blank before the navigation
         assert browser.body("visible") == str(SAMPLES) and browser.body("selected") == "000000"
         wait_for(lambda: browser.js("Array.from(document.querySelectorAll('.card img'))"
                                     ".every(i => i.complete && i.naturalWidth > 0)"), "every thumbnail to load")
