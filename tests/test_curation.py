@@ -257,6 +257,8 @@ def test_curate_in_a_real_browser_then_repro_diff_and_review(repo, tmp_path):
     assert json.loads(result.out)["summary"]["curation"] == {"rejected_before": 0, "rejected_after": 2,
                                                              "newly_rejected": 2, "no_longer_rejected": 0}
     assert f"curation {B}: rejected 0 -> 2" in quiet_cli("diff").out
+    markdown = quiet_cli("diff", "--format", "markdown").out
+    assert "#### Curation" in markdown and f"| `{B}` | {REASONS[0]} 1, " in markdown and "| 0 | 2 | 2 | 0 |" in markdown
     review = quiet_cli("review", "--out", tmp_path / "review")
     assert review.code == 0, review.err
     page = (tmp_path / "review" / "index.html").read_text()

@@ -170,15 +170,15 @@ def cmd_curate(args: argparse.Namespace, settings: Settings, progress: Progress)
 
     server = make_server(settings, args.batch_id, port=args.port)
     app = server.app
-    _out(f"curating {app.batch.batch_id} ({len(app.batch.samples)} samples); decisions are saved as you make them "
-         f"to {app.path.relative_to(settings.root)}")
-    _out(f"open {server.url}")
-    _out("keys: arrows move, k keep, r reject, 1-9 reject for a reason, u undo, Enter every modality; "
-         "Ctrl-C stops the server")
-    sys.stdout.flush()
-    if not args.no_browser:
-        open_in_browser(server.url)
-    try:
+    try:  # Ctrl-C is the way out, from the first line printed on
+        _out(f"curating {app.batch.batch_id} ({len(app.batch.samples)} samples); decisions are saved as you make "
+             f"them to {app.path.relative_to(settings.root)}")
+        _out(f"open {server.url}")
+        _out("keys: arrows move, k keep, r reject, 1-9 reject for a reason, u undo, Enter every modality; "
+             "Ctrl-C stops the server")
+        sys.stdout.flush()
+        if not args.no_browser:
+            open_in_browser(server.url)
         server.serve_forever()
     except KeyboardInterrupt:
         pass
@@ -691,12 +691,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("batch_id", metavar="BATCH_ID", help="a batch in params.yaml's batches:")
 
     p = add("curate", cmd_curate, "Keep or reject samples of a batch by eye, in a local page (Ctrl-C stops it)")
-    p.add_argument("batch_id", nargs="?", metavar="BATCH_ID", help="default: the newest batch in batches:")
+    p.add_argument("batch_id", nargs="?", metavar="BATCH_ID", help="a batch in the mirror or the archive "
+                   "(default: the newest in batches:)")
     p.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
     p.add_argument("--no-browser", action="store_true", help="print the address only; do not open a browser")
 
     p = add("curation", cmd_curation, "What curation has decided for a batch: kept, rejected (why), left to do")
-    p.add_argument("batch_id", metavar="BATCH_ID")
+    p.add_argument("batch_id", metavar="BATCH_ID", help="a batch in the mirror or the archive")
     p.add_argument("--json", action="store_true", help="machine-readable summary")
 
     comfyui_add = group("comfyui", "ComfyUI hand-off: link, check, queue")

@@ -403,9 +403,10 @@ def markdown_summary(result: DatasetDiff, *, max_rows: int = 20) -> str:
     counts = result.counts()
     changed = [b for b in result.batches if b.status != "unchanged"]
     lines = [f"### Pose dataset diff: {before} → {after}", ""]
+    curated = _curation_markdown(result.curation)
     if not changed:
         return "\n".join(lines + ["No batch changed" + (f" ({counts.get('unchanged', 0)} unchanged)."
-                                                          if counts.get("unchanged") else "."), ""])
+                                                          if counts.get("unchanged") else "."), ""] + curated)
     lines += _table(("batches", "count"), sorted(counts.items()))
     lines += [f"**Samples:** {sum(len(b.samples_added) for b in result.batches)} added, "
               f"{sum(len(b.samples_removed) for b in result.batches)} removed, "
@@ -443,4 +444,15 @@ def markdown_summary(result: DatasetDiff, *, max_rows: int = 20) -> str:
             sides = ((f"before ({before})", b.metrics_before), (f"after ({after})", b.metrics_after))
             rows = [(label, *[(metrics or {}).get(k, "-") for k in VALIDATION_KEYS]) for label, metrics in sides]
             lines += _table(("", *VALIDATION_KEYS), rows)
-    return "\n".join(lines)
+    return "\n".join(lines + curated)
+
+
+def _curation_markdown(curated: list[dict[str, Any]]) -> list[str]:
+    """Curation changes (`pose-sync curate`): rejected before and after, and why."""
+    if not curated:
+        return []
+    rows = [(f"`{c['batch_id']}`", ", ".join(f"{r} {n}" for r, n in c["after"]["reasons"].items()) or "-",
+             c["before"]["reject"], c["after"]["reject"], len(c["newly_rejected"]), len(c["no_longer_rejected"]))
+            for c in curated]
+    return ["#### Curation", ""] + _table(("batch", "reasons (after)", "rejected before", "rejected after",
+                                           "newly rejected", "no longer rejected"), rows, right=2)
