@@ -304,11 +304,11 @@ def _clip_frame(job: dict[str, Any], plan: Any, frames: list[int]) -> int:
     return frames[min(len(frames) - 1, int(plan.position * len(frames)))]
 
 
-def _user_plans(job: dict[str, Any], probe: dict[str, Any]) -> list[dict[str, Any]]:
+def _user_plans(job: dict[str, Any], probe: dict[str, Any], indices: range) -> list[dict[str, Any]]:
     mapping = rig_mapping(job)
     frames = probe["frames"]
     out = []
-    for index in range(job["samples"]):
+    for index in indices:
         plan = plan_sample(job, index)
         frame = _clip_frame(job, plan, frames)
         data = probe["per_frame"][str(frame)]
@@ -322,8 +322,8 @@ def _user_plans(job: dict[str, Any], probe: dict[str, Any]) -> list[dict[str, An
 
 
 def _render_user_scene(job: dict[str, Any], prepared: PreparedScene, scratch: Path, work: Path, batch_id: str,
-                       timeout_s: float | None, progress: Progress) -> dict[str, Any]:
-    plans = _user_plans(job, prepared.probe)
+                       timeout_s: float | None, progress: Progress, indices: range) -> dict[str, Any]:
+    plans = _user_plans(job, prepared.probe, indices)
     labels = [name for name in encode.ADE20K if name != "sky"]
     spec = {"mode": "scene", **_user_scene_fields(job, prepared.assets),
             "points": [], "labels": labels, "default_class": job["scene"].get("default_class", "wall"),
@@ -337,7 +337,7 @@ def _render_user_scene(job: dict[str, Any], prepared: PreparedScene, scratch: Pa
     raw = scratch / "raw"
     pixels = job["image"]["width"] * job["image"]["height"] * spec["samples_per_pixel"]
     run_blender(scratch / "scene.json", raw, timeout_s=timeout_s if timeout_s is not None
-                else 300.0 + job["samples"] * (60.0 + pixels / 2e4))
+                else 300.0 + len(plans) * (60.0 + pixels / 2e4))
     info = json.loads((raw / "blender.json").read_text())
     label_names = ("sky", *labels)
     options = encode.Options.from_job(job)
@@ -423,8 +423,10 @@ def _seal(work: Path, final_dir: Path, job: dict[str, Any], batch_id: str, sampl
 
 def render_with_blender(job: dict[str, Any], out_root: Path, settings: Settings, batch_id: str | None = None, *,
                         replace: bool = False, timeout_s: float | None = None, progress: Progress | None = None,
-                        prepared: PreparedScene | None = None, storage: Any = None) -> Path:
-    """Render the job with Blender into `<out_root>/<batch_id>/` (written atomically) and return that folder.
+                        prepared: PreparedScene | None = None, storage: Any = None, indices: range | None = None
+                        ) -> Path:
+    """Render the job (or only `indices`: one shard) with Blender into `<out_root>/<batch_id>/` (written
+    atomically) and return that folder.
 
     With `scene.blend_file` it renders the user's scene, character and motion (checked first by
     :func:`prepare_scene`, unless `prepared` is given); without, the built-in mannequin and pose sets.
@@ -435,7 +437,7 @@ def render_with_blender(job: dict[str, Any], out_root: Path, settings: Settings,
     check_engine(job)
     if job["scene"].get("blend_file"):
         return _render_job(job, Path(out_root), settings, batch_id, replace, timeout_s, progress,
-                           prepared or prepare_scene(job, settings, storage))
+                           prepared or prepare_scene(job, settings, storage), indices)
     if job["poses"]["set"] not in figure.POSE_SETS:
         raise UsageError(f"unknown pose set {job['poses']['set']!r}", where="job.poses.set",
                          hint="known: " + ", ".join(figure.POSE_SETS))
@@ -443,11 +445,13 @@ def render_with_blender(job: dict[str, Any], out_root: Path, settings: Settings,
         raise UsageError(f"unknown rig {job['rig']['name']!r}", where="job.rig.name",
                          hint="known: " + ", ".join(figure.RIGS))
     blender_executable()  # fail fast, before any work, when Blender is missing
-    return _render_job(job, Path(out_root), settings, batch_id, replace, timeout_s, progress, None)
+    return _render_job(job, Path(out_root), settings, batch_id, replace, timeout_s, progress, None, indices)
 
 
 def _render_job(job: dict[str, Any], out_root: Path, settings: Settings, batch_id: str | None, replace: bool,
-                timeout_s: float | None, progress: Progress | None, prepared: PreparedScene | None) -> Path:
+                timeout_s: float | None, progress: Progress | None, prepared: PreparedScene | None,
+                indices: range | None = None) -> Path:
+    indices = indices if indices is not None else range(job["samples"])
     batch_id = batch_id or batch_id_for(job, settings)
     schemas.check({**job, "batch_id": batch_id}, "job", "batch id")
     out_root = Path(out_root)
@@ -465,15 +469,15 @@ def _render_job(job: dict[str, Any], out_root: Path, settings: Settings, batch_i
         (work / "annotations").mkdir()
         if prepared is not None:
             started = time.perf_counter()
-            done = _render_user_scene(job, prepared, scratch, work, batch_id, timeout_s, progress)
+            done = _render_user_scene(job, prepared, scratch, work, batch_id, timeout_s, progress, indices)
             _seal(work, final_dir, job, batch_id, done["samples"], done["info"], time.perf_counter() - started)
             return final_dir
-        plans = [_sample_plan(job, i) for i in range(job["samples"])]
+        plans = [_sample_plan(job, i) for i in indices]
         spec_path = scratch / "scene.json"
         spec_path.write_text(json.dumps(scene_spec(job, plans)))
         raw_dir = scratch / "raw"
         pixels = job["image"]["width"] * job["image"]["height"] * int(job["render"].get("samples", DEFAULT_SPP))
-        timeout = timeout_s if timeout_s is not None else 120.0 + job["samples"] * (30.0 + pixels / 2e4)
+        timeout = timeout_s if timeout_s is not None else 120.0 + len(plans) * (30.0 + pixels / 2e4)
         started = time.perf_counter()
         run_blender(spec_path, raw_dir, timeout_s=timeout)
         info = json.loads((raw_dir / "blender.json").read_text())

@@ -196,9 +196,9 @@ class GenerateResult:
 
 
 def generate_batch(job: dict[str, Any], out_root: Path, settings: Settings, *, batch_id: str | None = None,
-                   replace: bool = False, workers: int | None = None, progress: Progress | None = None
-                   ) -> GenerateResult:
-    """Render every sample of the job into `<out_root>/<batch_id>/` and write its manifest."""
+                   replace: bool = False, workers: int | None = None, progress: Progress | None = None,
+                   indices: range | None = None) -> GenerateResult:
+    """Render every sample of the job (or only `indices`: one shard) into `<out_root>/<batch_id>/` with its manifest."""
     from pose_factory.producer import figure
 
     schemas.check(job, "job", "job definition")
@@ -220,7 +220,8 @@ def generate_batch(job: dict[str, Any], out_root: Path, settings: Settings, *, b
         for modality in job["render"]["modalities"]:
             (work / contract.MODALITIES[modality][0]).mkdir()
         (work / "annotations").mkdir()
-        tasks = [_SampleTask(i, job, batch_id, str(work)) for i in range(job["samples"])]
+        wanted = indices if indices is not None else range(job["samples"])
+        tasks = [_SampleTask(i, job, batch_id, str(work)) for i in wanted]
         workers = workers or min(os.cpu_count() or 1, max(1, len(tasks) // 4))
         progress = progress or Progress(enabled=False)
         with progress.task(f"generate {batch_id}", len(tasks), "samples") as bar:
