@@ -42,7 +42,8 @@ def list_jobs(storage: Storage, settings: Settings) -> list[JobListing]:
     """The job definitions under the jobs prefix (a broken one is listed with its problem)."""
     found = []
     for info in storage.list_objects(settings.prefixes.jobs):
-        if not info.key.endswith(".json"):
+        # Job definitions sit right under the prefix; `<job_id>/...` holds the pods' status and results.
+        if not info.key.endswith(".json") or "/" in info.key[len(settings.prefixes.jobs):]:
             continue
         job_id = info.key.rsplit("/", 1)[-1].removesuffix(".json")
         try:
