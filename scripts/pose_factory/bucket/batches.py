@@ -228,3 +228,148 @@ def fetch_remote_manifest(storage: Storage, settings: Settings, batch_id: str, a
                              f"{missing[0][len(prefix):]}", where=prefix,
                              hint="the upload is incomplete; run `pose-sync publish` again on the pod")
     return manifest, manifest_bytes, keys
+
+
+# --- batches rendered in shards by several pods (`job submit --pods K`) ------------------------------------
+#
+# Each pod renders a contiguous range of the job's samples as a partial batch folder (same batch id, its own
+# samples and files, a manifest of those only) and publishes it with `publish_shard`: its files go straight to
+# their final keys under `batches/<id>/` (nothing to copy later), then a shard record (that partial manifest
+# plus MD5s) under the job's prefix, last. The laptop's `job watch` assembles: `assemble_batch` checks every
+# shard's objects against its record (sizes and ETags from one listing, no download), writes the one
+# manifest.json of the batch, removes objects of an earlier render, and the completion marker last.
+
+SHARD_RECORD_VERSION = 1
+
+
+def complete_manifest(storage: Storage, settings: Settings, batch_id: str) -> dict[str, Any] | None:
+    """The batch's manifest when the batch is complete in the bucket (marker there and matching), else None."""
+    prefix = batch_prefix(settings, batch_id)
+    marker = read_marker(storage, prefix + COMPLETE_MARKER_NAME)
+    if not marker or marker.get("batch_id") != batch_id:
+        return None
+    try:
+        data = storage.read_bytes(prefix + MANIFEST_NAME)
+    except ObjectMissingError:
+        return None
+    if marker["manifest_sha256"] != contract.sha256_bytes(data):
+        return None
+    try:
+        return contract.parse_manifest_bytes(data, prefix + MANIFEST_NAME)
+    except SchemaError:
+        return None
+
+
+def publish_shard(storage: Storage, settings: Settings, shard_dir: Path, record_key: str, identity: dict[str, Any],
+                  *, progress: Progress | None = None) -> dict[str, Any]:
+    """Upload one rendered shard (a partial batch folder) to its batch's final keys, then its shard record last."""
+    progress = progress or Progress(enabled=False)
+    shard_dir = shard_dir.resolve()
+    manifest = contract.load_manifest(shard_dir)
+    batch_id = manifest["batch_id"]
+    if shard_dir.name != batch_id:
+        raise IntegrityError(f"the folder is named {shard_dir.name!r} but its manifest says batch_id {batch_id!r}",
+                             where=str(shard_dir / MANIFEST_NAME))
+    digests = contract.verify_batch(shard_dir, manifest, with_md5=True)
+    prefix = batch_prefix(settings, batch_id)
+    storage.ensure_bucket()
+    remote = {info.key: info for info in storage.list_objects(prefix)}
+    to_upload = [(prefix + rel, rel, size, sha) for rel, (size, sha, md5) in digests.items()
+                 if not _same_object(storage, remote.get(prefix + rel), size, sha, md5)]
+    if to_upload and prefix + COMPLETE_MARKER_NAME in remote:
+        # New content under a batch marked complete: un-mark it first, so nobody pulls a mix of two renders.
+        storage.delete(prefix + COMPLETE_MARKER_NAME)
+    with progress.task(f"publish shard of {batch_id}", sum(item[2] for item in to_upload), "bytes") as bar:
+        def upload(item: tuple[str, str, int, str]) -> None:
+            key, rel, size, sha = item
+            storage.upload_file(key, shard_dir / rel, sha)
+            bar.advance(size)
+
+        run_parallel(upload, to_upload, settings.concurrency)
+    record = {"version": SHARD_RECORD_VERSION, **identity, "batch_id": batch_id, "manifest": manifest,
+              "md5": {rel: md5 for rel, (_, _, md5) in digests.items()}}
+    storage.put_bytes(record_key, contract.dumps(record))
+    return record
+
+
+def shard_problems(storage: Storage, settings: Settings, batch_id: str, records: list[dict[str, Any]]
+                   ) -> dict[int, str]:
+    """Shard index -> what is wrong with its objects in the bucket (missing, other size or content)."""
+    prefix = batch_prefix(settings, batch_id)
+    remote = {info.key: info for info in storage.list_objects(prefix)}
+    problems: dict[int, str] = {}
+    for record in records:
+        bad = [entry["path"] for entry in record["manifest"]["files"]
+               if not _same_object(storage, remote.get(prefix + entry["path"]), entry["size"], entry["sha256"],
+                                   record["md5"].get(entry["path"], ""))]
+        if bad:
+            problems[record["shard"]] = f"{len(bad)} file(s) missing or changed in the bucket, e.g. {bad[0]}"
+    return problems
+
+
+def merge_shard_manifests(job: dict[str, Any], batch_id: str, manifests: list[dict[str, Any]]) -> dict[str, Any]:
+    """One batch manifest from the partial manifests of its shards; the same shards always give the same bytes."""
+    first = manifests[0]
+    for part in manifests:
+        for name in ("conventions", "image", "modalities"):
+            if part[name] != first[name] or part["batch_id"] != batch_id or part["job"] != job:
+                raise IntegrityError(f"the shards of {batch_id} disagree on {name}, batch_id or job",
+                                     where=batch_id, hint="render the job again")
+    samples = sorted((s for part in manifests for s in part["samples"]), key=lambda s: s["sample_id"])
+    expected = [contract.sample_id(i) for i in range(job["samples"])]
+    if [s["sample_id"] for s in samples] != expected:
+        raise IntegrityError(f"the shards of {batch_id} hold {len(samples)} samples, not the job's "
+                             f"{job['samples']} in order", where=batch_id, hint="render the missing shard again")
+    files = sorted((f for part in manifests for f in part["files"]), key=lambda f: f["path"])
+    if len({f["path"] for f in files}) != len(files):
+        raise IntegrityError(f"two shards of {batch_id} list the same file", where=batch_id)
+    return {"schema_version": first["schema_version"], "batch_id": batch_id, "project": job["project"],
+            "created_at": max(part["created_at"] for part in manifests), "job": job, "software": first["software"],
+            "conventions": first["conventions"], "image": first["image"], "modalities": first["modalities"],
+            "samples": samples, "files": files,
+            "totals": {"samples": len(samples), "files": len(files), "bytes": sum(f["size"] for f in files)}}
+
+
+@dataclass(frozen=True)
+class AssembleResult:
+    batch_id: str
+    shards: int
+    samples: int
+    files: int
+    removed_stale: int
+    already_complete: bool
+
+
+def assemble_batch(storage: Storage, settings: Settings, job: dict[str, Any], batch_id: str,
+                   records: list[dict[str, Any]]) -> AssembleResult:
+    """Check every shard in the bucket, then write the batch's manifest once and its completion marker last."""
+    from pose_factory.core import killpoint
+
+    problems = shard_problems(storage, settings, batch_id, records)
+    if problems:
+        index, problem = sorted(problems.items())[0]
+        raise IntegrityError(f"shard {index} of {batch_id}: {problem}", where=batch_prefix(settings, batch_id),
+                             hint="render that shard again")
+    manifest = merge_shard_manifests(job, batch_id, [r["manifest"] for r in sorted(records, key=lambda r: r["shard"])])
+    schemas.check(manifest, "manifest", f"{batch_id}/{MANIFEST_NAME} (assembled)")
+    manifest_bytes = contract.dumps(manifest)
+    marker = contract.completion_marker(manifest, manifest_bytes)
+    prefix = batch_prefix(settings, batch_id)
+    marker_key, manifest_key = prefix + COMPLETE_MARKER_NAME, prefix + MANIFEST_NAME
+    keys = {info.key for info in storage.list_objects(prefix)}
+    wanted = {prefix + f["path"] for f in manifest["files"]}
+    stale = sorted(k for k in keys if k not in wanted and k not in (manifest_key, marker_key))
+    existing = read_marker(storage, marker_key) if marker_key in keys else None
+    totals = manifest["totals"]
+    if (existing and existing.get("manifest_sha256") == marker["manifest_sha256"] and not stale
+            and contract.sha256_bytes(storage.read_bytes(manifest_key)) == marker["manifest_sha256"]):
+        return AssembleResult(batch_id, len(records), totals["samples"], totals["files"], 0, True)
+    if existing:
+        storage.delete(marker_key)
+    killpoint.reached("assemble:before-manifest")
+    storage.put_bytes(manifest_key, manifest_bytes)
+    killpoint.reached("assemble:after-manifest")
+    for key in stale:
+        storage.delete(key)
+    storage.put_bytes(marker_key, contract.dumps(marker))
+    return AssembleResult(batch_id, len(records), totals["samples"], totals["files"], len(stale), False)
