@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from pose_factory import __version__
-from pose_factory.core.errors import PoseFactoryError, RepositoryError, UsageError
+from pose_factory.core.errors import (
+    PodsMayBeRunningError,
+    PoseFactoryError,
+    RepositoryError,
+    RunPodApiError,
+    RunPodError,
+    UsageError,
+)
 from pose_factory.core.progress import Progress, human_bytes
 from pose_factory.core.settings import (
     ENV_ACCESS_KEY,
@@ -307,10 +314,24 @@ def cmd_job_submit(args: argparse.Namespace, settings: Settings, progress: Progr
     from pose_factory.bucket.backends import open_storage
     from pose_factory.integrations import runpod
 
-    record = runpod.submit(open_storage(settings, "r2"), settings, Path(args.job_file))
-    _out(f"job {record['job_id']} submitted: pod {record['pod_id']} ({record['gpu_type']}, "
-         f"${record['cost_per_hr']}/h); follow it with `pose-sync job watch {record['job_id']}`")
+    record = runpod.submit(open_storage(settings, "r2"), settings, Path(args.job_file), pods=args.pods)
+    pods = [a for shard in record["shards"] for a in shard["attempts"]]
+    _out(f"job {record['job_id']} submitted: {len(pods)} pod(s) ({record['gpu_type']}, "
+         f"${sum(a['cost_per_hr'] or 0 for a in pods):.2f}/h) rendering batch {record['batch_id']}: "
+         + ", ".join(a["pod_id"] for a in pods) + f"; follow it with `pose-sync job watch {record['job_id']}`")
+    if record["plain_secrets"]:
+        print(f"note: {', '.join(record['plain_secrets'])} went to the pod as plain environment values, which "
+              "RunPod shows in its console and in GET /pods; set runpod.secrets to pass RunPod secrets instead "
+              "(README, 'Render jobs on RunPod')", file=sys.stderr)
     return 0
+
+
+def _shard_line(update: dict[str, Any]) -> str:
+    shards = " | ".join(f"s{s['index']} {s['pod_state'] or '?'} {s['state']} {s['samples_done']}/"
+                        f"{s['samples_total'] if s['samples_total'] is not None else '?'}"
+                        + (f" (pod {s['attempt']})" if (s["attempt"] or 1) > 1 else "") for s in update["shards"])
+    api = f" | RunPod API: {update['api_error']}" if update["api_error"] else ""
+    return f"[{update['elapsed_s']:7.1f} s] ~${update['cost_usd']:.2f}  {shards}{api}"
 
 
 def cmd_job_watch(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
@@ -321,18 +342,17 @@ def cmd_job_watch(args: argparse.Namespace, settings: Settings, progress: Progre
 
     def show(update: dict[str, Any]) -> None:
         if not args.quiet:
-            total = update["samples_total"] or "?"
-            print(f"[{update['elapsed_s']:7.1f} s] pod {update['pod_state']}, worker {update['state']}, "
-                  f"{update['samples_done']}/{total} samples, ~${update['cost_usd']:.2f}", file=sys.stderr, flush=True)
+            print(redact(_shard_line(update)), file=sys.stderr, flush=True)
 
     outcome = runpod.watch(storage, settings, args.job_id, on_update=show, timeout_s=args.timeout,
                            poll_s=args.poll)
     record = outcome.record
+    pods = [a for shard in record["shards"] for a in shard["attempts"] if a["pod_id"]]
     batch = f"; batch {record['batch_id']}" if outcome.ok else ""
-    _out(f"job {args.job_id}: {outcome.reason}; pod {record['pod_id']} {record.get('pod_shutdown', 'shut down')}; "
-         f"{record['watched_s']} s, ~${record['cost_usd']:.2f}{batch}")
+    _out(f"job {args.job_id}: {outcome.reason}; {len(pods)} pod(s), all shut down ({record['shutdown']}); "
+         f"~${record['cost_usd']:.2f}{batch}")
     if not outcome.ok:
-        return 13
+        return RunPodError.exit_code
     if args.pull:
         from pose_factory.dataset.pull import pull
 
@@ -346,48 +366,68 @@ def cmd_job_status(args: argparse.Namespace, settings: Settings, progress: Progr
     records = runpod.job_records(settings)
     if args.job_id:
         records = [r for r in records if r["job_id"] == args.job_id]
+    loose = [r for r in records if r.get("pods_may_be_running")]
     if args.json:
-        _emit_json({"version": 1, "jobs": records})
-        return 0
-    if not records:
+        _emit_json({"version": runpod.JSON_VERSION, "jobs": records})
+    elif not records:
         _out("no jobs submitted from this project")
-    for r in records:
-        _out(f"{r['job_id']}  pod {r['pod_id']}  {r['state']}"
+    for r in records if not args.json else []:
+        done = sum(s["state"] == "done" for s in r["shards"])
+        _out(f"{r['job_id']}  {r['state']}  {done}/{len(r['shards'])} shard(s) done  "
+             f"{len([a for s in r['shards'] for a in s['attempts']])} pod(s)  ~${r.get('cost_usd') or 0:.2f}"
              + (f"  batch {r['batch_id']}" if r.get("batch_id") else "")
              + (f"  ({r['reason']})" if r.get("reason") else ""))
-    return 0
+        if r.get("pods_may_be_running"):
+            _out(f"  POD(S) MAY STILL BE RUNNING (shutdown never confirmed): {', '.join(r['pods_may_be_running'])}; "
+                 f"`pose-sync job cancel {r['job_id']}`")
+    return PodsMayBeRunningError.exit_code if loose else 0
 
 
 def cmd_job_list(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
     from pose_factory.integrations import runpod
 
-    pods = runpod.list_running(settings)
+    report = runpod.pods_report(settings)
     if args.json:
-        _emit_json({"version": 1, "pods": pods})
-        return 0
-    if not pods:
-        _out("no pod started by pose-sync is running")
-    for pod in pods:
-        _out(f"{pod['id']}  {pod.get('name')}  {pod.get('desiredStatus')}  ${pod.get('costPerHr', '?')}/h  "
-             f"(stop it: pose-sync job cancel {str(pod.get('name'))[len(runpod.POD_NAME_PREFIX):]})")
-    return 0
+        _emit_json(report.as_json())
+    else:
+        if report.api_error:
+            _out(f"RunPod API unreachable: {report.api_error}")
+        elif not report.pods:
+            _out("no pod started by pose-sync is up")
+        for pod in report.pods:
+            job = runpod.job_of_pod(pod["name"])
+            _out(f"{pod['id']}  {pod['name']}  {pod['status']}  ${pod.get('cost', 0):.2f}/h"
+                 + (f"  (stop it: pose-sync job cancel {job})" if job else ""))
+        for job_id, names in report.unconfirmed.items():
+            _out(f"job {job_id}: POD(S) MAY STILL BE RUNNING (shutdown never confirmed): {', '.join(names)}; "
+                 f"`pose-sync job cancel {job_id}`")
+    return (PodsMayBeRunningError.exit_code if report.unconfirmed else
+            RunPodApiError.exit_code if report.api_error else 0)
 
 
 def cmd_job_cancel(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
+    from pose_factory.bucket.backends import open_storage
     from pose_factory.integrations import runpod
 
-    record = runpod.cancel(settings, args.job_id)
-    _out(f"job {args.job_id}: pod {record['pod_id']} {record['pod_shutdown']}ed")
+    record = runpod.cancel(open_storage(settings, "r2"), settings, args.job_id)
+    pods = [a["pod_name"] for shard in record["shards"] for a in shard["attempts"]]
+    _out(f"job {args.job_id}: {record['state']}; {len(pods)} pod(s) confirmed down ({record['shutdown']})")
     return 0
 
 
-def cmd_worker_run(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
-    from pose_factory.bucket.backends import open_storage
-    from pose_factory.producer.worker import run_worker
+def cmd_worker_run(args: argparse.Namespace, settings: Settings | None, progress: Progress) -> int:
+    from pose_factory.producer.worker import Shard, run_on_pod
 
-    batch_id = run_worker(open_storage(settings, "r2"), settings, args.job_id)
-    _out(f"job {args.job_id}: batch {batch_id} published and marked complete")
-    return 0
+    def report(outcome) -> None:
+        _out(f"job {outcome.job_id} shard {outcome.shard.index}/{outcome.shard.count}: {outcome.state}"
+             + (f", batch {outcome.batch_id}" if outcome.batch_id else "")
+             + (f" ({outcome.error})" if outcome.error else "") + (f"; {outcome.note}" if outcome.note else ""))
+        sys.stdout.flush()
+
+    outcome = run_on_pod(args.job_id, Shard.parse(args.shard), args.batch_id, report=report)
+    _out(f"shutdown: {outcome.shutdown}")
+    # On a pod, exiting restarts the container: the worker then finds its result and tries the shutdown again.
+    return RunPodError.exit_code if outcome.state != "done" else 1 if outcome.shutdown_failed else 0
 
 
 def cmd_config(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
@@ -740,10 +780,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=48, help="samples shown")
 
     job_add = group("job", "RunPod render jobs: submit, watch, status, list, cancel")
-    p = job_add("submit", cmd_job_submit, "Validate a job, upload it and start a RunPod pod that renders it")
+    p = job_add("submit", cmd_job_submit, "Validate a job, upload it and start RunPod pods that render it")
     p.add_argument("job_file", metavar="JOB_FILE", help="a job definition (schemas/job.schema.json)")
+    p.add_argument("--pods", type=int, default=1, metavar="K",
+                   help="split the samples over K pods, each rendering one shard")
     p = job_add("watch", cmd_job_watch,
-                "Follow a job until its batch is complete in the bucket; then shut the pod down")
+                "Follow a job until its batch is complete in the bucket (assembling shards); shut its pods down")
     p.add_argument("job_id", metavar="JOB_ID", help="the id `job submit` printed")
     p.add_argument("--pull", action="store_true", help="pull the batch when the job is done")
     p.add_argument("--commit", action="store_true", help="with --pull: git commit the new version")
@@ -752,14 +794,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = job_add("status", cmd_job_status, "The jobs submitted from this project")
     p.add_argument("job_id", nargs="?", metavar="JOB_ID", help="only this job (default: every job)")
     p.add_argument("--json", action="store_true", help="machine-readable listing")
-    p = job_add("list", cmd_job_list, "Pods started by pose-sync that are still up")
+    p = job_add("list", cmd_job_list, "Pods started by pose-sync that are still up, and any whose shutdown never "
+                                      "held")
     p.add_argument("--json", action="store_true", help="machine-readable listing")
-    p = job_add("cancel", cmd_job_cancel, "Shut a job's pod down")
-    p.add_argument("job_id", metavar="JOB_ID", help="the job whose pod to shut down")
+    p = job_add("cancel", cmd_job_cancel, "Shut every pod of a job down (retried until RunPod confirms)")
+    p.add_argument("job_id", metavar="JOB_ID", help="the job whose pods to shut down")
 
     worker_add = group("worker", "What a pod runs")
-    p = worker_add("run", cmd_worker_run, "Render the job from the bucket and publish the batch", anywhere=True)
+    p = worker_add("run", cmd_worker_run, "On a pod: render the job (or one shard) from the bucket, publish it, "
+                                          "shut the pod down", anywhere=True)
     p.add_argument("job_id", metavar="JOB_ID", help="a job in the bucket's jobs/ prefix")
+    p.add_argument("--batch-id", help="the batch id the laptop chose (default: from the job and today's date)")
+    p.add_argument("--shard", default="0/1", metavar="K/N", help="render shard K of N (0/1: everything)")
+    # Runs from the image's files and the pod's request alone: no project settings are read at all.
+    p.set_defaults(standalone=True)
 
     p = add("config", cmd_config, "Show the settings in effect (secrets shown only as set / not set)", bucket=True)
     p.add_argument("--json", action="store_true", help="machine-readable settings")
@@ -819,8 +867,8 @@ def main(argv: list[str] | None = None) -> int:
         getattr(args, "group_parser", parser).print_help()
         return 2
     try:
-        settings = load_settings(config_file=Path(args.config) if args.config else None,
-                                 require_project=args.needs_project)
+        settings = None if getattr(args, "standalone", False) else load_settings(
+            config_file=Path(args.config) if args.config else None, require_project=args.needs_project)
         return args.handler(args, settings, Progress(enabled=not args.quiet))
     except PoseFactoryError as exc:
         print(redact(f"error: {exc}"), file=sys.stderr)

@@ -84,7 +84,8 @@ class RepositoryError(PoseFactoryError):
 
 
 class ServiceUnreachableError(PoseFactoryError):
-    """A service the command talks to (a ComfyUI server) does not answer: not running, wrong address, network."""
+    """A service the command talks to (a ComfyUI server, the RunPod API) does not answer: not running, wrong
+    address, network."""
 
     exit_code = 14
 
@@ -93,3 +94,21 @@ class SceneError(PoseFactoryError):
     """A render job's Blender scene, character, rig mapping or motion cannot be used (caught before rendering)."""
 
     exit_code = 15
+
+
+class RunPodError(PoseFactoryError):
+    """RunPod refused a request (no capacity, bad request), or a render job failed."""
+
+    exit_code = 13
+
+
+class RunPodApiError(RunPodError, ServiceUnreachableError):
+    """The RunPod API could not be reached, or kept answering 429 / 5xx after retries."""
+
+    exit_code = 14
+
+
+class PodsMayBeRunningError(RunPodError):
+    """A pod's shutdown was never confirmed: it may still be running, and billing."""
+
+    exit_code = 16
