@@ -130,7 +130,9 @@ def test_scale_out_retries_a_failed_shard_on_a_new_pod_and_assembles_once(cloud,
     killed = run_script(["job", "watch", "job-run-cycle-4"], cwd=project.root,
                         env={"POSE_FACTORY_KILL_AT": "assemble:after-manifest"}, timeout=120)
     assert killed.returncode == -9, killed.stderr
-    assert "s0 " in killed.stderr and "s1 " in killed.stderr and "~$" in killed.stderr  # per-shard progress, cost
+    # Per-shard progress (shard 1's new pod as RunPod answered its create: PROVISIONING) ...
+    assert "s0 " in killed.stderr and "s1 PROVISIONING" in killed.stderr
+    assert "~$" in killed.stderr and "(pod 2)" in killed.stderr  # ... the total cost, shard 1 on its second pod
     listing = json.loads(cli("list", "--json").out)["batches"]
     assert [(b["batch_id"], b["status"]) for b in listing] == [(batch_id, "uploading")]
 
@@ -175,6 +177,7 @@ def test_an_ambiguous_create_is_looked_up_by_name_and_never_sent_twice(cloud, cl
 def test_api_errors_do_not_kill_a_healthy_job_and_the_shutdown_is_retried_until_it_holds(cloud, cli, tmp_path):
     project, runpod = cloud
     runpod.pod_keys_forbidden = True  # the worker cannot shut its own pod down: the laptop must
+    runpod.provision_s = 0.5  # a slow start is not a failure
     assert cli("job", "submit", write_job(tmp_path)).code == 0
     runpod.inject("GET", "/pods", status=429, retry_after=0, count=12)  # more than one request's retries
     runpod.inject("POST", r"/pods/\w+/action", status=429, retry_after=0, count=10)

@@ -559,9 +559,10 @@ def _sweep_targets(runpod: RunPodClient | None, record: dict[str, Any]) -> dict[
 
 def _mark_down(record: dict[str, Any], names: set[str]) -> None:
     now = contract.utc_now_precise()
+    state = "EXITED" if record.get("shutdown") == "stop" else "TERMINATED"
     for attempt in _attempts(record):
         if attempt["pod_name"] in names and not attempt["down"]:
-            attempt.update(down=True, ended_at=attempt["ended_at"] or now)
+            attempt.update(down=True, ended_at=attempt["ended_at"] or now, pod_state=state)
 
 
 def _shut_down(runpod: RunPodClient | None, settings: Settings, record: dict[str, Any], budget_s: float
