@@ -255,8 +255,9 @@ def run_worker(storage: Storage, settings: Settings, job_id: str, shard: Shard =
     pod_id = os.environ.get(ENV_POD_ID) or "local"
     key = status_key(settings, job_id, shard.index)
     previous = read_json(storage, key)
-    mine = previous if previous and previous.get("pod_id") == pod_id and previous.get("shards") == shard.count \
-        else None
+    # This pod's own earlier life (a container restart). Run by hand, off a pod, every run starts afresh.
+    mine = previous if previous and pod_id != "local" and previous.get("pod_id") == pod_id \
+        and previous.get("shards") == shard.count else None
     if mine and mine.get("state") == "failed":
         # A restart of a container whose worker failed: the failure stands, "starting" must not replace it.
         return WorkerOutcome("failed", job_id, mine.get("batch_id"), shard, mine.get("error"),
