@@ -1,6 +1,6 @@
 """A stand-in for RunPod's REST API v2 (the Pod part) for tests: stdlib + jsonschema, bound to 127.0.0.1.
 
-Built from RunPod's own OpenAPI document, `tests/reference/runpod-rest-v2-openapi.json` (OpenAPI 3.1.0,
+Built from RunPod's own OpenAPI document, `tests/data/runpod-rest-v2-openapi.json` (OpenAPI 3.1.0,
 "Runpod REST API" 2.0.0, server https://api.runpod.io, paths under /v2), loaded at run time:
 
   * every request body is validated against its schema in that document (`CreatePodRequest`,
@@ -67,7 +67,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-SPEC_PATH = Path(__file__).resolve().parent / "reference" / "runpod-rest-v2-openapi.json"
+SPEC_PATH = Path(__file__).resolve().parent / "data" / "runpod-rest-v2-openapi.json"
 SPEC_URI = "urn:runpod-rest-v2"
 API_PREFIX = "/v2"  # servers: [{url: https://api.runpod.io}], every path starts with /v2
 

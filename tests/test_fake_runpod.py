@@ -1,5 +1,5 @@
 """The RunPod stand-in answers like RunPod's REST API v2 (tests/fake_runpod.py, built from the OpenAPI document
-in tests/reference/), and its pods behave like pods: composed start command, restarts, secrets, pod-scoped key."""
+in tests/data/), and its pods behave like pods: composed start command, restarts, secrets, pod-scoped key."""
 
 from __future__ import annotations
 
