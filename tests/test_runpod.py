@@ -311,7 +311,7 @@ def test_restarted_containers_neither_render_again_nor_forget_a_failure(cloud, c
     bad_pod = record(cli, "job-bad-rig")["shards"][0]["attempts"][0]["pod_id"]
     # Each container ran twice: the first run finished (or failed) and exited, RunPod started it again.
     assert runpod.wait_for(lambda: runpod.log(good_pod).count("shard 0/1: done") >= 2
-                           and "recorded before this container restart" in runpod.log(bad_pod), timeout=90)
+                           and "failed before this container restart" in runpod.log(bad_pod), timeout=90)
 
     storage, settings = storage_and_settings()
     good = json.loads(storage.read_bytes(status_key(settings, "job-run-cycle-4", 0)))
@@ -329,6 +329,7 @@ def test_restarted_containers_neither_render_again_nor_forget_a_failure(cloud, c
 
 def test_a_container_that_keeps_crashing_mid_render_is_recorded_as_failed(cloud, monkeypatch, tmp_path):
     from pose_factory.bucket.jobs import job_key
+    from pose_factory.core.errors import PoseFactoryError
     from pose_factory.producer.worker import Shard, run_worker, status_key
 
     storage, settings = storage_and_settings()
@@ -338,8 +339,8 @@ def test_a_container_that_keeps_crashing_mid_render_is_recorded_as_failed(cloud,
     crashed = {"version": 2, "job_id": job["job_id"], "shard": 0, "shards": 1, "pod_id": "pod-that-crashes",
                "state": "rendering", "restarts": 3, "updated_at": "2026-11-30T00:00:00.000Z"}
     storage.put_bytes(status_key(settings, job["job_id"], 0), json.dumps(crashed).encode())
-    outcome = run_worker(storage, settings, job["job_id"], Shard(), batch_id="2026-11-30_run-cycle")
-    assert outcome.state == "failed" and "restarted 4 times" in outcome.error
+    with pytest.raises(PoseFactoryError, match="restarted 4 times"):
+        run_worker(storage, settings, job["job_id"], Shard(), batch_id="2026-11-30_run-cycle")
     status = json.loads(storage.read_bytes(status_key(settings, job["job_id"], 0)))
     assert status["state"] == "failed" and status["restarts"] == 4
 

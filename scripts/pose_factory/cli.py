@@ -426,8 +426,10 @@ def cmd_worker_run(args: argparse.Namespace, settings: Settings | None, progress
 
     outcome = run_on_pod(args.job_id, Shard.parse(args.shard), args.batch_id, report=report)
     _out(f"shutdown: {outcome.shutdown}")
+    if outcome.failure is not None:
+        raise outcome.failure  # reported like any error, with its exit code
     # On a pod, exiting restarts the container: the worker then finds its result and tries the shutdown again.
-    return RunPodError.exit_code if outcome.state != "done" else 1 if outcome.shutdown_failed else 0
+    return 1 if outcome.shutdown_failed else 0
 
 
 def cmd_config(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:

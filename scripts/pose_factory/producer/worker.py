@@ -35,7 +35,7 @@ from typing import Any
 from pose_factory.bucket.backends import ObjectMissingError, Storage, join_key
 from pose_factory.bucket.jobs import job_key
 from pose_factory.core import contract
-from pose_factory.core.errors import ConfigError, PoseFactoryError, UsageError
+from pose_factory.core.errors import ConfigError, PoseFactoryError, RunPodError, UsageError
 from pose_factory.core.progress import Progress, Task
 from pose_factory.core.settings import Settings
 
@@ -205,6 +205,7 @@ class WorkerOutcome:
     note: str | None = None
     shutdown: str | None = None
     shutdown_failed: bool = False  # on a pod, and RunPod never accepted its stop / terminate
+    failure: Exception | None = None  # what failed the job, raised again once the pod is shut down
 
 
 def _already_done(storage: Storage, settings: Settings, job: dict[str, Any], batch_id: str, shard: Shard) -> bool:
@@ -247,8 +248,8 @@ def _render(job: dict[str, Any], batch_id: str, shard: Shard, scratch: Path, set
 
 def run_worker(storage: Storage, settings: Settings, job_id: str, shard: Shard = Shard(), *,
                batch_id: str | None = None, heartbeat_s: float = HEARTBEAT_S) -> WorkerOutcome:
-    """Render and publish the job's batch (or one shard of it), unless it is already there; never raises for a
-    failure of the job: it is recorded in the status object and returned."""
+    """Render and publish the job's batch (or one shard of it), unless it is already there. A failure is written
+    to the status object first, then raised."""
     from pose_factory.bucket.batches import publish_batch, publish_shard
     from pose_factory.producer.generate import batch_id_for
 
@@ -260,8 +261,9 @@ def run_worker(storage: Storage, settings: Settings, job_id: str, shard: Shard =
         and previous.get("shards") == shard.count else None
     if mine and mine.get("state") == "failed":
         # A restart of a container whose worker failed: the failure stands, "starting" must not replace it.
-        return WorkerOutcome("failed", job_id, mine.get("batch_id"), shard, mine.get("error"),
-                             "the failure was recorded before this container restart")
+        raise RunPodError(f"the worker failed before this container restart: {mine.get('error')}",
+                          where=f"{storage.description}: {key}",
+                          hint="the failure stands; `pose-sync job watch` retries the shard on a new pod")
     restarts = mine.get("restarts", 0) + 1 if mine and mine.get("state") != "done" else 0
     state = {"job_id": job_id, "shard": shard.index, "shards": shard.count, "pod_id": pod_id, "state": "starting",
              "samples_done": 0, "samples_total": None, "batch_id": batch_id, "error": None, "restarts": restarts,
@@ -297,12 +299,9 @@ def run_worker(storage: Storage, settings: Settings, job_id: str, shard: Shard =
                                   shard_identity(job, batch_id, shard))
             status.write(state="done")
             return WorkerOutcome("done", job_id, batch_id, shard)
-        except Exception as exc:
+        except BaseException as exc:
             message = exc.message if isinstance(exc, PoseFactoryError) else f"{type(exc).__name__}: {exc}"
             status.write(state="failed", error=message)
-            return WorkerOutcome("failed", job_id, batch_id, shard, message)
-        except BaseException as exc:  # Ctrl-C or SystemExit: recorded, then let it end the process
-            status.write(state="failed", error=f"interrupted ({type(exc).__name__})")
             raise
 
 
@@ -346,7 +345,11 @@ def run_on_pod(job_id: str, shard: Shard, batch_id: str | None, *,
     from pose_factory.bucket.backends import open_storage
 
     settings = settings_from_request()
-    outcome = run_worker(open_storage(settings, "r2"), settings, job_id, shard, batch_id=batch_id)
+    try:
+        outcome = run_worker(open_storage(settings, "r2"), settings, job_id, shard, batch_id=batch_id)
+    except Exception as exc:  # recorded in the status object; the pod is shut down all the same
+        message = exc.message if isinstance(exc, PoseFactoryError) else f"{type(exc).__name__}: {exc}"
+        outcome = WorkerOutcome("failed", job_id, batch_id, shard, message, failure=exc)
     report(outcome)
     accepted, outcome.shutdown = shut_down_own_pod(settings)
     outcome.shutdown_failed = bool(os.environ.get(ENV_POD_ID)) and not accepted
