@@ -112,3 +112,15 @@ class PodsMayBeRunningError(RunPodError):
     """A pod's shutdown was never confirmed: it may still be running, and billing."""
 
     exit_code = 16
+
+
+class BusyError(PoseFactoryError):
+    """Another pose-sync command is changing the same repository (its lock is held)."""
+
+    exit_code = 17
+
+
+class DiskError(PoseFactoryError):
+    """The local disk is too full for the work, or a data folder cannot be written."""
+
+    exit_code = 18

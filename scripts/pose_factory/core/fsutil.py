@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
+import shutil
+import stat
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from pose_factory.core.errors import UnsafeKeyError
+from pose_factory.core import killpoint
+from pose_factory.core.errors import BusyError, DiskError, UnsafeKeyError
 
 STREAM_CHUNK = 1024 * 1024
 
@@ -82,3 +87,148 @@ def clone_file(source: Path, dest: Path) -> bool:
         dest.unlink()
     return False
 
+
+
+# --- crash-safe folder moves -------------------------------------------------------------------------
+# A folder is replaced in three renames: the old one is set aside under a hidden name beside it, the new
+# one is renamed into place, the old one is deleted. After a crash at any instant, recover_swap() finds
+# the hidden names and leaves exactly one complete folder (the new one if it was in place, else the old).
+# Across filesystems (a mirror or archive on another disk) the new folder is first copied to a hidden
+# name beside its destination, so the step that makes it visible is still one rename.
+
+def _aside(final: Path) -> Path:
+    return final.with_name(f".{final.name}.replaced")
+
+
+def _copying(final: Path) -> Path:
+    return final.with_name(f".{final.name}.copying")
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a folder even when parts of it are read-only (as the mirror is); missing is fine."""
+    def make_writable_and_retry(function, failed, _exc_info) -> None:
+        parent = os.path.dirname(failed)
+        os.chmod(parent, os.stat(parent).st_mode | stat.S_IWUSR | stat.S_IXUSR)
+        function(failed)
+
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path, onerror=make_writable_and_retry)
+
+
+def move_dir(source: Path, dest: Path, *, step: str | None = None) -> None:
+    """Move a folder to dest, which must not exist; the folder appears at dest complete or not at all.
+
+    On one filesystem this is a rename. Across filesystems (EXDEV) the folder is copied to a hidden
+    sibling of dest, renamed into place, then the source is deleted; a crash before the rename leaves
+    the source whole (recover_swap removes the partial copy), a crash after it leaves dest whole.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.rename(source, dest)
+        return
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+    partial = _copying(dest)
+    remove_tree(partial)
+    shutil.copytree(source, partial, symlinks=True)
+    if step:
+        killpoint.reached(f"{step}:after-copy")
+    os.rename(partial, dest)
+    remove_tree(source)
+
+
+def swap_dir(new: Path, final: Path, *, step: str | None = None) -> None:
+    """Replace the folder final (if any) with new; the old version leaves only once the new one is in place.
+
+    `step` names the command for its kill points (`<step>:mid-swap`, between setting the old folder aside
+    and moving the new one in), so tests can prove that recover_swap() repairs every instant.
+    """
+    recover_swap(final)
+    aside = _aside(final)
+    if final.exists() or final.is_symlink():
+        os.rename(final, aside)
+    if step:
+        killpoint.reached(f"{step}:mid-swap")
+    move_dir(new, final, step=step)
+    remove_tree(aside)
+
+
+def recover_swap(final: Path) -> str | None:
+    """Finish or undo a swap_dir / move_dir that a crash interrupted; say which ("kept new", "restored old").
+
+    The new folder is in place when final exists: the set-aside old one is deleted. Otherwise the old
+    one goes back. Partial cross-filesystem copies are deleted (their source is still whole).
+    """
+    outcome = None
+    partial, aside = _copying(final), _aside(final)
+    if partial.exists():
+        remove_tree(partial)
+    if aside.exists():
+        if final.exists():
+            remove_tree(aside)
+            outcome = "kept new"
+        else:
+            os.rename(aside, final)
+            outcome = "restored old"
+    return outcome
+
+
+# --- one command at a time ---------------------------------------------------------------------------
+
+@contextmanager
+def exclusive_lock(path: Path, purpose: str, *, wait_s: float = 2.0) -> Iterator[None]:
+    """Hold an exclusive lock on path (flock) for a command that changes the repository.
+
+    The kernel drops the lock when its process ends, however it ends (even SIGKILL), so a lock left by a
+    dead process is taken over without asking. The file records "<pid> <purpose>" for the message of the
+    next command that finds the lock held (a short wait first covers `status` probing it).
+    """
+    import fcntl
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise DiskError(f"cannot write the lock file: {exc.strerror}", where=str(path),
+                        hint="make the data folder writable (and check the disk is not full)") from None
+    try:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = os.pread(fd, 200, 0).decode("utf-8", "replace").split()
+                    pid = holder[0] if holder else "?"
+                    what = holder[1] if len(holder) > 1 else "command"
+                    raise BusyError(f"another {what} (pid {pid}) is running in this repository", where=str(path),
+                                    hint="wait for it to finish (or stop it), then run the command again") from None
+                time.sleep(0.05)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {purpose}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock; the file stays, so a waiting process keeps a valid lock target
+
+
+def lock_holder(path: Path) -> tuple[int, str] | None:
+    """(pid, purpose) of the live process holding the lock at path, or None when nobody holds it."""
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return None
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").split()
+            return (int(holder[0]) if holder and holder[0].isdigit() else 0, holder[1] if len(holder) > 1 else "?")
+    finally:
+        os.close(fd)
