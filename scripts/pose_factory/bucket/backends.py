@@ -331,14 +331,21 @@ def open_storage(settings: Settings, backend: str | None = None) -> Storage:
 
 
 def run_parallel(function: Callable[[T], None], items: list[T], workers: int) -> None:
-    """Call function on every item from a pool of threads; at the first failure, start no more and raise it."""
-    with ThreadPoolExecutor(max(1, workers)) as pool:
+    """Call function on every item from a pool of threads; at the first failure, start no more and raise it.
+
+    Ctrl-C (KeyboardInterrupt in the waiting thread) cancels every queued call too, so it stops after the
+    calls already running instead of after the whole list.
+    """
+    pool = ThreadPoolExecutor(max(1, workers))
+    try:
         futures = [pool.submit(function, item) for item in items]
         done, pending = wait(futures, return_when=FIRST_EXCEPTION)
         for future in pending:
             future.cancel()
         for future in done:
             future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def join_key(*parts: str) -> str:
