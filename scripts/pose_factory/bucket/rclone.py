@@ -13,10 +13,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from pose_factory.bucket.backends import LocalFolderStorage, Storage
+from pose_factory.core import killpoint
 from pose_factory.core.errors import StorageError, ToolError
 from pose_factory.core.settings import R2Credentials, Settings, redact, resolve_backend
 
@@ -64,9 +64,62 @@ def _env_for(remote: str, options: dict[str, str]) -> dict[str, str]:
     return env
 
 
+def _die_with_parent(parent_pid: int):
+    """For Popen's preexec_fn (Linux): the kernel SIGKILLs rclone when the pose-sync that started it ends,
+    however it ends (even SIGKILL), so no rclone is ever left writing on its own."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def arm() -> None:
+        libc.prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
+        if os.getppid() != parent_pid:  # the parent died before the line above: do not start at all
+            os._exit(1)
+
+    return arm
+
+
+def start(command: list[str], *, env: dict[str, str], stderr, pid_file: Path) -> subprocess.Popen:
+    """Start rclone as a child that cannot outlive this process, and note its pid in pid_file.
+
+    Linux: the parent-death signal. macOS has none; there the next pull reads pid_file and stops an
+    rclone that a killed pull left behind before it touches staging again (see stop_orphan).
+    """
+    preexec = _die_with_parent(os.getpid()) if sys.platform.startswith("linux") else None
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=stderr, text=True,
+                               preexec_fn=preexec)
+    pid_file.write_text(f"{process.pid}\n")
+    return process
+
+
+def stop_orphan(pid_file: Path, marker: str) -> bool:
+    """Kill the rclone a killed pull started (pid in pid_file) if it still runs with `marker` in its command line."""
+    import psutil
+
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return False
+    stopped = False
+    try:
+        process = psutil.Process(pid)
+        if "rclone" in process.name() and any(marker in arg for arg in process.cmdline()):
+            process.kill()
+            process.wait(10)
+            stopped = True
+    except (psutil.Error, OSError):
+        pass
+    pid_file.unlink(missing_ok=True)
+    return stopped
+
+
 def copy_files(storage: Storage, settings: Settings, prefix: str, dest: Path, relative_paths: list[str], bar,
                total_bytes: int) -> None:
-    """Copy the listed files from `<bucket>/<prefix>` into dest with rclone."""
+    """Copy the listed files from `<bucket>/<prefix>` into dest with rclone.
+
+    The list of files and rclone's pid are kept beside dest (inside staging), never in /tmp, so a killed
+    pull leaves nothing outside the data folder; the next pull overwrites or removes them.
+    """
     if isinstance(storage, LocalFolderStorage):
         source = str(storage.root.joinpath(*prefix.strip("/").split("/")))
         env = _env_for("unused", {"type": "local"})
@@ -76,17 +129,19 @@ def copy_files(storage: Storage, settings: Settings, prefix: str, dest: Path, re
         remote = settings.rclone_remote
         source = f"{remote}:{storage.bucket}/{prefix.rstrip('/')}"
         env = _env_for(remote, remote_options(credentials))
-    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as listing:
-        listing.write("\n".join(relative_paths) + "\n")
+    listing, pid_file = dest.with_name(dest.name + ".files-from"), dest.with_name(dest.name + ".rclone-pid")
+    stop_orphan(pid_file, str(dest))
+    listing.write_text("\n".join(relative_paths) + "\n")
     # --files-from keeps to the manifest's files; rclone still lists the folder once instead of asking for
     # each file (which --no-traverse would make it do: 1.6x slower on 2,000 files).
-    command = [binary(), "copy", source, str(dest), "--files-from", listing.name, "--transfers", str(TRANSFERS),
+    command = [binary(), "copy", source, str(dest), "--files-from", str(listing), "--transfers", str(TRANSFERS),
                "--checkers", str(TRANSFERS), "--retries", "1", "--low-level-retries", str(settings.max_attempts),
                "--stats", "0", "--log-level", "ERROR"]
     # stderr to a file, not a pipe: a chatty failure must not block rclone on a full pipe while we poll.
     with tempfile.TemporaryFile("w+") as errors:
         try:
-            process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=errors, text=True)
+            process = start(command, env=env, stderr=errors, pid_file=pid_file)
+            killpoint.reached("pull:rclone-started")
             try:
                 _follow(process, dest, relative_paths, bar, total_bytes)
             except BaseException:
@@ -94,7 +149,8 @@ def copy_files(storage: Storage, settings: Settings, prefix: str, dest: Path, re
                 process.wait()
                 raise
         finally:
-            os.unlink(listing.name)
+            listing.unlink(missing_ok=True)
+            pid_file.unlink(missing_ok=True)
         errors.seek(0)
         err = errors.read()
     if process.returncode != 0:
@@ -116,8 +172,12 @@ def _follow(process: subprocess.Popen, dest: Path, relative_paths: list[str], ba
                 pass
         return size
 
-    while process.poll() is None:
-        time.sleep(0.5)
+    while True:
+        try:
+            process.wait(0.5)  # returns as soon as rclone ends, so a small batch does not wait out a poll
+            break
+        except subprocess.TimeoutExpired:
+            pass
         now = landed()
         if now > reported:
             bar.advance(now - reported)
