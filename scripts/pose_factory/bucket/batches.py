@@ -23,7 +23,7 @@ from pose_factory.bucket.backends import (
     join_key,
     run_parallel,
 )
-from pose_factory.core import contract, schemas
+from pose_factory.core import contract, killpoint, schemas
 from pose_factory.core.errors import BatchNotFoundError, IntegrityError, SchemaError
 from pose_factory.core.fsutil import check_relative_path
 from pose_factory.core.layout import COMPLETE_MARKER_NAME, MANIFEST_NAME
@@ -87,6 +87,7 @@ def publish_batch(storage: Storage, settings: Settings, batch_dir: Path, *, prog
         # A new render of the same batch: un-mark first, so nobody pulls a mix of two renders.
         storage.delete(marker_key)
         existing_marker = None
+        killpoint.reached("publish:after-unmark")
 
     wanted = {prefix + rel: (rel, *digests[rel]) for rel in digests}
     to_upload = [(key, rel, size, sha) for key, (rel, size, sha, md5) in wanted.items()
@@ -100,16 +101,19 @@ def publish_batch(storage: Storage, settings: Settings, batch_dir: Path, *, prog
     if not _same_object(storage, remote.get(manifest_key), len(manifest_bytes), marker["manifest_sha256"],
                         manifest_md5):
         storage.put_bytes(manifest_key, manifest_bytes)
+    killpoint.reached("publish:after-manifest")
     total_bytes = sum(size for _, _, size, _ in to_upload)
     with progress.task(f"publish {batch_id}", total_bytes, "bytes") as bar:
         def upload(item: tuple[str, str, int, str]) -> None:
             key, rel, size, sha = item
+            killpoint.reached("publish:upload")
             storage.upload_file(key, batch_dir / rel, sha)
             bar.advance(size)
 
         run_parallel(upload, to_upload, settings.concurrency)
     for key in stale:
         storage.delete(key)
+    killpoint.reached("publish:before-marker")
     already = existing_marker is not None and not to_upload and not stale
     if not already:
         storage.put_bytes(marker_key, contract.dumps(marker))
