@@ -15,13 +15,12 @@ Phases (seconds; nested phases are also counted in their parents):
   transfer          the download itself (boto3 threads or the rclone child)
   check_downloaded  hash every downloaded file (sha256 + md5) and compare with the manifest
   verify_batch      second full walk + hash of the staged batch against the manifest
-  make_read_only    chmod every file of the staged batch
+  make_read_only    chmod every file of the batch (staged, and again after dvc add)
   swap              rename staging -> mirror
-  fetch_batch       all of the above for the batch
+  fetch_batch       all of the above but the swap, for the batch
   dvc_track         dvcrepo.track: open DVC repo, `dvc add`, `dvc checkout --relink`
   dvc_add           Repo.add inside dvc_track
   dvc_checkout      Repo.checkout (relink) inside dvc_track
-  read_only_again   chmod the mirror again after DVC relinked it
   register          params.yaml update
   atexit            atexit handlers after main() returned (the earliest registered handler runs last)
   (the caller adds: wall, and finalization = wall - startup - in_process_total - atexit)
@@ -62,22 +61,21 @@ def _install() -> None:
 
     from pose_factory.bucket import rclone
     from pose_factory.core import contract
-    from pose_factory.dataset import dvcrepo, pull
+    from pose_factory.dataset import dvcrepo, params, pull
 
-    pull._remote_manifest = _timed("remote_manifest", pull._remote_manifest)
+    pull.fetch_remote_manifest = _timed("remote_manifest", pull.fetch_remote_manifest)
     pull._verify_staged = _timed("verify_staged", pull._verify_staged)
     pull._download_boto3 = _timed("transfer", pull._download_boto3)
     rclone.copy_files = _timed("transfer", rclone.copy_files)
     pull._check_downloaded = _timed("check_downloaded", pull._check_downloaded)
     contract.verify_batch = _timed("verify_batch", contract.verify_batch)
     pull._make_read_only = _timed("make_read_only", pull._make_read_only)
-    pull._swap_into_mirror = _timed("swap", pull._swap_into_mirror)
-    pull.fetch_batch = _timed("fetch_batch", pull.fetch_batch)
+    pull.swap_dir = _timed("swap", pull.swap_dir)
+    pull._stage = _timed("fetch_batch", pull._stage)
     dvcrepo.track = _timed("dvc_track", dvcrepo.track)
     Repo.add = _timed("dvc_add", Repo.add)
     Repo.checkout = _timed("dvc_checkout", Repo.checkout)
-    pull._make_read_only_all = _timed("read_only_again", pull._make_read_only_all)
-    dvcrepo.register = _timed("register", dvcrepo.register)
+    params.register = _timed("register", params.register)
 
 
 def _write() -> None:

@@ -124,7 +124,7 @@ def test_wrong_hash_in_the_bucket_is_refused_and_nothing_is_tracked(repo, cli, t
     assert result.code == 7
     assert "depth/000001.png: sha256 differs" in result.err and "re-publish" in result.err
     assert_nothing_pulled(repo)
-    staged = repo.root / "data" / "staging" / BATCH
+    staged = repo.root / "data" / "raw" / ".pose-sync" / "staging" / BATCH
     assert not (staged / "depth" / "000001.png").exists(), "a bad file must not stay staged as if verified"
 
 
@@ -159,7 +159,8 @@ def test_keys_that_would_escape_the_batch_folder_are_refused(repo, cli, tmp_path
         result = cli("pull", BATCH)
         assert result.code == 5 and "symlink" in result.err, result.err
     assert_nothing_pulled(repo)
-    assert not list(repo.root.rglob("evil.png")) and not list((repo.root / "data" / "staging").rglob("sneaky.png"))
+    assert not list(repo.root.rglob("evil.png"))
+    assert not list((repo.root / "data" / "raw" / ".pose-sync").rglob("sneaky.png"))
 
 
 @pytest.mark.parametrize("key", ["../evil", "a/../../evil", "/etc/passwd", "a//b", "a/./b", "a\\b", "C:evil",

@@ -129,12 +129,10 @@ def cmd_list(args: argparse.Namespace, settings: Settings, progress: Progress) -
 
 
 def cmd_verify(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
-    from pose_factory.core import contract
+    from pose_factory.dataset.mirror import verify
 
-    batch_dir = Path(args.batch_dir)
-    manifest = contract.load_manifest(batch_dir)
-    contract.verify_batch(batch_dir, manifest)
-    _out(f"{manifest['batch_id']}: {manifest['totals']['files']} files match manifest.json")
+    manifest, batch_dir = verify(settings, args.batch)
+    _out(f"{manifest['batch_id']}: {manifest['totals']['files']} files in {batch_dir} match manifest.json")
     return 0
 
 
@@ -492,10 +490,14 @@ def _pull_common(args: argparse.Namespace, settings: Settings, progress: Progres
         raise UsageError("name the batches to pull, or filter them", where="pose-sync pull",
                          hint="e.g. `pose-sync pull 2026-11-28_run-cycle`, `pose-sync pull --project run-cycle "
                               "--since 2026-11-01`, or `pose-sync pull-latest`")
+    repair = getattr(args, "repair", False)
+    if repair and not ids:
+        raise UsageError("--repair needs the batch ids to repair", where="pose-sync pull --repair",
+                         hint="e.g. `pose-sync pull 2026-11-28_run-cycle --repair`")
     chosen = choose_batches(storage, settings, batch_ids=ids, latest=latest, project=args.project, since=since,
                             until=until, allow_incomplete=args.allow_incomplete)
     report = pull(storage, settings, chosen, engine=args.engine, allow_incomplete=args.allow_incomplete,
-                  commit=args.commit, progress=progress)
+                  commit=args.commit, repair=repair, progress=progress)
     if args.json:
         _emit_json(report.as_json())
     else:
@@ -505,9 +507,18 @@ def _pull_common(args: argparse.Namespace, settings: Settings, progress: Progres
 
 def _print_pull(report) -> None:
     """The human summary of a pull (`pull`, `pull-latest`, `job watch --pull`)."""
+    for r in report.recovered:
+        _out(f"{r['batch_id']}: an interrupted {r['command']} was {r['outcome']}")
     for b in report.batches:
         if b.action == "up-to-date":
             _out(f"{b.batch_id}: up to date in {b.path}")
+        elif b.action == "registered":
+            _out(f"{b.batch_id}: up to date in {b.path}; registered in params.yaml")
+        elif b.action == "archived":
+            _out(f"{b.batch_id}: archived in {b.path}, not pulled (`pose-sync restore {b.batch_id}` brings it back)")
+        elif b.action in ("repaired", "intact"):
+            _out(f"{b.batch_id}: {b.action}: {b.files} files match {b.dvc_file}"
+                 + (f" ({b.downloaded} cache object(s) fetched again)" if b.downloaded else ""))
         else:
             _out(f"{b.batch_id}: {b.action} into {b.path} ({b.files} files verified, {b.downloaded} downloaded, "
                  f"{b.reused} reused, {human_bytes(b.bytes)}), tracked by {b.dvc_file}")
@@ -580,9 +591,10 @@ def cmd_status(args: argparse.Namespace, settings: Settings, progress: Progress)
 
 def _archive_like(args: argparse.Namespace, settings: Settings, action) -> int:
     changed = action(settings, args.batch_id)
-    _out(f"{args.batch_id}: {args.command}d; to record it: git add -A data params.yaml && git commit")
-    for line in changed:
-        _out(f"  {line}")
+    if changed:
+        _out(f"{args.batch_id}: {args.command}d; to record it: git add -A -- {' '.join(changed)} && git commit")
+    else:
+        _out(f"{args.batch_id}: {args.command}d")
     return 0
 
 
@@ -711,9 +723,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--until", metavar="YYYY-MM-DD", help="only batches created on or before this day")
     p.add_argument("--json", action="store_true", help="machine-readable listing")
 
-    p = add("verify", cmd_verify, "Check a local batch folder against its manifest (sizes, sha256, no extra files)",
-            anywhere=True)
-    p.add_argument("batch_dir", metavar="BATCH_DIR", help="the batch folder to check")
+    p = add("verify", cmd_verify, "Check a local batch (a folder, or a batch id in the mirror or archive) against "
+                                   "its manifest (sizes, sha256, no extra files)", anywhere=True)
+    p.add_argument("batch", metavar="BATCH_DIR|BATCH_ID",
+                   help="a batch folder, or the id of a batch in data/raw/pose-factory or data/archive/pose-factory")
 
     p = add("validate", cmd_validate, "Validate a batch completely: schemas, files, images, keypoints, ids",
             anywhere=True)
@@ -831,6 +844,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("batch_ids", nargs="*", metavar="BATCH_ID",
                    help="batch ids as `pose-sync list` shows them (or none, with filters)")
     pull_options(p)
+    p.add_argument("--repair", action="store_true",
+                   help="bring tracked batches back to the version their .dvc files record (files edited in "
+                        "place, damaged DVC cache objects), from the bucket or the DVC remote")
 
     p = add("pull-latest", cmd_pull_latest, "Pull the newest complete batch (optionally of one project)",
             bucket=True)

@@ -104,9 +104,18 @@ class Settings:
         return self.root / "data" / "archive" / "pose-factory"
 
     @property
+    def transaction_dir(self) -> Path:
+        """`data/raw/.pose-sync/`: the lock, journals and staging of the commands that change the mirror.
+
+        Beside the mirror, so a verified batch enters it by a rename on the same filesystem; it ignores
+        itself in git (its own .gitignore) and is outside every folder DVC tracks.
+        """
+        return self.data_root / ".pose-sync"
+
+    @property
     def staging_dir(self) -> Path:
-        """`data/staging/`: downloads land here and are verified before they enter the mirror."""
-        return self.root / "data" / "staging"
+        """Downloads land here and are verified before they enter the mirror."""
+        return self.transaction_dir / "staging"
 
     @property
     def params_file(self) -> Path:

@@ -206,18 +206,22 @@ def move(root: Path, source: Path, dest: Path) -> None:
 
 
 def not_pushed(root: Path, dvc_files: list[Path]) -> set[str]:
-    """Which of these .dvc files have data missing from the default remote (`dvc status -c`)."""
+    """Which of these .dvc files have data missing from the default remote (`dvc status -c`).
+
+    A `dvc` process, not DVC in-process: the virtualenv's start-up hook gives that process the R2
+    credentials under the names DVC reads, whatever this process's environment looked like when it began.
+    """
     if not dvc_files:
         return set()
     if default_remote(root) is None:
         return {f.name.removesuffix(".dvc") for f in dvc_files}
     out = dvc(root, "status", "-c", "--json", *[str(f.relative_to(root)) for f in dvc_files])
-    report: dict[str, Any] = json.loads(out or "{}")
-    missing = set()
-    for key in report:
-        name = Path(key).name.removesuffix(".dvc")
-        missing.add(name)
-    return missing
+    report: dict[str, str] = json.loads(out or "{}")
+    outs = {f.name.removesuffix(".dvc"): f.with_name(f.name.removesuffix(".dvc")).relative_to(root).as_posix()
+            for f in dvc_files}
+    # "new": only in the cache; "missing": nowhere. "deleted" means the remote has it (the cache lost it).
+    keys = [key for key, state in report.items() if state in ("new", "missing")]
+    return {name for name, out in outs.items() if any(k == out or k.startswith(out + "/") for k in keys)}
 
 
 def git_status(root: Path) -> list[str]:
@@ -281,3 +285,191 @@ def _head_file(root: Path, rel: str) -> str | None:
         return git(root, "show", f"HEAD:{rel}")
     except ToolError:
         return None
+# --- what pull, archive, restore and repair need beyond `dvc add` -----------------------------------
+
+def _gitignore_entry(name: str) -> str:
+    from pathspec.patterns.gitwildmatch import GitWildMatchPattern
+
+    return "/" + GitWildMatchPattern.escape(name)  # the form DVC itself writes
+
+
+def ensure_gitignored(folder: Path, name: str) -> None:
+    """Add `/<name>` to folder/.gitignore (as `dvc add` does) unless it is there.
+
+    Pull does it before a batch enters the mirror, so even a batch that a crash leaves untracked is
+    never committed into git as images.
+    """
+    from pose_factory.core.fsutil import atomic_write_path
+
+    gitignore = folder / ".gitignore"
+    entry = _gitignore_entry(name)
+    text = gitignore.read_text(encoding="utf-8") if gitignore.exists() else ""
+    if entry in (line.strip() for line in text.splitlines()):
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_write_path(gitignore) as tmp:
+        tmp.write_text(text + ("" if not text or text.endswith("\n") else "\n") + entry + "\n", encoding="utf-8")
+
+
+def remove_gitignore_entry(folder: Path, name: str) -> None:
+    """Remove `/<name>` from folder/.gitignore; an emptied .gitignore is deleted (as `dvc remove` does)."""
+    from pose_factory.core.fsutil import atomic_write_path
+
+    gitignore = folder / ".gitignore"
+    if not gitignore.exists():
+        return
+    entry = _gitignore_entry(name)
+    lines = gitignore.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = [line for line in lines if line.strip() != entry]
+    if len(kept) == len(lines):
+        return
+    if not any(line.strip() for line in kept):
+        gitignore.unlink()
+        return
+    with atomic_write_path(gitignore) as tmp:
+        tmp.write_text("".join(kept), encoding="utf-8")
+
+
+def workspace_status(root: Path, dvc_files: list[Path]) -> dict[Path, str]:
+    """How each tracked folder differs from its .dvc file: {dvc file: problem} for those that differ.
+
+    Problems as DVC names them: "modified" (files changed, added or removed), "deleted" (the folder is
+    not in the workspace), "not in cache" (the cache lost an object, as when a file hardlinked into the
+    cache was edited in place: DVC then drops the damaged object from the cache).
+    """
+    if not dvc_files:
+        return {}
+    by_name = {f.relative_to(root).as_posix(): f for f in dvc_files}
+    with open_repo(root) as repo:
+        report = repo.status(targets=list(by_name))
+    problems: dict[Path, str] = {}
+    for key, changes in report.items():
+        for change in changes if isinstance(changes, list) else []:
+            outs = change.get("changed outs", {}) if isinstance(change, dict) else {}
+            for problem in outs.values():
+                problems[by_name.get(key, root / key)] = problem
+    return problems
+
+
+def tracked_files(root: Path, dvc_file: Path) -> list[tuple[str, str]]:
+    """(relative path, md5) of every file the .dvc file records for its folder, from DVC's .dir object."""
+    import yaml
+
+    try:
+        record = yaml.safe_load(dvc_file.read_text())
+        dir_md5 = record["outs"][0]["md5"]
+    except (OSError, ValueError, yaml.YAMLError, KeyError, IndexError, TypeError):
+        raise RepositoryError("the .dvc file does not record a folder", where=str(dvc_file),
+                              hint="restore it from git: git checkout -- " + dvc_file.name) from None
+    with open_repo(root) as repo:
+        listing = Path(repo.cache.local.oid_to_path(dir_md5))
+        if not _object_intact(listing, dir_md5.removesuffix(".dir")):
+            listing.unlink(missing_ok=True)
+            with contextlib.suppress(ToolError):
+                fetch_objects(root, [dvc_file])
+    try:
+        return [(e["relpath"], e["md5"]) for e in json.loads(listing.read_text())]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise RepositoryError("the list of the batch's files is missing from the DVC cache and remote",
+                              where=str(listing), hint="run `dvc fetch` with access to the DVC remote") from None
+
+
+def cache_object(root: Path, md5: str) -> Path:
+    """Where DVC keeps the object with this md5 in the project's cache."""
+    with open_repo(root) as repo:
+        return Path(repo.cache.local.oid_to_path(md5))
+
+
+def _object_intact(path: Path, md5: str) -> bool:
+    import hashlib
+
+    if not path.is_file():
+        return False
+    digest = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as handle:
+        while chunk := handle.read(1024 * 1024):
+            digest.update(chunk)
+    return digest.hexdigest() == md5
+
+
+def damaged_objects(root: Path, files: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The (path, md5) whose cache object is missing or no longer hashes to its md5; damaged ones are deleted."""
+    damaged = []
+    with open_repo(root) as repo:
+        paths = {md5: Path(repo.cache.local.oid_to_path(md5)) for _, md5 in files}
+    for rel, md5 in files:
+        obj = paths[md5]
+        if not _object_intact(obj, md5):
+            obj.unlink(missing_ok=True)
+            damaged.append((rel, md5))
+    return damaged
+
+
+def install_object(root: Path, md5: str, source: Path) -> None:
+    """Put a file whose md5 was checked into the cache as that object (read-only, as DVC keeps them)."""
+    dest = cache_object(root, md5)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(source, dest)
+    dest.chmod(0o444)
+
+
+def fetch_objects(root: Path, dvc_files: list[Path]) -> None:
+    """`dvc fetch` these targets from the default DVC remote into the cache (a `dvc` process: see not_pushed)."""
+    dvc(root, "fetch", *[f.relative_to(root).as_posix() for f in dvc_files])
+
+
+def checkout(root: Path, dvc_files: list[Path], *, force: bool = False) -> None:
+    """`dvc checkout` these targets: the workspace gets exactly what the .dvc files record."""
+    with open_repo(root) as repo:
+        repo.checkout(targets=[f.relative_to(root).as_posix() for f in dvc_files], force=force)
+
+
+def _config_value(root: Path, section: str, key: str) -> str | None:
+    """A value from .dvc/config.local or .dvc/config (DVC's own precedence), read without importing DVC."""
+    import configparser
+
+    for name in ("config.local", "config"):
+        parser = configparser.ConfigParser()
+        try:
+            parser.read(root / ".dvc" / name)
+        except configparser.Error:
+            continue
+        if parser.has_option(section, key):
+            return parser.get(section, key).strip().strip("'\"")  # DVC quotes values that hold a comma
+    return None
+
+
+def cache_copies(root: Path, folder: Path) -> bool:
+    """Whether `dvc add` of a folder costs its size again on disk (the cache copies instead of linking)."""
+    first = (_config_value(root, "cache", "type") or "reflink,copy").split(",")[0].strip()
+    configured = _config_value(root, "cache", "dir")
+    cache_dir = root / ".dvc" / (configured or "cache")  # relative to .dvc/, as DVC reads it; absolute wins
+    probe_cache = next(p for p in (cache_dir, *cache_dir.parents) if p.exists())
+    probe_folder = next(p for p in (folder, *folder.parents) if p.exists())
+    if probe_cache.stat().st_dev != probe_folder.stat().st_dev:
+        return True  # no link across filesystems: DVC falls back to copying
+    if first in ("hardlink", "symlink"):
+        return False
+    if first == "reflink":
+        return cache_type(root) != "reflink,copy"  # copy-on-write clones cost nothing until a file changes
+    return True
+
+
+def uncommitted(root: Path, paths: list[Path]) -> list[Path]:
+    """Which of these paths differ from the last commit (changed, new or deleted) according to git.
+
+    params.yaml counts only when its batch lists differ: other edits there are yours, and `commit` leaves
+    them out (params.text_to_commit).
+    """
+    from pose_factory.dataset import params
+
+    if not paths:
+        return []
+    rels = [p.relative_to(root).as_posix() for p in paths]
+    out = git(root, "status", "--porcelain", "--untracked-files=all", "--", *rels)
+    changed = {line[3:].strip().strip('"') for line in out.splitlines() if line}
+    if PARAMS_FILE in changed and (root / PARAMS_FILE).exists():
+        head = _head_file(root, PARAMS_FILE)
+        if head is not None and params.text_to_commit((root / PARAMS_FILE).read_text(), head) == head:
+            changed.discard(PARAMS_FILE)
+    return [p for p, rel in zip(paths, rels) if rel in changed]

@@ -350,3 +350,53 @@ def _render(value: Any) -> str:
     if isinstance(value, dict):
         return "{" + ", ".join(f"{_render(str(k))}: {_render(v)}" for k, v in value.items()) + "}"
     raise _CannotEditInPlace(f"cannot write a {type(value).__name__}")
+
+
+def check_readable(settings: Settings) -> dict[str, Any]:
+    """params.yaml as read_params returns it, or ConfigError naming what is wrong: unreadable, not YAML, not a
+    mapping, or `batches:` / `archived:` that are not lists of batch ids. Changes nothing."""
+    from ruamel.yaml.error import YAMLError
+
+    from pose_factory.core.errors import ConfigError
+
+    path = settings.params_file
+    where = str(path)
+    try:
+        data = read_params(settings)
+    except OSError as exc:
+        raise ConfigError(f"cannot read params.yaml: {exc.strerror}", where=where,
+                          hint="check its permissions") from None
+    except (YAMLError, ValueError) as exc:  # the parser's errors, or a binary file that is not UTF-8
+        problem = " ".join(str(exc).split())[:200]
+        raise ConfigError(f"params.yaml is not valid YAML: {problem}", where=where,
+                          hint="fix it (`git diff params.yaml` shows what changed since the last commit)") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"expected a mapping at the top of params.yaml, found {type(data).__name__}", where=where,
+                          hint="it holds `batches:`, `archived:` and `working:`; `git diff params.yaml` shows what "
+                               "changed")
+    for key in ("batches", "archived"):
+        value = data.get(key)
+        if value is not None and (not isinstance(value, list) or not all(isinstance(v, str) for v in value)):
+            raise ConfigError(f"key '{key}': expected a list of batch ids, found {type(value).__name__}",
+                              where=f"{where}: {key}", hint=f"write it as `{key}:` followed by `  - <batch id>` lines"
+                                                            f" (or `{key}: []`)")
+    return data
+
+
+def check_editable(settings: Settings) -> None:
+    """Raise ConfigError unless params.yaml passes check_readable and can be rewritten. Read-only: commands
+    that change the mirror run it before they download or move anything."""
+    import os
+
+    from pose_factory.core.errors import ConfigError
+
+    path = settings.params_file
+    if not path.exists():
+        if not os.access(path.parent, os.W_OK):
+            raise ConfigError("params.yaml does not exist and cannot be created", where=str(path),
+                              hint="make the project folder writable")
+        return
+    check_readable(settings)
+    if not os.access(path, os.W_OK) or not os.access(path.parent, os.W_OK):
+        raise ConfigError("params.yaml cannot be rewritten (no write permission)", where=str(path),
+                          hint="make it and the project folder writable")

@@ -1,15 +1,19 @@
 """`pose-sync pull`: bring complete batches from the bucket into the read-only mirror and version them.
 
-For each batch: refuse anything unsafe before writing a byte (keys that climb out of the folder, a
-stale or missing completion marker, a manifest that breaks the schema), download into
-`data/staging/<batch>/` (files already there and verified are kept, so an interrupted pull resumes),
-verify every file's size and sha256 against the manifest, then swap the folder into
-`data/raw/pose-factory/<batch>/`, make it read-only, `dvc add` it and register it in `params.yaml`.
-A failure at any point leaves the mirror as it was.
+A pull is a transaction (see journal.py): a batch counts as pulled only when its folder, its `.dvc`
+file and its `params.yaml` registration agree. Under the repository lock, it first settles whatever a
+killed pull, archive or restore left half-done, then checks what can be checked before a byte is
+downloaded (params.yaml well-formed and writable, the data folders writable, the bucket's batch safe and
+complete, enough free disk). Per batch it downloads into `data/raw/.pose-sync/staging/<batch>/` (files
+already there and verified are kept, so an interrupted pull resumes; anything the manifest does not list
+is removed), verifies every file's size and sha256, makes it read-only and journals it as verified. Then
+it swaps the folder into `data/raw/pose-factory/<batch>/` (the commit point: a pull killed after it is
+completed by the next run, one killed before it is rolled back), `dvc add`s it and registers it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import stat
@@ -21,16 +25,27 @@ from typing import Any
 from pose_factory.bucket import rclone
 from pose_factory.bucket.backends import S3Storage, Storage, run_parallel
 from pose_factory.bucket.batches import batch_prefix, fetch_remote_manifest, list_batches
-from pose_factory.core import contract
-from pose_factory.core.errors import BatchNotFoundError, IntegrityError, PoseFactoryError, UsageError
-from pose_factory.core.fsutil import check_relative_path
+from pose_factory.core import contract, killpoint
+from pose_factory.core.errors import (
+    BatchNotFoundError,
+    DiskError,
+    IntegrityError,
+    PoseFactoryError,
+    RepositoryError,
+    ToolError,
+    UsageError,
+)
+from pose_factory.core.fsutil import atomic_write_path, check_relative_path, recover_swap, remove_tree, swap_dir
 from pose_factory.core.layout import MANIFEST_NAME
-from pose_factory.core.progress import Progress
+from pose_factory.core.progress import Progress, human_bytes
 from pose_factory.core.settings import Settings
-from pose_factory.dataset import dvcrepo, params
+from pose_factory.dataset import dvcrepo, journal, params
+from pose_factory.dataset.journal import Journal
 
 PULL_JSON_VERSION = 1
 ENGINES = ("auto", "boto3", "rclone")
+# Free space kept on top of what a pull needs: DVC's state database, journals, git objects.
+DISK_RESERVE = 64 * 1024 * 1024
 
 
 def resolve_engine(engine: str, storage: Storage) -> str:
@@ -46,7 +61,7 @@ def resolve_engine(engine: str, storage: Storage) -> str:
 @dataclass
 class PulledBatch:
     batch_id: str
-    action: str  # pulled | updated | up-to-date
+    action: str  # pulled | updated | up-to-date | registered | repaired | intact | archived
     files: int = 0
     downloaded: int = 0
     reused: int = 0
@@ -61,10 +76,13 @@ class PullReport:
     engine: str = "boto3"
     commit: str | None = None
     to_commit: list[str] = field(default_factory=list)
+    # What an earlier, interrupted pull / archive / restore left and this run settled first.
+    recovered: list[dict[str, str]] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
         return {"version": PULL_JSON_VERSION, "engine": self.engine, "commit": self.commit,
-                "to_commit": self.to_commit, "batches": [asdict(b) for b in self.batches]}
+                "to_commit": self.to_commit, "recovered": self.recovered,
+                "batches": [asdict(b) for b in self.batches]}
 
 
 def choose_batches(storage: Storage, settings: Settings, *, batch_ids: list[str] | None = None, latest: bool = False,
@@ -99,6 +117,25 @@ def _local_manifest_sha(folder: Path) -> str | None:
 Digests = dict[str, tuple[int, str, str]]
 
 
+def _clean_staging(staging: Path, entries: list[dict[str, Any]]) -> None:
+    """Remove from staging all the manifest does not list: temp files of killed transfers (`.partial`,
+    rclone's), files of an older render, anything that is not a regular file. Staging is never a trap."""
+    listed = {e["path"] for e in entries} | {MANIFEST_NAME}
+    folders = {"/".join(path.split("/")[:i]) for path in listed for i in range(1, path.count("/") + 1)}
+    for dirpath, dirnames, filenames in os.walk(staging):
+        base = Path(dirpath)
+        rel_base = base.relative_to(staging).as_posix()
+        prefix = "" if rel_base == "." else rel_base + "/"
+        for name in list(dirnames):
+            if (base / name).is_symlink() or prefix + name not in folders:
+                remove_tree(base / name)
+                dirnames.remove(name)
+        for name in filenames:
+            path = base / name
+            if prefix + name not in listed or not stat.S_ISREG(path.lstat().st_mode):
+                path.unlink()
+
+
 def _verify_staged(staging: Path, entries: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], Digests]:
     """Split manifest entries into (still to fetch, digests of those already verified in staging)."""
     present = [e for e in entries if (staging / e["path"]).is_file()]
@@ -113,6 +150,7 @@ def _verify_staged(staging: Path, entries: list[dict[str, Any]]) -> tuple[list[d
 def _download_boto3(storage: Storage, settings: Settings, prefix: str, staging: Path, todo: list[dict[str, Any]],
                     bar) -> None:
     def fetch(entry: dict[str, Any]) -> None:
+        killpoint.reached("pull:transfer")
         storage.download_file(prefix + entry["path"], staging / entry["path"])
         bar.advance(entry["size"])
 
@@ -148,95 +186,269 @@ def _make_read_only(folder: Path) -> None:
             path.chmod(mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
 
 
-def _swap_into_mirror(staging: Path, final: Path) -> None:
-    """Replace final with staging; the old version leaves only after the new one is in place."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    old = final.with_name(f".{final.name}.old-{os.getpid()}")
-    if final.exists():
-        os.replace(final, old)
-    try:
-        os.replace(staging, final)
-    except BaseException:
-        if old.exists() and not final.exists():
-            os.replace(old, final)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+# --- checks before the first byte ---------------------------------------------------------------------
+
+def check_ready(settings: Settings) -> None:
+    """What a pull needs besides the bucket, checked before downloading: params.yaml and writable folders."""
+    params.check_editable(settings)
+    folders = [settings.mirror_dir, settings.staging_dir, settings.root / ".dvc"]
+    for folder in folders:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DiskError(f"cannot create the folder: {exc.strerror}", where=str(folder),
+                            hint="make the data folder writable") from None
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise DiskError("the folder is not writable", where=str(folder),
+                            hint="make it writable (chmod u+w), or run as the user who owns the project")
 
 
-def fetch_batch(storage: Storage, settings: Settings, batch_id: str, *, engine: str, allow_incomplete: bool,
-                progress: Progress) -> PulledBatch:
-    """Download and verify one batch into the mirror (not yet tracked). Returns what was done."""
-    manifest, manifest_bytes, keys = fetch_remote_manifest(storage, settings, batch_id, allow_incomplete)
+def _check_disk_space(settings: Settings, batch_id: str, folder: Path, download_bytes: int, total_bytes: int) -> None:
+    """Refuse a pull that cannot fit: what is still to download, plus the batch again if DVC's cache copies."""
+    need = download_bytes + (total_bytes if dvcrepo.cache_copies(settings.root, folder) else 0)
+    free = shutil.disk_usage(folder).free
+    if need + DISK_RESERVE > free:
+        raise DiskError(f"not enough disk space to pull {batch_id}: it needs {human_bytes(need)} "
+                        f"(+{human_bytes(DISK_RESERVE)} spare), {human_bytes(free)} is free", where=str(folder),
+                        hint="free space on that disk (`dvc gc` drops cached versions no commit uses), or set "
+                             "data_root in config/local.yaml to a bigger disk")
+
+
+# --- one batch ------------------------------------------------------------------------------------------
+
+@dataclass
+class _Planned:
+    pulled: PulledBatch
+    manifest_sha: str = ""
+    staged: Path | None = None  # a verified folder to swap into the mirror
+    register: bool = False
+
+
+def _stage(storage: Storage, settings: Settings, batch_id: str, manifest: dict[str, Any], manifest_bytes: bytes, *,
+           engine: str, progress: Progress) -> _Planned:
+    """Decide what a batch needs; when it needs data, download and verify it into staging."""
     final = settings.mirror_dir / batch_id
-    remote_sha = contract.sha256_bytes(manifest_bytes)
+    dvc_file = settings.mirror_dir / f"{batch_id}.dvc"
     rel_final = final.relative_to(settings.root).as_posix()
-    local_sha = _local_manifest_sha(final)
-    if local_sha == remote_sha:
-        return PulledBatch(batch_id, "up-to-date", len(manifest["files"]), 0, len(manifest["files"]), 0, rel_final)
-    staging = settings.staging_dir / batch_id
-    staging.mkdir(parents=True, exist_ok=True)
     entries = manifest["files"]
+    remote_sha = contract.sha256_bytes(manifest_bytes)
+    local_sha = _local_manifest_sha(final)
+    if local_sha == remote_sha and dvc_file.exists():
+        problems = dvcrepo.workspace_status(settings.root, [dvc_file])
+        if problems:
+            raise IntegrityError(f"{batch_id} no longer matches the version that was pulled "
+                                 f"({next(iter(problems.values()))}): a file was changed in place",
+                                 where=str(final), hint=f"`pose-sync verify {batch_id}` lists the files; "
+                                                        f"`pose-sync pull {batch_id} --repair` restores them")
+        registered = batch_id in (params.read_params(settings).get("batches") or [])
+        return _Planned(PulledBatch(batch_id, "up-to-date" if registered else "registered", len(entries), 0,
+                                    len(entries), 0, rel_final), remote_sha, register=not registered)
+    staging = settings.staging_dir / batch_id
+    rclone.stop_orphan(staging.with_name(batch_id + ".rclone-pid"), str(staging))  # a killed pull's (macOS)
+    if (final.exists() or final.is_symlink()) and not dvc_file.exists():
+        # Left untracked by an older version or by hand: its files are re-verified like staged ones.
+        if staging.exists() or final.is_symlink():
+            remove_tree(final)
+        else:
+            os.rename(final, staging)
+    staging.mkdir(parents=True, exist_ok=True)
+    _clean_staging(staging, entries)
     todo, verified = _verify_staged(staging, entries)
     reused = len(verified)
-    where = f"{storage.description}: {batch_prefix(settings, batch_id)}"
-    prefix = batch_prefix(settings, batch_id)
     total = sum(e["size"] for e in todo)
-    with progress.task(f"pull {batch_id}", total, "bytes") as bar:
-        if engine == "rclone" and todo:
-            rclone.copy_files(storage, settings, prefix, staging, [e["path"] for e in todo], bar, total)
-        elif todo:
-            _download_boto3(storage, settings, prefix, staging, todo, bar)
-    verified.update(_check_downloaded(staging, todo, where))
-    (staging / MANIFEST_NAME).write_bytes(manifest_bytes)
-    contract.verify_batch(staging, manifest, known=verified)  # nothing extra, nothing missing, no symlink
+    _check_disk_space(settings, batch_id, staging, total, manifest["totals"]["bytes"])
+    journal.write(settings, Journal("pull", batch_id, "fetching", remote_sha))
+    prefix = batch_prefix(settings, batch_id)
+    where = f"{storage.description}: {prefix}"
+    try:
+        with progress.task(f"pull {batch_id}", total, "bytes") as bar:
+            if engine == "rclone" and todo:
+                rclone.copy_files(storage, settings, prefix, staging, [e["path"] for e in todo], bar, total)
+            elif todo:
+                _download_boto3(storage, settings, prefix, staging, todo, bar)
+        verified.update(_check_downloaded(staging, todo, where))
+        with atomic_write_path(staging / MANIFEST_NAME) as tmp:
+            tmp.write_bytes(manifest_bytes)
+        contract.verify_batch(staging, manifest, known=verified)  # nothing extra, nothing missing, no symlink
+    except PoseFactoryError:
+        journal.remove(settings, batch_id)  # failed and said so: nothing is left half-done in the mirror
+        raise
     _make_read_only(staging)
-    _swap_into_mirror(staging, final)
-    return PulledBatch(batch_id, "updated" if local_sha else "pulled", len(entries), len(todo), reused, total,
-                       rel_final)
+    journal.write(settings, Journal("pull", batch_id, "verified", remote_sha))
+    killpoint.reached("pull:after-verify")
+    action = "updated" if local_sha and dvc_file.exists() else "pulled"
+    return _Planned(PulledBatch(batch_id, action, len(entries), len(todo), reused, total, rel_final), remote_sha,
+                    staging, register=True)
 
+
+def _install(settings: Settings, planned: list[_Planned]) -> None:
+    """Swap the verified batches into the mirror (the commit point), track them, register them."""
+    swapped = []
+    for plan in planned:
+        if plan.staged is None:
+            continue
+        batch_id = plan.pulled.batch_id
+        final = settings.mirror_dir / batch_id
+        dvcrepo.ensure_gitignored(settings.mirror_dir, batch_id)  # never committed to git as images
+        swap_dir(plan.staged, final, step="pull")
+        journal.write(settings, Journal("pull", batch_id, "swapped", plan.manifest_sha))
+        killpoint.reached("pull:after-swap")
+        swapped.append(final)
+    dvcrepo.track(settings.root, swapped)
+    killpoint.reached("pull:after-dvc-add")
+    for final in swapped:
+        _make_read_only(final)  # `dvc add` may have re-created files through its cache (copy or reflink)
+    to_register = [p.pulled.batch_id for p in planned if p.register]
+    if to_register:
+        params.register(settings, add=to_register)
+    killpoint.reached("pull:after-params")
+    for plan in planned:
+        journal.remove(settings, plan.pulled.batch_id)
+
+
+def finish_interrupted(settings: Settings, entry: Journal) -> str:
+    """Settle a pull a crash interrupted: "completed" if its batch had entered the mirror, else "rolled back"."""
+    final = settings.mirror_dir / entry.batch_id
+    recover_swap(final)
+    if entry.step in ("verified", "swapped") and _local_manifest_sha(final) == entry.manifest_sha256:
+        dvcrepo.ensure_gitignored(settings.mirror_dir, entry.batch_id)
+        dvcrepo.track(settings.root, [final])
+        _make_read_only(final)
+        params.register(settings, add=[entry.batch_id])
+        journal.remove(settings, entry.batch_id)
+        return "completed"
+    journal.remove(settings, entry.batch_id)  # the mirror still holds the previous state; staging is kept
+    return "rolled back"
+
+
+# --- repair -----------------------------------------------------------------------------------------------
+
+def _md5(data: bytes) -> str:
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+def repair_batch(storage: Storage, settings: Settings, batch_id: str) -> PulledBatch:
+    """Bring a tracked batch back to the version its .dvc file records, files and DVC cache objects alike.
+
+    A file edited in place (root ignores the read-only bit) is also edited in DVC's cache when the cache
+    hardlinks, so the cache cannot restore it. Damaged cache objects are dropped and fetched again: from the
+    bucket when it still holds the same version (same manifest.json), else from the DVC remote; then
+    `dvc checkout --force` puts the workspace back and the batch is verified against its manifest.
+    """
+    tracked_in = next((d for d in (settings.mirror_dir, settings.archive_dir) if (d / f"{batch_id}.dvc").exists()),
+                      None)
+    if tracked_in is None:
+        raise RepositoryError(f"{batch_id} is not tracked here: there is no pulled version to repair",
+                              where=str(settings.mirror_dir / f"{batch_id}.dvc"),
+                              hint=f"pull it: `pose-sync pull {batch_id}`")
+    root = settings.root
+    dvc_file, folder = tracked_in / f"{batch_id}.dvc", tracked_in / batch_id
+    problems = dvcrepo.workspace_status(root, [dvc_file])  # DVC also drops cache objects that lost their content
+    files = dvcrepo.tracked_files(root, dvc_file)
+    damaged = dvcrepo.damaged_objects(root, files)
+    if damaged:
+        _refill_from_bucket(storage, settings, batch_id, dict(files), damaged)
+        missing = dvcrepo.damaged_objects(root, damaged)
+        if missing:
+            try:
+                dvcrepo.fetch_objects(root, [dvc_file])
+            except ToolError:
+                pass
+            missing = dvcrepo.damaged_objects(root, missing)
+        if missing:
+            raise IntegrityError(f"cannot repair {batch_id}: {len(missing)} file(s) of the version its .dvc file "
+                                 f"records are neither in the bucket nor in the DVC remote, e.g. {missing[0][0]}",
+                                 where=str(folder),
+                                 hint="push that version from a machine that has it (`dvc push`), or replace it "
+                                      f"with the bucket's version: `pose-sync pull {batch_id}`")
+    dvcrepo.checkout(root, [dvc_file], force=True)
+    _make_read_only(folder)
+    contract.verify_batch(folder, contract.load_manifest(folder))
+    if tracked_in == settings.mirror_dir and batch_id not in (params.read_params(settings).get("batches") or []):
+        params.register(settings, add=[batch_id])
+    return PulledBatch(batch_id, "repaired" if damaged or problems else "intact", len(files), len(damaged),
+                       len(files) - len(damaged), 0, folder.relative_to(root).as_posix(),
+                       dvc_file.relative_to(root).as_posix())
+
+
+def _refill_from_bucket(storage: Storage, settings: Settings, batch_id: str, recorded: dict[str, str],
+                        damaged: list[tuple[str, str]]) -> None:
+    """Download the damaged files into the DVC cache when the bucket still holds the recorded version."""
+    try:
+        _, manifest_bytes, _ = fetch_remote_manifest(storage, settings, batch_id, False)
+    except PoseFactoryError:
+        return  # not in the bucket (any more): the DVC remote is the other source
+    if _md5(manifest_bytes) != recorded.get(MANIFEST_NAME):
+        return  # the bucket holds another render now
+    scratch = settings.transaction_dir / "repair" / batch_id
+    prefix = batch_prefix(settings, batch_id)
+    try:
+        for rel, md5 in damaged:
+            tmp = scratch / md5
+            if rel == MANIFEST_NAME:
+                scratch.mkdir(parents=True, exist_ok=True)
+                tmp.write_bytes(manifest_bytes)
+            else:
+                storage.download_file(prefix + rel, tmp)
+            if _md5(tmp.read_bytes()) == md5:
+                dvcrepo.install_object(settings.root, md5, tmp)
+    finally:
+        remove_tree(scratch)
+
+
+# --- the command -------------------------------------------------------------------------------------------
 
 def pull(storage: Storage, settings: Settings, batch_ids: list[str], *, engine: str = "auto",
-         allow_incomplete: bool = False, commit: bool = False, progress: Progress | None = None) -> PullReport:
-    """Pull batches, then track each with DVC, register it in params.yaml and optionally commit."""
+         allow_incomplete: bool = False, commit: bool = False, repair: bool = False,
+         progress: Progress | None = None) -> PullReport:
+    """Pull batches as one transaction each (see the module docstring); optionally commit the new version."""
     engine = resolve_engine(engine, storage)
     dvcrepo.require_repository(settings.root)
     progress = progress or Progress(enabled=False)
-    storage.ensure_bucket()
     report = PullReport(engine=engine)
-    failures: list[PoseFactoryError] = []
-    for batch_id in batch_ids:
-        try:
-            report.batches.append(fetch_batch(storage, settings, batch_id, engine=engine,
-                                              allow_incomplete=allow_incomplete, progress=progress))
-        except PoseFactoryError as exc:
-            if len(batch_ids) == 1:
-                raise
-            failures.append(exc)
-    changed = [b for b in report.batches if b.action != "up-to-date"]
-    dvc_files = dvcrepo.track(settings.root, [settings.root / b.path for b in changed])
-    for b, dvc_file in zip(changed, dvc_files):
-        b.dvc_file = dvc_file.relative_to(settings.root).as_posix()
-    for b in report.batches:
-        if not b.dvc_file:
-            b.dvc_file = b.path + ".dvc"
-    if changed:
-        _make_read_only_all(settings, changed)
-        params.register(settings, add=[b.batch_id for b in changed])
-    paths = [settings.root / b.dvc_file for b in changed]
-    if changed:
-        paths += [settings.mirror_dir / ".gitignore", settings.params_file]
-    report.to_commit = sorted({p.relative_to(settings.root).as_posix() for p in paths})
-    if commit and changed:
-        names = ", ".join(b.batch_id for b in changed)
-        report.commit = dvcrepo.commit(settings.root, paths, f"Pull pose batches: {names}")
+    with journal.locked(settings, "pull"):
+        check_ready(settings)  # settling may write params.yaml too
+        report.recovered = journal.settle(settings)
+        storage.ensure_bucket()
+        planned: list[_Planned] = []
+        failures: list[PoseFactoryError] = []
+        for batch_id in batch_ids:
+            try:
+                if repair:
+                    report.batches.append(repair_batch(storage, settings, batch_id))
+                    continue
+                if (settings.archive_dir / f"{batch_id}.dvc").exists():
+                    report.batches.append(PulledBatch(batch_id, "archived", path=(
+                        settings.archive_dir / batch_id).relative_to(settings.root).as_posix()))
+                    continue
+                manifest, manifest_bytes, _ = fetch_remote_manifest(storage, settings, batch_id, allow_incomplete)
+                killpoint.reached("pull:after-listing")
+                plan = _stage(storage, settings, batch_id, manifest, manifest_bytes, engine=engine,
+                              progress=progress)
+                planned.append(plan)
+                report.batches.append(plan.pulled)
+            except PoseFactoryError as exc:
+                if len(batch_ids) == 1:
+                    raise
+                failures.append(exc)
+        _install(settings, planned)
+        for b in report.batches:
+            if not b.dvc_file:
+                b.dvc_file = b.path + ".dvc"
+        completed = [r["batch_id"] for r in report.recovered if r["command"] == "pull" and r["outcome"] == "completed"]
+        candidates = [settings.root / b.dvc_file for b in report.batches if b.action != "archived"]
+        candidates += [settings.mirror_dir / f"{batch_id}.dvc" for batch_id in completed]
+        if candidates:
+            candidates += [settings.mirror_dir / ".gitignore", settings.params_file]
+        pending = dvcrepo.uncommitted(settings.root, candidates)
+        report.to_commit = sorted({p.relative_to(settings.root).as_posix() for p in pending})
+        killpoint.reached("pull:before-commit")
+        if commit and pending:
+            names = ", ".join(dict.fromkeys([b.batch_id for b in report.batches if b.action != "archived"]
+                                            + completed))
+            report.commit = dvcrepo.commit(settings.root, pending, f"Pull pose batches: {names}")
     if failures:
         first = failures[0]
         others = f" ({len(failures) - 1} more batch(es) failed too)" if len(failures) > 1 else ""
         raise type(first)(first.message + others, where=first.where, hint=first.hint)
     return report
-
-
-def _make_read_only_all(settings: Settings, batches: list[PulledBatch]) -> None:
-    # `dvc add` may have re-created files through its cache (copy or reflink): make them read-only again.
-    for b in batches:
-        _make_read_only(settings.root / b.path)
