@@ -212,6 +212,8 @@ def assert_invariants(case: Case) -> dict[str, dict]:
             if not folder.with_name(folder.name + ".dvc").exists():
                 assert states[folder.name]["state"].startswith("interrupted-"), states[folder.name]
                 git(root, "check-ignore", "-q", folder.relative_to(root).as_posix())  # never committed as images
+    for line in git(root, "status", "--porcelain", "-uall").splitlines():  # `git add -A` would take only these
+        assert line[3:].endswith((".dvc", ".gitignore")) or line[3:] == "params.yaml", line
     for batch_id, s in states.items():
         if s["state"] in ("up-to-date", "not-pushed", "changed-in-bucket", "archived"):
             assert s["tracked"] and s["registered"] and s["workspace"] is None, s

@@ -90,18 +90,37 @@ def clone_file(source: Path, dest: Path) -> bool:
 
 
 # --- crash-safe folder moves -------------------------------------------------------------------------
-# A folder is replaced in three renames: the old one is set aside under a hidden name beside it, the new
+# A folder is replaced in three renames: the old one is set aside in a hidden folder beside it, the new
 # one is renamed into place, the old one is deleted. After a crash at any instant, recover_swap() finds
-# the hidden names and leaves exactly one complete folder (the new one if it was in place, else the old).
-# Across filesystems (a mirror or archive on another disk) the new folder is first copied to a hidden
-# name beside its destination, so the step that makes it visible is still one rename.
+# what was set aside and leaves exactly one complete folder (the new one if it was in place, else the
+# old). Across filesystems (a mirror or archive on another disk) the new folder is first copied into that
+# hidden folder, so the step that makes it visible is still one rename. The hidden folder ignores itself
+# in git (its own .gitignore), so what a crash leaves there is never committed by `git add`.
 
-def _aside(final: Path) -> Path:
-    return final.with_name(f".{final.name}.replaced")
+SCRATCH_NAME = ".pose-sync-tmp"
 
 
-def _copying(final: Path) -> Path:
-    return final.with_name(f".{final.name}.copying")
+def _scratch(final: Path, create: bool = False) -> Path:
+    folder = final.parent / SCRATCH_NAME
+    if create and not (folder / ".gitignore").exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / ".gitignore").write_text("*\n")
+    return folder
+
+
+def _aside(final: Path, create: bool = False) -> Path:
+    return _scratch(final, create) / f"{final.name}.replaced"
+
+
+def _copying(final: Path, create: bool = False) -> Path:
+    return _scratch(final, create) / f"{final.name}.copying"
+
+
+def _drop_scratch(final: Path) -> None:
+    """Remove the hidden folder once nothing is set aside in it, so the parent holds only batches again."""
+    folder = _scratch(final)
+    if folder.is_dir() and all(entry.name == ".gitignore" for entry in folder.iterdir()):
+        remove_tree(folder)
 
 
 def remove_tree(path: Path) -> None:
@@ -131,13 +150,14 @@ def move_dir(source: Path, dest: Path, *, step: str | None = None) -> None:
     except OSError as exc:
         if exc.errno != errno.EXDEV:
             raise
-    partial = _copying(dest)
+    partial = _copying(dest, create=True)
     remove_tree(partial)
     shutil.copytree(source, partial, symlinks=True)
     if step:
         killpoint.reached(f"{step}:after-copy")
     os.rename(partial, dest)
     remove_tree(source)
+    _drop_scratch(dest)
 
 
 def swap_dir(new: Path, final: Path, *, step: str | None = None) -> None:
@@ -147,13 +167,14 @@ def swap_dir(new: Path, final: Path, *, step: str | None = None) -> None:
     and moving the new one in), so tests can prove that recover_swap() repairs every instant.
     """
     recover_swap(final)
-    aside = _aside(final)
+    aside = _aside(final, create=True)
     if final.exists() or final.is_symlink():
         os.rename(final, aside)
     if step:
         killpoint.reached(f"{step}:mid-swap")
     move_dir(new, final, step=step)
     remove_tree(aside)
+    _drop_scratch(final)
 
 
 def recover_swap(final: Path) -> str | None:
@@ -173,6 +194,7 @@ def recover_swap(final: Path) -> str | None:
         else:
             os.rename(aside, final)
             outcome = "restored old"
+    _drop_scratch(final)
     return outcome
 
 
