@@ -177,6 +177,8 @@ def use(template: Template, tmp_path: Path, monkeypatch) -> Case:
 def rclone_processes(root: Path) -> list[int]:
     """Live rclone processes working for this project (an orphan would have the staging path in its args)."""
     found = []
+    if not Path("/proc").is_dir():
+        return found  # macOS: no /proc; there the next pull's stop_orphan is what stops a left-over rclone
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue

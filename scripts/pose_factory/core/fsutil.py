@@ -125,7 +125,7 @@ def _drop_scratch(final: Path) -> None:
 
 def remove_tree(path: Path) -> None:
     """Delete a folder even when parts of it are read-only (as the mirror is); missing is fine."""
-    def make_writable_and_retry(function, failed, _exc_info) -> None:
+    def make_writable_and_retry(function, failed, _exc) -> None:
         parent = os.path.dirname(failed)
         os.chmod(parent, os.stat(parent).st_mode | stat.S_IWUSR | stat.S_IXUSR)
         function(failed)
@@ -133,7 +133,10 @@ def remove_tree(path: Path) -> None:
     if path.is_symlink() or path.is_file():
         path.unlink()
     elif path.exists():
-        shutil.rmtree(path, onerror=make_writable_and_retry)
+        if sys.version_info >= (3, 12):
+            shutil.rmtree(path, onexc=make_writable_and_retry)
+        else:
+            shutil.rmtree(path, onerror=make_writable_and_retry)
 
 
 def move_dir(source: Path, dest: Path, *, step: str | None = None) -> None:
