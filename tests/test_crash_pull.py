@@ -482,16 +482,31 @@ def test_ctrl_c_cancels_the_downloads_still_queued():
     from pose_factory.bucket.backends import run_parallel
 
     ran = []
+    queued, interrupted = threading.Event(), threading.Event()
+
+    def items():
+        yield from range(400)
+        queued.set()  # run_parallel has handed every item to its pool
+
+    def on_ctrl_c(signum, frame):
+        interrupted.set()
+        raise KeyboardInterrupt
 
     def work(item: int) -> None:
         ran.append(item)
         if item == 2:
+            queued.wait(10)
             os.kill(os.getpid(), signal.SIGINT)  # as a terminal's Ctrl-C reaches the process
-        threading.Event().wait(0.01)
+        if item >= 2:
+            interrupted.wait(10)  # later calls cannot finish before the waiting thread has seen Ctrl-C
 
-    with pytest.raises(KeyboardInterrupt):
-        run_parallel(work, list(range(400)), 2)
-    assert len(ran) < 50, f"{len(ran)} of 400 calls ran after Ctrl-C"
+    previous = signal.signal(signal.SIGINT, on_ctrl_c)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_parallel(work, items(), 2)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert len(ran) <= 5, f"{len(ran)} of 400 calls ran after Ctrl-C"
 
 
 # --- a mirror on another filesystem --------------------------------------------------------------------------

@@ -333,17 +333,23 @@ def open_storage(settings: Settings, backend: str | None = None) -> Storage:
 def run_parallel(function: Callable[[T], None], items: list[T], workers: int) -> None:
     """Call function on every item from a pool of threads; at the first failure, start no more and raise it.
 
-    Ctrl-C (KeyboardInterrupt in the waiting thread) cancels every queued call too, so it stops after the
-    calls already running instead of after the whole list.
+    Ctrl-C cancels every queued call too, so it stops after the calls already running instead of after the
+    whole list. The waiting thread wakes every quarter second: the kernel may hand SIGINT to a worker thread,
+    and Python runs its handler only when the main thread next runs Python code.
     """
     pool = ThreadPoolExecutor(max(1, workers))
     try:
         futures = [pool.submit(function, item) for item in items]
-        done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, timeout=0.25, return_when=FIRST_EXCEPTION)
+            if any(f.exception() is not None for f in done):
+                break
         for future in pending:
             future.cancel()
-        for future in done:
-            future.result()
+        for future in futures:
+            if future.done() and not future.cancelled():
+                future.result()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
