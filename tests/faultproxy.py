@@ -2,9 +2,12 @@
 
 R2 answers 5xx / 429 under load and connections drop; the tool must retry through both. The proxy
 forwards every request unchanged (Host header included, since SigV4 signs it) and, when told to,
-answers the next matching requests with an S3-style error or drops their connection instead.
-Faults are decided per HTTP request, not per TCP connection, because boto3 reuses keep-alive
-connections.
+answers the next matching requests with an S3-style error, drops their connection instead, or cuts
+the response body part way (headers promise the whole body, then the connection is reset). It can
+also rewrite ListObjectsV2 answers, to show the client keys a real R2 accepts but SeaweedFS refuses
+(`..` segments, backslashes). Faults are decided per HTTP request, not per TCP connection, because
+boto3 reuses keep-alive connections. `refused_url()` and `blackhole_url()` give endpoints that refuse
+connections or never answer the TCP handshake.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import http.client
 import socket
 import struct
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
@@ -33,11 +38,12 @@ _ERROR_CODES = {
 
 @dataclass
 class _Rule:
-    kind: str  # "fail" or "drop"
+    kind: str  # "fail", "drop" or "cut"
     remaining: int
     status: int
     method: str | None
     path_contains: str | None
+    after_bytes: int = 0
 
     def matches(self, method: str, path: str) -> bool:
         return (
@@ -61,6 +67,8 @@ class FaultProxy:
         self.faults_injected = 0
         self.log: list[tuple[str, str, str]] = []
         self._rules: list[_Rule] = []
+        # ListObjectsV2 answer rewriter: XML text in, XML text out (see rewrite_listings).
+        self._listing_rewriter: Callable[[str], str] | None = None
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -84,10 +92,23 @@ class FaultProxy:
         with self._lock:
             self._rules.append(_Rule("drop", count, 0, method, path_contains))
 
+    def cut_next(self, count: int, after_bytes: int = 0, *, method: str | None = None,
+                 path_contains: str | None = None) -> None:
+        """Forward the next `count` matching requests, send the answer's headers and only its first
+        `after_bytes` body bytes, then reset the connection (a body cut mid-stream)."""
+        with self._lock:
+            self._rules.append(_Rule("cut", count, 0, method, path_contains, after_bytes))
+
+    def rewrite_listings(self, rewriter: Callable[[str], str] | None) -> None:
+        """Pass every ListObjectsV2 answer body (XML) through rewriter; None stops rewriting."""
+        with self._lock:
+            self._listing_rewriter = rewriter
+
     def clear(self) -> None:
-        """Forget all pending faults (counters and log are kept)."""
+        """Forget all pending faults and rewriting (counters and log are kept)."""
         with self._lock:
             self._rules.clear()
+            self._listing_rewriter = None
 
     def outcomes(self, method: str | None = None) -> list[str]:
         """Outcomes from the log, optionally only for one method."""
@@ -188,8 +209,8 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             self._send_error_xml(401, path)
             return
         rule = self.owner._decide(method, path)
-        if rule is None:
-            self._forward(method, path)
+        if rule is None or rule.kind == "cut":
+            self._forward(method, path, cut_after=rule.after_bytes if rule else None)
             return
         # Consume the body first so the connection stays in sync (fail) or the request is
         # really "sent" before the connection vanishes (drop).
@@ -239,7 +260,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             emit(data)
             remaining -= len(data)
 
-    def _forward(self, method: str, path: str) -> None:
+    def _forward(self, method: str, path: str, cut_after: int | None = None) -> None:
         # One upstream connection per request: a stale pooled upstream connection could not be
         # retried once the (streamed) request body has been consumed.
         upstream = http.client.HTTPConnection(self.owner.upstream_host, self.owner.upstream_port, timeout=120)
@@ -255,6 +276,15 @@ class _ProxyHandler(BaseHTTPRequestHandler):
                 self.owner._record(method, path, f"upstream error {type(exc).__name__}")
                 self._send_error_xml(502, path)
                 self.close_connection = True
+                return
+            if cut_after is not None:
+                self.owner._record(method, path, f"cut after {cut_after} bytes")
+                self._relay_cut(response, cut_after)
+                return
+            rewriter = self.owner._listing_rewriter
+            if rewriter is not None and method == "GET" and "list-type=2" in path and response.status == 200:
+                self.owner._record(method, path, f"forwarded {response.status} (listing rewritten)")
+                self._relay_rewritten(response, rewriter)
                 return
             self.owner._record(method, path, f"forwarded {response.status}")
             self._relay_response(method, response)
@@ -294,6 +324,28 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         if chunked:
             self.wfile.write(b"0\r\n\r\n")
 
+    def _relay_cut(self, response: http.client.HTTPResponse, after_bytes: int) -> None:
+        body = response.read()
+        self.send_response_only(response.status, response.reason)
+        for name, value in response.msg.items():
+            if name.lower() not in ("transfer-encoding", "content-length", "connection"):
+                self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))  # promise the whole body ...
+        self.end_headers()
+        self.wfile.write(body[:after_bytes])  # ... deliver part of it ...
+        self.wfile.flush()
+        self._drop_connection()  # ... and reset the connection
+
+    def _relay_rewritten(self, response: http.client.HTTPResponse, rewriter: Callable[[str], str]) -> None:
+        body = rewriter(response.read().decode("utf-8")).encode("utf-8")
+        self.send_response_only(response.status, response.reason)
+        for name, value in response.msg.items():
+            if name.lower() not in ("transfer-encoding", "content-length", "etag", "content-md5"):
+                self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
     def _send_error_xml(self, status: int, path: str) -> None:
         code, message = _ERROR_CODES.get(status, ("InjectedFault", "Fault injected by FaultProxy."))
         body = (
@@ -319,3 +371,39 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         except OSError:
             pass
         self.close_connection = True
+
+
+def refused_url() -> str:
+    """An http:// URL on 127.0.0.1 where nothing listens: connections are refused at once."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+@contextmanager
+def blackhole_url() -> Iterator[str]:
+    """An http:// URL whose TCP handshake never completes (connect blocks until the client's timeout).
+
+    A listening socket that never accepts, with its backlog filled: the kernel then drops new SYNs, as a
+    firewall that silently drops packets does.
+    """
+    listener = socket.socket()
+    fillers: list[socket.socket] = []
+    try:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        for _ in range(3):
+            filler = socket.socket()
+            filler.setblocking(False)
+            try:
+                filler.connect(("127.0.0.1", port))
+            except BlockingIOError:
+                pass
+            fillers.append(filler)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
