@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from pose_factory.bucket.backends import Storage, join_key
 from pose_factory.core import contract, schemas
+from pose_factory.core.errors import SchemaError
 from pose_factory.core.settings import Settings
 
 JOBS_JSON_VERSION = 1
+# A job definition is a few hundred bytes; anything far larger in the jobs prefix is not read.
+MAX_JOB_BYTES = 1024 * 1024
 
 
 def job_key(settings: Settings, job_id: str) -> str:
@@ -47,10 +49,13 @@ def list_jobs(storage: Storage, settings: Settings) -> list[JobListing]:
             continue
         job_id = info.key.rsplit("/", 1)[-1].removesuffix(".json")
         try:
-            job = json.loads(storage.read_bytes(info.key))
+            job = schemas.parse_json(storage.read_bytes(info.key, MAX_JOB_BYTES), info.key)
             problems = schemas.problems(job, "job", info.key)
-        except ValueError as exc:
-            found.append(JobListing(job_id, None, None, None, info.key, f"malformed JSON: {exc}"))
+        except SchemaError as exc:
+            found.append(JobListing(job_id, None, None, None, info.key, exc.message))
+            continue
+        if not isinstance(job, dict):
+            found.append(JobListing(job_id, None, None, None, info.key, str(problems[0])))
             continue
         found.append(JobListing(job.get("job_id", job_id), job.get("project"), job.get("generator"),
                                 job.get("samples"), info.key, str(problems[0]) if problems else None))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import unicodedata
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime
@@ -42,6 +43,18 @@ DEFAULT_MODALITIES = ("rgb", "pose", "openpose_json", "depth", "normal", "seg")
 SAMPLE_ID_WIDTH = 6
 # Files above this size are hashed in several threads (see map_files).
 LARGE_FILE = 4 * 1024 * 1024
+
+# Read caps for the documents a pull reads from the bucket before anything else. A manifest takes about
+# 1.3 KB per sample, so 64 MiB is about 50,000 samples; a marker is under 1 KB.
+MAX_MANIFEST_BYTES = 64 * 1024 * 1024
+MAX_MARKER_BYTES = 64 * 1024
+# Longest file or folder name (bytes of UTF-8) a batch may use: file systems allow 255, and downloads are
+# written to `.<name>.<8 random>.partial` beside their final name first (18 bytes more; rclone adds a
+# similar suffix).
+MAX_NAME_BYTES = 200
+# Longest path inside a batch: macOS allows 1,024 bytes in all, and the project folder plus
+# `data/staging/<batch id>/` come in front of it.
+MAX_PATH_BYTES = 600
 
 
 def sample_id(index: int) -> str:
@@ -146,15 +159,64 @@ def load_manifest(batch_dir: Path) -> dict[str, Any]:
 
 
 def parse_manifest_bytes(data: bytes, label: str) -> dict[str, Any]:
-    """Parse and schema-check manifest bytes fetched from a bucket."""
-    try:
-        manifest = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        from pose_factory.core.errors import SchemaError
-
-        raise SchemaError(f"malformed JSON: {exc}", where=label) from None
+    """Parse (bounded, see schemas.parse_json) and schema-check manifest bytes fetched from a bucket."""
+    manifest = schemas.parse_json(data, label)
     schemas.check(manifest, "manifest", label)
     return manifest
+
+
+def _fold(path: str) -> str:
+    """What a case-insensitive, normalisation-insensitive file system (macOS APFS, Windows) compares."""
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFC", path).casefold())
+
+
+def path_problems(paths: list[str]) -> list[Problem]:
+    """Paths of one batch that cannot all be written as separate files on a laptop's file system.
+
+    Refused: a name longer than MAX_NAME_BYTES or a path longer than MAX_PATH_BYTES; the same path twice;
+    a path that is also the folder of another (`rgb` and `rgb/000000.png`); two paths equal but for case or
+    Unicode normalisation (one file on macOS), including manifest.json and _complete.json themselves.
+    """
+    problems: list[Problem] = []
+    files: dict[str, str] = {_fold(name): name for name in (MANIFEST_NAME, COMPLETE_MARKER_NAME)}
+    folders: dict[str, str] = {}
+    for path in paths:
+        segments = path.split("/")
+        longest = max(segments, key=lambda seg: len(seg.encode("utf-8", "surrogateescape")))
+        if len(longest.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
+            problems.append(Problem(path, "name length", f"names of at most {MAX_NAME_BYTES} bytes",
+                                    f"a name of {len(longest.encode('utf-8', 'surrogateescape'))} bytes"))
+            continue
+        if len(path.encode("utf-8", "surrogateescape")) > MAX_PATH_BYTES:
+            problems.append(Problem(path, "path length", f"a path of at most {MAX_PATH_BYTES} bytes",
+                                    f"{len(path.encode('utf-8', 'surrogateescape'))} bytes"))
+            continue
+        folded = _fold(path)
+        if folded in files:
+            same = files[folded] == path
+            problems.append(Problem(path, "path", "each path once" if same else "no other path equal but for case",
+                                    "listed twice" if same else f"also {files[folded]!r} (one file on macOS)"))
+            continue
+        if folded in folders:
+            problems.append(Problem(path, "path", "a file or a folder, not both",
+                                    f"also the folder of {folders[folded]!r}"))
+            continue
+        for depth in range(1, len(segments)):
+            folder = "/".join(segments[:depth])
+            if _fold(folder) in files:
+                problems.append(Problem(path, "path", "a file or a folder, not both",
+                                        f"{files[_fold(folder)]!r} is a file"))
+                break
+            other = folders.get(_fold(folder))
+            if other is not None and not other.startswith(folder + "/"):
+                problems.append(Problem(path, "path", "one spelling per folder",
+                                        f"folder {folder!r} and the folder of {other!r} (one folder on macOS)"))
+                break
+        else:
+            files[folded] = path
+            for depth in range(1, len(segments)):
+                folders.setdefault(_fold("/".join(segments[:depth])), path)
+    return problems
 
 
 def walk_files(folder: Path) -> tuple[set[str], list[str]]:

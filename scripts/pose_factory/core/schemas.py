@@ -2,6 +2,9 @@
 
 A violation is reported as file + JSON path + what was expected + what was found, e.g.
 ``manifest.json: $.files[3].sha256: expected a string matching ^[0-9a-f]{64}$, found 'abc'``.
+
+JSON that comes from outside (the bucket, a batch folder) is parsed by `parse_json`: bounded nesting,
+64-bit integers, no NaN, strict UTF-8, so a hostile document is a SchemaError, never a RecursionError.
 """
 
 from __future__ import annotations
@@ -34,6 +37,13 @@ SCHEMA_FILES = {
 
 # How many violations one error message spells out in full before it only counts the rest.
 SHOWN_PROBLEMS = 5
+# Deepest nesting of objects and lists accepted in a JSON document. Contract documents nest 6 levels at
+# most; the bound keeps schema checks and error messages (which recurse) far from Python's limit.
+MAX_JSON_DEPTH = 32
+
+
+class DocumentTooLargeError(SchemaError):
+    """A document (manifest, marker) is larger than its read cap; it was not read."""
 
 
 @dataclass(frozen=True)
@@ -179,15 +189,53 @@ def check(document: Any, schema_name: str, file_label: str, *, hint: str | None 
                       hint=hint or f"fix the document to match schemas/{SCHEMA_FILES[schema_name]}")
 
 
+def json_depth(document: Any) -> int:
+    """How deeply objects and lists nest in a parsed document (a scalar is 0), without recursion."""
+    deepest = 0
+    pending = [(document, 1)]
+    while pending:
+        value, depth = pending.pop()
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, depth)
+        pending.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return deepest
+
+
+def parse_json(data: bytes | str, label: str, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """Parse untrusted JSON; anything a strict, bounded parser refuses is a SchemaError naming the file.
+
+    orjson stops at 1,024 levels without recursing in Python, refuses integers beyond 64 bits, NaN and
+    invalid UTF-8; the depth is then bounded again at max_depth.
+    """
+    import orjson
+
+    try:
+        document = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        if "depth limit" in exc.msg or "recursion" in exc.msg.lower():
+            raise _too_deep(label, max_depth) from None
+        where = f" at line {exc.lineno}, column {exc.colno}" if exc.doc else ""
+        raise SchemaError(f"malformed JSON{where}: {exc.msg}", where=label,
+                          hint="fix the JSON syntax (a trailing comma or a missing quote is common), or the "
+                               "file is binary or corrupt") from None
+    if json_depth(document) > max_depth:
+        raise _too_deep(label, max_depth)
+    return document
+
+
+def _too_deep(label: str, max_depth: int) -> SchemaError:
+    return SchemaError(f"JSON nested deeper than {max_depth} levels", where=label,
+                       hint="no contract document nests that deep: the file was written by a broken or hostile "
+                            "program")
+
+
 def load_json(path: Path, label: str | None = None) -> Any:
-    """Parse a JSON file, turning syntax errors into a SchemaError naming the line and column."""
+    """Parse a JSON file (see parse_json), turning syntax errors into a SchemaError naming the line and column."""
     label = label or str(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = path.read_bytes()
     except FileNotFoundError:
         raise SchemaError("file not found", where=label) from None
-    except UnicodeDecodeError:
-        raise SchemaError("not UTF-8 text", where=label, hint="the file is binary or corrupt") from None
-    except json.JSONDecodeError as exc:
-        raise SchemaError(f"malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}", where=label,
-                          hint="fix the JSON syntax (a trailing comma or a missing quote is common)") from None
+    return parse_json(data, label)

@@ -23,10 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from pose_factory.core import contract, schemas
-from pose_factory.core.errors import PoseFactoryError
+from pose_factory.core.errors import PoseFactoryError, SchemaError
 from pose_factory.core.fsutil import atomic_write_path
 from pose_factory.core.layout import MANIFEST_NAME
 from pose_factory.core.schemas import Problem
@@ -83,11 +81,11 @@ class ValidationFailed(PoseFactoryError):
 def _load(path: Path, label: str, report: ValidationReport, documents: dict[str, bytes] | None = None) -> Any:
     try:
         data = documents[label] if documents is not None and label in documents else path.read_bytes()
-        return orjson.loads(data)
+        return schemas.parse_json(data, label)  # bounded: a hostile document is a problem, not a crash
     except FileNotFoundError:
         return None  # reported by the file comparison
-    except orjson.JSONDecodeError as exc:
-        report.error(label, "$", "valid JSON", f"malformed JSON ({exc})")
+    except SchemaError as exc:
+        report.error(label, "$", "valid JSON", exc.message)
         return None
 
 
@@ -287,6 +285,8 @@ def validate_batch(batch_dir: Path, progress=None) -> ValidationReport:
     if report.errors:
         return report  # the checks below rely on the manifest's shape
     report.batch_id = manifest["batch_id"]
+    # Paths that collide on a case-insensitive disk (macOS), or are too long, cannot be pulled there.
+    report.errors.extend(contract.path_problems([entry["path"] for entry in manifest["files"]]))
     if batch_dir.name != manifest["batch_id"]:
         report.error(MANIFEST_NAME, "$.batch_id", f"the folder name {batch_dir.name!r}", repr(manifest["batch_id"]))
     width, height = manifest["image"]["width"], manifest["image"]["height"]
