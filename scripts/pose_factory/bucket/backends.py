@@ -3,13 +3,20 @@ acting as the bucket (the embedded default, no account needed).
 
 Keys are POSIX paths inside the bucket. Every key is checked before it touches the local disk, so a
 key that tries to climb out of its folder is refused rather than written.
+
+Bucket content is untrusted: small documents are read with a size cap, the local folder never opens
+anything but a regular file (a FIFO would block for ever), and an S3 body cut mid-stream is fetched
+again (botocore retries failed requests, not bodies that break while they are read).
 """
 
 from __future__ import annotations
 
 import os
 import posixpath
+import random
 import shutil
+import stat
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
@@ -19,7 +26,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from pose_factory.core.errors import CredentialsError, StorageError, UnsafeKeyError
-from pose_factory.core.fsutil import PARTIAL_SUFFIX, STREAM_CHUNK, atomic_write_path, check_relative_path, file_digests
+from pose_factory.core.fsutil import PARTIAL_SUFFIX, STREAM_CHUNK, atomic_write_path, check_relative_path
+from pose_factory.core.schemas import DocumentTooLargeError
 from pose_factory.core.settings import R2Credentials, Settings, resolve_backend
 
 T = TypeVar("T")
@@ -31,7 +39,11 @@ MULTIPART_CHUNK = 16 * 1024 * 1024
 
 @dataclass(frozen=True)
 class ObjectInfo:
-    """An object in the bucket: key, size and a content fingerprint (MD5 for single-part uploads)."""
+    """An object in the bucket: key, size and a content fingerprint (MD5 for single-part uploads).
+
+    A listing may leave the fingerprint out (None) where computing it costs a read of the object (the
+    local folder); `head()` always has it.
+    """
 
     key: str
     size: int
@@ -45,6 +57,23 @@ class ObjectMissingError(StorageError):
 def check_key(key: str) -> str:
     """Return key if it is a safe object key (see check_relative_path)."""
     return check_relative_path(key, where=f"object key {key!r}")
+
+
+def is_folder_marker(key: str, size: int) -> bool:
+    """A zero-byte `some/folder/` object: S3 consoles and tools create these to show empty folders."""
+    return key.endswith("/") and size == 0
+
+
+def too_large(key: str, size: int, max_bytes: int, where: str) -> DocumentTooLargeError:
+    """The error for an object over a read cap, naming the object and the cap."""
+    return DocumentTooLargeError(f"{key} is {size:,} bytes, over the {max_bytes:,}-byte cap for this document",
+                                 where=where, hint="the batch was written by a broken or hostile uploader; it is "
+                                                   "not read (see README, 'Bad batches in the bucket')")
+
+
+def _backoff_s(attempt: int) -> float:
+    """Full-jitter exponential backoff: up to 0.1 s, 0.2 s, 0.4 s ... capped at 2 s."""
+    return random.uniform(0, min(2.0, 0.1 * 2 ** (attempt - 1)))
 
 
 class Storage(ABC):
@@ -71,8 +100,8 @@ class Storage(ABC):
         """The object's info, or None if it does not exist."""
 
     @abstractmethod
-    def read_bytes(self, key: str) -> bytes:
-        """The object's content (small objects: manifests, markers)."""
+    def read_bytes(self, key: str, max_bytes: int | None = None) -> bytes:
+        """The object's content (small objects: manifests, markers); over max_bytes is DocumentTooLargeError."""
 
     @abstractmethod
     def put_bytes(self, key: str, data: bytes) -> None:
@@ -95,7 +124,12 @@ class Storage(ABC):
 
 
 class LocalFolderStorage(Storage):
-    """A folder acting as the bucket: `<root>/<key>`. Writes are atomic, so readers never see half a file."""
+    """A folder acting as the bucket: `<root>/<key>`. Writes are atomic, so readers never see half a file.
+
+    Only regular files are objects: FIFOs, sockets and devices are skipped by listings and never opened
+    (opening a FIFO blocks until a writer comes). A symlink anywhere below the root is refused, since it
+    could point anywhere on disk.
+    """
 
     kind = "local"
 
@@ -107,6 +141,10 @@ class LocalFolderStorage(Storage):
     def description(self) -> str:
         return f"local folder {self.root}"
 
+    def _refuse_symlink(self, key: str, where: Path) -> UnsafeKeyError:
+        return UnsafeKeyError(f"symlink in the bucket folder: {key!r}", where=str(where),
+                              hint="the batch was written by a broken or hostile uploader; it is not pulled")
+
     def _path(self, key: str) -> Path:
         path = self.root.joinpath(*check_key(key).split("/"))
         # A symlink inside the bucket folder could point anywhere on disk: treat it like an escaping key.
@@ -114,50 +152,90 @@ class LocalFolderStorage(Storage):
             if candidate == self.root:
                 break
             if candidate.is_symlink():
-                raise UnsafeKeyError(f"symlink in the bucket folder: {key!r}", where=str(candidate),
-                                     hint="the batch was written by a broken or hostile uploader; it is not pulled")
+                raise self._refuse_symlink(key, candidate)
         return path
+
+    def _open_regular(self, key: str) -> int:
+        """A read-only descriptor on the object's file; a missing or non-regular file is ObjectMissingError."""
+        path = self._path(key)
+        try:
+            # O_NONBLOCK: opening a FIFO must not wait for a writer; O_NOFOLLOW: no symlink swapped in since.
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise ObjectMissingError("no such object", where=f"{self.description}: {key}") from None
+        except OSError as exc:
+            if path.is_symlink():
+                raise self._refuse_symlink(key, path) from None
+            raise exc
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise ObjectMissingError("no such object (not a regular file)", where=f"{self.description}: {key}")
+        return fd
 
     def ensure_bucket(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
 
     def list_objects(self, prefix: str) -> Iterator[ObjectInfo]:
-        if not self.root.is_dir():
+        # Start at the deepest folder the prefix names: listing one batch must not walk every other one.
+        folder_key = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        if folder_key:
+            check_key(folder_key)
+        start = self.root
+        for part in [p for p in folder_key.split("/") if p]:
+            start = start / part
+            if start.is_symlink():  # everything under the prefix would come from somewhere else
+                raise self._refuse_symlink(start.relative_to(self.root).as_posix(), start)
+        if not start.is_dir():
             return
-        base = self.root
-        for dirpath, dirnames, filenames in os.walk(base):
-            dirnames.sort()
-            for name in sorted(filenames) + [d for d in dirnames if Path(dirpath, d).is_symlink()]:
-                if name.endswith(PARTIAL_SUFFIX):
-                    continue
-                full = Path(dirpath, name)
-                key = full.relative_to(base).as_posix()
-                if not key.startswith(prefix):
-                    continue
-                if full.is_symlink():
-                    raise UnsafeKeyError(f"symlink in the bucket folder: {key!r}", where=str(full),
-                                         hint="the batch was written by a broken or hostile uploader; it is not "
-                                              "pulled")
-                yield ObjectInfo(key, full.stat().st_size, file_digests(full)[1])
+        found: list[ObjectInfo] = []
+        pending = [start]
+        while pending:
+            with os.scandir(pending.pop()) as entries:
+                for entry in entries:
+                    full = Path(entry.path)
+                    key = full.relative_to(self.root).as_posix()
+                    if not key.startswith(prefix):
+                        continue
+                    if entry.is_symlink():
+                        raise self._refuse_symlink(key, full)
+                    if entry.is_dir(follow_symlinks=False):
+                        pending.append(full)
+                    elif entry.is_file(follow_symlinks=False) and not entry.name.endswith(PARTIAL_SUFFIX):
+                        # Sizes only: hashing here would read every object of the batch once more.
+                        found.append(ObjectInfo(key, entry.stat(follow_symlinks=False).st_size, None))
+        yield from sorted(found, key=lambda info: info.key)
 
     def list_folders(self, prefix: str) -> list[str]:
         folder = self.root.joinpath(*[p for p in prefix.split("/") if p])
         if not folder.is_dir():
             return []
+        # Symlinked folders are listed too (following the link only to see that it is a folder), so that
+        # list shows them as bad batches instead of hiding them.
         return sorted(entry.name for entry in folder.iterdir() if entry.is_dir())
 
     def head(self, key: str) -> ObjectInfo | None:
-        path = self._path(key)
-        if not path.is_file():
-            return None
-        return ObjectInfo(key, path.stat().st_size, file_digests(path)[1])
+        import hashlib
 
-    def read_bytes(self, key: str) -> bytes:
-        path = self._path(key)
         try:
-            return path.read_bytes()
-        except FileNotFoundError:
-            raise ObjectMissingError("no such object", where=f"{self.description}: {key}") from None
+            fd = self._open_regular(key)
+        except ObjectMissingError:
+            return None
+        md5 = hashlib.md5(usedforsecurity=False)
+        with os.fdopen(fd, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            while chunk := handle.read(STREAM_CHUNK):
+                md5.update(chunk)
+        return ObjectInfo(key, size, md5.hexdigest())
+
+    def read_bytes(self, key: str, max_bytes: int | None = None) -> bytes:
+        with os.fdopen(self._open_regular(key), "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if max_bytes is not None and size > max_bytes:
+                raise too_large(key, size, max_bytes, f"{self.description}: {key}")
+            data = handle.read() if max_bytes is None else handle.read(max_bytes + 1)
+        if max_bytes is not None and len(data) > max_bytes:  # grew while being read
+            raise too_large(key, len(data), max_bytes, f"{self.description}: {key}")
+        return data
 
     def put_bytes(self, key: str, data: bytes) -> None:
         with atomic_write_path(self._path(key)) as tmp:
@@ -168,11 +246,9 @@ class LocalFolderStorage(Storage):
             shutil.copyfile(path, tmp)
 
     def download_file(self, key: str, dest: Path) -> None:
-        source = self._path(key)
-        if not source.is_file():
-            raise ObjectMissingError("no such object", where=f"{self.description}: {key}")
-        with atomic_write_path(dest) as tmp:
-            shutil.copyfile(source, tmp)
+        with os.fdopen(self._open_regular(key), "rb") as source, atomic_write_path(dest) as tmp:
+            with tmp.open("wb") as out:
+                shutil.copyfileobj(source, out, STREAM_CHUNK)
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
@@ -210,6 +286,9 @@ class S3Storage(Storage):
             aws_secret_access_key=credentials.secret_access_key,
             config=config,
         )
+        self.max_attempts = max_attempts
+        self.connect_timeout_s = connect_timeout_s
+        _bound_connect_retries(self._client, connect_timeout_s)
 
     @property
     def description(self) -> str:
@@ -218,7 +297,7 @@ class S3Storage(Storage):
     @contextmanager
     def _translate(self, action: str, key: str | None = None) -> Iterator[None]:
         """Turn botocore failures into typed errors that say what to do."""
-        from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
+        from botocore.exceptions import BotoCoreError, ClientError, ConnectTimeoutError, EndpointConnectionError
 
         where = f"{self.description}" + (f": {key}" if key else "")
         try:
@@ -241,13 +320,14 @@ class S3Storage(Storage):
                                        "this bucket") from None
             raise StorageError(f"could not {action}: {code or 'HTTP ' + str(status)} after retries", where=where,
                                hint="the store is failing or overloaded; run the command again (it resumes)") from None
-        except EndpointConnectionError:
-            raise StorageError(f"cannot reach the S3 endpoint to {action}", where=self.endpoint_url,
+        except (EndpointConnectionError, ConnectTimeoutError):
+            raise StorageError(f"cannot reach the S3 endpoint to {action} (tried for {self.connect_timeout_s:g} s)",
+                               where=self.endpoint_url,
                                hint="check the network, CLOUDFLARE_R2_ACCOUNT_ID or POSE_FACTORY_R2_ENDPOINT") from None
         except BotoCoreError as exc:
-            raise StorageError(f"could not {action}: {type(exc).__name__}", where=where,
-                               hint="the connection failed repeatedly; check the network and run the command "
-                                    "again (it resumes)") from None
+            raise StorageError(f"could not {action}: {type(exc).__name__} after {self.max_attempts} attempts",
+                               where=where, hint="the connection kept failing; check the network and run the "
+                                                 "command again (it resumes)") from None
 
     def ensure_bucket(self) -> None:
         # Never create an R2 bucket implicitly: a typo in the bucket name must be an error, not a new bucket.
@@ -259,6 +339,8 @@ class S3Storage(Storage):
         with self._translate("list objects", prefix):
             for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
                 for item in page.get("Contents", []):
+                    if is_folder_marker(item["Key"], item["Size"]):
+                        continue  # not an object of the batch: only shows the folder in S3 consoles
                     yield ObjectInfo(item["Key"], item["Size"], item.get("ETag", "").strip('"') or None)
 
     def list_folders(self, prefix: str) -> list[str]:
@@ -284,9 +366,54 @@ class S3Storage(Storage):
             response = self._client.head_object(Bucket=self.bucket, Key=key)
         return response.get("Metadata", {}).get("sha256")
 
-    def read_bytes(self, key: str) -> bytes:
-        with self._translate("read", key):
-            return self._client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+    def _get(self, action: str, key: str, consume: Callable[[dict], T]) -> T:
+        """GET an object and hand the response to consume; a body cut mid-stream is fetched again.
+
+        botocore retries requests that fail (5xx, refused or dropped connections), but not a body that
+        breaks while it is read: that is retried here, up to max_attempts in all.
+        """
+        from botocore.exceptions import (
+            ConnectionClosedError,
+            IncompleteReadError,
+            ReadTimeoutError,
+            ResponseStreamingError,
+        )
+        from urllib3.exceptions import HTTPError as Urllib3Error
+
+        cut = (ResponseStreamingError, IncompleteReadError, ReadTimeoutError, ConnectionClosedError, Urllib3Error,
+               ConnectionError)
+        attempt = 0
+        while True:
+            attempt += 1
+            with self._translate(action, key):
+                response = self._client.get_object(Bucket=self.bucket, Key=key)
+            try:
+                return consume(response)
+            except cut as exc:
+                if attempt >= self.max_attempts:
+                    raise StorageError(f"could not {action}: the connection broke while reading the object, "
+                                       f"{attempt} times ({type(exc).__name__})", where=f"{self.description}: {key}",
+                                       hint="check the network and run the command again (it resumes)") from None
+                time.sleep(_backoff_s(attempt))
+            finally:
+                response["Body"].close()
+
+    def read_bytes(self, key: str, max_bytes: int | None = None) -> bytes:
+        def consume(response: dict) -> bytes:
+            size = response.get("ContentLength")
+            where = f"{self.description}: {key}"
+            if max_bytes is not None and size is not None and size > max_bytes:
+                raise too_large(key, size, max_bytes, where)
+            data = response["Body"].read() if max_bytes is None else response["Body"].read(max_bytes + 1)
+            if max_bytes is not None and len(data) > max_bytes:
+                raise too_large(key, len(data), max_bytes, where)
+            if size is not None and len(data) != size:
+                from botocore.exceptions import IncompleteReadError
+
+                raise IncompleteReadError(actual_bytes=len(data), expected_bytes=size)
+            return data
+
+        return self._get("read", key, consume)
 
     def put_bytes(self, key: str, data: bytes) -> None:
         with self._translate("write", key):
@@ -308,15 +435,45 @@ class S3Storage(Storage):
                                          ExtraArgs={"Metadata": {"sha256": sha256}})
 
     def download_file(self, key: str, dest: Path) -> None:
-        with atomic_write_path(dest) as tmp, self._translate("download", key):
-            body = self._client.get_object(Bucket=self.bucket, Key=key)["Body"]
-            with tmp.open("wb") as out:
-                for chunk in body.iter_chunks(STREAM_CHUNK):
-                    out.write(chunk)
+        with atomic_write_path(dest) as tmp:
+            def consume(response: dict) -> None:
+                with tmp.open("wb") as out:  # each attempt starts the file again
+                    for chunk in response["Body"].iter_chunks(STREAM_CHUNK):
+                        out.write(chunk)
+
+            self._get("download", key, consume)
 
     def delete(self, key: str) -> None:
         with self._translate("delete", key):
             self._client.delete_object(Bucket=self.bucket, Key=key)
+
+
+def _bound_connect_retries(client, budget_s: float) -> None:
+    """Retry failed connections (refused, DNS, connect timeout) only until budget_s has passed.
+
+    botocore would retry them max_attempts times with backoff of up to 20 s each: 30 to 60 s before an
+    unreachable endpoint is reported. This handler runs before botocore's own retry handler and decides
+    for connection failures only: a short backoff while time remains, else the error itself.
+    """
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+
+    started_key = "pose_factory_started"
+
+    def note_start(context: dict, **_: object) -> None:
+        context.setdefault(started_key, time.monotonic())
+
+    def decide(request_dict: dict, attempts: int, caught_exception: BaseException | None = None, **_: object
+               ) -> float | None:
+        if not isinstance(caught_exception, BotoConnectionError):
+            return None  # botocore's handler decides (5xx, throttling, dropped connections)
+        started = request_dict.get("context", {}).get(started_key)
+        remaining = budget_s - (time.monotonic() - started) if started is not None else 0
+        if remaining <= 0:
+            raise caught_exception
+        return min(_backoff_s(attempts), remaining)
+
+    client.meta.events.register("before-call.s3", note_start)
+    client.meta.events.register_first("needs-retry.s3", decide)
 
 
 def open_storage(settings: Settings, backend: str | None = None) -> Storage:
