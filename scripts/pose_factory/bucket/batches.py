@@ -3,12 +3,14 @@
 Publish order is what makes a half-uploaded batch recognisable: an old completion marker is removed
 first, then manifest.json, then every file, then stale objects of an earlier render, and the marker
 `_complete.json` last. Re-running after an interruption uploads only what is missing or different.
+
+What the bucket holds is untrusted input, judged one batch at a time: a batch with a hostile or broken
+object is listed as `invalid` with its problem, and every other batch is listed and pulled as usual.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import asdict, dataclass
 from datetime import date
 from pathlib import Path
@@ -24,7 +26,15 @@ from pose_factory.bucket.backends import (
     run_parallel,
 )
 from pose_factory.core import contract, killpoint, schemas
-from pose_factory.core.errors import BatchNotFoundError, IntegrityError, SchemaError
+from pose_factory.core.errors import (
+    BatchNotFoundError,
+    CredentialsError,
+    IntegrityError,
+    PoseFactoryError,
+    SchemaError,
+    StorageError,
+    UnsafeKeyError,
+)
 from pose_factory.core.fsutil import check_relative_path
 from pose_factory.core.layout import COMPLETE_MARKER_NAME, MANIFEST_NAME
 from pose_factory.core.progress import Progress
@@ -37,6 +47,16 @@ PUBLISH_JSON_VERSION = 1
 def batch_prefix(settings: Settings, batch_id: str) -> str:
     """`<batches prefix><batch_id>/`."""
     return join_key(settings.prefixes.batches, batch_id) + "/"
+
+
+def _checked_prefix(settings: Settings, batch_id: str) -> str:
+    """The batch's prefix, refusing a folder name that is not one safe path segment."""
+    prefix = batch_prefix(settings, batch_id)
+    if not batch_id or "/" in batch_id:
+        raise UnsafeKeyError(f"unsafe batch folder name {batch_id!r}", where=prefix,
+                             hint="the batch was written by a broken or hostile uploader; it is not pulled")
+    check_key(prefix.rstrip("/"))
+    return prefix
 
 
 @dataclass(frozen=True)
@@ -58,6 +78,10 @@ def _same_object(storage: Storage, remote: ObjectInfo | None, size: int, sha256:
     """True when the object in the bucket already holds exactly this content."""
     if remote is None or remote.size != size:
         return False
+    if remote.etag is None:  # the listing had no fingerprint (local folder): ask for this object's
+        remote = storage.head(remote.key)
+        if remote is None:
+            return False
     if remote.etag and "-" not in remote.etag:
         return remote.etag == md5
     # Multipart ETags are not an MD5 of the content: fall back to the sha256 stored at upload.
@@ -121,15 +145,25 @@ def publish_batch(storage: Storage, settings: Settings, batch_dir: Path, *, prog
                          len(wanted) - len(to_upload), total_bytes, len(stale), already)
 
 
+def inspect_marker(storage: Storage, key: str) -> tuple[dict[str, Any] | None, str | None]:
+    """(marker, None) for a well-formed completion marker, (None, problem) for a damaged one, (None, None)
+    when there is none. Read with a size cap and a bounded parser."""
+    try:
+        marker = schemas.parse_json(storage.read_bytes(key, contract.MAX_MARKER_BYTES), key)
+    except ObjectMissingError:
+        return None, None
+    except SchemaError as exc:
+        return None, f"damaged {COMPLETE_MARKER_NAME}: {exc.message}"
+    found = schemas.problems(marker, "complete", key)
+    if found:
+        return None, f"damaged {COMPLETE_MARKER_NAME}: {found[0].field}: expected {found[0].expected}, " \
+                     f"found {found[0].found}"
+    return marker, None
+
+
 def read_marker(storage: Storage, key: str) -> dict[str, Any] | None:
     """The completion marker if it exists and is well-formed; a damaged marker counts as absent."""
-    try:
-        marker = json.loads(storage.read_bytes(key))
-    except ObjectMissingError:
-        return None
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return marker if not schemas.problems(marker, "complete", key) else None
+    return inspect_marker(storage, key)[0]
 
 
 @dataclass(frozen=True)
@@ -140,7 +174,7 @@ class BatchListing:
     samples: int | None
     files: int | None
     bytes: int | None
-    status: str  # complete | uploading
+    status: str  # complete | uploading | invalid (see `problem`)
     problem: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -151,22 +185,51 @@ class BatchListing:
         return (self.created_at or self.batch_id)[:10]
 
 
+def _invalid(batch_id: str, problem: str) -> BatchListing:
+    return BatchListing(batch_id, None, None, None, None, None, "invalid", problem)
+
+
 def describe_batch(storage: Storage, settings: Settings, batch_id: str) -> BatchListing:
-    """What the bucket holds for one batch id: complete (marker), uploading, or a problem."""
-    prefix = batch_prefix(settings, batch_id)
-    marker = read_marker(storage, prefix + COMPLETE_MARKER_NAME)
-    if marker and marker.get("batch_id") == batch_id:
+    """What the bucket holds for one batch id: complete (marker), uploading, or invalid with its problem.
+
+    Raises only for the store itself failing (StorageError, CredentialsError) and for an id with no
+    object at all (BatchNotFoundError); anything wrong with the batch's own objects is its `problem`.
+    """
+    try:
+        return _describe(storage, settings, batch_id)
+    except (BatchNotFoundError, CredentialsError):
+        raise
+    except StorageError as exc:
+        if isinstance(exc, ObjectMissingError):
+            return _invalid(batch_id, exc.message)
+        raise
+    except PoseFactoryError as exc:
+        return _invalid(batch_id, str(exc))
+
+
+def _describe(storage: Storage, settings: Settings, batch_id: str) -> BatchListing:
+    prefix = _checked_prefix(settings, batch_id)
+    marker, marker_problem = inspect_marker(storage, prefix + COMPLETE_MARKER_NAME)
+    if marker is not None:
+        if marker["batch_id"] != batch_id:
+            return _invalid(batch_id, f"{COMPLETE_MARKER_NAME} says batch_id {marker['batch_id']!r}")
         return BatchListing(batch_id, marker["project"], marker["created_at"], marker["samples"], marker["files"],
                             marker["bytes"], "complete")
+    if marker_problem:
+        return _invalid(batch_id, marker_problem)
+    manifest_key = prefix + MANIFEST_NAME
     try:
-        manifest = contract.parse_manifest_bytes(storage.read_bytes(prefix + MANIFEST_NAME), prefix + MANIFEST_NAME)
+        manifest = contract.parse_manifest_bytes(storage.read_bytes(manifest_key, contract.MAX_MANIFEST_BYTES),
+                                                 manifest_key)
     except ObjectMissingError:
         if not any(True for _ in storage.list_objects(prefix)):
             raise BatchNotFoundError(f"no batch {batch_id!r}", where=storage.description,
                                      hint="run `pose-sync list` to see the batches there") from None
         return BatchListing(batch_id, None, None, None, None, None, "uploading", "no manifest.json yet")
     except SchemaError as exc:
-        return BatchListing(batch_id, None, None, None, None, None, "uploading", f"bad manifest: {exc.message}")
+        return _invalid(batch_id, f"bad manifest: {exc.message}")
+    if manifest["batch_id"] != batch_id:
+        return _invalid(batch_id, f"{MANIFEST_NAME} says batch_id {manifest['batch_id']!r}")
     totals = manifest["totals"]
     return BatchListing(batch_id, manifest["project"], manifest["created_at"], totals["samples"], totals["files"],
                         totals["bytes"], "uploading")
@@ -174,7 +237,7 @@ def describe_batch(storage: Storage, settings: Settings, batch_id: str) -> Batch
 
 def list_batches(storage: Storage, settings: Settings, *, project: str | None = None, since: date | None = None,
                  until: date | None = None) -> list[BatchListing]:
-    """Every batch under the batches prefix, optionally filtered, newest first."""
+    """Every batch under the batches prefix, optionally filtered, newest first; bad ones as `invalid` rows."""
     found = []
     for batch_id in storage.list_folders(settings.prefixes.batches):
         try:
@@ -199,20 +262,33 @@ def list_json(storage: Storage, batches: list[BatchListing]) -> dict[str, Any]:
 
 def fetch_remote_manifest(storage: Storage, settings: Settings, batch_id: str, allow_incomplete: bool
                           ) -> tuple[dict[str, Any], bytes, list[str]]:
-    """Fetch and check what the bucket holds for a batch before a pull; return (manifest, its bytes, object keys)."""
-    prefix = batch_prefix(settings, batch_id)
+    """Fetch and check what the bucket holds for a batch before a pull; return (manifest, its bytes, object keys).
+
+    Everything that can be refused is refused here, before a byte is downloaded: unsafe keys, a marker of
+    another batch or another manifest, a manifest over its size cap, nested too deep or breaking the schema,
+    and paths that cannot all be written on a laptop (see contract.path_problems).
+    """
+    prefix = _checked_prefix(settings, batch_id)
     keys = [info.key for info in storage.list_objects(prefix)]
     if not keys:
         raise BatchNotFoundError(f"no batch {batch_id!r}", where=storage.description,
                                  hint="`pose-sync list` shows the batches there")
     for key in keys:
         check_key(key)  # a key with '..', a backslash or an empty segment would escape the batch folder
-    marker = read_marker(storage, prefix + COMPLETE_MARKER_NAME)
+    marker, marker_problem = inspect_marker(storage, prefix + COMPLETE_MARKER_NAME)
+    if marker is not None and marker["batch_id"] != batch_id:
+        raise IntegrityError(f"{COMPLETE_MARKER_NAME} says batch_id {marker['batch_id']!r}",
+                             where=prefix + COMPLETE_MARKER_NAME,
+                             hint="the marker belongs to another batch; re-publish this batch from the pod")
     if prefix + MANIFEST_NAME not in keys:
         raise IntegrityError("the batch has no manifest.json yet: it is still uploading", where=f"{prefix}",
                              hint="wait for the pod to finish, then pull again")
-    manifest_bytes = storage.read_bytes(prefix + MANIFEST_NAME)
+    manifest_bytes = storage.read_bytes(prefix + MANIFEST_NAME, contract.MAX_MANIFEST_BYTES)
     if marker is None and not allow_incomplete:
+        if marker_problem:
+            raise IntegrityError(marker_problem, where=prefix + COMPLETE_MARKER_NAME,
+                                 hint="re-publish the batch from the pod, or pass --allow-incomplete to pull it "
+                                      "if every file its manifest lists is there")
         raise IntegrityError("the batch is still uploading (no _complete.json)", where=prefix,
                              hint="wait for the pod to finish, or pass --allow-incomplete to pull it if every "
                                   "file its manifest lists is already there")
@@ -225,6 +301,12 @@ def fetch_remote_manifest(storage: Storage, settings: Settings, batch_id: str, a
                              hint="the batch folder in the bucket is misnamed; fix it on the pod side")
     for entry in manifest["files"]:
         check_relative_path(entry["path"], where=f"{prefix}{MANIFEST_NAME}: files[].path")
+    clashes = contract.path_problems([entry["path"] for entry in manifest["files"]])
+    if clashes:
+        raise UnsafeKeyError(f"{len(clashes)} path(s) in manifest.json cannot all be written as files here or on a "
+                             f"Mac:\n" + schemas.summarise(clashes), where=prefix + MANIFEST_NAME,
+                             hint="paths must differ by more than case, no path may also be a folder, names are at "
+                                  f"most {contract.MAX_NAME_BYTES} bytes; fix the batch on the pod side")
     listed = {prefix + entry["path"] for entry in manifest["files"]}
     missing = sorted(listed - set(keys))
     if missing:

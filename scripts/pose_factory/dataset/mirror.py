@@ -82,7 +82,7 @@ def local_batches(folder: Path) -> list[str]:
 @dataclass
 class BatchState:
     batch_id: str
-    remote: str | None  # complete | uploading | None (not in the bucket)
+    remote: str | None  # complete | uploading | invalid | None (not in the bucket)
     local: bool
     archived: bool
     pushed: bool | None  # data in the DVC remote; None when not local
@@ -91,6 +91,7 @@ class BatchState:
     tracked: bool = False  # a .dvc file records it
     registered: bool = False  # listed in params.yaml (batches: in the mirror, archived: in the archive)
     workspace: str | None = None  # how the folder differs from its .dvc file (DVC's word), None when it agrees
+    problem: str | None = None  # what is wrong with the batch in the bucket (remote == "invalid")
 
     @property
     def next(self) -> str | None:
@@ -103,7 +104,7 @@ class BatchState:
 
 def _summary_state(s: BatchState) -> str:
     if not (s.local or s.archived):
-        return "in-bucket-only" if s.remote == "complete" else "uploading"
+        return {"complete": "in-bucket-only", "invalid": "invalid-in-bucket"}.get(s.remote or "", "uploading")
     if not s.tracked:
         return "untracked-archive" if s.archived else "untracked"
     if s.workspace == "deleted":
@@ -160,7 +161,8 @@ def status(storage: Storage, settings: Settings) -> list[BatchState]:
                            is_archived, (batch_id not in unpushed) if is_local else None, changed, "",
                            tracked=folder.with_name(f"{batch_id}.dvc").exists(),
                            registered=batch_id in (in_archived if is_archived else in_batches),
-                           workspace=workspace.get(batch_id))
+                           workspace=workspace.get(batch_id),
+                           problem=remote[batch_id].problem if batch_id in remote else None)
         if batch_id in journals:
             command = journals[batch_id].command
             state.state = f"{command}-running" if running else f"interrupted-{command}"

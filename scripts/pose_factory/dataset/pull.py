@@ -96,7 +96,8 @@ def choose_batches(storage: Storage, settings: Settings, *, batch_ids: list[str]
                 raise UsageError(f"{batch_id!r} is not a batch id", where="BATCH_ID", hint="e.g. 2026-11-28_run-cycle")
         return list(dict.fromkeys(batch_ids))
     listed = list_batches(storage, settings, project=project, since=since, until=until)
-    eligible = [b for b in listed if b.status == "complete" or allow_incomplete]
+    # A batch listed as invalid (a hostile or broken object) is never chosen by a filter; naming it shows why.
+    eligible = [b for b in listed if b.status == "complete" or (allow_incomplete and b.status == "uploading")]
     if not eligible:
         filters = ", ".join(f for f in (project and f"project {project}", since and f"since {since}",
                                         until and f"until {until}") if f) or "no filter"
