@@ -1,5 +1,8 @@
 """`pose-sync`: the command line. It parses arguments, calls one library function, renders the result,
 and maps typed errors to a message and an exit code. It does no work of its own.
+
+Everything it prints goes through `_printable` (and `redact`): names come from the bucket, and a key or
+folder name must not be able to move the cursor, recolour the terminal or fake a row of a listing.
 """
 
 from __future__ import annotations
@@ -7,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import unicodedata
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
@@ -20,6 +24,7 @@ from pose_factory.core.errors import (
     RunPodApiError,
     RunPodError,
     UsageError,
+    from_os_error,
 )
 from pose_factory.core.progress import Progress, human_bytes
 from pose_factory.core.settings import (
@@ -38,12 +43,40 @@ from pose_factory.core.settings import (
 CONFIG_JSON_VERSION = 1
 
 
+# Control characters (C0, DEL, C1), format characters (bidi overrides, zero-width), line and paragraph
+# separators, and lone surrogates (undecodable bytes in a local file name).
+_UNPRINTABLE = frozenset(("Cc", "Cf", "Cs", "Co", "Zl", "Zp"))
+
+
+def _printable(text: str, *, keep_newlines: bool = False) -> str:
+    """text with anything a terminal would act on shown as a Python-style escape (\\x1b, \\u202e, \\udcff).
+
+    keep_newlines keeps '\\n' for output made of several lines on purpose (error lists, indented JSON).
+    """
+    lines = text.split("\n") if keep_newlines else [text]
+    if all(line.isprintable() for line in lines):
+        return text
+
+    def escape(char: str) -> str:
+        if (char == "\n" and keep_newlines) or unicodedata.category(char) not in _UNPRINTABLE:
+            return char
+        code = ord(char)
+        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+    return "".join(escape(char) for char in text)
+
+
 def _out(text: str = "") -> None:
-    print(redact(text))
+    print(_printable(redact(text)))
+
+
+def _err(text: str, *, keep_newlines: bool = False) -> None:
+    print(_printable(redact(text), keep_newlines=keep_newlines), file=sys.stderr, flush=True)
 
 
 def _emit_json(document: dict[str, Any]) -> None:
-    print(redact(json.dumps(document, indent=2, sort_keys=False)))
+    # json.dumps escapes every control character already; _printable keeps that true whatever the encoder.
+    print(_printable(redact(json.dumps(document, indent=2, sort_keys=False)), keep_newlines=True))
 
 
 def _parse_day(text: str, flag: str) -> date:
@@ -65,8 +98,8 @@ def cmd_generate(args: argparse.Namespace, settings: Settings, progress: Progres
                           args.keypoints)
     result = generate_batch(job, Path(args.out), settings, batch_id=args.batch_id, replace=args.force,
                             workers=args.workers, progress=progress)
-    print(f"generated {result.batch_id}: {result.samples} samples, {result.files} files, "
-          f"{human_bytes(result.bytes)} in {result.batch_dir}", file=sys.stderr)
+    _err(f"generated {result.batch_id}: {result.samples} samples, {result.files} files, "
+         f"{human_bytes(result.bytes)} in {result.batch_dir}")
     _out(result.batch_id)
     return 0
 
@@ -119,13 +152,24 @@ def cmd_list(args: argparse.Namespace, settings: Settings, progress: Progress) -
     for b in batches:
         rows.append((b.batch_id, b.project or "?", b.day, "?" if b.samples is None else str(b.samples),
                      "?" if b.bytes is None else human_bytes(b.bytes), b.status))
+    _table(rows)
+    for b in batches:
+        if b.status == "invalid":
+            _out(f"  {b.batch_id}: {b.problem}")
+    complete = sum(b.status == "complete" for b in batches)
+    invalid = sum(b.status == "invalid" for b in batches)
+    _out(f"{len(batches)} batch(es) in {storage.description}: {complete} complete, "
+         f"{len(batches) - complete - invalid} still uploading"
+         + (f", {invalid} invalid (not pulled)" if invalid else ""))
+    return 0
+
+
+def _table(rows: list[tuple[str, ...]]) -> None:
+    """Rows as aligned columns; cells are escaped first, so widths are those of what is shown."""
+    rows = [tuple(_printable(redact(cell)) for cell in row) for row in rows]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         _out("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
-    complete = sum(b.status == "complete" for b in batches)
-    _out(f"{len(batches)} batch(es) in {storage.description}: {complete} complete, "
-         f"{len(batches) - complete} still uploading")
-    return 0
 
 
 def cmd_verify(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
@@ -318,9 +362,9 @@ def cmd_job_submit(args: argparse.Namespace, settings: Settings, progress: Progr
          f"${sum(a['cost_per_hr'] or 0 for a in pods):.2f}/h) rendering batch {record['batch_id']}: "
          + ", ".join(a["pod_id"] for a in pods) + f"; follow it with `pose-sync job watch {record['job_id']}`")
     if record["plain_secrets"]:
-        print(f"note: {', '.join(record['plain_secrets'])} went to the pod as plain environment values, which "
-              "RunPod shows in its console and in GET /pods; set runpod.secrets to pass RunPod secrets instead "
-              "(README, 'Render jobs on RunPod')", file=sys.stderr)
+        _err(f"note: {', '.join(record['plain_secrets'])} went to the pod as plain environment values, which "
+             "RunPod shows in its console and in GET /pods; set runpod.secrets to pass RunPod secrets instead "
+             "(README, 'Render jobs on RunPod')")
     return 0
 
 
@@ -340,7 +384,7 @@ def cmd_job_watch(args: argparse.Namespace, settings: Settings, progress: Progre
 
     def show(update: dict[str, Any]) -> None:
         if not args.quiet:
-            print(redact(_shard_line(update)), file=sys.stderr, flush=True)
+            _err(_shard_line(update))
 
     outcome = runpod.watch(storage, settings, args.job_id, on_update=show, timeout_s=args.timeout,
                            poll_s=args.poll)
@@ -582,9 +626,10 @@ def cmd_status(args: argparse.Namespace, settings: Settings, progress: Progress)
         where = "archive" if s.archived else ("raw" if s.local else "-")
         pushed = "-" if s.pushed is None else ("yes" if s.pushed else "no")
         rows.append((s.batch_id, s.state, s.remote or "-", where, pushed, s.next or "-"))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        _out("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    _table(rows)
+    for s in states:
+        if s.problem:
+            _out(f"  {s.batch_id}: {s.problem}")
     _out(", ".join(f"{count} {state}" for state, count in sorted(document["summary"].items())))
     return 0
 
@@ -641,7 +686,7 @@ def cmd_rclone_config(args: argparse.Namespace, settings: Settings, progress: Pr
     from pose_factory.bucket.rclone import config_section
 
     text = config_section(settings, show_secrets=args.show_secrets)
-    sys.stdout.write(text if args.show_secrets else redact(text))
+    sys.stdout.write(_printable(text if args.show_secrets else redact(text), keep_newlines=True))
     return 0
 
 
@@ -889,13 +934,24 @@ def main(argv: list[str] | None = None) -> int:
             config_file=Path(args.config) if args.config else None, require_project=args.needs_project)
         return args.handler(args, settings, Progress(enabled=not args.quiet))
     except PoseFactoryError as exc:
-        print(redact(f"error: {exc}"), file=sys.stderr)
-        if exc.hint:
-            print(redact(f"hint: {exc.hint}"), file=sys.stderr)
-        return exc.exit_code
+        return _report(exc)
+    except OSError as exc:  # the local machine refused: disk full, read-only, permissions (see errors.py)
+        return _report(from_os_error(exc))
     except KeyboardInterrupt:
-        print("interrupted: nothing was marked complete; run the same command again to resume", file=sys.stderr)
+        _err("interrupted: nothing was marked complete; run the same command again to resume")
         return 130
+
+
+def _report(exc: PoseFactoryError) -> int:
+    """Print a typed error once (`error:` and `hint:` lines) and return its exit code."""
+    # The message may list problems on several lines; where and hint are one line each, so a name with a
+    # newline in it cannot fake a `hint:` line.
+    message = _printable(redact(exc.message), keep_newlines=True)
+    where = f" ({_printable(redact(exc.where))})" if exc.where else ""
+    print(f"error: {message}{where}", file=sys.stderr, flush=True)
+    if exc.hint:
+        _err(f"hint: {exc.hint}")
+    return exc.exit_code
 
 
 if __name__ == "__main__":

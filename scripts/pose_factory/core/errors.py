@@ -124,3 +124,40 @@ class DiskError(PoseFactoryError):
     """The local disk is too full for the work, or a data folder cannot be written."""
 
     exit_code = 18
+
+
+class DiskFullError(DiskError):
+    """The local disk (or the user's quota) is full, or a file grew beyond the size limit of its system."""
+
+
+class LocalPermissionError(DiskError):
+    """A local file or folder cannot be written: read-only file system or missing permission."""
+
+
+class LocalFileError(PoseFactoryError):
+    """Another failure of the local file system (I/O error, name too long, ...): a general error."""
+
+    exit_code = 1
+
+
+def from_os_error(exc: OSError) -> PoseFactoryError:
+    """The typed error for an OSError the local machine raised, naming the file and the way out."""
+    import errno
+
+    path = None if exc.filename is None else str(exc.filename)
+    reason = exc.strerror or type(exc).__name__
+    target = f"the disk holding {path}" if path else "the disk"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return DiskFullError(f"cannot write: {reason}", where=path,
+                             hint=f"free space on {target} (or raise your quota), then run the same command "
+                                  "again: it resumes")
+    if exc.errno == errno.EROFS:
+        return LocalPermissionError(f"cannot write: {reason}", where=path,
+                                    hint=f"{target} is mounted read-only; remount it writable or move the project, "
+                                         "then run the same command again")
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return LocalPermissionError(f"cannot write or read: {reason}", where=path,
+                                    hint="check the owner and permissions of that file and its folder (`ls -l`); "
+                                         "the project must be writable by the user running pose-sync")
+    return LocalFileError(f"file system error: {reason}", where=path,
+                          hint="check the disk and the path, then run the same command again")

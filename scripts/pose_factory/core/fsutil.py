@@ -62,6 +62,10 @@ def atomic_write_path(dest: Path) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, dest)
+    except OSError as exc:
+        if exc.filename is None:  # a write() that failed (disk full) does not say which file it was writing
+            exc.filename = str(dest)
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -38,7 +38,8 @@ class Progress:
             from rich.progress import Progress as RichProgress
 
             count = DownloadColumn() if unit == "bytes" else MofNCompleteColumn()
-            bar = RichProgress(TextColumn("{task.description}"), BarColumn(), count, TimeElapsedColumn(),
+            # markup=False: a description holds names (batch ids), which must not be read as rich markup.
+            bar = RichProgress(TextColumn("{task.description}", markup=False), BarColumn(), count, TimeElapsedColumn(),
                                TimeRemainingColumn(), console=Console(file=self.stream), transient=False)
             with bar:
                 task_id = bar.add_task(description, total=total)
