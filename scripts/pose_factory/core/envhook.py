@@ -30,24 +30,27 @@ PTH_LINE = ("import os; exec(\"try:\\n import pose_factory.core.envhook as _pf\\
             " if os.environ.get('POSE_FACTORY_ENVHOOK') != 'off' else None\n")
 
 
-def _project_dotenv(start: Path) -> Path | None:
-    for folder in (start, *start.parents):
-        if (folder / ".dvc").is_dir() and (folder / "config").is_dir():
+def _project_dotenv(start: Path, environ: os._Environ | dict) -> Path | None:
+    """The project's `.env`, found the way `pose-sync` finds the project (POSE_FACTORY_ROOT, else the
+    nearest folder above start holding `.dvc/` and `config/`)."""
+    override = environ.get("POSE_FACTORY_ROOT")
+    folders = [Path(override).expanduser()] if override else [start, *start.parents]
+    for folder in folders:
+        if override or ((folder / ".dvc").is_dir() and (folder / "config").is_dir()):
             candidate = folder / ".env"
             return candidate if candidate.is_file() else None
     return None
 
 
-def _read_dotenv(path: Path) -> dict[str, str]:
-    # A minimal reader: this runs at every interpreter start, so it must be cheap and never fail.
-    values: dict[str, str] = {}
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        line = line.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, value = line.removeprefix("export ").split("=", 1)
-        values[key.strip()] = value.strip().strip("'\"")
-    return values
+def read_dotenv(path: Path) -> dict[str, str]:
+    """The variables a `.env` file sets, read by python-dotenv: the one reader of `.env` everywhere.
+
+    `pose-sync` (core/settings.load_dotenv) and this start-up hook (so `dvc`) both use it, so they agree on
+    comments after values, quotes, `export` prefixes and spaces. Keys without a value are left out.
+    """
+    from dotenv import dotenv_values
+
+    return {key: value for key, value in dotenv_values(path).items() if value is not None}
 
 
 def apply(environ: os._Environ | dict | None = None, cwd: Path | None = None) -> None:
@@ -66,9 +69,9 @@ def apply(environ: os._Environ | dict | None = None, cwd: Path | None = None) ->
             environ["PATH"] = bin_dir + os.pathsep + path if path else bin_dir
     source = {name: environ[name] for name in CREDENTIAL_MAP if environ.get(name)}
     if len(source) < len(CREDENTIAL_MAP):
-        dotenv = _project_dotenv(cwd or Path.cwd())
+        dotenv = _project_dotenv(cwd or Path.cwd(), environ)
         if dotenv:
-            for name, value in _read_dotenv(dotenv).items():
+            for name, value in read_dotenv(dotenv).items():
                 if name in CREDENTIAL_MAP and value and name not in source:
                     source[name] = value
     if len(source) == len(CREDENTIAL_MAP):
