@@ -4,6 +4,10 @@ Non-secret settings come from built-in defaults, overlaid by `config/local.yaml`
 (validated against `schemas/config.schema.json`), then by environment overrides. Secrets come only from
 the environment or a git-ignored `.env` at the project root (the environment wins over `.env`).
 Nothing here ever puts a secret value in a message: errors name variables, not their contents.
+
+Every YAML file the tool reads (settings, params.yaml) goes through `load_yaml`: a binary file, a syntax
+error, nesting too deep or aliases that expand the document enormously ("billion laughs") is an error
+naming the file, never a traceback or minutes of CPU.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pose_factory.core import schemas
-from pose_factory.core.errors import ConfigError, CredentialsError
+from pose_factory.core.errors import ConfigError, CredentialsError, PoseFactoryError
 from pose_factory.core.layout import find_project_root, project_root
 
 CONFIG_RELATIVE = Path("config") / "local.yaml"
@@ -29,6 +33,10 @@ ENV_CONFIG = "POSE_FACTORY_CONFIG"
 ENV_BACKEND = "POSE_FACTORY_BACKEND"
 ENV_DVC_LOCAL_REMOTE = "POSE_FACTORY_DVC_LOCAL_REMOTE"
 SECRET_ENV_NAMES = (ENV_ACCESS_KEY, ENV_SECRET_KEY, "RUNPOD_API_KEY")
+# A YAML document whose aliases (*name) expand it to more values than this is refused: hand-written
+# settings never come close, and a "billion laughs" document would cost minutes of CPU in what reads it.
+MAX_YAML_EXPANDED_VALUES = 10_000
+MAX_YAML_DEPTH = 64
 
 DEFAULTS: dict[str, Any] = {
     "bucket": "pose-factory",
@@ -152,22 +160,106 @@ def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any
     return merged
 
 
-def _read_config_file(path: Path) -> dict[str, Any]:
-    import yaml  # only when there is a config file: every command starts faster without it
+def yaml_text(data: bytes, label: str, *, error: type[PoseFactoryError] = ConfigError) -> str:
+    """The text of a YAML file's bytes; a binary or non-UTF-8 file is `error` naming it."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(f"not UTF-8 text (byte {exc.start} is {data[exc.start]:#04x}): is it a binary file?", where=label,
+                    hint="it must be a YAML text file; restore it from git (`git checkout -- <file>`)") from None
+    if "\x00" in text:
+        raise error(f"not a text file: NUL byte at offset {text.index(chr(0))}", where=label,
+                    hint="it must be a YAML text file; restore it from git (`git checkout -- <file>`)")
+    return text
 
-    label = str(path)
+
+def _yaml_shape(root: Any) -> tuple[int, int] | None:
+    """(values once aliases are expanded, or 0 when no value is shared; deepest nesting) of a composed YAML
+    document, counting stops past the bounds; None if an alias refers to a node that contains it.
+    Without recursion, each node once."""
+    def children(node: Any) -> list[Any]:
+        value = getattr(node, "value", None)
+        if not isinstance(value, list):
+            return []
+        return [part for item in value for part in (item if isinstance(item, tuple) else (item,))]
+
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    deepest = 0
+    pending: list[tuple[Any, bool, int]] = [(root, False, 1)]
+    while pending:
+        node, finished, depth = pending.pop()
+        key = id(node)
+        if finished:
+            open_nodes.discard(key)
+            sizes[key] = 1 + sum(sizes[id(child)] for child in children(node))
+            if sizes[key] > MAX_YAML_EXPANDED_VALUES and sizes[key] > len(sizes):
+                return sizes[key], deepest  # more values than nodes: aliases already expand it past the bound
+            continue
+        if key in sizes:
+            continue
+        if key in open_nodes:
+            return None
+        deepest = max(deepest, depth)
+        if deepest > MAX_YAML_DEPTH:
+            return 0, deepest
+        open_nodes.add(key)
+        pending.append((node, True, depth))
+        pending.extend((child, False, depth + 1) for child in children(node) if id(child) not in sizes)
+    return (sizes[id(root)] if sizes[id(root)] > len(sizes) else 0), deepest
+
+
+def load_yaml(text: str, label: str, *, error: type[PoseFactoryError] = ConfigError, round_trip: bool = False,
+              hint: str | None = None) -> Any:
+    """Parse one YAML document safely; every way it can be bad is `error` naming the file.
+
+    The document is first composed by libyaml (C, fast, bounded nesting) to check its shape: aliases may
+    not expand it beyond MAX_YAML_EXPANDED_VALUES values or into itself, nor may it nest deeper than
+    MAX_YAML_DEPTH. Then it is loaded: round_trip keeps comments and order (ruamel.yaml, for files the tool
+    rewrites); otherwise PyYAML's safe loader.
+    """
+    import yaml  # only when there is a YAML file to read: every command starts faster without it
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    hint = hint or "fix the YAML (indentation and colons)"
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read the config file: {exc.strerror}", where=label) from None
-    try:
-        data = yaml.safe_load(text)
+        root = yaml.compose(text, Loader=loader)
+    except RecursionError:
+        raise error("YAML nested too deeply", where=label, hint=hint) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError(f"malformed YAML{at}: {problem}", where=label,
-                          hint="compare with config/local.example.yaml (indentation and colons)") from None
+        raise error(f"malformed YAML{at}: {problem}", where=label, hint=hint) from None
+    shape = _yaml_shape(root) if root is not None else (0, 0)
+    if shape is None:
+        raise error("an alias (*name) refers to a value that contains it", where=label, hint=hint)
+    expanded, depth = shape
+    if expanded > MAX_YAML_EXPANDED_VALUES:
+        raise error(f"aliases (*name) expand the document to more than {MAX_YAML_EXPANDED_VALUES:,} values",
+                    where=label, hint="write the values out; a document like this (a 'billion laughs' bomb) is "
+                                      "refused")
+    if depth > MAX_YAML_DEPTH:
+        raise error(f"YAML nested deeper than {MAX_YAML_DEPTH} levels", where=label, hint=hint)
+    if not round_trip:
+        return yaml.load(text, Loader=loader)
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import YAMLError
+
+    try:
+        return YAML().load(text)
+    except YAMLError as exc:  # what libyaml accepted but YAML 1.2 does not
+        raise error(f"malformed YAML: {getattr(exc, 'problem', None) or exc}", where=label, hint=hint) from None
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    label = str(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the config file: {exc.strerror}", where=label) from None
+    data = load_yaml(yaml_text(raw, label), label,
+                     hint="compare with config/local.example.yaml (indentation and colons)")
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -184,13 +276,16 @@ def _read_config_file(path: Path) -> dict[str, Any]:
 
 
 def load_dotenv(root: Path) -> None:
-    """Load `<root>/.env` into the environment without overriding what is already set."""
+    """Load `<root>/.env` into the environment without overriding what is already set.
+
+    Read by envhook.read_dotenv, the reader the virtualenv's start-up hook uses for `dvc` too.
+    """
     env_file = root / ".env"
     if env_file.is_file():
-        from dotenv import dotenv_values
+        from pose_factory.core.envhook import read_dotenv
 
-        for key, value in dotenv_values(env_file).items():
-            if value is not None and key not in os.environ:
+        for key, value in read_dotenv(env_file).items():
+            if key not in os.environ:
                 os.environ[key] = value
 
 
@@ -233,7 +328,7 @@ def load_settings(root: Path | None = None, config_file: Path | None = None, *, 
         dvc_local_remote=Path(os.environ.get(ENV_DVC_LOCAL_REMOTE) or storage["dvc_local_remote"]).expanduser(),
         prefixes=Prefixes(**merged["prefixes"]),
         rclone_remote=merged["rclone_remote"],
-        data_root=(root / merged["data_root"]).resolve(),
+        data_root=_data_root(root, merged["data_root"], config_file),
         batch_pattern=merged["batch_naming"]["pattern"],
         date_format=merged["batch_naming"]["date_format"],
         workflows=merged["workflows"],
@@ -242,6 +337,18 @@ def load_settings(root: Path | None = None, config_file: Path | None = None, *, 
         in_project=in_project,
         curation=merged["curation"],
     )
+
+
+def _data_root(root: Path, setting: str, config_file: Path | None) -> Path:
+    """data_root resolved; it must lie inside the project, since DVC versions only files inside its repository."""
+    data_root = (root / setting).resolve()
+    if not data_root.is_relative_to(root.resolve()):
+        raise ConfigError(f"data_root {setting!r} is outside the project ({data_root})",
+                          where=f"{config_file or 'settings'}: data_root",
+                          hint="DVC tracks only files inside the repository: keep data_root inside the project "
+                               "(default data/raw, not a symlink to elsewhere); to keep the data on "
+                               "another disk, put the whole project there")
+    return data_root
 
 
 def r2_credentials(*, required: bool) -> R2Credentials | None:

@@ -70,14 +70,14 @@ class Version:
                                   hint="run `dvc fetch --all-commits` (or `dvc pull` on that revision)") from None
 
     def params(self) -> dict[str, Any]:
-        from ruamel.yaml import YAML, YAMLError
+        from pose_factory.core.settings import load_yaml, yaml_text
 
         data = self.read_bytes("params.yaml")
-        try:
-            return (YAML(typ="safe").load(data) or {}) if data else {}
-        except YAMLError:
-            raise RepositoryError(f"params.yaml at {self.label} is not valid YAML", where="params.yaml",
-                                  hint="fix it (or compare other revisions)") from None
+        if not data:
+            return {}
+        label = f"params.yaml at {self.label}"
+        hint = "fix it (or compare other revisions)"
+        return load_yaml(yaml_text(data, label, error=RepositoryError), label, error=RepositoryError, hint=hint) or {}
 
     def batches(self) -> dict[str, str]:
         """{batch id: 'raw' | 'archive'} in this version."""

@@ -275,19 +275,16 @@ def materialize(params_file: Path, raw_dir: Path, reports_dir: Path, out_dir: Pa
 
 def _materialize(params_file: Path, raw_dir: Path, reports_dir: Path, out_dir: Path, progress, curation_dir: Path
                  ) -> MaterializeResult:
-    import yaml
+    from pose_factory.core.settings import load_yaml, yaml_text
 
     from pose_factory.dataset.curation import rejected_samples
 
     label = str(params_file)
     try:
-        params = yaml.load(params_file.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
+        raw = params_file.read_bytes()
     except FileNotFoundError:
         raise ConfigError("the params file does not exist", where=label, hint="run from the project root") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"malformed YAML{at}", where=label, hint="fix params.yaml (indentation and colons)") from None
+    params = load_yaml(yaml_text(raw, label), label, hint="fix params.yaml (indentation and colons)") or {}
     if not isinstance(params, dict):
         raise ConfigError("expected a mapping at the top level", where=label)
     working = working_settings(params, label)

@@ -43,11 +43,14 @@ def _plain(text: str) -> Any:
 
 
 def read_params(settings: Settings) -> dict[str, Any]:
-    """params.yaml as a round-trip mapping (comments kept)."""
+    """params.yaml as a round-trip mapping (comments kept); binary, malformed or bomb YAML is a ConfigError."""
+    from pose_factory.core.settings import load_yaml, yaml_text
+
     path = settings.params_file
     if not path.exists():
         return {}
-    data = _yaml().load(path.read_text())
+    data = load_yaml(yaml_text(path.read_bytes(), str(path)), str(path), round_trip=True,
+                     hint="fix params.yaml (indentation and colons), or restore it: `git checkout -- params.yaml`")
     return data if data is not None else {}
 
 
