@@ -372,9 +372,17 @@ def _write_file(dest: Path, text: str) -> None:
         _readable(tmp)
 
 
+def _check_out(out: Path) -> None:
+    """Refuse an --out that names a file, before any work."""
+    if out.exists() and not out.is_dir():
+        raise UsageError("--out names a file, not a folder", where=str(out),
+                         hint="give a folder for index.html and its thumbnails, or leave --out out")
+
+
 def _prepare_out(root: Path, out: Path | None, default: Path) -> Path:
     """The page folder, emptied of earlier thumbnails; a folder made here for the pages ignores itself."""
     out = (out or root / default).resolve()
+    _check_out(out)
     if out == root.resolve() or (out / ".git").exists() or (out / ".dvc").exists():
         raise UsageError("the pages need a folder of their own", where=str(out),
                          hint=f"give --out a new folder, or leave it out: the default is {default}/")
@@ -402,6 +410,8 @@ def _ignored(root: Path, page: Path) -> bool:
 def write_review(root: Path, rev_a: str | None, rev_b: str | None, out: Path | None = None, *, limit: int = 24,
                  progress=None) -> PageResult:
     """Write the review page of a dataset diff (default folder data/reports/review/, git-ignored)."""
+    if out is not None:
+        _check_out(out.resolve())
     result = diff(root, rev_a, rev_b)
     document = result.as_json()
     before = Version(root, rev_a or "HEAD")
