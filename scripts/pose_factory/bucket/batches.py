@@ -11,6 +11,7 @@ object is listed as `invalid` with its problem, and every other batch is listed 
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import date
 from pathlib import Path
@@ -50,13 +51,16 @@ def batch_prefix(settings: Settings, batch_id: str) -> str:
 
 
 def _checked_prefix(settings: Settings, batch_id: str) -> str:
-    """The batch's prefix, refusing a folder name that is not one safe path segment."""
-    prefix = batch_prefix(settings, batch_id)
-    if not batch_id or "/" in batch_id:
-        raise UnsafeKeyError(f"unsafe batch folder name {batch_id!r}", where=prefix,
+    """The batch's prefix, refusing a folder name that cannot be a batch id.
+
+    Its manifest's batch_id must equal the folder name and match the contract's pattern, so a folder named
+    otherwise (control characters, bidi overrides, markup, undecodable bytes) can never be pulled.
+    """
+    if not contract.is_batch_id(batch_id):
+        raise UnsafeKeyError(f"folder name {batch_id!r} is not a batch id (YYYY-MM-DD_project, lower-case)",
+                             where=batch_prefix(settings, batch_id),
                              hint="the batch was written by a broken or hostile uploader; it is not pulled")
-    check_key(prefix.rstrip("/"))
-    return prefix
+    return check_key(batch_prefix(settings, batch_id).rstrip("/")) + "/"
 
 
 @dataclass(frozen=True)
@@ -237,12 +241,29 @@ def _describe(storage: Storage, settings: Settings, batch_id: str) -> BatchListi
 
 def list_batches(storage: Storage, settings: Settings, *, project: str | None = None, since: date | None = None,
                  until: date | None = None) -> list[BatchListing]:
-    """Every batch under the batches prefix, optionally filtered, newest first; bad ones as `invalid` rows."""
-    found = []
-    for batch_id in storage.list_folders(settings.prefixes.batches):
+    """Every batch under the batches prefix, optionally filtered, newest first; bad ones as `invalid` rows.
+
+    Batches are described in parallel (settings.concurrency at a time): each costs one or two requests,
+    and a bucket of a few hundred batches would otherwise take as many round trips one after the other.
+    """
+    def describe(batch_id: str) -> BatchListing | None:
         try:
-            listing = describe_batch(storage, settings, batch_id)
+            return describe_batch(storage, settings, batch_id)
         except BatchNotFoundError:
+            return None
+
+    folders = storage.list_folders(settings.prefixes.batches)
+    with ThreadPoolExecutor(max(1, min(settings.concurrency, len(folders)))) as pool:
+        futures = [pool.submit(describe, batch_id) for batch_id in folders]
+        try:
+            described = [future.result() for future in futures]
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+    found = []
+    for listing in described:
+        if listing is None:
             continue
         if project and listing.project != project:
             continue

@@ -10,10 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import unicodedata
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime
+from functools import cache
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -55,6 +57,17 @@ MAX_NAME_BYTES = 200
 # Longest path inside a batch: macOS allows 1,024 bytes in all, and the project folder plus
 # `data/staging/<batch id>/` come in front of it.
 MAX_PATH_BYTES = 600
+
+
+@cache
+def _batch_id_regex() -> re.Pattern[str]:
+    document = json.loads((schemas.SCHEMA_DIR / schemas.SCHEMA_FILES["job"]).read_text())
+    return re.compile(document["$defs"]["batch_id"]["pattern"])
+
+
+def is_batch_id(name: str) -> bool:
+    """True if name can be a batch id (the contract's pattern: `YYYY-MM-DD_project`, lower-case ASCII)."""
+    return bool(_batch_id_regex().fullmatch(name))
 
 
 def sample_id(index: int) -> str:
