@@ -518,3 +518,23 @@ def test_good_batches_still_list_pull_and_show_in_status(hostile, listing, cli):
     human = cli("status")
     assert human.code == 0 and not any(c in human.out for c in "\x1b\x07\u202e")
     assert not any(line.startswith("2026-11-30_fake") for line in human.out.splitlines())
+
+
+def test_validate_flags_paths_a_mac_cannot_hold_and_hostile_json(batch, cli):
+    manifest = json.loads((batch / "manifest.json").read_bytes())
+    twin = batch / "rgb" / "000000.PNG"  # one file with rgb/000000.png on macOS
+    twin.write_bytes((batch / "rgb" / "000000.png").read_bytes())
+    long_name = f"rgb/{'n' * 230}.png"
+    (batch / long_name).write_bytes(b"x")
+    manifest["files"] += [{"path": rel, "size": (batch / rel).stat().st_size,
+                           "sha256": contract.sha256_bytes((batch / rel).read_bytes())}
+                          for rel in ("rgb/000000.PNG", long_name)]
+    (batch / "manifest.json").write_bytes(contract.dumps(manifest))
+    annotation = batch / "annotations" / "000001.json"
+    annotation.write_bytes(deep(5000))
+    result = cli("validate", batch, "--json")
+    assert result.code == 11 and "Traceback" not in result.err
+    problems = {(p["file"], p["field"]): p for p in json.loads(result.out)["problems"]}
+    assert "one file on macOS" in problems[("rgb/000000.PNG", "path")]["found"]
+    assert (long_name, "name length") in problems
+    assert "nested deeper" in problems[("annotations/000001.json", "$")]["found"]
