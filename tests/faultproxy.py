@@ -338,9 +338,10 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         body = response.read()
         self.send_response_only(response.status, response.reason)
         for name, value in response.msg.items():
-            if name.lower() not in ("transfer-encoding", "content-length", "connection"):
+            if name.lower() not in ("transfer-encoding", "connection"):
                 self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body)))  # promise the whole body ...
+        if "content-length" not in {name.lower() for name in response.msg.keys()}:
+            self.send_header("Content-Length", str(len(body)))  # promise the whole body ...
         self.end_headers()
         self.wfile.write(body[:after_bytes])  # ... deliver part of it ...
         self.wfile.flush()

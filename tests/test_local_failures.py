@@ -114,6 +114,9 @@ def test_a_full_disk_is_a_clear_error_and_the_pull_resumes(tmp_path, monkeypatch
             expected = "File too large"
         print(f"disk full made by {'a 4 MB tmpfs' if on_tmpfs else 'RLIMIT_FSIZE'}")
         assert_clean_error(result, DiskFullError.exit_code, expected, str(repo.root / "data"), "free space")
+        by_rclone = run(["pull", BATCH, "--engine", "rclone"], repo.root,
+                        preexec=None if on_tmpfs else _limit_file_size(1000))
+        assert_clean_error(by_rclone, DiskFullError.exit_code, expected, str(repo.root / "data"), "free space")
         assert not (repo.root / "data" / "raw" / "pose-factory" / BATCH).exists()
         assert repo.files_outside_data() == []
         for filler in (repo.root / "data").glob("filler*.bin"):

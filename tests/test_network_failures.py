@@ -84,5 +84,6 @@ def test_an_unreachable_endpoint_fails_within_the_connect_timeout(project, where
             result = run_script(["list"], cwd=project.root, env=env, timeout=40)
     assert result.returncode == StorageError.exit_code, result.stderr
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 2 and lines[0].startswith("error: cannot reach the S3 endpoint") and "tried for 1 s" in lines[0]
+    assert len(lines) == 2 and lines[0].startswith("error: cannot reach the S3 endpoint")
+    assert "tried for 1 s" in lines[0]
     assert lines[1].startswith("hint: ")

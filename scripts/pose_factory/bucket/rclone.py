@@ -7,6 +7,7 @@ equivalent `rclone.conf` section for people who want to run rclone by hand.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from pose_factory.bucket.backends import LocalFolderStorage, Storage
 from pose_factory.core import killpoint
-from pose_factory.core.errors import StorageError, ToolError
+from pose_factory.core.errors import StorageError, ToolError, from_os_error
 from pose_factory.core.settings import R2Credentials, Settings, redact, resolve_backend
 
 R2_HOST = re.compile(r"^https://[0-9a-f]+\.r2\.cloudflarestorage\.com/?$")
@@ -154,9 +155,24 @@ def copy_files(storage: Storage, settings: Settings, prefix: str, dest: Path, re
         errors.seek(0)
         err = errors.read()
     if process.returncode != 0:
+        _raise_local_failure(err, dest)
         tail = "\n".join(err.strip().splitlines()[-5:])
         raise StorageError(f"rclone copy failed (exit {process.returncode}):\n{redact(tail)}", where=source,
                            hint="run the command again (it resumes), or use --engine boto3")
+
+
+# rclone's words for a local write that failed, and the errno they stand for.
+_LOCAL_FAILURES = {"no space left on device": errno.ENOSPC, "too big for remaining disk space": errno.ENOSPC,
+                   "disk quota exceeded": errno.EDQUOT, "file too large": errno.EFBIG,
+                   "read-only file system": errno.EROFS}
+
+
+def _raise_local_failure(err: str, dest: Path) -> None:
+    """Raise the local-machine error (disk full, read-only, ...) rclone reported, if it reported one."""
+    lowered = err.lower()
+    for words, number in _LOCAL_FAILURES.items():
+        if words in lowered:
+            raise from_os_error(OSError(number, os.strerror(number), str(dest)))
 
 
 def _follow(process: subprocess.Popen, dest: Path, relative_paths: list[str], bar, total_bytes: int) -> None:
