@@ -276,7 +276,6 @@ def materialize(params_file: Path, raw_dir: Path, reports_dir: Path, out_dir: Pa
 def _materialize(params_file: Path, raw_dir: Path, reports_dir: Path, out_dir: Path, progress, curation_dir: Path
                  ) -> MaterializeResult:
     from pose_factory.core.settings import load_yaml, yaml_text
-
     from pose_factory.dataset.curation import rejected_samples
 
     label = str(params_file)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 from io import StringIO
+from pathlib import Path
 from typing import Any
 
 from pose_factory.core.settings import Settings
@@ -42,22 +43,35 @@ def _plain(text: str) -> Any:
     return YAML(typ="safe").load(text)
 
 
+_FIX_HINT = "fix params.yaml (indentation and colons), or restore it: `git checkout -- params.yaml`"
+
+
 def read_params(settings: Settings) -> dict[str, Any]:
     """params.yaml as a round-trip mapping (comments kept); binary, malformed or bomb YAML is a ConfigError."""
-    from pose_factory.core.settings import load_yaml, yaml_text
+    from pose_factory.core.settings import load_yaml
 
     path = settings.params_file
     if not path.exists():
         return {}
-    data = load_yaml(yaml_text(path.read_bytes(), str(path)), str(path), round_trip=True,
-                     hint="fix params.yaml (indentation and colons), or restore it: `git checkout -- params.yaml`")
+    data = load_yaml(_read_text(path), str(path), round_trip=True, hint=_FIX_HINT)
     return data if data is not None else {}
+
+
+def _read_text(path: Path) -> str:
+    """params.yaml's text ("" when there is none), checked by the safe YAML reader first: a binary file, a
+    syntax error or an alias bomb is a ConfigError naming it, before anything parses or rewrites it."""
+    from pose_factory.core.settings import load_yaml, yaml_text
+
+    if not path.exists():
+        return ""
+    text = yaml_text(path.read_bytes(), str(path))
+    load_yaml(text, str(path), hint=_FIX_HINT)
+    return text
 
 
 def write_params(settings: Settings, params: dict[str, Any]) -> None:
     """Write params.yaml atomically, changing only the entries whose value differs from the file's."""
-    path = settings.params_file
-    old_text = path.read_text() if path.exists() else ""
+    old_text = _read_text(settings.params_file)
     _write_text(settings, update_text(old_text, _to_plain(params)))
 
 
@@ -74,8 +88,7 @@ def register(settings: Settings, *, add: list[str] = (), remove: list[str] = (),
 
     Ids already listed keep their place (and their line); new ones are inserted where they sort.
     """
-    path = settings.params_file
-    text = path.read_text() if path.exists() else ""
+    text = _read_text(settings.params_file)
     current = (_plain(text) if text.strip() else None) or {}
     batches = list(current.get("batches") or [])
     archived = list(current.get("archived") or [])
