@@ -514,7 +514,7 @@ def test_good_batches_still_list_pull_and_show_in_status(hostile, listing, cli):
     states = {s["batch_id"]: s for s in json.loads(status.out)["batches"]}
     assert states[GOOD]["state"] in ("not-pushed", "up-to-date")
     bad = [s for s in states.values() if s["remote"] == "invalid"]
-    assert bad and all(s["state"] == "invalid-in-bucket" and s["problem"] for s in bad)
+    assert bad and all(s["state"] == "invalid-in-bucket" and s["problem"] and s["next"] for s in bad)
     human = cli("status")
     assert human.code == 0 and not any(c in human.out for c in "\x1b\x07\u202e")
     assert not any(line.startswith("2026-11-30_fake") for line in human.out.splitlines())

@@ -31,6 +31,7 @@ STATUS_JSON_VERSION = 1  # fields and states were only added since
 NEXT_COMMAND: dict[str, str | None] = {
     "in-bucket-only": "pose-sync pull {batch}",
     "uploading": "pose-sync pull {batch}  (once `pose-sync list` shows it complete)",
+    "invalid-in-bucket": "pose-sync publish BATCH_DIR  (on the pod: re-publish it; it is not pulled as it is)",
     "changed-in-bucket": "pose-sync pull {batch}",
     "not-pushed": "dvc push",
     "archived": None,
