@@ -265,7 +265,8 @@ def test_cli_and_the_virtualenv_hook_read_dotenv_identically(project, monkeypatc
     (project.root / ".env").write_text(TRICKY_DOTENV)
     for name in ("CLOUDFLARE_R2_ACCESS_KEY_ID", "CLOUDFLARE_R2_SECRET_ACCESS_KEY", "CLOUDFLARE_R2_ACCOUNT_ID",
                  "POSE_FACTORY_R2_BUCKET", "EMPTY"):
-        monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv(name, "")  # recorded, so what load_dotenv sets is removed after the test
+        monkeypatch.delenv(name)
     load_dotenv(project.root)  # what pose-sync sees
     cli_key, cli_secret = os.environ["CLOUDFLARE_R2_ACCESS_KEY_ID"], os.environ["CLOUDFLARE_R2_SECRET_ACCESS_KEY"]
     assert (cli_key, cli_secret) == ("key id with spaces", "s3cr3t#part-of-it")

@@ -2,7 +2,9 @@
 and maps typed errors to a message and an exit code. It does no work of its own.
 
 Everything it prints goes through `_printable` (and `redact`): names come from the bucket, and a key or
-folder name must not be able to move the cursor, recolour the terminal or fake a row of a listing.
+folder name must not be able to move the cursor or recolour the terminal. Output may span lines on
+purpose, so a name put into a line is escaped whole (`_name`, and every cell of `_table`), newlines
+included: it cannot fake a row.
 """
 
 from __future__ import annotations
@@ -66,8 +68,13 @@ def _printable(text: str, *, keep_newlines: bool = False) -> str:
     return "".join(escape(char) for char in text)
 
 
+def _name(text: str | None) -> str:
+    """A name from outside (a batch id, a key, a problem naming one) made safe to put into a line."""
+    return _printable(str(text))
+
+
 def _out(text: str = "") -> None:
-    print(_printable(redact(text)))
+    print(_printable(redact(text), keep_newlines=True))
 
 
 def _err(text: str, *, keep_newlines: bool = False) -> None:
@@ -155,7 +162,7 @@ def cmd_list(args: argparse.Namespace, settings: Settings, progress: Progress) -
     _table(rows)
     for b in batches:
         if b.status == "invalid":
-            _out(f"  {b.batch_id}: {b.problem}")
+            _out(f"  {_name(b.batch_id)}: {_name(b.problem)}")
     complete = sum(b.status == "complete" for b in batches)
     invalid = sum(b.status == "invalid" for b in batches)
     _out(f"{len(batches)} batch(es) in {storage.description}: {complete} complete, "
@@ -629,7 +636,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings, progress: Progress)
     _table(rows)
     for s in states:
         if s.problem:
-            _out(f"  {s.batch_id}: {s.problem}")
+            _out(f"  {_name(s.batch_id)}: {_name(s.problem)}")
     _out(", ".join(f"{count} {state}" for state, count in sorted(document["summary"].items())))
     return 0
 
@@ -677,8 +684,8 @@ def cmd_list_jobs(args: argparse.Namespace, settings: Settings, progress: Progre
     if not jobs:
         _out(f"no jobs in {storage.description}")
     for job in jobs:
-        _out(f"{job.job_id}  {job.project or '?'}  {job.generator or '?'}  {job.samples or '?'} samples"
-             + (f"  INVALID: {job.problem}" if job.problem else ""))
+        _out(f"{_name(job.job_id)}  {_name(job.project or '?')}  {_name(job.generator or '?')}  "
+             f"{_name(job.samples or '?')} samples" + (f"  INVALID: {_name(job.problem)}" if job.problem else ""))
     return 0
 
 
