@@ -53,6 +53,18 @@ def file_digests(path: Path) -> tuple[str, str]:
 
 
 @contextmanager
+def naming(path: Path) -> Iterator[None]:
+    """Give an OSError raised inside the name of the file being written, when it has none: a write() or
+    close() that fails (disk full) does not say which file, and the error shown to the user must."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None:
+            exc.filename = str(path)
+        raise
+
+
+@contextmanager
 def atomic_write_path(dest: Path) -> Iterator[Path]:
     """Yield a temporary path beside dest; on success it replaces dest atomically, on failure it is removed."""
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -60,12 +72,9 @@ def atomic_write_path(dest: Path) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        yield tmp
-        os.replace(tmp, dest)
-    except OSError as exc:
-        if exc.filename is None:  # a write() that failed (disk full) does not say which file it was writing
-            exc.filename = str(dest)
-        raise
+        with naming(dest):
+            yield tmp
+            os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
 

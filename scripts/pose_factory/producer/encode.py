@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from pose_factory.core import contract
+from pose_factory.core.fsutil import naming
 
 COCO18_JOINTS: tuple[str, ...] = (
     "nose", "neck",
@@ -375,7 +376,8 @@ def rounded(array: Any) -> Any:
 def save_png(array: np.ndarray, path: Path) -> None:
     """An 8-bit RGB image, or a 16-bit greyscale one (uint16), as PNG."""
     image = Image.fromarray(array) if array.dtype == np.uint16 else Image.fromarray(array, mode="RGB")
-    image.save(path, format="PNG", compress_level=6)
+    with naming(path):  # PIL's close() on a full disk names no file
+        image.save(path, format="PNG", compress_level=6)
 
 
 def camera_block(camera: Any, view_index: int, focal_length_mm: float) -> dict[str, Any]:
