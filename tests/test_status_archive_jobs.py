@@ -142,3 +142,23 @@ def test_rclone_config_for_cloudflare(project, cli, monkeypatch):
     monkeypatch.setenv("POSE_FACTORY_BACKEND", "local")
     missing = cli("rclone-config")
     assert missing.code == 0  # the section is about R2 whatever the current backend (it takes no --backend)
+
+
+@pytest.mark.parametrize("body, fragment", [
+    (b"[" * 5000 + b"]" * 5000, "deep"),
+    (b'{"job_id": "' + b"x" * (2 * 1024 * 1024) + b'"}', "bytes"),
+    (b'{"job_id": "j1"}', "job"),
+])
+def test_a_job_read_from_the_bucket_is_bounded_and_checked(tmp_path, body, fragment):
+    """What the laptop's `job watch` and the pod's worker read from the bucket is untrusted, like a manifest."""
+    from pose_factory.bucket.backends import LocalFolderStorage
+    from pose_factory.bucket.jobs import job_key, read_job
+    from pose_factory.core.errors import SchemaError
+    from pose_factory.core.settings import load_settings
+
+    settings = load_settings(root=tmp_path)
+    storage = LocalFolderStorage(tmp_path / "bucket", "b")
+    storage.put_bytes(job_key(settings, "j1"), body)
+    with pytest.raises(SchemaError) as caught:
+        read_job(storage, settings, "j1")
+    assert "j1.json" in str(caught.value) and fragment in str(caught.value).lower()

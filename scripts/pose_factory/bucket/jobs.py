@@ -20,6 +20,14 @@ def job_key(settings: Settings, job_id: str) -> str:
     return join_key(settings.prefixes.jobs, f"{job_id}.json")
 
 
+def read_job(storage: Storage, settings: Settings, job_id: str) -> dict[str, Any]:
+    """The job definition `job_id` from the bucket: size-capped, parsed bounded, checked against its schema."""
+    key = job_key(settings, job_id)
+    job = schemas.parse_json(storage.read_bytes(key, MAX_JOB_BYTES), key)
+    schemas.check(job, "job", key)
+    return job
+
+
 def push_job(storage: Storage, settings: Settings, job_file: Path) -> tuple[str, str]:
     """Validate a job definition against schemas/job.schema.json and upload it; return (job id, key)."""
     job = schemas.load_json(job_file)

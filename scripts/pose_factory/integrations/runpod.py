@@ -37,7 +37,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pose_factory.bucket.backends import Storage, join_key
-from pose_factory.bucket.jobs import job_key
+from pose_factory.bucket.jobs import job_key, read_job
 from pose_factory.core import contract, schemas
 from pose_factory.core.errors import (
     ConfigError,
@@ -721,7 +721,7 @@ def watch(storage: Storage, settings: Settings, job_id: str, *, on_update: Calla
     started = time.monotonic()
     outcome: WatchOutcome | None = None
     try:
-        job = json.loads(storage.read_bytes(job_key(settings, job_id)))
+        job = read_job(storage, settings, job_id)
         credentials = r2_credentials(required=False)
         env = pod_env(settings, credentials)[0] if credentials else None  # for retries on new pods
         while outcome is None:

@@ -33,9 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from pose_factory.bucket.backends import ObjectMissingError, Storage, join_key
-from pose_factory.bucket.jobs import job_key
-from pose_factory.core import contract
-from pose_factory.core.errors import ConfigError, PoseFactoryError, RunPodError, UsageError
+from pose_factory.bucket.jobs import MAX_JOB_BYTES, read_job
+from pose_factory.core import contract, schemas
+from pose_factory.core.errors import ConfigError, PoseFactoryError, RunPodError, SchemaError, UsageError
 from pose_factory.core.progress import Progress, Task
 from pose_factory.core.settings import Settings
 
@@ -84,10 +84,8 @@ def shard_record_key(settings: Settings, job_id: str, index: int) -> str:
 def read_json(storage: Storage, key: str) -> dict[str, Any] | None:
     """A small JSON object from the bucket; None when missing or unreadable."""
     try:
-        document = json.loads(storage.read_bytes(key))
-    except ObjectMissingError:
-        return None
-    except ValueError:
+        document = schemas.parse_json(storage.read_bytes(key, MAX_JOB_BYTES), key)
+    except (ObjectMissingError, SchemaError):
         return None
     return document if isinstance(document, dict) else None
 
@@ -272,7 +270,7 @@ def run_worker(storage: Storage, settings: Settings, job_id: str, shard: Shard =
         state.update({k: mine.get(k) for k in ("state", "samples_done", "samples_total", "batch_id")})
     with StatusWriter(storage, key, state, heartbeat_s) as status:
         try:
-            job = json.loads(storage.read_bytes(job_key(settings, job_id)))
+            job = read_job(storage, settings, job_id)
             batch_id = batch_id or batch_id_for(job, settings)
             samples = shard.samples(job["samples"])
             if shard.count > job["samples"]:
