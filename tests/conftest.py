@@ -40,12 +40,20 @@ def s3_server(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch, tmp_path):
-    """No test sees the developer's real credentials or settings; DVC writes its site cache in tmp."""
+    """No test sees the developer's real credentials or settings; DVC writes its site cache in tmp.
+
+    The whole environment is put back afterwards: the code under test may set variables itself (`.env` values
+    are loaded into os.environ), and those must not reach the next test on this worker.
+    """
+    before = dict(os.environ)
     for name in ENV_NAMES:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("DVC_SITE_CACHE_DIR", str(tmp_path / "dvc-site-cache"))
     monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
     monkeypatch.setenv("POSE_FACTORY_DVC_LOCAL_REMOTE", str(tmp_path / "dvc-local-remote"))
+    yield
+    os.environ.clear()
+    os.environ.update(before)
 
 
 @dataclass
