@@ -64,12 +64,25 @@ def naming(path: Path) -> Iterator[None]:
         raise
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it is to set it: put it straight back
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_write_path(dest: Path) -> Iterator[Path]:
-    """Yield a temporary path beside dest; on success it replaces dest atomically, on failure it is removed."""
+    """Yield a temporary path beside dest; on success it replaces dest atomically, on failure it is removed.
+
+    The file gets the permissions a plain open() would give it (0666 less the umask), not mkstemp's 0600:
+    reports, pages, records and the local bucket's objects are for whoever may read their folder.
+    """
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=PARTIAL_SUFFIX, dir=dest.parent)
-    os.close(fd)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+    finally:
+        os.close(fd)
     tmp = Path(tmp_name)
     try:
         with naming(dest):

@@ -15,7 +15,6 @@ import csv
 import html
 import io
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -359,17 +358,9 @@ def _page(title: str, body: str) -> str:
             f"<style>{STYLE}</style><script>{SCRIPT}</script></head><body>{body}</body></html>")
 
 
-def _readable(tmp: Path) -> None:
-    # mkstemp makes 0600 files: a page is for anyone who may read the folder, as the thumbnails are.
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o666 & ~umask)
-
-
 def _write_file(dest: Path, text: str) -> None:
     with atomic_write_path(dest) as tmp:
         tmp.write_text(text, encoding="utf-8")
-        _readable(tmp)
 
 
 def _check_out(out: Path) -> None:
