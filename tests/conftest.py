@@ -4,11 +4,14 @@ test, a small generated batch, and the CLI driven the way a user drives it.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import shutil
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +41,15 @@ def s3_server(tmp_path_factory):
     server.stop()
 
 
+def isolate_environment(patch: pytest.MonkeyPatch, folder: Path) -> None:
+    """No developer credentials or settings; DVC's site cache and the local DVC remote in `folder`."""
+    for name in ENV_NAMES:
+        patch.delenv(name, raising=False)
+    patch.setenv("DVC_SITE_CACHE_DIR", str(folder / "dvc-site-cache"))
+    patch.setenv("DVC_NO_ANALYTICS", "1")
+    patch.setenv("POSE_FACTORY_DVC_LOCAL_REMOTE", str(folder / "dvc-local-remote"))
+
+
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch, tmp_path):
     """No test sees the developer's real credentials or settings; DVC writes its site cache in tmp.
@@ -46,11 +58,7 @@ def clean_environment(monkeypatch, tmp_path):
     are loaded into os.environ), and those must not reach the next test on this worker.
     """
     before = dict(os.environ)
-    for name in ENV_NAMES:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("DVC_SITE_CACHE_DIR", str(tmp_path / "dvc-site-cache"))
-    monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
-    monkeypatch.setenv("POSE_FACTORY_DVC_LOCAL_REMOTE", str(tmp_path / "dvc-local-remote"))
+    isolate_environment(monkeypatch, tmp_path)
     yield
     os.environ.clear()
     os.environ.update(before)
@@ -80,13 +88,17 @@ class Project:
         return sorted(self._files() - self.baseline)
 
 
-@pytest.fixture
-def project(tmp_path, monkeypatch) -> Project:
-    root = tmp_path / "project"
+def new_project(root: Path) -> Project:
+    """The folders of a fresh project (not yet a repository)."""
     for folder in ("config", ".dvc", "data/raw", "data/working", "data/archive"):
         (root / folder).mkdir(parents=True)
-    monkeypatch.setenv("POSE_FACTORY_ROOT", str(root))
     return Project(root)
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch) -> Project:
+    monkeypatch.setenv("POSE_FACTORY_ROOT", str(tmp_path / "project"))
+    return new_project(tmp_path / "project")
 
 
 @dataclass
@@ -201,13 +213,46 @@ PIPELINE_FILES = ("dvc.yaml", "params.yaml", "schemas", "scripts/pose_sync.py", 
                   "config/local.example.yaml", "data/curation/.gitkeep")
 
 
-def make_repository(project: Project, cli, *, pipeline: bool) -> Project:
-    """A dataset repository as a user has it: git + DVC, this project's .gitignore, `pose-sync init` done.
+def copy_tree(source: Path, dest: Path) -> Path:
+    """Copy a repository built once into a test's folder, as it is on disk: symlinks stay symlinks, and files
+    hardlinked to each other inside it (DVC's cache, the read-only mirror, the working set) stay hardlinked."""
+    first_copy: dict[tuple[int, int], str] = {}
 
-    With pipeline=True it also holds this project's dvc.yaml, params.yaml, schemas and code, as a clone does.
-    """
-    root = project.root
-    shutil.rmtree(root / ".dvc")
+    def copy(src: str, dst: str) -> str:
+        info = os.lstat(src)
+        if info.st_nlink > 1:
+            first = first_copy.setdefault((info.st_dev, info.st_ino), dst)
+            if first != dst:
+                os.link(first, dst)
+                return dst
+        return shutil.copy2(src, dst)
+
+    shutil.copytree(source, dest, symlinks=True, copy_function=copy, dirs_exist_ok=True)
+    return dest
+
+
+_skeletons: dict[bool, Path] = {}  # pipeline -> the git + DVC skeleton this worker made on first use
+_skeleton_home: list[Path] = []  # set by the session fixture below; a temporary folder outside pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _repository_skeleton_home(tmp_path_factory):
+    _skeleton_home[:] = [tmp_path_factory.mktemp("repository-skeletons")]
+    yield
+    _skeletons.clear()
+
+
+def _skeleton(pipeline: bool) -> Path:
+    """`git init` + `dvc init` (+ this project's pipeline files), made once per worker and copied per test:
+    `dvc init` alone costs a second or more of CPU, and most integration tests start from it."""
+    if pipeline in _skeletons:
+        return _skeletons[pipeline]
+    if not _skeleton_home:
+        import tempfile
+
+        _skeleton_home.append(Path(tempfile.mkdtemp(prefix="pose-factory-skeletons-")))
+    root = _skeleton_home[0] / ("pipeline" if pipeline else "data-only")
+    root.mkdir(parents=True)
     shutil.copy(REPO / ".gitignore", root / ".gitignore")
     (root / "params.yaml").write_text("# Parameters the DVC pipeline reads.\nbatches: []\n")
     if pipeline:
@@ -224,12 +269,92 @@ def make_repository(project: Project, cli, *, pipeline: bool) -> Project:
     dvc(root, "init", "-q")
     if pipeline:  # the plot templates dvc.yaml names live in .dvc/plots/, which `dvc init` has just made
         shutil.copytree(REPO / ".dvc" / "plots", root / ".dvc" / "plots")
+    _skeletons[pipeline] = root
+    return root
+
+
+def make_repository(project: Project, cli, *, pipeline: bool) -> Project:
+    """A dataset repository as a user has it: git + DVC, this project's .gitignore, `pose-sync init` done.
+
+    With pipeline=True it also holds this project's dvc.yaml, params.yaml, schemas and code, as a clone does.
+    `pose-sync init` runs here, for this test's backend and folders; the rest is copied from a skeleton.
+    """
+    root = project.root
+    shutil.rmtree(root / ".dvc")
+    copy_tree(_skeleton(pipeline), root)
     result = cli("init")
     assert result.code == 0, result.err
     git(root, "add", "-A")
     git(root, "commit", "-q", "-m", "dataset repository")
     project.snapshot()
     return project
+
+
+def quiet_cli(*args) -> Result:
+    """Run `pose-sync ARGS` in-process outside a test function (no capsys there), capturing its output."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli_main([str(a) for a in args])
+    return Result(code, out.getvalue(), err.getvalue())
+
+
+@contextlib.contextmanager
+def environment_of_a_test(base: Path) -> Iterator[pytest.MonkeyPatch]:
+    """For module- or session-scoped fixtures, which build something once: the environment a test has
+    (no credentials, DVC's folders in `base`), on the local backend, with the project at `base`/project."""
+    before = dict(os.environ)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            isolate_environment(patch, base)
+            patch.setenv("POSE_FACTORY_ROOT", str(base / "project"))
+            patch.setenv("POSE_FACTORY_BACKEND", "local")
+            yield patch
+    finally:  # as clean_environment: what the code set itself (from a .env) goes too
+        os.environ.clear()
+        os.environ.update(before)
+
+
+@contextlib.contextmanager
+def building_once(base: Path, *, pipeline: bool) -> Iterator[tuple[Project, pytest.MonkeyPatch]]:
+    """A repository at `base`/project to take further steps in (with `quiet_cli`, and the patch for more
+    variables) in environment_of_a_test(); each test then gets its own copy_repository() of it."""
+    with environment_of_a_test(base) as patch:
+        yield make_repository(new_project(base / "project"), quiet_cli, pipeline=pipeline), patch
+
+
+def copy_repository(template: Project, dest: Path, patch: pytest.MonkeyPatch) -> Project:
+    """A private copy of a repository built once (its bucket, DVC cache and git history included), made the
+    current project on the local backend, and the working directory.
+
+    `pose-sync init` then points the copy's machine-local DVC remote (.dvc/config.local holds an absolute
+    path) at this test's own folder, as a user does after moving a clone; it must find nothing to commit.
+    """
+    if dest.exists():
+        shutil.rmtree(dest)
+    copy_tree(template.root, dest)
+    patch.setenv("POSE_FACTORY_ROOT", str(dest))
+    patch.setenv("POSE_FACTORY_BACKEND", "local")
+    patch.chdir(dest)
+    result = quiet_cli("init")
+    assert result.code == 0 and "nothing to commit" in result.out, result.out + result.err
+    return Project(dest, template.baseline)
+
+
+def build_pipeline_repository(base: Path, batches: list[tuple[str, int, int]]) -> Project:
+    """A pipeline repository with these batches (id, seed, samples; 48x48) pulled, `dvc repro` run, committed.
+
+    For module-scoped fixtures: expensive to make, so make it once and hand each test a copy_repository().
+    """
+    with building_once(base, pipeline=True) as (repo, patch):
+        for hour, (batch_id, seed, samples) in enumerate(batches):
+            patch.setenv("SOURCE_DATE_EPOCH", str(1793520000 + hour * 3600))
+            publish_generated(base, quiet_cli, batch_id, samples=samples, seed=seed)
+            assert quiet_cli("pull", batch_id, "-q").code == 0
+        patch.delenv("SOURCE_DATE_EPOCH")
+        dvc(repo.root, "repro", "-q")
+        git(repo.root, "add", "-A")
+        git(repo.root, "commit", "-q", "-m", "batches and their working set")
+    return repo
 
 
 @pytest.fixture
@@ -258,50 +383,3 @@ def publish_generated(tmp_path: Path, cli, batch_id: str, *, samples: int = 3, s
     assert result.code == 0, result.err
     return made.batch_dir
 
-
-def quiet_cli(*args) -> Result:
-    """Run `pose-sync ARGS` in-process outside a test function (no capsys), capturing its output."""
-    import contextlib
-    import io
-
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = cli_main([str(a) for a in args])
-    return Result(code, out.getvalue(), err.getvalue())
-
-
-def build_pipeline_repository(base: Path, batches: list[tuple[str, int, int]]) -> Path:
-    """A pipeline repository with these batches (id, seed, samples; 48x48) pulled, `dvc repro` run, committed.
-
-    For module-scoped fixtures: expensive to make, so make it once and hand each test a copy_repository().
-    """
-    with pytest.MonkeyPatch.context() as patch:
-        for name in ENV_NAMES:
-            patch.delenv(name, raising=False)
-        root = base / "project"
-        for folder in ("config", ".dvc", "data/raw", "data/working", "data/archive"):
-            (root / folder).mkdir(parents=True)
-        patch.setenv("POSE_FACTORY_ROOT", str(root))
-        patch.setenv("POSE_FACTORY_BACKEND", "local")
-        patch.setenv("POSE_FACTORY_DVC_LOCAL_REMOTE", str(base / "dvc-remote"))
-        patch.setenv("DVC_SITE_CACHE_DIR", str(base / "dvc-site-cache"))
-        patch.setenv("DVC_NO_ANALYTICS", "1")
-        make_repository(Project(root), quiet_cli, pipeline=True)
-        for hour, (batch_id, seed, samples) in enumerate(batches):
-            patch.setenv("SOURCE_DATE_EPOCH", str(1793520000 + hour * 3600))
-            publish_generated(base, quiet_cli, batch_id, samples=samples, seed=seed)
-            assert quiet_cli("pull", batch_id, "-q").code == 0
-        patch.delenv("SOURCE_DATE_EPOCH")
-        dvc(root, "repro", "-q")
-        git(root, "add", "-A")
-        git(root, "commit", "-q", "-m", "batches and their working set")
-    return root
-
-
-def copy_repository(template: Path, dest: Path, monkeypatch) -> Path:
-    """A private copy of a built repository, made the current project (DVC's state is dropped: inodes differ)."""
-    shutil.copytree(template, dest, symlinks=True, ignore=shutil.ignore_patterns("tmp"))
-    monkeypatch.setenv("POSE_FACTORY_ROOT", str(dest))
-    monkeypatch.setenv("POSE_FACTORY_BACKEND", "local")
-    monkeypatch.chdir(dest)
-    return dest

@@ -37,7 +37,7 @@ def built_repo(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def repo(built_repo, tmp_path, monkeypatch) -> Path:
-    return copy_repository(built_repo, tmp_path / "project", monkeypatch)
+    return copy_repository(built_repo, tmp_path / "project", monkeypatch).root
 
 
 def decisions(root: Path) -> dict[str, tuple[str, str]]:

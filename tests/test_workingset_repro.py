@@ -29,7 +29,7 @@ def built_repo(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def repo(built_repo, tmp_path, monkeypatch) -> Path:
-    return copy_repository(built_repo, tmp_path / "project", monkeypatch)
+    return copy_repository(built_repo, tmp_path / "project", monkeypatch).root
 
 
 def set_working(root: Path, **values) -> None:
