@@ -10,13 +10,14 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from conftest import dvc, git, publish_generated
+from conftest import building_once, copy_repository, copy_tree, dvc, git, publish_generated, quiet_cli
 from headless import Browser, chromium
 from pose_factory.core import contract
 from pose_factory.dataset.pages import PLOTS
 
 A, B = "2026-11-01_run-cycle", "2026-11-02_walk"
 SHIFT_PX = 5.0
+EPOCH = "1793520000"
 ARTEFACTS = Path(os.environ.get("POSE_FACTORY_TEST_ARTEFACTS", Path(__file__).resolve().parent / "artefacts"))
 
 pytestmark = pytest.mark.integration
@@ -65,38 +66,48 @@ def validate_and_record(cli, repo, batch_id: str, place: str = "raw") -> None:
     assert result.code == 0, result.err
 
 
-@pytest.fixture
-def history(pipeline_repo, cli, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def history_template(tmp_path_factory):
     """Commits: c1 batch A; c2 batch B added; c3 A re-rendered with moved keypoints in one sample;
-    c4 B archived; c5 A's conventions and software changed."""
-    repo = pipeline_repo
-    revs = {}
-    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1793520000")
-    pod_a = publish_generated(tmp_path / "a", cli, A, samples=4, seed=1)
-    assert cli("pull", A, "-q").code == 0
-    validate_and_record(cli, repo, A)
-    revs["c1"] = commit(repo, "A")
-    publish_generated(tmp_path / "b", cli, B, samples=2, seed=2, project="walk")
-    assert cli("pull", B, "-q").code == 0
-    validate_and_record(cli, repo, B)
-    revs["c2"] = commit(repo, "B")
-    move_keypoints(pod_a, "000001")
-    reseal(pod_a)
-    assert cli("publish", pod_a, "-q").code == 0
-    assert cli("pull", A, "-q").code == 0
-    validate_and_record(cli, repo, A)
-    revs["c3"] = commit(repo, "A with one sample re-rendered")
-    assert cli("archive", B).code == 0
-    revs["c4"] = commit(repo, "archive B")
-    manifest = json.loads((pod_a / "manifest.json").read_text())
-    manifest["software"]["generator_version"] = "0.2.0"
-    manifest["conventions"]["normal"]["background"] = [0, 0, 0]
-    (pod_a / "manifest.json").write_bytes(contract.dumps(manifest))
-    assert cli("publish", pod_a, "-q").code == 0
-    assert cli("pull", A, "-q").code == 0
-    revs["c5"] = commit(repo, "A conventions")
-    revs["pod_a"] = pod_a
-    return repo, revs
+    c4 B archived; c5 A's conventions and software changed. Built once; each test gets a copy."""
+    base = tmp_path_factory.mktemp("review-history")
+    with building_once(base, pipeline=True) as (repo, env):
+        cli = quiet_cli
+        revs = {}
+        env.setenv("SOURCE_DATE_EPOCH", EPOCH)
+        pod_a = publish_generated(base / "a", cli, A, samples=4, seed=1)
+        assert cli("pull", A, "-q").code == 0
+        validate_and_record(cli, repo, A)
+        revs["c1"] = commit(repo, "A")
+        publish_generated(base / "b", cli, B, samples=2, seed=2, project="walk")
+        assert cli("pull", B, "-q").code == 0
+        validate_and_record(cli, repo, B)
+        revs["c2"] = commit(repo, "B")
+        move_keypoints(pod_a, "000001")
+        reseal(pod_a)
+        assert cli("publish", pod_a, "-q").code == 0
+        assert cli("pull", A, "-q").code == 0
+        validate_and_record(cli, repo, A)
+        revs["c3"] = commit(repo, "A with one sample re-rendered")
+        assert cli("archive", B).code == 0
+        revs["c4"] = commit(repo, "archive B")
+        manifest = json.loads((pod_a / "manifest.json").read_text())
+        manifest["software"]["generator_version"] = "0.2.0"
+        manifest["conventions"]["normal"]["background"] = [0, 0, 0]
+        (pod_a / "manifest.json").write_bytes(contract.dumps(manifest))
+        assert cli("publish", pod_a, "-q").code == 0
+        assert cli("pull", A, "-q").code == 0
+        revs["c5"] = commit(repo, "A conventions")
+    return repo, revs, pod_a
+
+
+@pytest.fixture
+def history(history_template, tmp_path, monkeypatch):
+    """A private copy of the history (repository, bucket and the pod's batch A), revisions by name."""
+    template, revs, pod_a = history_template
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", EPOCH)
+    repo = copy_repository(template, tmp_path / "project", monkeypatch)
+    return repo, {**revs, "pod_a": copy_tree(pod_a, tmp_path / "a" / pod_a.name)}
 
 
 def diff_json(cli, *revs: str) -> dict:
