@@ -10,7 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from conftest import dvc, git, publish_generated, run_script
+from conftest import (
+    building_once,
+    copy_repository,
+    dvc,
+    environment_of_a_test,
+    git,
+    publish_generated,
+    quiet_cli,
+    run_script,
+)
 from pose_factory.dataset import materialize as materialize_module
 
 A, B, C = "2026-11-01_run-cycle", "2026-11-02_walk", "2026-11-03_jump"
@@ -40,14 +49,38 @@ def ran(output: str) -> list[str]:
     return sorted(line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage"))
 
 
+@pytest.fixture(scope="module")
+def two_batches_template(tmp_path_factory):
+    """A pipeline repository with batches A and B (3 samples each) pulled and committed, built once."""
+    base = tmp_path_factory.mktemp("two-batches")
+    with building_once(base, pipeline=True) as (repo, env):
+        for batch_id, seed, hour in ((A, 1, "08"), (B, 2, "09")):
+            env.setenv("SOURCE_DATE_EPOCH", str(1793520000 + int(hour) * 3600))
+            publish_generated(base, quiet_cli, batch_id, samples=3, seed=seed)
+            assert quiet_cli("pull", batch_id, "--commit", "-q").code == 0
+    return repo
+
+
+@pytest.fixture(scope="module")
+def reproduced_template(two_batches_template, tmp_path_factory):
+    """The same after a first `dvc repro` (both validate stages and the working set), built once."""
+    base = tmp_path_factory.mktemp("reproduced")
+    with environment_of_a_test(base) as patch:
+        repo = copy_repository(two_batches_template, base / "project", patch)
+        repro(repo)
+    return repo
+
+
 @pytest.fixture
-def two_batches(pipeline_repo, cli, tmp_path, monkeypatch):
-    for batch_id, seed, hour in ((A, 1, "08"), (B, 2, "09")):
-        monkeypatch.setenv("SOURCE_DATE_EPOCH", str(1793520000 + int(hour) * 3600))
-        publish_generated(tmp_path, cli, batch_id, samples=3, seed=seed)
-        assert cli("pull", batch_id, "--commit", "-q").code == 0
-    monkeypatch.delenv("SOURCE_DATE_EPOCH")
-    return pipeline_repo
+def two_batches(two_batches_template, tmp_path, monkeypatch):
+    """A private copy: batches A and B pulled and committed, `dvc repro` not run yet."""
+    return copy_repository(two_batches_template, tmp_path / "project", monkeypatch)
+
+
+@pytest.fixture
+def reproduced(reproduced_template, tmp_path, monkeypatch):
+    """A private copy of two_batches after its first `dvc repro`."""
+    return copy_repository(reproduced_template, tmp_path / "project", monkeypatch)
 
 
 def test_repro_validates_every_batch_and_builds_the_latest_working_set(two_batches, cli):
@@ -78,9 +111,8 @@ def test_repro_validates_every_batch_and_builds_the_latest_working_set(two_batch
 
 
 def test_adding_a_batch_validates_only_that_batch_and_a_working_key_reruns_only_materialize(
-        two_batches, cli, tmp_path):
-    repo = two_batches
-    repro(repo)
+        reproduced, cli, tmp_path):
+    repo = reproduced
     git(repo.root, "add", "-A")
     git(repo.root, "commit", "-q", "-m", "repro")
     publish_generated(tmp_path / "c", cli, C, samples=2, seed=3)
@@ -93,9 +125,8 @@ def test_adding_a_batch_validates_only_that_batch_and_a_working_key_reruns_only_
     assert index["link_mode"] == "copy"
 
 
-def test_a_failing_batch_fails_its_stage_and_leaves_the_working_set_alone(two_batches, cli):
-    repo = two_batches
-    repro(repo)
+def test_a_failing_batch_fails_its_stage_and_leaves_the_working_set_alone(reproduced, cli):
+    repo = reproduced
     before = (working(repo) / "index.json").read_bytes()
     damaged = repo.root / "data" / "raw" / "pose-factory" / B / "seg" / "000001.png"
     damaged.chmod(0o644)
@@ -108,8 +139,8 @@ def test_a_failing_batch_fails_its_stage_and_leaves_the_working_set_alone(two_ba
 
 
 @pytest.mark.parametrize("mode", ["symlink", "copy", "clone"])
-def test_link_modes(two_batches, cli, mode):
-    repo = two_batches
+def test_link_modes(reproduced, cli, mode):
+    repo = reproduced
     set_working(repo, link_mode=mode)
     repro(repo)
     index = json.loads((working(repo) / "index.json").read_text())
@@ -126,9 +157,8 @@ def test_link_modes(two_batches, cli, mode):
         assert raw.read_bytes() != b"changed in the working set"
 
 
-def test_the_raw_mirror_cannot_be_written_through_a_hardlink(two_batches):
-    repo = two_batches
-    repro(repo)
+def test_the_raw_mirror_cannot_be_written_through_a_hardlink(reproduced):
+    repo = reproduced
     linked = next((working(repo) / "pose").iterdir())
     probe = [sys.executable, "-c", f"open({str(linked)!r}, 'r+b').write(b'x')"]
     if os.geteuid() == 0:  # root ignores file modes: try as an ordinary user, as ComfyUI would run
@@ -137,9 +167,8 @@ def test_the_raw_mirror_cannot_be_written_through_a_hardlink(two_batches):
     assert result.returncode != 0 and "Permission denied" in result.stderr
 
 
-def test_an_interrupted_materialize_leaves_the_previous_set_intact(two_batches, monkeypatch):
-    repo = two_batches
-    repro(repo)
+def test_an_interrupted_materialize_leaves_the_previous_set_intact(reproduced, monkeypatch):
+    repo = reproduced
     before = (working(repo) / "index.json").read_bytes()
     real_linker = materialize_module._linker
     calls = {"n": 0}
@@ -175,9 +204,8 @@ BAD_WORKING = [
 ]
 
 
-def test_every_working_key_is_validated_by_name(two_batches, cli, monkeypatch):
-    repo = two_batches
-    repro(repo)
+def test_every_working_key_is_validated_by_name(reproduced, cli, monkeypatch):
+    repo = reproduced
     before = (working(repo) / "index.json").read_bytes()
     monkeypatch.chdir(repo.root)
     original = (repo.root / "params.yaml").read_text()
@@ -193,8 +221,8 @@ def test_every_working_key_is_validated_by_name(two_batches, cli, monkeypatch):
     assert failed.returncode != 0 and "key 'working.modalities[1]'" in failed.stdout + failed.stderr
 
 
-def test_filters_and_naming(two_batches):
-    repo = two_batches
+def test_filters_and_naming(reproduced):
+    repo = reproduced
     set_working(repo, batches=[A, B], filters={"azimuth_deg": [0, 100], "sample_ids": []},
                 naming={"prefix": "pose_", "digits": 5}, modalities=["pose", "depth"])
     repro(repo)
@@ -231,9 +259,8 @@ def test_prepare_batch_and_comfyui_link(two_batches, cli, tmp_path):
     assert not_comfy.code == 2 and "does not look like a ComfyUI folder" in not_comfy.err
 
 
-def test_fresh_clone_after_dvc_pull_reproduces_the_same_index(two_batches, tmp_path):
-    repo = two_batches
-    repro(repo)
+def test_fresh_clone_after_dvc_pull_reproduces_the_same_index(reproduced, tmp_path):
+    repo = reproduced
     git(repo.root, "add", "-A")
     git(repo.root, "commit", "-q", "-m", "working set")
     dvc(repo.root, "push", "-q")
