@@ -32,6 +32,51 @@ ENV_NAMES = ("CLOUDFLARE_R2_ACCESS_KEY_ID", "CLOUDFLARE_R2_SECRET_ACCESS_KEY", "
              "AWS_PROFILE")
 
 
+# A test that uses one of these (directly or through another fixture) runs real servers, git or dvc: it is
+# marked `integration` automatically, and so is every run of a test on the real S3 server (backend "s3").
+INTEGRATION_FIXTURES = frozenset({"s3_server", "repo", "pipeline_repo"})
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark the integration tier (`make test-fast` = `-m "not integration"` leaves it out)."""
+    for item in items:
+        on_s3 = getattr(item, "callspec", None) is not None and item.callspec.params.get("backend") == "s3"
+        if on_s3 or INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+
+
+_PROCESSES = pytest.StashKey[list]()  # what a test not marked integration started, in any thread
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Keep the unit tier honest, so that it stays fast: note every process (git, dvc, rclone, Blender,
+    Chromium, SeaweedFS, a script) that a test not marked `integration` starts, in itself, in a fixture it sets
+    up or in a thread; `unit_tests_start_no_process` then fails the test."""
+    if item.get_closest_marker("integration"):
+        return (yield)
+    started = item.stash[_PROCESSES] = []
+    real_init = subprocess.Popen.__init__
+
+    def noting(self, args, *more, **options):
+        started.append(args)
+        real_init(self, args, *more, **options)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(subprocess.Popen, "__init__", noting)
+        return (yield)
+
+
+@pytest.fixture(autouse=True)
+def unit_tests_start_no_process(request):
+    """Fail a test that is not marked `integration` but started a process (`make test-fast` runs no process)."""
+    yield
+    started = request.node.stash.get(_PROCESSES, [])
+    if started:
+        pytest.fail(f"this test starts {len(started)} process(es), the first {started[0]!r}: mark it "
+                    "@pytest.mark.integration (tests/conftest.py)", pytrace=False)
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """A real S3 server on loopback, shared by the whole session (starting one costs seconds)."""

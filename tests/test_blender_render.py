@@ -29,6 +29,7 @@ def _job(samples: int = 2, size: int = 64) -> dict:
     return job
 
 
+@pytest.mark.integration
 @needs_blender
 def test_blender_batch_is_valid_and_seg_matches_depth(tmp_path):
     settings = load_settings(root=tmp_path)
@@ -61,6 +62,7 @@ def test_missing_blender_is_a_tool_error_with_a_hint(tmp_path, monkeypatch):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.integration
 @needs_blender
 def test_both_renderers_give_the_same_annotation_for_the_same_scene(tmp_path):
     settings = load_settings(root=tmp_path)

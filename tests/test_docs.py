@@ -8,6 +8,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO, run_script
 from pose_factory.cli import build_parser
 
@@ -63,6 +65,7 @@ def test_the_reference_names_every_option_of_every_command():
                     assert option in rows, f"the README row of `pose-sync {name}` does not mention {option}"
 
 
+@pytest.mark.integration
 def test_make_help_lists_the_documented_targets():
     result = subprocess.run(["make", "-s", "help"], cwd=REPO, capture_output=True, text=True, check=True)
     plain = re.sub(r"\x1b\[[0-9;]*m", "", result.stdout)
@@ -71,6 +74,7 @@ def test_make_help_lists_the_documented_targets():
         assert f"make {target}" in README or target == "setup"
 
 
+@pytest.mark.integration
 def test_make_setup_says_what_it_does_and_installs_the_hook_without_a_warning(tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
@@ -91,6 +95,7 @@ def test_make_setup_says_what_it_does_and_installs_the_hook_without_a_warning(tm
     assert list(venv.glob("lib/python*/site-packages/pose_factory_r2_env.pth")), done.stdout
 
 
+@pytest.mark.integration
 def test_readme_example_commands_run(project, tmp_path):
     example = README.split("Example:", 1)[1]
     block = re.search(r"```sh\n(.*?)```", example, re.S).group(1)
@@ -109,6 +114,7 @@ def test_readme_example_commands_run(project, tmp_path):
     assert [b["batch_id"] for b in json.loads(listing.stdout)["batches"]] == [batch_id]
 
 
+@pytest.mark.integration
 def test_demo_runs_the_loop_on_the_embedded_default_even_with_r2_credentials_set(project):
     env = {"CLOUDFLARE_R2_ACCESS_KEY_ID": "TESTKEYID-REALISTIC-01", "CLOUDFLARE_R2_SECRET_ACCESS_KEY": "real-secret-x",
            "CLOUDFLARE_R2_ACCOUNT_ID": "deadbeef", "POSE_FACTORY_ROOT": str(project.root)}

@@ -55,6 +55,7 @@ def test_the_stand_in_reads_runpods_own_openapi_document():
     assert spec.strict_problems("Pod", {**example["examples"]["pod"]["value"], "desiredStatus": "RUNNING"})
 
 
+@pytest.mark.integration  # its pod runs a real process
 def test_lifecycle_create_provision_run_stop_start_terminate(runpod):
     created = call(runpod, "POST", "/pods", body())
     assert created.status_code == 201
@@ -153,6 +154,7 @@ def test_faults_429_with_retry_after_create_then_500_and_dropped_connections(run
     assert [call(runpod, "GET", f"/pods/{pod_id}").status_code for _ in range(3)] == [200, 503, 200]
 
 
+@pytest.mark.integration  # its pod runs a real process
 def test_the_container_runs_entrypoint_plus_args_with_only_the_pods_environment(runpod, monkeypatch):
     monkeypatch.setenv("POSE_FACTORY_ROOT", "/somewhere/on/the/laptop")  # must not leak into the container
     runpod.secrets["r2_secret"] = "s3cr3t-value-0123"
@@ -175,6 +177,7 @@ def test_the_container_runs_entrypoint_plus_args_with_only_the_pods_environment(
     assert json.loads(no_args_file.read_text())["argv"] == ["default-cmd"]  # no args: the image's CMD
 
 
+@pytest.mark.integration  # its pod runs a real process
 def test_a_container_whose_command_exits_is_restarted_until_the_pod_stops(runpod):
     pod = call(runpod, "POST", "/pods", body(image="quitter:1")).json()
     assert runpod.wait_for(lambda: runpod.restarts(pod["id"]) >= 2)
@@ -199,6 +202,7 @@ def test_pods_that_never_start_or_break(runpod):
     assert runpod.running_processes() == []
 
 
+@pytest.mark.integration  # its pod runs a real process
 def test_a_container_ignoring_sigterm_is_killed(tmp_path):
     script = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up' * 2, flush=True); " \
              "time.sleep(60)"

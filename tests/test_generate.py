@@ -52,6 +52,7 @@ def test_same_seed_same_files_other_seed_other_files(tmp_path):
     assert changed, "a different seed must render different poses"
 
 
+@pytest.mark.integration
 def test_generate_cli_prints_the_batch_id_and_honours_options(tmp_path, project):
     result = run_script(["generate", "--out", str(tmp_path / "out"), "--project", "jump", "--samples", "2",
                          "--size", "80x48", "--seed", "3", "--keypoints", "all", "-q"], cwd=project.root)

@@ -24,6 +24,7 @@ from faultproxy import FaultProxy
 from pose_factory.devtools.s3local import LocalS3Server, find_weed_binary, free_port
 
 BUCKET = "pose-factory-test"
+pytestmark = pytest.mark.integration  # real SeaweedFS servers, the proxy in front of them
 
 
 def s3_client(endpoint: str, access_key: str, secret_key: str, *, max_attempts: int = 5):

@@ -6,7 +6,11 @@ import signal
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
+
+pytestmark = pytest.mark.integration  # each test runs a real Python process
 
 PROGRAM = """
 import sys

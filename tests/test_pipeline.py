@@ -22,6 +22,8 @@ from conftest import (
 )
 from pose_factory.dataset import materialize as materialize_module
 
+pytestmark = pytest.mark.integration  # real git, dvc and `dvc repro`
+
 A, B, C = "2026-11-01_run-cycle", "2026-11-02_walk", "2026-11-03_jump"
 MODALITY_FOLDERS = ["depth", "normal", "openpose_json", "pose", "rgb", "seg"]
 

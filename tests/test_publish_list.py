@@ -193,6 +193,7 @@ def test_transient_5xx_and_dropped_connections_are_retried(project, batch, cli, 
         assert entry["status"] == "complete"
 
 
+@pytest.mark.integration
 def test_unreachable_endpoint_is_a_clear_error(project, batch, cli, monkeypatch):
     for key, value in s3_env(f"http://127.0.0.1:{free_port()}", "pose-factory").items():
         monkeypatch.setenv(key, value)
@@ -249,6 +250,7 @@ def test_a_batch_without_marker_is_listed_as_uploading(backend, batch, cli):
     assert entries["2026-11-21_early"]["problem"] == "no manifest.json yet"
 
 
+@pytest.mark.integration
 def test_script_entry_point_matches_the_console_script(backend, batch, cli, project):
     assert cli("publish", batch, "-q").code == 0
     result = run_script(["list", "--json"], cwd=project.root)

@@ -109,6 +109,7 @@ def test_envhook_reads_credentials_from_the_project_dotenv(tmp_path):
     assert "AWS_ACCESS_KEY_ID" not in outside
 
 
+@pytest.mark.integration
 def test_the_virtualenv_has_the_hook_installed():
     import subprocess
     import sys
