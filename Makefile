@@ -8,7 +8,7 @@ VENV_PY := $(VENV)/bin/python
 # Stamp so `make test` / `make demo` reinstall only when the pins or the package metadata change.
 VENV_STAMP := $(VENV)/.installed
 
-.PHONY: help setup demo test lint s3-local test-tools
+.PHONY: help setup demo test test-fast lint s3-local test-tools
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -58,6 +58,10 @@ demo: $(VENV_STAMP) ## The whole loop in a sandbox repository: generate, publish
 
 test: $(VENV_STAMP) test-tools ## Run the whole test suite (starts its own local S3 server)
 	$(VENV_PY) -m pytest
+
+# One process: on 2 cores, starting xdist workers (each imports and collects the suite) costs what they save.
+test-fast: $(VENV_STAMP) ## Run the unit tier only: in-process, no git, dvc, S3 server or other process (seconds)
+	$(VENV_PY) -m pytest -m "not integration" -n 0
 
 lint: $(VENV_STAMP) ## Check the code with ruff (pyflakes, pycodestyle, import order, bugbear)
 	$(VENV)/bin/ruff check scripts tests benchmarks

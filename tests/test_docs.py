@@ -69,7 +69,7 @@ def test_the_reference_names_every_option_of_every_command():
 def test_make_help_lists_the_documented_targets():
     result = subprocess.run(["make", "-s", "help"], cwd=REPO, capture_output=True, text=True, check=True)
     plain = re.sub(r"\x1b\[[0-9;]*m", "", result.stdout)
-    for target in ("setup", "demo", "test", "s3-local"):
+    for target in ("setup", "demo", "test", "test-fast", "s3-local"):
         assert re.search(rf"^\s+{target}\s+\S", plain, re.M), target
         assert f"make {target}" in README or target == "setup"
 
