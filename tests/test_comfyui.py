@@ -151,30 +151,29 @@ def test_check_names_missing_models_bad_options_and_classes(repo, cli):
         assert {(m["node"], m["folder"], m["value"]) for m in workflow["missing_models"]} == {
             ("4", "checkpoints", "sd_xl_base_1.0.safetensors"), ("15", "controlnet",
                                                                  "controlnet-depth-sdxl-1.0.safetensors")}
-        problems = "\n".join(workflow["problems"])
-        assert "node 4 (CheckpointLoaderSimple): ckpt_name 'sd_xl_base_1.0.safetensors' is not on the server" \
-               in problems and "models/checkpoints/" in problems
-        assert "node 3 (KSampler): sampler_name 'dpmpp_2m_turbo' is not one of the server's options" in problems
-        assert "node 31 (V3Upscale): method 'lanczos4'" in problems
-        assert "'KSamplerAdvancedPlus' is not installed" in problems
+        for named in (("node 4 (CheckpointLoaderSimple)", "'sd_xl_base_1.0.safetensors'", "models/checkpoints/"),
+                      ("node 3 (KSampler)", "sampler_name", "'dpmpp_2m_turbo'"),
+                      ("node 31 (V3Upscale)", "method", "'lanczos4'"), ("'KSamplerAdvancedPlus'",)):
+            assert any(all(part in problem for part in named) for problem in workflow["problems"]), named
         assert len(workflow["problems"]) == 5
         # and what check foresaw is what a run meets
         write_config(repo, controlnet_graph(), CONTROLNET)
         code, report = queue_json(cli, comfy.url, "--limit", "1")
         assert code == 12 and report["failed"][0]["reason"] == "refused"
-        assert "ckpt_name: 'sd_xl_base_1.0.safetensors' not in []" in report["failed"][0]["error"]
+        assert "ckpt_name" in report["failed"][0]["error"]
+        assert "'sd_xl_base_1.0.safetensors'" in report["failed"][0]["error"]
 
 
 def test_mapping_and_format_errors_name_the_fix(repo, cli):
     write_config(repo, UI_WORKFLOW, SIMPLE)
     result = cli("comfyui", "queue", "--server", "http://127.0.0.1:9")
-    assert result.code == 2 and "not an API-format workflow" in result.err and "Save (API Format)" in result.err
+    assert result.code == 2 and "pose.json" in result.err and "Save (API Format)" in result.err
     write_config(repo, API_WORKFLOW, {**SIMPLE, "inputs": {"99.image": "pose"}})
     result = cli("comfyui", "queue", "--server", "http://127.0.0.1:9")
-    assert result.code == 2 and "'99.image' names no node of the workflow" in result.err
+    assert result.code == 2 and "'99.image'" in result.err
     write_config(repo, API_WORKFLOW, {**SIMPLE, "inputs": {"10.picture": "pose"}})
     result = cli("comfyui", "queue", "--server", "http://127.0.0.1:9")
-    assert result.code == 2 and "node 10 (LoadImage) has no input 'picture'" in result.err
+    assert result.code == 2 and "node 10 (LoadImage)" in result.err and "'picture'" in result.err
 
 
 def test_queue_runs_a_controlnet_graph_records_every_sample_and_resumes(repo, cli, comfy):
@@ -226,7 +225,7 @@ def test_a_partly_invalid_prompt_fails_its_sample_and_is_taken_back(repo, cli, s
     assert code == 12 and report["done"] == 0 and len(report["failed"]) == 2
     failure = report["failed"][0]
     assert failure["reason"] == "node_errors" and "node 11 (LoadImage)" in failure["error"]
-    assert "Invalid image file: placeholder.png" in failure["error"]
+    assert "placeholder.png" in failure["error"]
     assert not list(outputs_dir(repo).glob("*.json")), "no record, no marker"
     if isinstance(server, FakeComfyUI):
         assert server.wait_idle()
@@ -242,7 +241,7 @@ def test_an_execution_error_is_reported_and_retried_on_the_next_run(repo, cli, c
     write_config(repo, API_WORKFLOW, SIMPLE)
     comfy.fail_execution_for = {"21"}
     result = cli("comfyui", "queue", "--server", comfy.url, "--limit", "1")
-    assert result.code == 12 and "failed 000000 (execution_error): node 21 (SaveImage) failed" in result.out
+    assert result.code == 12 and "000000 (execution_error)" in result.out and "node 21 (SaveImage)" in result.out
     assert "fail_execution_for (21)" in result.out
     assert not (outputs_dir(repo) / "000000.json").exists(), "a failed sample is not recorded as done"
     comfy.fail_execution_for = set()
@@ -429,5 +428,6 @@ def test_polling_without_a_websocket_and_the_queue_depth(repo, cli):
 def test_an_unreachable_server_has_its_own_exit_code(project, cli):
     from pose_factory.devtools.s3local import free_port
 
-    result = cli("comfyui", "check", "--server", f"http://127.0.0.1:{free_port()}")
-    assert result.code == 14 and "cannot reach ComfyUI" in result.err and "--server" in result.err
+    url = f"http://127.0.0.1:{free_port()}"
+    result = cli("comfyui", "check", "--server", url)
+    assert result.code == 14 and url in result.err and "--server" in result.err

@@ -55,8 +55,7 @@ def test_unknown_key_suggests_the_right_one(project, cli):
     result = cli("config")
     assert result.code == 2
     assert f"({path})" in result.err
-    assert "key 'buckt'" in result.err
-    assert "did you mean 'bucket'?" in result.err
+    assert "'buckt'" in result.err and "'bucket'" in result.err  # the wrong key and the right one
     assert "Traceback" not in result.err
 
 
@@ -69,14 +68,14 @@ def test_nested_unknown_key_and_wrong_type_name_the_key(project):
     write_config(project, "storage:\n  concurrency: eight\n")
     with pytest.raises(ConfigError) as caught:
         load_settings()
-    assert "key 'storage.concurrency': expected an integer, found 'eight'" in caught.value.message
+    assert "'storage.concurrency'" in caught.value.message and "'eight'" in caught.value.message
 
 
 def test_malformed_yaml_names_line_and_column(project, cli):
     path = write_config(project, "bucket: ok\nprefixes:\n  batches: [unclosed\n")
     result = cli("list")
     assert result.code == 2
-    assert "malformed YAML at line" in result.err and str(path) in result.err
+    assert str(path) in result.err and "line 4, column 1" in result.err
     assert "hint:" in result.err
 
 

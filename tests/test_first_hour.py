@@ -22,7 +22,7 @@ def test_outside_a_project_commands_refuse_and_file_commands_still_work(cli, tmp
                     ["archive", "2026-11-01_x"]):
         result = cli(*command)
         assert result.code == 10, (command, result.err)
-        assert "not a Pose Factory project" in result.err and "POSE_FACTORY_ROOT" in result.err, command
+        assert str(elsewhere) in result.err and "POSE_FACTORY_ROOT" in result.err, command
     # Nothing happened to the repository this code lives in, and nothing was written here.
     assert git(REPO, "rev-parse", "HEAD") == code_head and git(REPO, "status", "--porcelain") == code_status
     assert sorted(p.name for p in elsewhere.iterdir()) == [".git"]

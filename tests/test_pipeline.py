@@ -104,7 +104,7 @@ def test_repro_validates_every_batch_and_builds_the_latest_working_set(two_batch
     assert linked.stat().st_ino == raw.stat().st_ino
     assert not raw.stat().st_mode & 0o222
     assert (out / "index.csv").read_text().splitlines()[0].startswith("index,name,batch_id,sample_id,pose,")
-    assert "Data and pipelines are up to date" in dvc(repo.root, "status").stdout
+    assert json.loads(dvc(repo.root, "status", "--json").stdout) == {}, "nothing is stale"
     metrics = dvc(repo.root, "metrics", "show", "--json").stdout
     for key in ("samples", "files", "errors", "warnings"):
         assert f'"{key}"' in metrics
@@ -122,7 +122,7 @@ def test_adding_a_batch_validates_only_that_batch_and_a_working_key_reruns_only_
     assert ran(repro(repo).stdout) == ["materialize", f"validate@{C}"]
     set_working(repo, link_mode="copy")
     assert ran(repro(repo).stdout) == ["materialize"]
-    assert "Data and pipelines are up to date" in dvc(repo.root, "status").stdout
+    assert json.loads(dvc(repo.root, "status", "--json").stdout) == {}, "nothing is stale"
     index = json.loads((working(repo) / "index.json").read_text())
     assert index["link_mode"] == "copy"
 
@@ -136,7 +136,7 @@ def test_a_failing_batch_fails_its_stage_and_leaves_the_working_set_alone(reprod
     result = repro(repo, check=False)
     assert result.returncode != 0
     text = result.stdout + result.stderr
-    assert "seg/000001.png: size differs" in text and "problem(s) in the batch" in text
+    assert "seg/000001.png" in text and "size" in text
     assert (working(repo) / "index.json").read_bytes() == before
 
 
@@ -196,13 +196,13 @@ def test_an_interrupted_materialize_leaves_the_previous_set_intact(reproduced, m
     assert [p.name for p in working(repo).parent.iterdir() if p.name != ".gitkeep"] == ["current_batch"]
 
 
-BAD_WORKING = [
-    ({"link_mod": "copy"}, "key 'working.link_mod'"),
-    ({"link_mode": "reflink"}, "key 'working.link_mode': expected one of 'hardlink', 'symlink', 'copy', 'clone'"),
-    ({"batches": ["2026-01-01_nope"]}, "key 'working.batches': '2026-01-01_nope' is not in batches:"),
-    ({"filters": {"azimuth": [0, 90]}}, "key 'working.filters.azimuth'"),
-    ({"filters": {"rig": "nobody"}}, "the filters in working: select no sample"),
-    ({"modalities": ["pose", "thermal"]}, "key 'working.modalities[1]'"),
+BAD_WORKING = [  # a wrong `working:` entry, and what the error names: the key and the value
+    ({"link_mod": "copy"}, ("'working.link_mod'",)),
+    ({"link_mode": "reflink"}, ("'working.link_mode'", "'reflink'")),
+    ({"batches": ["2026-01-01_nope"]}, ("'working.batches'", "'2026-01-01_nope'")),
+    ({"filters": {"azimuth": [0, 90]}}, ("'working.filters.azimuth'",)),
+    ({"filters": {"rig": "nobody"}}, ("filters",)),
+    ({"modalities": ["pose", "thermal"]}, ("'working.modalities[1]'",)),
 ]
 
 
@@ -211,16 +211,16 @@ def test_every_working_key_is_validated_by_name(reproduced, cli, monkeypatch):
     before = (working(repo) / "index.json").read_bytes()
     monkeypatch.chdir(repo.root)
     original = (repo.root / "params.yaml").read_text()
-    for values, message in BAD_WORKING:
+    for values, named in BAD_WORKING:
         (repo.root / "params.yaml").write_text(original)
         set_working(repo, **values)
         result = cli("materialize")  # what the stage runs, with dvc.yaml's default paths
-        assert result.code == 2 and message in result.err, (values, result.err)
+        assert result.code == 2 and all(fragment in result.err for fragment in named), (values, result.err)
         assert "params.yaml" in result.err and "Traceback" not in result.err
     assert (working(repo) / "index.json").read_bytes() == before
     # Through dvc repro the same error fails the stage.
     failed = repro(repo, check=False)
-    assert failed.returncode != 0 and "key 'working.modalities[1]'" in failed.stdout + failed.stderr
+    assert failed.returncode != 0 and "'working.modalities[1]'" in failed.stdout + failed.stderr
 
 
 def test_filters_and_naming(reproduced):
@@ -256,9 +256,10 @@ def test_prepare_batch_and_comfyui_link(two_batches, cli, tmp_path):
     assert cli("comfyui", "link", comfy).code == 0  # re-linking replaces the symlink
     (comfy / "input" / "mine").mkdir()
     clash = cli("comfyui", "link", comfy, "--name", "mine")
-    assert clash.code == 2 and "nothing was changed" in clash.err
+    assert clash.code == 2 and "--name" in clash.err
+    assert (comfy / "input" / "mine").is_dir() and not (comfy / "input" / "mine").is_symlink()
     not_comfy = cli("comfyui", "link", tmp_path / "elsewhere")
-    assert not_comfy.code == 2 and "does not look like a ComfyUI folder" in not_comfy.err
+    assert not_comfy.code == 2 and str(tmp_path / "elsewhere") in not_comfy.err
 
 
 def test_fresh_clone_after_dvc_pull_reproduces_the_same_index(reproduced, tmp_path):
@@ -280,7 +281,8 @@ def test_a_broken_params_file_is_a_clear_error(pipeline_repo, cli, monkeypatch):
     monkeypatch.chdir(pipeline_repo.root)
     (pipeline_repo.root / "params.yaml").write_text("batches: [\n")
     result = cli("materialize")
-    assert result.code == 2 and "malformed YAML at line" in result.err and "Traceback" not in result.err
+    assert result.code == 2 and "params.yaml" in result.err and "line 2" in result.err
+    assert "Traceback" not in result.err
     (pipeline_repo.root / "params.yaml").unlink()
     result = cli("materialize")
-    assert result.code == 2 and "the params file does not exist" in result.err
+    assert result.code == 2 and "params.yaml" in result.err

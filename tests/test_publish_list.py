@@ -48,8 +48,8 @@ def test_publish_uploads_every_file_and_marks_complete_last(backend, batch, cli,
     assert entry["samples"] == 4 and entry["files"] == 28 and entry["project"] == "run-cycle"
     assert project.files_outside_data() == []
 
-    again = cli("publish", batch)
-    assert again.code == 0 and "already published and complete" in again.out
+    again = cli("publish", batch, "--json")
+    assert again.code == 0 and json.loads(again.out)["already_complete"] is True
 
 
 def test_list_table_shows_status_and_summary(backend, batch, cli):
@@ -71,19 +71,19 @@ def test_rerendered_batch_replaces_the_old_one_and_drops_stale_files(backend, ba
     assert len(bucket_keys()) == 21 + 2
 
 
-DAMAGE = {
-    "changed bytes": (lambda b: _flip_byte(b / "rgb/000001.png"), "rgb/000001.png: sha256 differs"),
-    "truncated image": (lambda b: _truncate(b / "depth/000002.png"), "depth/000002.png: size differs"),
-    "missing file": (lambda b: (b / "seg/000003.png").unlink(), "seg/000003.png: missing"),
-    "extra file": (lambda b: (b / "rgb/notes.txt").write_text("x"), "rgb/notes.txt: not in the manifest"),
-    "symlink": (lambda b: (b / "rgb/link.png").symlink_to(b / "rgb/000000.png"), "rgb/link.png: symlink in a batch"),
-    "schema violation": (lambda b: _edit_manifest(b, lambda m: m["files"][2].update(sha256="xyz")),
-                         "$.files[2].sha256: expected a string matching"),
-    "missing key": (lambda b: _edit_manifest(b, lambda m: m.pop("conventions")),
-                    "$.conventions: expected this key to be present"),
-    "malformed json": (lambda b: (b / "manifest.json").write_text('{"batch_id": '), "malformed JSON at line 1"),
-    "escaping path": (lambda b: _edit_manifest(b, lambda m: m["files"][0].update(path="../../outside.png")),
-                      "$.files[0].path: expected a string matching"),
+DAMAGE = {  # how the batch is damaged, the exit code, what the error names (the file, the problem, the JSON path)
+    "changed bytes": (lambda b: _flip_byte(b / "rgb/000001.png"), 7, ("rgb/000001.png", "sha256")),
+    "truncated image": (lambda b: _truncate(b / "depth/000002.png"), 7, ("depth/000002.png", "size")),
+    "missing file": (lambda b: (b / "seg/000003.png").unlink(), 7, ("seg/000003.png", "missing")),
+    "extra file": (lambda b: (b / "rgb/notes.txt").write_text("x"), 7, ("rgb/notes.txt",)),
+    "symlink": (lambda b: (b / "rgb/link.png").symlink_to(b / "rgb/000000.png"), 7, ("rgb/link.png", "symlink")),
+    "schema violation": (lambda b: _edit_manifest(b, lambda m: m["files"][2].update(sha256="xyz")), 6,
+                         ("$.files[2].sha256", "'xyz'", "manifest.json")),
+    "missing key": (lambda b: _edit_manifest(b, lambda m: m.pop("conventions")), 6,
+                    ("$.conventions", "manifest.json")),
+    "malformed json": (lambda b: (b / "manifest.json").write_text('{"batch_id": '), 6, ("manifest.json", "line 1")),
+    "escaping path": (lambda b: _edit_manifest(b, lambda m: m["files"][0].update(path="../../outside.png")), 6,
+                      ("$.files[0].path", "'../../outside.png'")),
 }
 
 
@@ -105,11 +105,10 @@ def _edit_manifest(batch: Path, change) -> None:
 
 @pytest.mark.parametrize("damage", DAMAGE)
 def test_damaged_batch_is_refused_with_file_and_field_and_nothing_is_uploaded(backend, batch, cli, damage):
-    make_damage, message = DAMAGE[damage]
+    make_damage, code, named = DAMAGE[damage]
     make_damage(batch)
     result = cli("publish", batch)
-    assert result.code != 0
-    assert message in result.err, result.err
+    assert result.code == code and all(fragment in result.err for fragment in named), result.err
     assert str(batch) in result.err
     assert "Traceback" not in result.err
     assert bucket_keys() == []
@@ -131,7 +130,7 @@ def test_folder_name_must_match_batch_id(backend, batch, cli, tmp_path):
     renamed = tmp_path / "renamed"
     shutil.move(batch, renamed)
     result = cli("publish", renamed)
-    assert result.code == 7 and "rename the folder" in result.err
+    assert result.code == 7 and "renamed" in result.err and BATCH_ID in result.err
     assert bucket_keys() == []
 
 
@@ -158,7 +157,7 @@ def test_interrupted_publish_is_not_complete_and_resumes(backend, batch, cli, mo
             "storage:\n  max_attempts: 2\n")
         proxy.drop_next(1000, method="PUT", path_contains="/rgb/")
         result = cli("publish", batch)
-        assert result.code == 4 and "run the command again (it resumes)" in result.err, result.err
+        assert result.code == 4 and "hint:" in result.err, result.err
         assert TEST_SECRET_KEY not in result.err
         proxy.clear()
     try:
@@ -201,7 +200,7 @@ def test_unreachable_endpoint_is_a_clear_error(project, batch, cli, monkeypatch)
     for args in (("list",), ("publish", batch)):
         result = cli(*args)
         assert result.code == 4, result.err
-        assert "cannot reach the S3 endpoint" in result.err and "hint:" in result.err
+        assert os.environ["POSE_FACTORY_R2_ENDPOINT"] in result.err and "hint:" in result.err
         assert "Traceback" not in result.err
 
 
@@ -210,7 +209,7 @@ def test_wrong_secret_is_refused_without_showing_it(project, batch, cli, monkeyp
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("CLOUDFLARE_R2_SECRET_ACCESS_KEY", "wrong-secret-value-123456")
     result = cli("publish", batch)
-    assert result.code == 3 and "refused the credentials" in result.err
+    assert result.code == 3 and "hint:" in result.err
     assert "wrong-secret-value-123456" not in result.out + result.err
 
 
@@ -219,7 +218,7 @@ def test_missing_bucket_says_so(project, batch, cli, monkeypatch, s3_server):
         monkeypatch.setenv(key, value)
     for args in (("list",), ("publish", batch)):
         result = cli(*args)
-        assert result.code == 4 and "bucket 'no-such-bucket-here' does not exist" in result.err, result.err
+        assert result.code == 4 and "'no-such-bucket-here'" in result.err, result.err
 
 
 def test_list_filters_by_project_and_dates(backend, cli, tmp_path, monkeypatch):
@@ -236,7 +235,7 @@ def test_list_filters_by_project_and_dates(backend, cli, tmp_path, monkeypatch):
     assert [b["batch_id"] for b in listed(cli, "--until", "2026-11-14")] == ["2026-11-01_run-cycle"]
     assert listed(cli, "--since", "2026-12-01") == []
     bad = cli("list", "--since", "yesterday")
-    assert bad.code == 2 and "use YYYY-MM-DD" in bad.err
+    assert bad.code == 2 and "'yesterday'" in bad.err and "YYYY-MM-DD" in bad.err
 
 
 def test_a_batch_without_marker_is_listed_as_uploading(backend, batch, cli):

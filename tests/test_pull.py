@@ -82,7 +82,7 @@ def test_pull_latest_and_filters(repo, cli, tmp_path, monkeypatch):
     newest = json.loads(cli("pull-latest", "--json").out)
     assert [(b["batch_id"], b["action"]) for b in newest["batches"]] == [("2026-11-20_run-cycle", "up-to-date")]
     nothing = cli("pull", "--since", "2027-01-01")
-    assert nothing.code == 8 and "no complete batch matches (since 2027-01-01)" in nothing.err
+    assert nothing.code == 8 and "since 2027-01-01" in nothing.err
     bare = cli("pull")
     assert bare.code == 2 and "pull-latest" in bare.err
 
@@ -92,8 +92,7 @@ def test_half_uploaded_batch_is_refused_unless_allowed(repo, cli, tmp_path):
     storage = open_storage(load_settings())
     storage.delete(f"batches/{BATCH}/_complete.json")
     result = cli("pull", BATCH)
-    assert result.code == 7
-    assert "still uploading (no _complete.json)" in result.err and "--allow-incomplete" in result.err
+    assert result.code == 7 and "_complete.json" in result.err and "--allow-incomplete" in result.err
     assert_nothing_pulled(repo)
     assert cli("pull", BATCH, "--allow-incomplete").code == 0
     assert (mirror(repo) / BATCH / "manifest.json").is_file()
@@ -108,7 +107,7 @@ def test_stale_marker_of_a_reupload_is_refused(repo, cli, tmp_path):
     storage.put_bytes(f"batches/{BATCH}/manifest.json", (other / "manifest.json").read_bytes())
     storage.put_bytes(f"batches/{BATCH}/_complete.json", marker)
     result = cli("pull", BATCH)
-    assert result.code == 7 and "belongs to another manifest" in result.err
+    assert result.code == 7 and f"batches/{BATCH}/_complete.json" in result.err
     assert_nothing_pulled(repo)
     assert first.exists()
 
@@ -121,8 +120,7 @@ def test_wrong_hash_in_the_bucket_is_refused_and_nothing_is_tracked(repo, cli, t
     data[-3] ^= 0x55
     storage.put_bytes(key, bytes(data))
     result = cli("pull", BATCH)
-    assert result.code == 7
-    assert "depth/000001.png: sha256 differs" in result.err and "re-publish" in result.err
+    assert result.code == 7 and "depth/000001.png" in result.err and "sha256" in result.err
     assert_nothing_pulled(repo)
     staged = repo.root / "data" / "raw" / ".pose-sync" / "staging" / BATCH
     assert not (staged / "depth" / "000001.png").exists(), "a bad file must not stay staged as if verified"
@@ -134,7 +132,7 @@ def test_truncated_object_is_refused(repo, cli, tmp_path):
     key = f"batches/{BATCH}/rgb/000000.png"
     storage.put_bytes(key, storage.read_bytes(key)[:100])
     result = cli("pull", BATCH)
-    assert result.code == 7 and "rgb/000000.png: size differs" in result.err
+    assert result.code == 7 and "rgb/000000.png" in result.err and "size" in result.err
     assert_nothing_pulled(repo)
 
 
@@ -148,7 +146,7 @@ def test_keys_that_would_escape_the_batch_folder_are_refused(repo, cli, tmp_path
             backend.client().put_object(Bucket=backend.env["POSE_FACTORY_R2_BUCKET"],
                                         Key=f"batches/{BATCH}/{evil}", Body=b"x")
             result = cli("pull", BATCH)
-            assert result.code == 5 and "unsafe path" in result.err and "not pulled" in result.err, result.err
+            assert result.code == 5 and "evil.png" in result.err, result.err
             backend.client().delete_object(Bucket=backend.env["POSE_FACTORY_R2_BUCKET"], Key=f"batches/{BATCH}/{evil}")
     else:
         # In the local bucket the same attack is a symlink pointing out of the bucket.
@@ -157,7 +155,7 @@ def test_keys_that_would_escape_the_batch_folder_are_refused(repo, cli, tmp_path
         link = repo.bucket_dir / "pose-factory" / "batches" / BATCH / "rgb" / "sneaky.png"
         link.symlink_to(secret)
         result = cli("pull", BATCH)
-        assert result.code == 5 and "symlink" in result.err, result.err
+        assert result.code == 5 and "sneaky.png" in result.err, result.err
     assert_nothing_pulled(repo)
     assert not list(repo.root.rglob("evil.png"))
     assert not list((repo.root / "data" / "raw" / ".pose-sync").rglob("sneaky.png"))
@@ -228,7 +226,7 @@ def test_transient_faults_are_retried_and_persistent_ones_leave_no_partial_batch
         (repo.root / "config" / "local.yaml").write_text("storage:\n  max_attempts: 2\n")
         proxy.drop_next(1000, method="GET", path_contains="/seg/")
         failed = cli("pull", BATCH, "--engine", engine)
-        assert failed.code == 4 and "run the command again (it resumes)" in failed.err, failed.err
+        assert failed.code == 4 and "hint:" in failed.err, failed.err
         assert TEST_SECRET_KEY not in failed.err
         assert_nothing_pulled(repo)
         proxy.clear()

@@ -31,7 +31,8 @@ def test_status_tells_bucket_only_unpushed_uptodate_and_archived(repo, cli, tmp_
     assert cli("pull", BATCH, "--commit", "-q").code == 0
     assert states(cli)[BATCH]["state"] == "not-pushed"
     dvc(repo.root, "push", "-q")
-    assert states(cli)[BATCH]["state"] == "up-to-date" and states(cli)[BATCH]["pushed"] is True
+    pushed = states(cli)[BATCH]
+    assert pushed["state"] == "up-to-date" and pushed["pushed"] is True
     table = cli("status")
     assert BATCH in table.out and "up-to-date" in table.out and "1 in-bucket-only" in table.out
 
@@ -50,7 +51,7 @@ def test_archive_and_restore_keep_the_batch_versioned(repo, cli, tmp_path):
     assert states(cli)[BATCH]["state"] == "archived"
     git(repo.root, "add", "-A")
     git(repo.root, "commit", "-q", "-m", "archive")
-    assert "up to date" in dvc(repo.root, "status").stdout.lower()
+    assert json.loads(dvc(repo.root, "status", "--json").stdout) == {}, "nothing is stale"
     again = cli("archive", BATCH)
     assert again.code == 8 and "already in data/archive/pose-factory" in again.err
     assert cli("restore", BATCH).code == 0
@@ -86,7 +87,7 @@ def test_init_needs_a_git_repository(project, cli):
 def test_pull_needs_a_repository(project, cli, backend, tmp_path):
     publish_generated(tmp_path, cli, BATCH)
     result = cli("pull", BATCH)
-    assert result.code == 10 and "not a git repository" in result.err
+    assert result.code == 10 and str(project.root) in result.err and "git init" in result.err
 
 
 def test_rclone_engine_pulls_and_verifies_the_same(repo, cli, tmp_path):
@@ -109,7 +110,7 @@ def test_rclone_engine_refuses_a_tampered_object(repo, cli, tmp_path, backend):
     body[-2] ^= 1
     client.put_object(Bucket=bucket, Key=key, Body=bytes(body))
     result = cli("pull", BATCH, "--engine", "rclone")
-    assert result.code == 7 and "normal/000002.png: sha256 differs" in result.err
+    assert result.code == 7 and "normal/000002.png" in result.err and "sha256" in result.err
     assert not (repo.root / "data" / "raw" / "pose-factory" / BATCH).exists()
 
 
