@@ -249,8 +249,10 @@ class LocalS3Server:
             time.sleep(0.1)
         self.start_seconds = time.monotonic() - t0
 
-    def stop(self) -> None:
-        """Stop the server: SIGTERM, wait up to ~10 s, then SIGKILL. Safe to call more than once."""
+    def stop(self, grace_s: float = 10.0) -> None:
+        """Stop the server: SIGTERM, wait up to `grace_s`, then SIGKILL. Safe to call more than once.
+
+        A throw-away server (the tests') can take a short grace: weed sometimes lets all 10 s pass."""
         with self._lock:
             proc = self._proc
             if proc is None:
@@ -261,7 +263,7 @@ class LocalS3Server:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGTERM)
                 try:
-                    proc.wait(timeout=10)
+                    proc.wait(timeout=grace_s)
                 except subprocess.TimeoutExpired:
                     with contextlib.suppress(ProcessLookupError):
                         os.killpg(proc.pid, signal.SIGKILL)
