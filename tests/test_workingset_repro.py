@@ -62,7 +62,7 @@ def leftovers(root: Path) -> list[str]:
 
 
 def status_clean(root: Path) -> bool:
-    return "Data and pipelines are up to date" in dvc(root, "status").stdout
+    return json.loads(dvc(root, "status", "--json").stdout) == {}
 
 
 def test_a_rebuild_never_leaves_comfyui_without_a_working_set(repo):
@@ -111,7 +111,7 @@ def test_a_failing_repro_keeps_the_previous_set_and_status_says_it_is_stale(repo
     before = (repo / WORKING / "index.json").read_bytes()
     original = (repo / "params.yaml").read_text()
     for values, fragment in (({"link_mod": "copy"}, "working.link_mod"),
-                             ({"filters": {"rig": "nobody"}}, "select no sample")):
+                             ({"filters": {"rig": "nobody"}}, "filters")):
         (repo / "params.yaml").write_text(original)
         set_working(repo, **values)
         failed = dvc(repo, "repro", check=False)
@@ -125,7 +125,7 @@ def test_a_failing_repro_keeps_the_previous_set_and_status_says_it_is_stale(repo
     for batch_id in (A, B):
         assert quiet_cli("archive", batch_id).code == 0
     failed = dvc(repo, "repro", check=False)
-    assert failed.returncode != 0 and "no batches are registered" in failed.stdout + failed.stderr
+    assert failed.returncode != 0 and "(batches:)" in failed.stdout + failed.stderr
     assert (repo / WORKING / "index.json").read_bytes() == before
     assert leftovers(repo) == []
 
@@ -136,7 +136,7 @@ def test_prepare_batch_that_fails_says_the_previous_set_is_still_there(repo):
     damaged.chmod(0o644)
     damaged.write_bytes(damaged.read_bytes()[:-20])
     result = quiet_cli("prepare-batch", A)
-    assert result.code == 9 and f"previous working set ({B}) is still in place" in result.err
+    assert result.code == 9 and f"({B})" in result.err  # the set that stays, named
     assert (repo / WORKING / "index.json").read_bytes() == before
 
 
@@ -161,11 +161,11 @@ def test_materialize_with_no_data_is_a_clear_error(repo):
         path.chmod(0o755)
     shutil.rmtree(raw)  # what a clone has before `dvc pull`: the .dvc file only
     result = quiet_cli("materialize")
-    assert result.code == 10 and "not checked out" in result.err and "dvc pull" in result.err
+    assert result.code == 10 and f"batch {B}" in result.err and "dvc pull" in result.err
     assert "Traceback" not in result.err
     (repo / "params.yaml").write_text("batches: []\nworking: {batches: latest}\n")
     result = quiet_cli("materialize")
-    assert result.code == 10 and "no batches are registered" in result.err and "hint: " in result.err
+    assert result.code == 10 and "params.yaml (batches:)" in result.err and "hint: " in result.err
     assert (repo / WORKING / "index.json").read_bytes() == before
 
 
@@ -187,7 +187,7 @@ def test_one_build_at_a_time(repo):
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # what a build in progress holds
         result = quiet_cli("materialize")
-        assert result.code == 10 and "another materialize" in result.err
+        assert result.code == 10 and f"({WORKING.as_posix()})" in result.err
     finally:
         os.close(fd)
     assert quiet_cli("materialize").code == 0
