@@ -21,8 +21,8 @@ import pytest
 import requests
 from PIL import Image
 
-from conftest import ENV_NAMES, REPO, Project, Result, dvc, make_repository, publish_generated, run_script
 from fake_comfyui import FakeComfyUI, node_info
+from helpers import ENV_NAMES, REPO, Project, Result, dvc, make_repository, publish_generated, run_script
 from pose_factory.cli import main as cli_main
 
 pytestmark = pytest.mark.integration

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, TEST_SECRET_KEY
+from helpers import REPO, TEST_SECRET_KEY
 from pose_factory.core.errors import ConfigError, CredentialsError
 from pose_factory.core.settings import DEFAULTS, load_settings, r2_credentials, resolve_backend
 

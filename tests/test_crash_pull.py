@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ENV_NAMES, REPO, Project, Result, git, make_repository, publish_generated, run_script
+from helpers import ENV_NAMES, REPO, Project, Result, git, make_repository, publish_generated, run_script
 from pose_factory.cli import main as cli_main
 
 pytestmark = pytest.mark.integration

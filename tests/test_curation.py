@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, build_pipeline_repository, copy_repository, dvc, git, quiet_cli
+from helpers import REPO, build_pipeline_repository, copy_repository, dvc, git, quiet_cli
 from pose_factory.core import contract
 
 pytestmark = pytest.mark.integration

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, run_script
+from helpers import REPO, run_script
 from pose_factory.cli import build_parser
 
 README = (REPO / "README.md").read_text()

@@ -10,8 +10,8 @@ import time
 import pytest
 import requests
 
-from conftest import REPO
 from fake_runpod import SPEC_PATH, FakeRunPod, ImageConfig, image_from_dockerfile, openapi
+from helpers import REPO
 
 KEY = "test-runpod-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from conftest import REPO, dvc, git, make_repository
+from helpers import REPO, dvc, git, make_repository
 
 pytestmark = pytest.mark.integration
 

@@ -7,7 +7,7 @@ import json
 import pytest
 from PIL import Image
 
-from conftest import run_script
+from helpers import run_script
 from pose_factory.core import contract, schemas
 from pose_factory.core.settings import load_settings
 from pose_factory.producer.generate import default_job, generate_batch

@@ -27,8 +27,8 @@ from urllib.parse import quote, unquote
 
 import pytest
 
-from conftest import ENV_NAMES, REPO, Project, Result, make_repository, s3_env
 from faultproxy import FaultProxy
+from helpers import ENV_NAMES, REPO, Project, Result, make_repository, s3_env
 from pose_factory.cli import main as cli_main
 from pose_factory.core import contract
 
@@ -381,7 +381,7 @@ def world(request, tmp_path_factory) -> World:
         request.addfinalizer(world.proxy.stop)
         world.proxy.rewrite_listings(world.rewrite)
         env.update(s3_env(world.proxy.url, world.bucket))
-        from conftest import Backend
+        from helpers import Backend
 
         world.client = Backend("s3", s3_env(server.endpoint_url, world.bucket)).client()
     with pytest.MonkeyPatch.context() as patch:

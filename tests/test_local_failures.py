@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, make_repository, publish_generated
+from helpers import REPO, make_repository, publish_generated
 from pose_factory.core.errors import ConfigError, DiskFullError, LocalFileError, LocalPermissionError, from_os_error
 
 BATCH = "2026-11-20_run-cycle"

@@ -13,8 +13,8 @@ import os
 
 import pytest
 
-from conftest import TEST_ACCESS_KEY, TEST_SECRET_KEY, make_repository, publish_generated, run_script, s3_env
 from faultproxy import FaultProxy, blackhole_url, refused_url
+from helpers import TEST_ACCESS_KEY, TEST_SECRET_KEY, make_repository, publish_generated, run_script, s3_env
 from pose_factory.core.errors import StorageError
 
 pytestmark = pytest.mark.integration

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from ruamel.yaml import YAML
 
-from conftest import git, make_repository, publish_generated
+from helpers import git, make_repository, publish_generated
 from pose_factory.core.settings import load_settings
 from pose_factory.dataset import params
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (
+from helpers import (
     building_once,
     copy_repository,
     dvc,

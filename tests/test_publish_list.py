@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TEST_SECRET_KEY, run_script, s3_env
 from faultproxy import FaultProxy
+from helpers import TEST_SECRET_KEY, run_script, s3_env
 from pose_factory.bucket.backends import LocalFolderStorage, open_storage
 from pose_factory.bucket.batches import publish_batch
 from pose_factory.core import contract

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TEST_SECRET_KEY, git, publish_generated
 from faultproxy import FaultProxy
+from helpers import TEST_SECRET_KEY, git, publish_generated
 from pose_factory.bucket.backends import LocalFolderStorage, S3Storage, open_storage
 from pose_factory.core.settings import load_settings
 

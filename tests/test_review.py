@@ -10,8 +10,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from conftest import building_once, copy_repository, copy_tree, dvc, git, publish_generated, quiet_cli
 from headless import Browser, chromium
+from helpers import building_once, copy_repository, copy_tree, dvc, git, publish_generated, quiet_cli
 from pose_factory.core import contract
 from pose_factory.dataset.pages import PLOTS
 

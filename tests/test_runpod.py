@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TEST_ACCESS_KEY, TEST_SECRET_KEY, dvc, make_repository, run_script, s3_env
 from fake_runpod import FakeRunPod, ImageConfig, image_from_dockerfile, openapi
+from helpers import REPO, TEST_ACCESS_KEY, TEST_SECRET_KEY, dvc, make_repository, run_script, s3_env
 from pose_factory.producer.generate import default_job
 
 pytestmark = pytest.mark.integration

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TEST_SECRET_KEY, dvc, git, publish_generated
+from helpers import TEST_SECRET_KEY, dvc, git, publish_generated
 from pose_factory.producer.generate import default_job
 
 BATCH = "2026-11-20_run-cycle"

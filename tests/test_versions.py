@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TEST_SECRET_KEY, dvc, git, publish_generated, run_script
 from faultproxy import FaultProxy
+from helpers import TEST_SECRET_KEY, dvc, git, publish_generated, run_script
 
 BATCH = "2026-11-20_run-cycle"
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import build_pipeline_repository, copy_repository, dvc, quiet_cli
+from helpers import build_pipeline_repository, copy_repository, dvc, quiet_cli
 
 pytestmark = pytest.mark.integration
 
