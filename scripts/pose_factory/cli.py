@@ -260,7 +260,7 @@ def cmd_curation(args: argparse.Namespace, settings: Settings, progress: Progres
 
 
 def cmd_prepare_batch(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
-    from pose_factory.dataset.pipeline import prepare_batch
+    from pose_factory.dataset.materialize import prepare_batch
 
     info = prepare_batch(settings, args.batch_id)
     _out(f"working set for {args.batch_id}: {info['samples']} samples in {info['path']} "

@@ -12,6 +12,8 @@ SCHEMA_DIR = CODE_ROOT / "schemas"
 # Pages for people (`pose-sync review`, `show`), relative to the project root; git-ignored.
 REVIEW_PAGES = Path("data") / "reports" / "review"
 CONTACT_SHEET_PAGES = Path("data") / "reports" / "show"
+# The ComfyUI working set `dvc repro` builds (the materialize stage's output), relative to the project root.
+WORKING_SET = Path("data") / "working" / "current_batch"
 
 MANIFEST_NAME = "manifest.json"
 COMPLETE_MARKER_NAME = "_complete.json"

@@ -12,6 +12,8 @@ hardlink, symlink, copy or copy-on-write clone; the mirror is never writable thr
 stage: until the swap, ComfyUI keeps reading the previous set, and a failed or killed build leaves it in
 place. What a killed build leaves beside the set (`.current_batch.build-*`, `.current_batch.old-*`) is put
 right by the next run, under a lock so that two builds never share a folder.
+
+`pose-sync prepare-batch` (`prepare_batch`) makes one batch the working set in params.yaml and runs `dvc repro`.
 """
 
 from __future__ import annotations
@@ -32,14 +34,17 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from pose_factory.core import contract, killpoint, schemas
-from pose_factory.core.errors import ConfigError, PoseFactoryError, RepositoryError
+from pose_factory.core.errors import ConfigError, PoseFactoryError, RepositoryError, ToolError
 from pose_factory.core.fsutil import clone_file
-from pose_factory.core.layout import MANIFEST_NAME
+from pose_factory.core.layout import MANIFEST_NAME, WORKING_SET
+
+if TYPE_CHECKING:
+    from pose_factory.core.settings import Settings
 
 INDEX_VERSION = 1
 DEFAULT_WORKING: dict[str, Any] = {
@@ -415,3 +420,38 @@ def describe(out_dir: Path) -> dict[str, Any]:
     index = json.loads(index_file.read_text())
     return {"path": str(out_dir), "samples": len(index["samples"]), "modalities": index["modalities"],
             "batches": [b["batch_id"] for b in index["batches"]], "link_mode": index["link_mode"]}
+
+
+def prepare_batch(settings: Settings, batch_id: str) -> dict[str, Any]:
+    """`pose-sync prepare-batch`: select one registered batch as the working set in params.yaml and run `dvc repro`."""
+    # Imported here, not at the top: the materialize stage never runs this, and dvc.yaml's deps list only what
+    # the stage loads (tests/test_stage_deps.py).
+    import subprocess
+
+    from pose_factory.dataset import dvcrepo, params
+
+    dvcrepo.require_repository(settings.root)
+    document = params.read_params(settings)
+    if batch_id not in (document.get("batches") or []):
+        archived = batch_id in (document.get("archived") or [])
+        raise RepositoryError(f"{batch_id} is not in the pipeline's batches", where=str(settings.params_file),
+                              hint=f"`pose-sync restore {batch_id}` first" if archived
+                              else f"`pose-sync pull {batch_id}` first")
+    working = document.get("working")
+    if working is None:
+        document["working"] = working = {}
+    working["batches"] = [batch_id]
+    params.write_params(settings, document)
+    done = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=settings.root, text=True,
+                          env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+    if done.returncode != 0:
+        # The working set is a persisted output built beside the old one, so a failed repro leaves the old one.
+        try:
+            kept = f"the previous working set ({', '.join(describe(settings.root / WORKING_SET)['batches'])}) is " \
+                   "still in place for ComfyUI"
+        except PoseFactoryError:
+            kept = "there is no working set yet"
+        raise ToolError("dvc repro failed (its output is above)", where=str(settings.root),
+                        hint=f"{kept}; params.yaml now asks for {batch_id}: fix what is listed above (a batch that "
+                             "fails validation is listed with its problems), then run `dvc repro`")
+    return describe(settings.root / WORKING_SET)

@@ -33,9 +33,9 @@ from typing import Any
 from pose_factory.core import killpoint
 from pose_factory.core.errors import ConfigError, PoseFactoryError, ServiceUnreachableError, UsageError
 from pose_factory.core.fsutil import atomic_write_path
+from pose_factory.core.layout import WORKING_SET
 from pose_factory.core.settings import Settings
 from pose_factory.dataset import dvcrepo
-from pose_factory.dataset.pipeline import WORKING_SET
 
 RECORD_VERSION = 1
 CHECK_JSON_VERSION = 1
