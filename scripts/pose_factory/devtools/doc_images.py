@@ -1,6 +1,6 @@
 """Regenerate the example figures of README.md and docs/batch-contract.md from the synthetic generator.
 
-    scripts/.venv/bin/python -m pose_factory.devtools.figures [--out docs/images]
+    scripts/.venv/bin/python -m pose_factory.devtools.doc_images [--out docs/images]
 
 One strip per view (rgb, pose, depth, normal, seg side by side) of a walk-cycle pose seen from the front,
 a three-quarter back view and a profile, and one of the SDXL sizes framed; small PNGs, deterministic.
