@@ -37,7 +37,7 @@ def test_defaults_without_a_config_file(project):
     assert settings.bucket == "pose-factory"
     assert settings.prefixes.batches == "batches/"
     assert settings.rclone_remote == "r2_pose_factory"
-    assert settings.data_root == project.root / "data" / "raw"
+    assert settings.mirror_dir == project.root / "data" / "raw" / "pose-factory"
     assert settings.local_bucket_dir == project.root / "data" / "local-bucket"
 
 

@@ -10,6 +10,7 @@ the command runs as `nobody`, since root ignores file modes).
 from __future__ import annotations
 
 import errno
+import json
 import os
 import resource
 import shutil
@@ -231,13 +232,19 @@ def test_aliases_that_expand_a_little_are_fine(project, cli):
     assert result.code == 0, result.err
 
 
-@pytest.mark.parametrize("setting", ["../elsewhere", "/tmp", "link-out"])
-def test_data_root_outside_the_project_is_refused(project, cli, tmp_path, setting):
-    (project.root / "link-out").symlink_to(tmp_path, target_is_directory=True)
+@pytest.mark.parametrize("setting", ["../elsewhere", "/tmp", "data/mirror"])
+def test_data_root_is_no_longer_a_setting(project, cli, setting):
     (project.root / "config" / "local.yaml").write_text(f"data_root: {setting}\n")
     result = cli("config")
     assert result.code == ConfigError.exit_code and "data_root" in result.err, result.err
     assert "hint: " in result.err
+
+
+def test_the_old_default_data_root_is_still_accepted(project, cli):
+    (project.root / "config" / "local.yaml").write_text("data_root: data/raw\n")
+    result = cli("config", "--json")
+    assert result.code == 0, result.err
+    assert json.loads(result.out)["data_root"] == str(project.root / "data" / "raw")
 
 
 def test_review_out_naming_a_file_is_a_usage_error(project, cli):

@@ -497,7 +497,7 @@ def cmd_config(args: argparse.Namespace, settings: Settings, progress: Progress)
         "endpoint": credentials.endpoint_url if credentials else None,
         "local_bucket_dir": str(settings.local_bucket_dir) if backend == "local" else None,
         "prefixes": vars(settings.prefixes),
-        "data_root": str(settings.data_root),
+        "data_root": str(settings.mirror_dir.parent),
         "rclone_remote": settings.rclone_remote,
         # Only whether each variable is set: values are never shown.
         "environment": {name: ("set" if os.environ.get(name) else "not set")

@@ -51,7 +51,6 @@ DEFAULTS: dict[str, Any] = {
     },
     "prefixes": {"batches": "batches/", "dvc": "dvc/", "jobs": "jobs/"},
     "rclone_remote": "r2_pose_factory",
-    "data_root": "data/raw",
     "batch_naming": {"pattern": "{date}_{project}", "date_format": "%Y-%m-%d"},
     "workflows": {},
     "comfyui": {"server": "http://127.0.0.1:8188", "queue_depth": 2, "timeout_s": 600,
@@ -91,7 +90,6 @@ class Settings:
     dvc_local_remote: Path
     prefixes: Prefixes
     rclone_remote: str
-    data_root: Path
     batch_pattern: str
     date_format: str
     workflows: dict[str, Any] = field(default_factory=dict)
@@ -104,7 +102,7 @@ class Settings:
     @property
     def mirror_dir(self) -> Path:
         """`data/raw/pose-factory/`: the read-only mirror of the bucket's batches, one folder per batch."""
-        return self.data_root / "pose-factory"
+        return self.root / "data" / "raw" / "pose-factory"
 
     @property
     def archive_dir(self) -> Path:
@@ -118,7 +116,7 @@ class Settings:
         Beside the mirror, so a verified batch enters it by a rename on the same filesystem; it ignores
         itself in git (its own .gitignore) and is outside every folder DVC tracks.
         """
-        return self.data_root / ".pose-sync"
+        return self.root / "data" / "raw" / ".pose-sync"
 
     @property
     def staging_dir(self) -> Path:
@@ -265,6 +263,7 @@ def _read_config_file(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"expected a mapping of settings at the top level, found {type(data).__name__}",
                           where=label, hint="see config/local.example.yaml for the shape")
+    _check_data_root(data, label)
     found = schemas.problems(data, "config", label)
     if found:
         first = found[0]
@@ -273,6 +272,20 @@ def _read_config_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"key '{key}': expected {first.expected}, found {first.found}{more}", where=label,
                           hint="see config/local.example.yaml for every key and its default")
     return data
+
+
+def _check_data_root(data: dict[str, Any], label: str) -> None:
+    """data_root is no longer a setting: the data folders are part of the repository (dvc.yaml names them, git
+    records the .dvc files in them), so one clone cannot move them. The old default is still accepted, so a
+    copy of an older config/local.example.yaml keeps working."""
+    value = data.pop("data_root", None)
+    if value is None or (isinstance(value, str) and Path(value) == Path("data/raw")):
+        return
+    raise ConfigError(f"data_root is {value!r}, but it is no longer a setting: the data folders are part of the "
+                      "repository (dvc.yaml and the .dvc files git records name data/raw/pose-factory)",
+                      where=f"{label}: data_root",
+                      hint="remove the data_root line; to keep the data on another disk, put the whole project "
+                           "there")
 
 
 def load_dotenv(root: Path) -> None:
@@ -328,7 +341,6 @@ def load_settings(root: Path | None = None, config_file: Path | None = None, *, 
         dvc_local_remote=Path(os.environ.get(ENV_DVC_LOCAL_REMOTE) or storage["dvc_local_remote"]).expanduser(),
         prefixes=Prefixes(**merged["prefixes"]),
         rclone_remote=merged["rclone_remote"],
-        data_root=_data_root(root, merged["data_root"], config_file),
         batch_pattern=merged["batch_naming"]["pattern"],
         date_format=merged["batch_naming"]["date_format"],
         workflows=merged["workflows"],
@@ -337,18 +349,6 @@ def load_settings(root: Path | None = None, config_file: Path | None = None, *, 
         in_project=in_project,
         curation=merged["curation"],
     )
-
-
-def _data_root(root: Path, setting: str, config_file: Path | None) -> Path:
-    """data_root resolved; it must lie inside the project, since DVC versions only files inside its repository."""
-    data_root = (root / setting).resolve()
-    if not data_root.is_relative_to(root.resolve()):
-        raise ConfigError(f"data_root {setting!r} is outside the project ({data_root})",
-                          where=f"{config_file or 'settings'}: data_root",
-                          hint="DVC tracks only files inside the repository: keep data_root inside the project "
-                               "(default data/raw, not a symlink to elsewhere); to keep the data on "
-                               "another disk, put the whole project there")
-    return data_root
 
 
 def r2_credentials(*, required: bool) -> R2Credentials | None:

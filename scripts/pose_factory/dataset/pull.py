@@ -212,7 +212,7 @@ def _check_disk_space(settings: Settings, batch_id: str, folder: Path, download_
         raise DiskError(f"not enough disk space to pull {batch_id}: it needs {human_bytes(need)} "
                         f"(+{human_bytes(DISK_RESERVE)} spare), {human_bytes(free)} is free", where=str(folder),
                         hint="free space on that disk (`dvc gc` drops cached versions no commit uses), or move "
-                             "the project to a bigger disk (data_root must stay inside the project)")
+                             "the project to a bigger disk")
 
 
 # --- one batch ------------------------------------------------------------------------------------------
