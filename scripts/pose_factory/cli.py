@@ -28,6 +28,18 @@ from pose_factory.core.errors import (
     UsageError,
     from_os_error,
 )
+from pose_factory.core.layout import (
+    ARCHIVE,
+    CONTACT_SHEET_PAGES,
+    CURATION,
+    LOCAL_BUCKET,
+    MIRROR,
+    PARAMS_FILE,
+    RAW,
+    REVIEW_PAGES,
+    VALIDATION_REPORTS,
+    WORKING_SET,
+)
 from pose_factory.core.progress import Progress, human_bytes
 from pose_factory.core.settings import (
     ENV_ACCESS_KEY,
@@ -117,7 +129,7 @@ def cmd_publish(args: argparse.Namespace, settings: Settings, progress: Progress
 
     if not settings.in_project and resolve_backend(settings, args.backend)[0] == "local":
         # The local-folder bucket is a project's data/local-bucket/, never a folder made where you stand.
-        raise RepositoryError("no bucket to publish to: the local-folder bucket is a project's data/local-bucket/ "
+        raise RepositoryError(f"no bucket to publish to: the local-folder bucket is a project's {LOCAL_BUCKET}/ "
                               "and this is not a Pose Factory project", where=str(settings.root),
                               hint="set the R2 variables (README: 'Connect a real R2 bucket') to publish to R2, or "
                                    "run it inside your dataset repository (or with POSE_FACTORY_ROOT set)")
@@ -497,7 +509,7 @@ def cmd_config(args: argparse.Namespace, settings: Settings, progress: Progress)
         "endpoint": credentials.endpoint_url if credentials else None,
         "local_bucket_dir": str(settings.local_bucket_dir) if backend == "local" else None,
         "prefixes": vars(settings.prefixes),
-        "data_root": str(settings.mirror_dir.parent),
+        "data_root": str(settings.layout.raw_dir),
         "rclone_remote": settings.rclone_remote,
         # Only whether each variable is set: values are never shown.
         "environment": {name: ("set" if os.environ.get(name) else "not set")
@@ -778,7 +790,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("verify", cmd_verify, "Check a local batch (a folder, or a batch id in the mirror or archive) against "
                                    "its manifest (sizes, sha256, no extra files)", anywhere=True)
     p.add_argument("batch", metavar="BATCH_DIR|BATCH_ID",
-                   help="a batch folder, or the id of a batch in data/raw/pose-factory or data/archive/pose-factory")
+                   help=f"a batch folder, or the id of a batch in {MIRROR} or {ARCHIVE}")
 
     p = add("validate", cmd_validate, "Validate a batch completely: schemas, files, images, keypoints, ids",
             anywhere=True)
@@ -788,11 +800,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("materialize", cmd_materialize, "Build the ComfyUI working set from params.yaml (the dvc.yaml stage)",
             anywhere=True)
-    p.add_argument("--params", default="params.yaml", help="params file with the working: section")
-    p.add_argument("--raw", default="data/raw/pose-factory", help="the raw mirror")
-    p.add_argument("--reports", default="data/reports/validate", help="validation reports, one folder per batch")
-    p.add_argument("--out", default="data/working/current_batch", help="the working set folder")
-    p.add_argument("--curation", default="data/curation", help="curation decisions, one .tsv per batch")
+    p.add_argument("--params", default=str(PARAMS_FILE), help="params file with the working: section")
+    p.add_argument("--raw", default=str(MIRROR), help="the raw mirror")
+    p.add_argument("--reports", default=str(VALIDATION_REPORTS), help="validation reports, one folder per batch")
+    p.add_argument("--out", default=str(WORKING_SET), help="the working set folder")
+    p.add_argument("--curation", default=str(CURATION), help="curation decisions, one .tsv per batch")
 
     p = add("prepare-batch", cmd_prepare_batch, "Make one batch the working set and run `dvc repro`")
     p.add_argument("batch_id", metavar="BATCH_ID", help="a batch in params.yaml's batches:")
@@ -837,13 +849,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("rev_a", nargs="?", metavar="REV_A", help="older revision (default: HEAD)")
     p.add_argument("rev_b", nargs="?", metavar="REV_B", help="newer revision (default: the workspace)")
     p.add_argument("--out", metavar="DIR", help="folder for index.html and its thumbnails (default: "
-                   "data/reports/review/, git-ignored; a new folder elsewhere ignores itself)")
+                   f"{REVIEW_PAGES}/, git-ignored; a new folder elsewhere ignores itself)")
     p.add_argument("--limit", type=int, default=24, help="changed samples shown per batch")
 
     p = add("show", cmd_show, "A contact sheet (static HTML page) of one batch")
     p.add_argument("batch_id", metavar="BATCH_ID", help="a batch in the workspace (raw mirror or archive)")
     p.add_argument("--out", metavar="DIR", help="folder for index.html and its thumbnails (default: "
-                   "data/reports/show/BATCH_ID/, git-ignored; a new folder elsewhere ignores itself)")
+                   f"{CONTACT_SHEET_PAGES}/BATCH_ID/, git-ignored; a new folder elsewhere ignores itself)")
     p.add_argument("--limit", type=int, default=48, help="samples shown")
 
     job_add = group("job", "RunPod render jobs: submit, watch, status, list, cancel")
@@ -891,7 +903,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--commit", action="store_true", help="git commit the new dataset version")
         p.add_argument("--json", action="store_true", help="machine-readable report")
 
-    p = add("pull", cmd_pull, "Pull batches into data/raw/pose-factory/, verify them and version them with DVC",
+    p = add("pull", cmd_pull, f"Pull batches into {MIRROR}/, verify them and version them with DVC",
             bucket=True)
     p.add_argument("batch_ids", nargs="*", metavar="BATCH_ID",
                    help="batch ids as `pose-sync list` shows them (or none, with filters)")
@@ -912,11 +924,11 @@ def build_parser() -> argparse.ArgumentParser:
             bucket=True)
     p.add_argument("--json", action="store_true", help="machine-readable status")
 
-    p = add("archive", cmd_archive, "Move a batch to data/archive/ (still versioned, out of the pipeline)")
-    p.add_argument("batch_id", metavar="BATCH_ID", help="a batch in data/raw/pose-factory/")
+    p = add("archive", cmd_archive, f"Move a batch to {ARCHIVE.parent}/ (still versioned, out of the pipeline)")
+    p.add_argument("batch_id", metavar="BATCH_ID", help=f"a batch in {MIRROR}/")
 
-    p = add("restore", cmd_restore, "Move an archived batch back to data/raw/ and into the pipeline")
-    p.add_argument("batch_id", metavar="BATCH_ID", help="a batch in data/archive/pose-factory/")
+    p = add("restore", cmd_restore, f"Move an archived batch back to {RAW}/ and into the pipeline")
+    p.add_argument("batch_id", metavar="BATCH_ID", help=f"a batch in {ARCHIVE}/")
 
     p = add("push-job", cmd_push_job, "Validate a job definition and upload it to the bucket's jobs prefix",
             bucket=True)

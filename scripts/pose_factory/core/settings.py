@@ -20,9 +20,7 @@ from typing import Any
 
 from pose_factory.core import schemas
 from pose_factory.core.errors import ConfigError, CredentialsError, PoseFactoryError
-from pose_factory.core.layout import find_project_root, project_root
-
-CONFIG_RELATIVE = Path("config") / "local.yaml"
+from pose_factory.core.layout import CONFIG_FILE, LOCAL_BUCKET, MIRROR, RAW, Layout, find_project_root, project_root
 
 ENV_ACCESS_KEY = "CLOUDFLARE_R2_ACCESS_KEY_ID"
 ENV_SECRET_KEY = "CLOUDFLARE_R2_SECRET_ACCESS_KEY"
@@ -42,7 +40,7 @@ DEFAULTS: dict[str, Any] = {
     "bucket": "pose-factory",
     "storage": {
         "backend": "auto",
-        "local_bucket_dir": "data/local-bucket",
+        "local_bucket_dir": LOCAL_BUCKET.as_posix(),
         "concurrency": 8,
         "max_attempts": 8,
         "connect_timeout_s": 10,
@@ -100,42 +98,38 @@ class Settings:
     curation: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def layout(self) -> Layout:
+        """Every folder of this project (core/layout.py)."""
+        return Layout(self.root, self.local_bucket_dir)
+
+    # Shorthands for the folders most commands use; each is the layout's.
+    @property
     def mirror_dir(self) -> Path:
-        """`data/raw/pose-factory/`: the read-only mirror of the bucket's batches, one folder per batch."""
-        return self.root / "data" / "raw" / "pose-factory"
+        return self.layout.mirror_dir
 
     @property
     def archive_dir(self) -> Path:
-        """`data/archive/pose-factory/`: archived batches, still versioned, out of the pipeline."""
-        return self.root / "data" / "archive" / "pose-factory"
+        return self.layout.archive_dir
 
     @property
     def transaction_dir(self) -> Path:
-        """`data/raw/.pose-sync/`: the lock, journals and staging of the commands that change the mirror.
-
-        Beside the mirror, so a verified batch enters it by a rename on the same filesystem; it ignores
-        itself in git (its own .gitignore) and is outside every folder DVC tracks.
-        """
-        return self.root / "data" / "raw" / ".pose-sync"
+        return self.layout.transaction_dir
 
     @property
     def staging_dir(self) -> Path:
-        """Downloads land here and are verified before they enter the mirror."""
-        return self.transaction_dir / "staging"
+        return self.layout.staging_dir
 
     @property
     def params_file(self) -> Path:
-        return self.root / "params.yaml"
+        return self.layout.params_file
 
     @property
     def curation_dir(self) -> Path:
-        """`data/curation/`: one decisions file per curated batch (git-tracked; a dependency of materialize)."""
-        return self.root / "data" / "curation"
+        return self.layout.curation_dir
 
     @property
     def cache_dir(self) -> Path:
-        """`data/cache/`: things made once and kept out of git (the curation page's thumbnails)."""
-        return self.root / "data" / "cache"
+        return self.layout.cache_dir
 
 
 @dataclass(frozen=True)
@@ -279,10 +273,10 @@ def _check_data_root(data: dict[str, Any], label: str) -> None:
     records the .dvc files in them), so one clone cannot move them. The old default is still accepted, so a
     copy of an older config/local.example.yaml keeps working."""
     value = data.pop("data_root", None)
-    if value is None or (isinstance(value, str) and Path(value) == Path("data/raw")):
+    if value is None or (isinstance(value, str) and Path(value) == RAW):
         return
     raise ConfigError(f"data_root is {value!r}, but it is no longer a setting: the data folders are part of the "
-                      "repository (dvc.yaml and the .dvc files git records name data/raw/pose-factory)",
+                      f"repository (dvc.yaml and the .dvc files git records name {MIRROR})",
                       where=f"{label}: data_root",
                       hint="remove the data_root line; to keep the data on another disk, put the whole project "
                            "there")
@@ -321,8 +315,8 @@ def load_settings(root: Path | None = None, config_file: Path | None = None, *, 
         if not config_file.is_file():
             raise ConfigError("the config file named by POSE_FACTORY_CONFIG does not exist", where=str(config_file),
                               hint="point POSE_FACTORY_CONFIG at a YAML file or unset it")
-    if config_file is None and in_project and (root / CONFIG_RELATIVE).is_file():
-        config_file = root / CONFIG_RELATIVE
+    if config_file is None and in_project and (root / CONFIG_FILE).is_file():
+        config_file = root / CONFIG_FILE
     merged = _deep_merge(DEFAULTS, _read_config_file(config_file) if config_file else {})
     storage = merged["storage"]
     backend = os.environ.get(ENV_BACKEND) or storage["backend"]

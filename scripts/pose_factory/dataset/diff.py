@@ -15,15 +15,12 @@ from typing import Any
 
 import orjson
 
+from pose_factory.core import layout
 from pose_factory.core.errors import PoseFactoryError, RepositoryError, UsageError
 from pose_factory.core.layout import MANIFEST_NAME
 from pose_factory.dataset import curation, dvcrepo
 
 DIFF_JSON_VERSION = 1
-RAW = "data/raw/pose-factory"
-ARCHIVE = "data/archive/pose-factory"
-REPORTS = "data/reports/validate"
-CURATION = "data/curation"
 WORKSPACE = "workspace"
 # Fields whose change a reviewer must see; the files list and samples are compared separately.
 MANIFEST_FIELDS = ("schema_version", "project", "created_at", "job", "software", "conventions", "image", "modalities")
@@ -72,10 +69,10 @@ class Version:
     def params(self) -> dict[str, Any]:
         from pose_factory.core.settings import load_yaml, yaml_text
 
-        data = self.read_bytes("params.yaml")
+        data = self.read_bytes(layout.PARAMS_FILE.as_posix())
         if not data:
             return {}
-        label = f"params.yaml at {self.label}"
+        label = f"{layout.PARAMS_FILE} at {self.label}"
         hint = "fix it (or compare other revisions)"
         return load_yaml(yaml_text(data, label, error=RepositoryError), label, error=RepositoryError, hint=hint) or {}
 
@@ -86,8 +83,13 @@ class Version:
         found.update({b: "archive" for b in params.get("archived") or []})
         return found
 
+    @staticmethod
+    def folder(place: str) -> str:
+        """Where a batch of this place ('raw' or 'archive') is, relative to the root, as git trees name it."""
+        return (layout.MIRROR if place == "raw" else layout.ARCHIVE).as_posix()
+
     def manifest(self, batch_id: str, place: str) -> tuple[dict[str, Any], bytes] | None:
-        folder = RAW if place == "raw" else ARCHIVE
+        folder = self.folder(place)
         data = self.read_bytes(f"{folder}/{batch_id}/{MANIFEST_NAME}")
         if data is None and self.read_bytes(f"{folder}/{batch_id}.dvc") is not None:
             # Tracked at this version, yet unreadable: saying "unchanged" or "removed" would be a lie.
@@ -98,10 +100,10 @@ class Version:
         return (orjson.loads(data), data) if data else None
 
     def batch_file(self, batch_id: str, place: str, rel: str) -> bytes | None:
-        return self.read_bytes(f"{RAW if place == 'raw' else ARCHIVE}/{batch_id}/{rel}")
+        return self.read_bytes(f"{self.folder(place)}/{batch_id}/{rel}")
 
     def metrics(self, batch_id: str) -> dict[str, Any] | None:
-        data = self.read_bytes(f"{REPORTS}/{batch_id}/metrics.json")
+        data = self.read_bytes(f"{layout.VALIDATION_REPORTS.as_posix()}/{batch_id}/metrics.json")
         return orjson.loads(data) if data else None
 
 
@@ -320,7 +322,7 @@ def diff(root: Path, rev_a: str | None = None, rev_b: str | None = None) -> Data
 
 def _curation(version: Version, batch_id: str, place: str | None) -> curation.Applied | None:
     """A batch's curation decisions in one version, checked against that version's files (None: never curated)."""
-    path = f"{CURATION}/{batch_id}.tsv"
+    path = f"{layout.CURATION.as_posix()}/{batch_id}.tsv"
     data = version.read_bytes(path)
     if data is None:
         return None

@@ -41,7 +41,7 @@ class Journal:
 
 
 def _journal_dir(settings: Settings) -> Path:
-    return settings.transaction_dir / "journal"
+    return settings.layout.journal_dir
 
 
 def ensure_transaction_dir(settings: Settings) -> Path:
@@ -63,13 +63,13 @@ def ensure_transaction_dir(settings: Settings) -> Path:
 def locked(settings: Settings, command: str) -> Iterator[None]:
     """Hold the repository lock for the duration of a command that changes the mirror."""
     ensure_transaction_dir(settings)
-    with exclusive_lock(settings.transaction_dir / "lock", command):
+    with exclusive_lock(settings.layout.lock_file, command):
         yield
 
 
 def holder(settings: Settings) -> tuple[int, str] | None:
     """(pid, command) of a running pull/archive/restore in this repository, if any."""
-    return lock_holder(settings.transaction_dir / "lock")
+    return lock_holder(settings.layout.lock_file)
 
 
 def write(settings: Settings, journal: Journal) -> None:

@@ -41,7 +41,7 @@ import orjson
 from pose_factory.core import contract, killpoint, schemas
 from pose_factory.core.errors import ConfigError, PoseFactoryError, RepositoryError, ToolError
 from pose_factory.core.fsutil import clone_file
-from pose_factory.core.layout import MANIFEST_NAME, WORKING_SET
+from pose_factory.core.layout import CURATION, MANIFEST_NAME
 
 if TYPE_CHECKING:
     from pose_factory.core.settings import Settings
@@ -270,7 +270,7 @@ class MaterializeResult:
 
 
 def materialize(params_file: Path, raw_dir: Path, reports_dir: Path, out_dir: Path, progress=None,
-                curation_dir: Path = Path("data/curation")) -> MaterializeResult:
+                curation_dir: Path = CURATION) -> MaterializeResult:
     """Build the working set the params ask for and swap it into out_dir; on any failure out_dir is unchanged."""
     with build_lock(out_dir):
         recover_leftovers(out_dir)
@@ -447,11 +447,11 @@ def prepare_batch(settings: Settings, batch_id: str) -> dict[str, Any]:
     if done.returncode != 0:
         # The working set is a persisted output built beside the old one, so a failed repro leaves the old one.
         try:
-            kept = f"the previous working set ({', '.join(describe(settings.root / WORKING_SET)['batches'])}) is " \
+            kept = f"the previous working set ({', '.join(describe(settings.layout.working_set)['batches'])}) is " \
                    "still in place for ComfyUI"
         except PoseFactoryError:
             kept = "there is no working set yet"
         raise ToolError("dvc repro failed (its output is above)", where=str(settings.root),
                         hint=f"{kept}; params.yaml now asks for {batch_id}: fix what is listed above (a batch that "
                              "fails validation is listed with its problems), then run `dvc repro`")
-    return describe(settings.root / WORKING_SET)
+    return describe(settings.layout.working_set)

@@ -19,7 +19,7 @@ from pose_factory.bucket.batches import list_batches
 from pose_factory.core import contract, killpoint
 from pose_factory.core.errors import BatchNotFoundError, IntegrityError, PoseFactoryError, RepositoryError
 from pose_factory.core.fsutil import atomic_write_path, move_dir, recover_swap, remove_tree
-from pose_factory.core.layout import MANIFEST_NAME
+from pose_factory.core.layout import ARCHIVE, MANIFEST_NAME, POD_OUTBOX
 from pose_factory.core.settings import Settings
 from pose_factory.dataset import dvcrepo, journal, params
 from pose_factory.dataset.journal import Journal
@@ -46,7 +46,7 @@ NEXT_COMMAND: dict[str, str | None] = {
     "restore-running": None,
     # Folder, .dvc file and params.yaml disagree (by hand, or by a version without journals).
     "untracked": "pose-sync pull {batch}",  # re-verified against the bucket, then tracked
-    "untracked-archive": "dvc add data/archive/pose-factory/{batch}",
+    "untracked-archive": f"dvc add {ARCHIVE}/{{batch}}",
     "unregistered": "pose-sync pull {batch}",
     "unregistered-archive": "pose-sync archive {batch}",
     "not-checked-out": "dvc pull",
@@ -62,8 +62,8 @@ def next_command(state: str, batch_id: str) -> str | None:
 
 def getting_started(local_bucket: bool) -> str:
     """What to run when the bucket holds no batch yet: a newcomer is never left without a next command."""
-    make_one = ("`pose-sync generate --out data/pod-outbox` (it prints the batch id), then `pose-sync publish "
-                "data/pod-outbox/<batch id>`, then `pose-sync pull-latest`")
+    make_one = (f"`pose-sync generate --out {POD_OUTBOX}` (it prints the batch id), then `pose-sync publish "
+                f"{POD_OUTBOX}/<batch id>`, then `pose-sync pull-latest`")
     if local_bucket:
         return (f"to try it without an account, make a batch as a pod would: {make_one}; to use your R2 bucket, "
                 "set CLOUDFLARE_R2_ACCESS_KEY_ID, CLOUDFLARE_R2_SECRET_ACCESS_KEY, CLOUDFLARE_R2_ACCOUNT_ID and "

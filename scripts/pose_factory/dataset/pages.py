@@ -26,10 +26,10 @@ from PIL import Image
 
 from pose_factory.core.errors import BatchNotFoundError, PoseFactoryError, UsageError
 from pose_factory.core.fsutil import atomic_write_path
-from pose_factory.core.layout import CONTACT_SHEET_PAGES, REVIEW_PAGES
+from pose_factory.core.layout import CONTACT_SHEET_PAGES, DATA, REVIEW_PAGES, VALIDATION_REPORTS
 from pose_factory.dataset import dvcrepo
 from pose_factory.dataset.curation import review_block
-from pose_factory.dataset.diff import REPORTS, BatchDiff, Version, diff, keypoints_of
+from pose_factory.dataset.diff import BatchDiff, Version, diff, keypoints_of
 
 THUMB_PX = 120
 KEYPOINT_VIEW_PX = 240
@@ -307,7 +307,7 @@ def _plot_rows(version: Version, batch_id: str, place: str | None) -> dict[str, 
         return {}
     found: dict[str, list[dict[str, str]]] = {}
     for plot in PLOTS:
-        data = version.read_bytes(f"{REPORTS}/{batch_id}/{plot.file}")
+        data = version.read_bytes(f"{VALIDATION_REPORTS.as_posix()}/{batch_id}/{plot.file}")
         if data:
             found[plot.file] = list(csv.DictReader(io.StringIO(data.decode())))
     if len(found) == len(PLOTS):
@@ -541,7 +541,7 @@ def write_contact_sheet(root: Path, batch_id: str, out: Path | None = None, *, l
     place = version.batches().get(batch_id)
     loaded = version.manifest(batch_id, place) if place else None
     if loaded is None:
-        raise BatchNotFoundError(f"no batch {batch_id!r} in the workspace", where=str(root / "data"),
+        raise BatchNotFoundError(f"no batch {batch_id!r} in the workspace", where=str(root / DATA),
                                  hint="`pose-sync status` lists the batches; `dvc checkout` if its data is missing")
     manifest = loaded[0]
     out = _prepare_out(root, out, CONTACT_SHEET_PAGES / batch_id)

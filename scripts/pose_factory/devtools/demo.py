@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 from pose_factory.core.errors import PoseFactoryError
-from pose_factory.core.layout import CODE_ROOT, project_root
+from pose_factory.core.layout import CODE_ROOT, DEMO, Layout, project_root
 from pose_factory.core.settings import (
     ENV_ACCESS_KEY,
     ENV_ACCOUNT_ID,
@@ -91,7 +91,7 @@ def make_sandbox(repo: Path) -> None:
 
 
 def run_demo(samples: int, size: str, s3_local: bool) -> None:
-    demo = project_root() / "data" / "demo"
+    demo = project_root() / DEMO
     repo, outbox, dvc_remote = demo / "repo", demo / "pod-outbox", demo / "dvc-remote"
     make_sandbox(repo)
     _remove_tree(dvc_remote)
@@ -137,13 +137,14 @@ def run_demo(samples: int, size: str, s3_local: bool) -> None:
         _show_and_run("dvc metrics show", [sys.executable, "-m", "dvc", "metrics", "show"], env, repo)
         _commit_step("Validate batches, materialise the working set", env, repo)
         _show_and_run("git log --oneline", ["git", "log", "--oneline"], env, repo)
-        where = "a local S3 server (stopped now)" if server else f"the local bucket {repo / 'data' / 'local-bucket'}"
+        sandbox = Layout.of(repo)
+        where = "a local S3 server (stopped now)" if server else f"the local bucket {sandbox.local_bucket_dir}"
         remote = "the local S3 server's dvc/ prefix" if server else str(dvc_remote)
-        print(f"\nDone. Batches published to {where}, pulled into {repo / 'data' / 'raw' / 'pose-factory'}, "
+        print(f"\nDone. Batches published to {where}, pulled into {sandbox.mirror_dir}, "
               f"versioned in git + DVC, and pushed to the DVC remote ({remote}).")
         from pose_factory.dataset.materialize import describe
 
-        info = describe(repo / "data" / "working" / "current_batch")
+        info = describe(sandbox.working_set)
         print(f"The ComfyUI working set is {info['path']}: {info['samples']} samples of {', '.join(info['batches'])}, "
               f"one folder per modality ({', '.join(info['modalities'])}), zero-padded names, index.json and "
               f"index.csv; files {info['link_mode']}ed from the raw mirror. Point ComfyUI at it with "

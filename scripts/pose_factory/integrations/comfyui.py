@@ -33,7 +33,6 @@ from typing import Any
 from pose_factory.core import killpoint
 from pose_factory.core.errors import ConfigError, PoseFactoryError, ServiceUnreachableError, UsageError
 from pose_factory.core.fsutil import atomic_write_path
-from pose_factory.core.layout import WORKING_SET
 from pose_factory.core.settings import Settings
 from pose_factory.dataset import dvcrepo
 
@@ -427,7 +426,7 @@ def queue(settings: Settings, *, workflow: str | None, server: str, limit: int |
           timeout_s: float = 600, linked: str | None = None, fail_fast: bool = False, progress=None) -> QueueResult:
     """Run every sample of the working set through the mapped workflow; resumable, and cleans up after itself."""
     mapping = load_mapping(settings, workflow)
-    working = settings.root / WORKING_SET
+    working = settings.layout.working_set
     index_file = working / "index.json"
     if not index_file.is_file():
         raise PoseFactoryError("there is no working set", where=str(working),
@@ -476,7 +475,7 @@ class _Run:
         for row in rows:
             if self.result.stopped:
                 break
-            out_dir = self.settings.root / "data" / "working" / "outputs" / row["batch_id"] / self.mapping.name
+            out_dir = self.settings.layout.comfyui_outputs / row["batch_id"] / self.mapping.name
             self.result.out_dir = str(out_dir.parent.parent)
             if self._done_before(out_dir / f"{row['name']}.json"):
                 self._marker(row, out_dir).unlink(missing_ok=True)  # left if killed between record and clean-up
@@ -735,7 +734,7 @@ def link_into_comfyui(settings: Settings, comfyui_dir: Path, name: str) -> tuple
     if name == settings.comfyui.get("upload_folder", "pose-factory-upload"):
         raise UsageError(f"input/{name} is where `comfyui queue` uploads; linking the working set there would let "
                          "uploads write into the dataset", where="--name", hint="choose another --name")
-    target = settings.root / WORKING_SET
+    target = settings.layout.working_set
     if not (target / "index.json").is_file():
         raise PoseFactoryError("there is no working set yet", where=str(target),
                                hint="run `dvc repro` or `pose-sync prepare-batch BATCH_ID` first")

@@ -360,7 +360,7 @@ def pod_request(settings: Settings, record: dict[str, Any], shard: int, attempt:
 # --- local job records -------------------------------------------------------------------------------------------
 
 def _records_dir(settings: Settings) -> Path:
-    return settings.root / "data" / "jobs"
+    return settings.layout.jobs_dir
 
 
 def _upgrade(record: dict[str, Any]) -> dict[str, Any]:

@@ -184,7 +184,7 @@ def _scene_error(problem: dict[str, Any]) -> SceneError:
 def assets_dir(settings: Settings) -> Path:
     """Where scene assets are looked up on this machine: $POSE_FACTORY_ASSETS, else <project>/assets."""
     env = os.environ.get("POSE_FACTORY_ASSETS")
-    return Path(env) if env else settings.root / "assets"
+    return Path(env) if env else settings.layout.assets_dir
 
 
 @dataclass
