@@ -19,15 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pose_factory import __version__
-from pose_factory.core.errors import (
-    PodsMayBeRunningError,
-    PoseFactoryError,
-    RepositoryError,
-    RunPodApiError,
-    RunPodError,
-    UsageError,
-    from_os_error,
-)
+from pose_factory.core.errors import ExitCode, PoseFactoryError, RepositoryError, UsageError, from_os_error
 from pose_factory.core.layout import (
     ARCHIVE,
     CONTACT_SHEET_PAGES,
@@ -207,7 +199,7 @@ def cmd_validate(args: argparse.Namespace, settings: Settings, progress: Progres
         write_report(report, Path(args.report))
     if args.json:
         _emit_json(report.as_json())
-        return 0 if report.ok else 11
+        return ExitCode.OK if report.ok else ExitCode.VALIDATION
     raise_if_failed(report)
     _out(f"{report.batch_id}: valid: {report.samples} samples, {report.files} files ({human_bytes(report.bytes)}), "
          f"{len(report.warnings)} warning(s)")
@@ -347,7 +339,7 @@ def cmd_comfyui_check(args: argparse.Namespace, settings: Settings, progress: Pr
                 _out(f"    - {problem}")
         if not report["workflows"]:
             _out("  no workflow is mapped yet (workflows: in config/local.yaml)")
-    return 0 if all(w["ok"] for w in report["workflows"]) else 12
+    return ExitCode.OK if all(w["ok"] for w in report["workflows"]) else ExitCode.COMFYUI
 
 
 def cmd_comfyui_queue(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
@@ -368,7 +360,7 @@ def cmd_comfyui_queue(args: argparse.Namespace, settings: Settings, progress: Pr
         _out(f"{result.workflow}: {result.done} sample(s) run, {result.skipped} already done, {result.outputs} "
              f"output file(s) in {result.out_dir}, {len(result.failed)} failed"
              + (" (stopped at the first failure: --fail-fast)" if result.stopped else ""))
-    return 0 if not result.failed else 12
+    return ExitCode.OK if not result.failed else ExitCode.COMFYUI
 
 
 def cmd_job_submit(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
@@ -413,7 +405,7 @@ def cmd_job_watch(args: argparse.Namespace, settings: Settings, progress: Progre
     _out(f"job {args.job_id}: {outcome.reason}; {len(pods)} pod(s), all shut down ({record['shutdown']}); "
          f"~${record['cost_usd']:.2f}{batch}")
     if not outcome.ok:
-        return RunPodError.exit_code
+        return ExitCode.RUNPOD
     if args.pull:
         from pose_factory.dataset.pull import pull
 
@@ -441,7 +433,7 @@ def cmd_job_status(args: argparse.Namespace, settings: Settings, progress: Progr
         if r.get("pods_may_be_running"):
             _out(f"  POD(S) MAY STILL BE RUNNING (shutdown never confirmed): {', '.join(r['pods_may_be_running'])}; "
                  f"`pose-sync job cancel {r['job_id']}`")
-    return PodsMayBeRunningError.exit_code if loose else 0
+    return ExitCode.PODS_MAY_BE_RUNNING if loose else ExitCode.OK
 
 
 def cmd_job_list(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
@@ -462,8 +454,8 @@ def cmd_job_list(args: argparse.Namespace, settings: Settings, progress: Progres
         for job_id, names in report.unconfirmed.items():
             _out(f"job {job_id}: POD(S) MAY STILL BE RUNNING (shutdown never confirmed): {', '.join(names)}; "
                  f"`pose-sync job cancel {job_id}`")
-    return (PodsMayBeRunningError.exit_code if report.unconfirmed else
-            RunPodApiError.exit_code if report.api_error else 0)
+    return (ExitCode.PODS_MAY_BE_RUNNING if report.unconfirmed else
+            ExitCode.UNREACHABLE if report.api_error else ExitCode.OK)
 
 
 def cmd_job_cancel(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
@@ -490,7 +482,7 @@ def cmd_worker_run(args: argparse.Namespace, settings: Settings | None, progress
     if outcome.failure is not None:
         raise outcome.failure  # reported like any error, with its exit code
     # On a pod, exiting restarts the container: the worker then finds its result and tries the shutdown again.
-    return 1 if outcome.shutdown_failed else 0
+    return ExitCode.GENERAL if outcome.shutdown_failed else ExitCode.OK
 
 
 def cmd_config(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
@@ -947,7 +939,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
         getattr(args, "group_parser", parser).print_help()
-        return 2
+        return ExitCode.USAGE
     try:
         settings = None if getattr(args, "standalone", False) else load_settings(
             config_file=Path(args.config) if args.config else None, require_project=args.needs_project)
@@ -958,7 +950,7 @@ def main(argv: list[str] | None = None) -> int:
         return _report(from_os_error(exc))
     except KeyboardInterrupt:
         _err("interrupted: nothing was marked complete; run the same command again to resume")
-        return 130
+        return ExitCode.INTERRUPTED
 
 
 def _report(exc: PoseFactoryError) -> int:

@@ -26,9 +26,14 @@ from functools import cache
 from pathlib import Path
 from typing import TypeVar
 
-from pose_factory.core.errors import CredentialsError, StorageError, UnsafeKeyError
+from pose_factory.core.errors import (
+    CredentialsError,
+    DocumentTooLargeError,
+    ObjectMissingError,
+    StorageError,
+    UnsafeKeyError,
+)
 from pose_factory.core.fsutil import PARTIAL_SUFFIX, STREAM_CHUNK, atomic_write_path, check_relative_path
-from pose_factory.core.schemas import DocumentTooLargeError
 from pose_factory.core.settings import R2Credentials, Settings, resolve_backend
 
 T = TypeVar("T")
@@ -49,10 +54,6 @@ class ObjectInfo:
     key: str
     size: int
     etag: str | None
-
-
-class ObjectMissingError(StorageError):
-    """The object asked for does not exist."""
 
 
 def check_key(key: str) -> str:

@@ -42,10 +42,6 @@ SHOWN_PROBLEMS = 5
 MAX_JSON_DEPTH = 32
 
 
-class DocumentTooLargeError(SchemaError):
-    """A document (manifest, marker) is larger than its read cap; it was not read."""
-
-
 @dataclass(frozen=True)
 class Problem:
     """One problem with a batch or a document, in words: which file, which field (a JSON path, or what

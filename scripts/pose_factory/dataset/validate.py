@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pose_factory.core import contract, schemas
-from pose_factory.core.errors import PoseFactoryError, SchemaError
+from pose_factory.core.errors import PoseFactoryError, SchemaError, ValidationFailed
 from pose_factory.core.fsutil import atomic_write_path
 from pose_factory.core.layout import MANIFEST_NAME
 from pose_factory.core.schemas import Problem
@@ -70,12 +70,6 @@ class ValidationReport:
         return {"version": REPORT_VERSION, "batch_id": self.batch_id, "batch_dir": self.batch_dir, "ok": self.ok,
                 **self.metrics(), "problems": [f.as_dict() for f in self.errors[:KEPT_PROBLEMS]],
                 "warning_list": [f.as_dict() for f in self.warnings[:KEPT_PROBLEMS]], "stats": self.stats}
-
-
-class ValidationFailed(PoseFactoryError):
-    """A batch has validation errors."""
-
-    exit_code = 11
 
 
 def _load(path: Path, label: str, report: ValidationReport, documents: dict[str, bytes] | None = None) -> Any:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from pose_factory.core import killpoint
-from pose_factory.core.errors import ConfigError, PoseFactoryError, ServiceUnreachableError, UsageError
+from pose_factory.core.errors import ComfyUIError, ConfigError, PoseFactoryError, ServiceUnreachableError, UsageError
 from pose_factory.core.fsutil import atomic_write_path
 from pose_factory.core.settings import Settings
 from pose_factory.dataset import dvcrepo
@@ -46,12 +46,6 @@ MODEL_FOLDERS = {"ckpt_name": "checkpoints", "control_net_name": "controlnet", "
                  "lora_name": "loras", "unet_name": "diffusion_models", "clip_name": "text_encoders",
                  "model_name": "upscale_models", "style_model_name": "style_models"}
 ENDED = ("execution_success", "execution_error", "execution_interrupted")
-
-
-class ComfyUIError(PoseFactoryError):
-    """ComfyUI refused or failed a request."""
-
-    exit_code = 12
 
 
 @dataclass

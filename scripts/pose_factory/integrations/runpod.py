@@ -42,6 +42,8 @@ from pose_factory.core import contract, schemas
 from pose_factory.core.errors import (
     ConfigError,
     CredentialsError,
+    PodConflictError,
+    PodGoneError,
     PodsMayBeRunningError,
     PoseFactoryError,
     RunPodApiError,
@@ -98,14 +100,6 @@ def api_key() -> str:
 
 
 # --- the API --------------------------------------------------------------------------------------------------
-
-class _PodGone(RunPodError):
-    """404: the pod does not exist (any more)."""
-
-
-class _Conflict(RunPodError):
-    """409: the action is not valid for the pod's current status."""
-
 
 def _problem(response: Any) -> str:
     """The RFC 9457 problem's detail (and validation errors) of an error answer, or its text."""
@@ -178,9 +172,9 @@ class RunPodClient:
             raise CredentialsError(f"RunPod denied access to {what}: {_problem(response)}", where=self.base,
                                    hint="the API key lacks a permission: give it read/write access to pods")
         if status == 404:
-            raise _PodGone(f"RunPod has no such pod ({what})", where=self.base)
+            raise PodGoneError(f"RunPod has no such pod ({what})", where=self.base)
         if status == 409:
-            raise _Conflict(f"RunPod: {_problem(response)} ({what})", where=self.base)
+            raise PodConflictError(f"RunPod: {_problem(response)} ({what})", where=self.base)
         if status == 429 or status >= 500:
             raise RunPodApiError(f"RunPod kept answering {status} to {what}: {_problem(response)}", where=self.base,
                                  hint="RunPod is rate-limiting or failing: wait a minute and run the command again")
@@ -201,7 +195,7 @@ class RunPodClient:
         """The pod, or None when RunPod no longer has it."""
         try:
             return self._json(self._send("GET", f"/pods/{pod_id}"), "GET", f"/pods/{pod_id}")
-        except _PodGone:
+        except PodGoneError:
             return None
 
     def pod_action(self, pod_id: str, action: str) -> dict[str, Any] | None:
@@ -257,9 +251,9 @@ class RunPodClient:
         try:
             self.pod_action(pod_id, how)
             return {"stop": "stopped", "terminate": "terminated"}[how]
-        except _PodGone:
+        except PodGoneError:
             return "gone"
-        except _Conflict:
+        except PodConflictError:
             pod = self.get_pod(pod_id)
             if pod is None or pod["status"] in DOWN:
                 return "already down"

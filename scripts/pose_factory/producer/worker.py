@@ -32,10 +32,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pose_factory.bucket.backends import ObjectMissingError, Storage, join_key
+from pose_factory.bucket.backends import Storage, join_key
 from pose_factory.bucket.jobs import MAX_JOB_BYTES, read_job
 from pose_factory.core import contract, schemas
-from pose_factory.core.errors import ConfigError, PoseFactoryError, RunPodError, SchemaError, UsageError
+from pose_factory.core.errors import (
+    ConfigError,
+    ObjectMissingError,
+    PoseFactoryError,
+    RunPodError,
+    SchemaError,
+    UsageError,
+)
 from pose_factory.core.progress import Progress, Task
 from pose_factory.core.settings import Settings
 
