@@ -8,9 +8,15 @@ import pkgutil
 import re
 from pathlib import Path
 
+import pytest
+
 import pose_factory
+from helpers import make_repository, publish_generated
+from pose_factory.bucket.backends import open_storage
 from pose_factory.core import errors
-from pose_factory.core.errors import ExitCode, PoseFactoryError
+from pose_factory.core.errors import BatchesFailedError, BatchNotFoundError, ExitCode, IntegrityError, PoseFactoryError
+from pose_factory.core.settings import load_settings
+from pose_factory.dataset.pull import pull
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "scripts" / "pose_factory"
@@ -81,3 +87,29 @@ def test_readme_exit_code_table_is_the_enum():
 def test_an_error_reports_its_code_as_an_int():
     error = errors.DiskFullError("cannot write", where="x")
     assert error.exit_code == 18 and int(error.exit_code) == 18 and error.exit_code is ExitCode.DISK
+
+
+@pytest.mark.integration
+def test_a_pull_of_several_batches_keeps_every_failure(project, cli, tmp_path, monkeypatch):
+    """One batch pulled, one still uploading (7), one not in the bucket (8): both failures are reported, each
+    with its batch, and the exit code is the first one's."""
+    monkeypatch.setenv("POSE_FACTORY_BACKEND", "local")
+    make_repository(project, cli, pipeline=False)
+    good, uploading, absent = "2026-11-20_run-cycle", "2026-11-21_run-cycle", "2026-11-22_run-cycle"
+    publish_generated(tmp_path, cli, good)
+    publish_generated(tmp_path, cli, uploading, seed=2)
+    settings = load_settings()
+    storage = open_storage(settings)
+    storage.delete(f"batches/{uploading}/_complete.json")
+    with pytest.raises(BatchesFailedError) as caught:
+        pull(storage, settings, [good, uploading, absent])
+    assert {batch: type(exc) for batch, exc in caught.value.failures.items()} == {
+        uploading: IntegrityError, absent: BatchNotFoundError}
+    assert caught.value.exit_code == IntegrityError.exit_code
+    assert (settings.mirror_dir / good / "manifest.json").is_file()  # the others are done
+
+    result = cli("pull", good, uploading, absent)
+    assert result.code == IntegrityError.exit_code
+    listed = [line for line in result.err.splitlines() if line.startswith("  - ")]
+    assert [line.split(":")[0].removeprefix("  - ") for line in listed] == [uploading, absent]
+    assert result.err.count("hint: ") == 3  # each batch's, and the one of the whole

@@ -179,6 +179,25 @@ class PodsMayBeRunningError(RunPodError):
     exit_code = ExitCode.PODS_MAY_BE_RUNNING
 
 
+class BatchesFailedError(PoseFactoryError):
+    """Some batches of a command that works batch by batch failed, each for its own reason; all are kept.
+
+    `failures` maps each batch id to its error. The message lists every one (with its where and hint); the
+    exit code is the first failure's, as if that batch had been the only one.
+    """
+
+    def __init__(self, failures: dict[str, PoseFactoryError], total: int):
+        self.failures = dict(failures)
+        lines = []
+        for batch_id, exc in self.failures.items():
+            lines.append(f"  - {batch_id}: " + str(exc).replace("\n", "\n    "))
+            if exc.hint:
+                lines.append(f"    hint: {exc.hint}")
+        super().__init__(f"{len(self.failures)} of {total} batch(es) failed; the others are done:\n" + "\n".join(lines),
+                         hint="fix what each line says, then run the same command again: what is done stays done")
+        self.exit_code = next(iter(self.failures.values())).exit_code
+
+
 class BusyError(PoseFactoryError):
     """Another pose-sync command is changing the same repository (its lock is held)."""
 

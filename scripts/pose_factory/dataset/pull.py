@@ -27,6 +27,7 @@ from pose_factory.bucket.backends import S3Storage, Storage, run_parallel
 from pose_factory.bucket.batches import batch_prefix, fetch_remote_manifest, list_batches
 from pose_factory.core import contract, killpoint
 from pose_factory.core.errors import (
+    BatchesFailedError,
     BatchNotFoundError,
     DiskError,
     IntegrityError,
@@ -412,7 +413,7 @@ def pull(storage: Storage, settings: Settings, batch_ids: list[str], *, engine: 
         report.recovered = journal.settle(settings)
         storage.ensure_bucket()
         planned: list[_Planned] = []
-        failures: list[PoseFactoryError] = []
+        failures: dict[str, PoseFactoryError] = {}
         for batch_id in batch_ids:
             try:
                 if repair:
@@ -431,7 +432,7 @@ def pull(storage: Storage, settings: Settings, batch_ids: list[str], *, engine: 
             except PoseFactoryError as exc:
                 if len(batch_ids) == 1:
                     raise
-                failures.append(exc)
+                failures[batch_id] = exc
         _install(settings, planned)
         for b in report.batches:
             if not b.dvc_file:
@@ -449,7 +450,5 @@ def pull(storage: Storage, settings: Settings, batch_ids: list[str], *, engine: 
                                             + completed))
             report.commit = dvcrepo.commit(settings.root, pending, f"Pull pose batches: {names}")
     if failures:
-        first = failures[0]
-        others = f" ({len(failures) - 1} more batch(es) failed too)" if len(failures) > 1 else ""
-        raise type(first)(first.message + others, where=first.where, hint=first.hint)
+        raise BatchesFailedError(failures, len(batch_ids))
     return report
