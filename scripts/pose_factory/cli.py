@@ -1,25 +1,28 @@
 """`pose-sync`: the command line. It parses arguments, calls one library function, renders the result,
 and maps typed errors to a message and an exit code. It does no work of its own.
 
-Everything it prints goes through `_printable` (and `redact`): names come from the bucket, and a key or
-folder name must not be able to move the cursor or recolour the terminal. Output may span lines on
-purpose, so a name put into a line is escaped whole (`_name`, and every cell of `_table`), newlines
-included: it cannot fake a row.
+Everything it prints goes through core/console.py (`_out`, `_err`, `_emit_json` are its `out`, `err`,
+`emit_json`), which escapes and redacts: names come from the bucket, and a key or folder name must not be
+able to move the cursor or recolour the terminal. A name put into a line is escaped whole (`_name`, and
+every cell of `_table`), newlines included: it cannot fake a row.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import unicodedata
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 from typing import Any
 
 from pose_factory import __version__
-from pose_factory.core.errors import ExitCode, PoseFactoryError, RepositoryError, UsageError, from_os_error
+from pose_factory.core.console import emit_json as _emit_json
+from pose_factory.core.console import err as _err
+from pose_factory.core.console import out as _out
+from pose_factory.core.console import printable as _printable
+from pose_factory.core.console import run_reporting_errors
+from pose_factory.core.errors import ExitCode, RepositoryError, UsageError
 from pose_factory.core.layout import (
     ARCHIVE,
     CONTACT_SHEET_PAGES,
@@ -49,45 +52,9 @@ from pose_factory.core.settings import (
 CONFIG_JSON_VERSION = 1
 
 
-# Control characters (C0, DEL, C1), format characters (bidi overrides, zero-width), line and paragraph
-# separators, and lone surrogates (undecodable bytes in a local file name).
-_UNPRINTABLE = frozenset(("Cc", "Cf", "Cs", "Co", "Zl", "Zp"))
-
-
-def _printable(text: str, *, keep_newlines: bool = False) -> str:
-    """text with anything a terminal would act on shown as a Python-style escape (\\x1b, \\u202e, \\udcff).
-
-    keep_newlines keeps '\\n' for output made of several lines on purpose (error lists, indented JSON).
-    """
-    lines = text.split("\n") if keep_newlines else [text]
-    if all(line.isprintable() for line in lines):
-        return text
-
-    def escape(char: str) -> str:
-        if (char == "\n" and keep_newlines) or unicodedata.category(char) not in _UNPRINTABLE:
-            return char
-        code = ord(char)
-        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
-
-    return "".join(escape(char) for char in text)
-
-
 def _name(text: str | None) -> str:
     """A name from outside (a batch id, a key, a problem naming one) made safe to put into a line."""
     return _printable(str(text))
-
-
-def _out(text: str = "") -> None:
-    print(_printable(redact(text), keep_newlines=True))
-
-
-def _err(text: str, *, keep_newlines: bool = False) -> None:
-    print(_printable(redact(text), keep_newlines=keep_newlines), file=sys.stderr, flush=True)
-
-
-def _emit_json(document: dict[str, Any]) -> None:
-    # json.dumps escapes every control character already; _printable keeps that true whatever the encoder.
-    print(_printable(redact(json.dumps(document, indent=2, sort_keys=False)), keep_newlines=True))
 
 
 def _parse_day(text: str, flag: str) -> date:
@@ -940,29 +907,13 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         getattr(args, "group_parser", parser).print_help()
         return ExitCode.USAGE
-    try:
+
+    def run() -> int:
         settings = None if getattr(args, "standalone", False) else load_settings(
             config_file=Path(args.config) if args.config else None, require_project=args.needs_project)
         return args.handler(args, settings, Progress(enabled=not args.quiet))
-    except PoseFactoryError as exc:
-        return _report(exc)
-    except OSError as exc:  # the local machine refused: disk full, read-only, permissions (see errors.py)
-        return _report(from_os_error(exc))
-    except KeyboardInterrupt:
-        _err("interrupted: nothing was marked complete; run the same command again to resume")
-        return ExitCode.INTERRUPTED
 
-
-def _report(exc: PoseFactoryError) -> int:
-    """Print a typed error once (`error:` and `hint:` lines) and return its exit code."""
-    # The message may list problems on several lines; where and hint are one line each, so a name with a
-    # newline in it cannot fake a `hint:` line.
-    message = _printable(redact(exc.message), keep_newlines=True)
-    where = f" ({_printable(redact(exc.where))})" if exc.where else ""
-    print(f"error: {message}{where}", file=sys.stderr, flush=True)
-    if exc.hint:
-        _err(f"hint: {exc.hint}")
-    return exc.exit_code
+    return run_reporting_errors(run)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from pose_factory.core.errors import PoseFactoryError
+from pose_factory.core.console import run_reporting_errors
 from pose_factory.core.layout import CODE_ROOT, DEMO, Layout, project_root
 from pose_factory.core.settings import (
     ENV_ACCESS_KEY,
@@ -160,12 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", default="512x512", help="image size (default: 512x512)")
     parser.add_argument("--s3-local", action="store_true", help="use a throw-away local S3 server as the bucket")
     args = parser.parse_args(argv)
-    try:
-        run_demo(args.samples, args.size, args.s3_local)
-    except PoseFactoryError as exc:  # e.g. run outside a project: nowhere to put data/demo/
-        print(f"error: {exc}" + (f"\nhint: {exc.hint}" if exc.hint else ""), file=sys.stderr)
-        return exc.exit_code
-    return 0
+    # An expected failure (e.g. run outside a project: nowhere to put data/demo/) is reported as pose-sync does.
+    return run_reporting_errors(lambda: run_demo(args.samples, args.size, args.s3_local) or 0)
 
 
 if __name__ == "__main__":
