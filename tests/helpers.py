@@ -129,8 +129,8 @@ def dvc(root: Path, *args: str, env: dict[str, str] | None = None, unset: tuple[
     return result
 
 
-PIPELINE_FILES = ("dvc.yaml", "params.yaml", "schemas", "scripts/pose_sync.py", "scripts/pose_factory",
-                  "config/local.example.yaml", "data/curation/.gitkeep")
+PIPELINE_FILES = ("dvc.yaml", "params.yaml", "schemas", "scripts/pose_sync.py", "scripts/pose_stage.py",
+                  "scripts/pose_factory", "config/local.example.yaml", "data/curation/.gitkeep")
 
 
 def copy_tree(source: Path, dest: Path) -> Path:

@@ -16,7 +16,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from pose_factory import __version__
+from pose_factory import __version__, stages
 from pose_factory.core.console import emit_json as _emit_json
 from pose_factory.core.console import err as _err
 from pose_factory.core.console import out as _out
@@ -26,14 +26,10 @@ from pose_factory.core.errors import ExitCode, RepositoryError, UsageError
 from pose_factory.core.layout import (
     ARCHIVE,
     CONTACT_SHEET_PAGES,
-    CURATION,
     LOCAL_BUCKET,
     MIRROR,
-    PARAMS_FILE,
     RAW,
     REVIEW_PAGES,
-    VALIDATION_REPORTS,
-    WORKING_SET,
 )
 from pose_factory.core.progress import Progress, human_bytes
 from pose_factory.core.settings import (
@@ -159,37 +155,11 @@ def cmd_verify(args: argparse.Namespace, settings: Settings, progress: Progress)
 
 
 def cmd_validate(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
-    from pose_factory.dataset.validate import raise_if_failed, validate_batch, write_report
-
-    report = validate_batch(Path(args.batch_dir), progress=progress)
-    if args.report:
-        write_report(report, Path(args.report))
-    if args.json:
-        _emit_json(report.as_json())
-        return ExitCode.OK if report.ok else ExitCode.VALIDATION
-    raise_if_failed(report)
-    _out(f"{report.batch_id}: valid: {report.samples} samples, {report.files} files ({human_bytes(report.bytes)}), "
-         f"{len(report.warnings)} warning(s)")
-    for warning in report.warnings[:5]:
-        _out(f"  warning: {warning}")
-    if len(report.warnings) > 5:
-        _out(f"  ... and {len(report.warnings) - 5} more warning(s)")
-    return 0
+    return stages.validate(args, progress)
 
 
 def cmd_materialize(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
-    from pose_factory.dataset.materialize import materialize
-
-    result = materialize(Path(args.params), Path(args.raw), Path(args.reports), Path(args.out), progress=progress,
-                         curation_dir=Path(args.curation))
-    links = ", ".join(f"{count} {mode}" for mode, count in result.link_counts.items())
-    curated = f"; {result.rejected} rejected in curation left out" if result.rejected else ""
-    _out(f"working set {result.out_dir}: {result.samples} samples from {', '.join(result.batches)}; "
-         f"{', '.join(result.modalities)}; files: {links}{curated}")
-    if result.fresh_look:
-        _out(f"note: {result.fresh_look} curation decision(s) not applied: those samples were re-rendered since "
-             "(`pose-sync curate` shows them as 'to look at again')")
-    return 0
+    return stages.materialize(args, progress)
 
 
 def cmd_curate(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
@@ -751,19 +721,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("batch", metavar="BATCH_DIR|BATCH_ID",
                    help=f"a batch folder, or the id of a batch in {MIRROR} or {ARCHIVE}")
 
-    p = add("validate", cmd_validate, "Validate a batch completely: schemas, files, images, keypoints, ids",
-            anywhere=True)
-    p.add_argument("batch_dir", metavar="BATCH_DIR", help="the batch folder to validate")
-    p.add_argument("--report", metavar="DIR", help="write metrics.json, report.json and plot CSVs here")
-    p.add_argument("--json", action="store_true", help="print the whole report as JSON")
-
-    p = add("materialize", cmd_materialize, "Build the ComfyUI working set from params.yaml (the dvc.yaml stage)",
-            anywhere=True)
-    p.add_argument("--params", default=str(PARAMS_FILE), help="params file with the working: section")
-    p.add_argument("--raw", default=str(MIRROR), help="the raw mirror")
-    p.add_argument("--reports", default=str(VALIDATION_REPORTS), help="validation reports, one folder per batch")
-    p.add_argument("--out", default=str(WORKING_SET), help="the working set folder")
-    p.add_argument("--curation", default=str(CURATION), help="curation decisions, one .tsv per batch")
+    stages.add_validate_arguments(add("validate", cmd_validate, stages.VALIDATE_HELP, anywhere=True))
+    stages.add_materialize_arguments(add("materialize", cmd_materialize, stages.MATERIALIZE_HELP, anywhere=True))
 
     p = add("prepare-batch", cmd_prepare_batch, "Make one batch the working set and run `dvc repro`")
     p.add_argument("batch_id", metavar="BATCH_ID", help="a batch in params.yaml's batches:")

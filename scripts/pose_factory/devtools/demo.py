@@ -65,7 +65,7 @@ def _remove_tree(folder: Path) -> None:
 
 # What a clone of this repository holds that the loop needs: the pipeline, its parameters and the code.
 SANDBOX_FILES = (".gitignore", ".dvcignore", "dvc.yaml", "params.yaml", "config/local.example.yaml", "schemas",
-                 "scripts/pose_sync.py", "scripts/pose_factory", "data/curation/.gitkeep")
+                 "scripts/pose_sync.py", "scripts/pose_stage.py", "scripts/pose_factory", "data/curation/.gitkeep")
 
 
 def make_sandbox(repo: Path) -> None:
