@@ -43,7 +43,7 @@ def test_every_command_is_in_the_reference_and_every_documented_option_exists():
 
 def test_the_reference_names_every_option_of_every_command():
     """The other way round: a user reading the table sees every option (the common ones are said once)."""
-    common = {"--help", "--config", "--quiet", "--backend"}
+    common = {"--help", "--config", "--quiet", "--verbose", "--backend"}
     reference = README.split("## Command reference", 1)[1].split("\n## ", 1)[0]
 
     def commands(parser, prefix=""):

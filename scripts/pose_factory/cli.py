@@ -21,7 +21,7 @@ from pose_factory.core.console import emit_json as _emit_json
 from pose_factory.core.console import err as _err
 from pose_factory.core.console import out as _out
 from pose_factory.core.console import printable as _printable
-from pose_factory.core.console import run_reporting_errors
+from pose_factory.core.console import run_reporting_errors, verbose_log
 from pose_factory.core.errors import ExitCode, RepositoryError, UsageError
 from pose_factory.core.layout import (
     ARCHIVE,
@@ -657,6 +657,8 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", metavar="FILE", help="settings file (default: config/local.yaml if present)")
     common.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    common.add_argument("-v", "--verbose", action="store_true",
+                        help="show what runs: the git, dvc and rclone commands and their whole output, DVC's own log")
     # Only for commands that read or write the bucket (or say which one they would use).
     storage = argparse.ArgumentParser(add_help=False)
     storage.add_argument("--backend", choices=["auto", "local", "r2"], default=None,
@@ -872,7 +874,8 @@ def main(argv: list[str] | None = None) -> int:
             config_file=Path(args.config) if args.config else None, require_project=args.needs_project)
         return args.handler(args, settings, Progress(enabled=not args.quiet))
 
-    return run_reporting_errors(run)
+    with verbose_log(getattr(args, "verbose", False)):
+        return run_reporting_errors(run)
 
 
 if __name__ == "__main__":

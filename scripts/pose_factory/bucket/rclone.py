@@ -8,6 +8,7 @@ equivalent `rclone.conf` section for people who want to run rclone by hand.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import re
 import shutil
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from pose_factory.bucket.backends import LocalFolderStorage, Storage
 from pose_factory.core import killpoint
+from pose_factory.core.console import log_command
 from pose_factory.core.errors import StorageError, ToolError, from_os_error
 from pose_factory.core.settings import R2Credentials, Settings, redact, resolve_backend
 
@@ -86,6 +88,7 @@ def start(command: list[str], *, env: dict[str, str], stderr, pid_file: Path) ->
     Linux: the parent-death signal. macOS has none; there the next pull reads pid_file and stops an
     rclone that a killed pull left behind before it touches staging again (see stop_orphan).
     """
+    log_command(logging.getLogger(__name__), command)  # the remote and its secrets are in env, not here
     preexec = _die_with_parent(os.getpid()) if sys.platform.startswith("linux") else None
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=stderr, text=True,
                                preexec_fn=preexec)

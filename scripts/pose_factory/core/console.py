@@ -9,9 +9,12 @@ line is escaped whole, newlines included: it cannot fake a row.
 from __future__ import annotations
 
 import json
+import logging
+import shlex
 import sys
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from pose_factory.core.errors import ExitCode, PoseFactoryError, from_os_error
@@ -54,6 +57,50 @@ def emit_json(document: dict[str, Any]) -> None:
     """A `--json` result on stdout."""
     # json.dumps escapes every control character already; printable keeps that true whatever the encoder.
     print(printable(redact(json.dumps(document, indent=2, sort_keys=False)), keep_newlines=True))
+
+
+class _StderrLog(logging.Handler):
+    """Log records as lines on stderr, escaped and redacted like everything else printed."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        err(self.format(record), keep_newlines=True)
+
+
+# -v shows these loggers: ours (the commands pose-sync runs) and DVC's own, which runs in this process too.
+VERBOSE_LOGGERS = ("pose_factory", "dvc")
+
+
+@contextmanager
+def verbose_log(verbose: bool) -> Iterator[None]:
+    """With -v / --verbose, show what runs (git, dvc, rclone and blender commands, DVC's own log) on stderr.
+
+    DVC, imported in this process, logs to the stdout and stderr it found when imported; while this is in effect
+    its records come here instead, so they never mix with a `--json` result on stdout.
+    """
+    if not verbose:
+        yield
+        return
+    handler = _StderrLog()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    saved = []
+    for name in VERBOSE_LOGGERS:
+        logger = logging.getLogger(name)
+        saved.append((logger, logger.level, logger.handlers, logger.propagate))
+        logger.handlers, logger.propagate = [handler], False
+        logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        for logger, level, handlers, propagate in saved:
+            logger.handlers, logger.propagate = handlers, propagate
+            logger.setLevel(level)
+
+
+def log_command(log: logging.Logger, command: list[str]) -> None:
+    """Log a command about to run, as a shell line (`$ dvc add ...`); shown with -v."""
+    if log.isEnabledFor(logging.INFO):
+        words = ["dvc", *command[3:]] if command[1:3] == ["-m", "dvc"] else command
+        log.info("$ %s", shlex.join(str(word) for word in words))
 
 
 def report_error(exc: PoseFactoryError) -> int:

@@ -17,9 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pose_factory.core.console import log_command
 from pose_factory.core.errors import RepositoryError, ToolError
 from pose_factory.core.settings import R2Credentials, Settings, redact
 
+log = logging.getLogger(__name__)
 R2_REMOTE = "r2"
 LOCAL_REMOTE = "local"
 
@@ -47,14 +49,21 @@ def cache_type(root: Path) -> str:
 def _run(command: list[str], root: Path, what: str, *, env: dict[str, str] | None = None,
          stdin: str | None = None) -> str:
     full_env = {**os.environ, "DVC_NO_ANALYTICS": "1", **(env or {})}
+    log_command(log, command)
     try:
         done = subprocess.run(command, cwd=root, capture_output=True, text=True, env=full_env, input=stdin)
     except FileNotFoundError:
         raise ToolError(f"cannot run {command[0]}", where=what, hint="install it (make setup installs dvc)") from None
+    verbose = log.isEnabledFor(logging.INFO)
+    if verbose and done.stderr.strip():  # -v: the command's own log, whole (its stdout is what we parse)
+        log.info("%s", done.stderr.rstrip())
     if done.returncode != 0:
+        if verbose and done.stdout.strip():
+            log.info("%s", done.stdout.rstrip())
         tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-6:])
         raise ToolError(f"{what} failed:\n{redact(tail)}", where=str(root),
-                        hint="run the same command by hand to see the whole output")
+                        hint="its whole output is above" if verbose
+                        else "run it again with -v to see the whole output")
     return done.stdout
 
 
@@ -101,8 +110,10 @@ def open_repo(root: Path) -> Iterator[Any]:
 
     logger = logging.getLogger("dvc")
     level = logger.level
-    # DVC's hints ("To track the changes with git, run ...") are for its own CLI; our summary says it.
-    logger.setLevel(logging.ERROR)
+    # DVC's hints ("To track the changes with git, run ...") are for its own CLI; our summary says it. With -v
+    # its whole log shows.
+    if not log.isEnabledFor(logging.INFO):
+        logger.setLevel(logging.ERROR)
     try:
         # DVC resolves targets and stage folders against the working directory.
         with contextlib.chdir(root), contextlib.redirect_stdout(io.StringIO()), Repo(str(root)) as repo:
@@ -194,6 +205,7 @@ def track(root: Path, folders: list[Path]) -> list[Path]:
     if not folders:
         return []
     targets = [str(f.relative_to(root)) for f in folders]
+    log_command(log, ["dvc", "add", *targets])  # in this process: DVC's own API
     with open_repo(root) as repo:
         repo.add(targets)  # links the files into the cache with the cache type set by configure_remote
     return [f.with_name(f.name + ".dvc") for f in folders]
@@ -420,8 +432,10 @@ def fetch_objects(root: Path, dvc_files: list[Path]) -> None:
 
 def checkout(root: Path, dvc_files: list[Path], *, force: bool = False) -> None:
     """`dvc checkout` these targets: the workspace gets exactly what the .dvc files record."""
+    targets = [f.relative_to(root).as_posix() for f in dvc_files]
+    log_command(log, ["dvc", "checkout", *(["--force"] if force else []), *targets])  # in this process
     with open_repo(root) as repo:
-        repo.checkout(targets=[f.relative_to(root).as_posix() for f in dvc_files], force=force)
+        repo.checkout(targets=targets, force=force)
 
 
 def _config_value(root: Path, section: str, key: str) -> str | None:

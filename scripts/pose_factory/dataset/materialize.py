@@ -426,8 +426,10 @@ def prepare_batch(settings: Settings, batch_id: str) -> dict[str, Any]:
     """`pose-sync prepare-batch`: select one registered batch as the working set in params.yaml and run `dvc repro`."""
     # Imported here, not at the top: the materialize stage never runs this, and dvc.yaml's deps list only what
     # the stage loads (tests/test_stage_deps.py).
+    import logging
     import subprocess
 
+    from pose_factory.core.console import log_command
     from pose_factory.dataset import dvcrepo, params
 
     dvcrepo.require_repository(settings.root)
@@ -442,8 +444,9 @@ def prepare_batch(settings: Settings, batch_id: str) -> dict[str, Any]:
         document["working"] = working = {}
     working["batches"] = [batch_id]
     params.write_params(settings, document)
-    done = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=settings.root, text=True,
-                          env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+    command = [sys.executable, "-m", "dvc", "repro"]
+    log_command(logging.getLogger(__name__), command)
+    done = subprocess.run(command, cwd=settings.root, text=True, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
     if done.returncode != 0:
         # The working set is a persisted output built beside the old one, so a failed repro leaves the old one.
         try:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import platform
 import shutil
@@ -29,6 +30,7 @@ import numpy as np
 from PIL import Image
 
 from pose_factory.core import contract, schemas
+from pose_factory.core.console import log_command
 from pose_factory.core.errors import PoseFactoryError, SceneError, ToolError, UsageError
 from pose_factory.core.fsutil import check_relative_path
 from pose_factory.core.progress import Progress
@@ -156,6 +158,7 @@ def run_blender(spec_path: Path, raw_dir: Path, *, timeout_s: float, expect: str
     """
     cmd = [blender_executable(), "-b", "--factory-startup", "-noaudio", "-P", str(RENDER_SCRIPT), "--",
            str(spec_path), str(raw_dir)]
+    log_command(logging.getLogger(__name__), cmd)
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired as exc:
