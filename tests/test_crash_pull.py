@@ -240,6 +240,7 @@ PULL_POINTS = [
     ("pull:rclone-started", "rclone", "interrupted-pull"),
     ("pull:after-verify", "boto3", "interrupted-pull"),
     ("pull:mid-swap", "boto3", "interrupted-pull"),
+    ("pull:swapped", "boto3", "interrupted-pull"),
     ("pull:after-swap", "boto3", "interrupted-pull"),
     ("pull:after-dvc-add", "boto3", "interrupted-pull"),
     ("pull:after-params", "boto3", "interrupted-pull"),
@@ -260,7 +261,7 @@ def test_killed_pull_is_named_by_status_and_converges(fresh, tmp_path, monkeypat
 
 
 @pytest.mark.parametrize(("point", "after"), [("pull:mid-swap", "changed-in-bucket"),
-                                              ("pull:after-swap", "not-pushed")])
+                                              ("pull:swapped", "not-pushed"), ("pull:after-swap", "not-pushed")])
 def test_killed_update_rolls_back_before_the_swap_and_forward_after_it(rerendered, tmp_path, monkeypatch, point, after):
     case = use(rerendered, tmp_path, monkeypatch)
     case.killed("pull", BATCH, at=point)
@@ -274,6 +275,8 @@ def test_killed_update_rolls_back_before_the_swap_and_forward_after_it(rerendere
     assert case.states()[BATCH]["state"] == after
     assert run_cli("pull", BATCH, "-q").code == 0
     assert record(case.root) == case.expected["pull"]
+    staging = case.root / "data" / "raw" / ".pose-sync" / "staging"
+    assert not staging.exists() or list(staging.iterdir()) == []  # not even the version an exchange replaced
 
 
 def test_killed_before_commit_is_committed_by_the_rerun(fresh, tmp_path, monkeypatch):

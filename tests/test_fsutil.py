@@ -1,14 +1,109 @@
-"""core/fsutil: the file-system helpers every side uses."""
+"""core/fsutil: the file-system helpers every side uses. The one way a folder is swapped into place, killed at
+every instant; the one read-only helper; the digests; atomic writes."""
 
 from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from pose_factory.bucket.backends import LocalFolderStorage
-from pose_factory.core.fsutil import atomic_write_path
+from pose_factory.core import fsutil
+from pose_factory.core.fsutil import SCRATCH_NAME, atomic_write_path, exchange_dirs, recover_swap, swap_dir
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def folder(path: Path, version: str) -> Path:
+    """A small folder whose every file says which version it is."""
+    (path / "sub").mkdir(parents=True)
+    for rel in ("a.txt", "sub/b.txt", "sub/c.txt"):
+        (path / rel).write_text(version)
+    return path
+
+
+def version_of(path: Path) -> str:
+    """The one version every file of the folder holds (a mix of two would be half a swap)."""
+    versions = {p.read_text() for p in path.rglob("*") if p.is_file()}
+    assert len(versions) == 1, versions
+    assert sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()) == [
+        "a.txt", "sub/b.txt", "sub/c.txt"]
+    return versions.pop()
+
+
+def test_swap_replaces_a_folder_by_an_atomic_exchange(tmp_path):
+    final, new = folder(tmp_path / "set", "old"), folder(tmp_path / ".set.build", "new")
+    inode = new.stat().st_ino
+    swap_dir(new, final)
+    assert version_of(final) == "new" and final.stat().st_ino == inode
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["set"]  # no scratch folder, no old version
+
+
+def test_swap_without_an_atomic_exchange_takes_three_renames(tmp_path, monkeypatch):
+    monkeypatch.setattr(fsutil, "exchange_dirs", lambda a, b: False)
+    final, new = folder(tmp_path / "set", "old"), folder(tmp_path / ".set.build", "new")
+    swap_dir(new, final)
+    assert version_of(final) == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["set"]
+
+
+def test_swap_into_a_new_name_and_over_a_read_only_folder(tmp_path):
+    swap_dir(folder(tmp_path / "a", "first"), tmp_path / "set")
+    assert version_of(tmp_path / "set") == "first"
+    for path in (tmp_path / "set").rglob("*"):
+        if path.is_file():
+            path.chmod(0o444)
+    swap_dir(folder(tmp_path / "b", "second"), tmp_path / "set")
+    assert version_of(tmp_path / "set") == "second" and sorted(p.name for p in tmp_path.iterdir()) == ["set"]
+
+
+def test_exchange_refuses_across_filesystems_and_swap_copies_instead(tmp_path):
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("needs a second filesystem (/dev/shm)")
+    import tempfile
+
+    with tempfile.TemporaryDirectory(dir=shm) as other:
+        new = folder(Path(other) / "new", "new")
+        final = folder(tmp_path / "set", "old")
+        assert exchange_dirs(new, final) is False and version_of(final) == "old"
+        swap_dir(new, final)
+        assert version_of(final) == "new" and not new.exists()
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["set"]
+
+
+KILLED_SWAP = """
+import sys
+from pathlib import Path
+from pose_factory.bucket.backends import LocalFolderStorage
+from pose_factory.core import fsutil
+if sys.argv[3] == "no-exchange":
+    fsutil.exchange_dirs = lambda a, b: False
+fsutil.swap_dir(Path(sys.argv[1]), Path(sys.argv[2]), step="test")
+"""
+
+INSTANTS = [("test:mid-swap", "exchange", "old"), ("test:swapped", "exchange", "new"),
+            ("test:mid-swap", "no-exchange", "old"), ("test:set-aside", "no-exchange", "old"),
+            ("test:swapped", "no-exchange", "new")]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("point", "mode", "kept"), INSTANTS, ids=[f"{p}-{m}" for p, m, _ in INSTANTS])
+def test_a_swap_killed_at_any_instant_is_recovered_whole(tmp_path, point, mode, kept):
+    final, new = folder(tmp_path / "set", "old"), folder(tmp_path / ".set.build", "new")
+    env = {**os.environ, "POSE_FACTORY_KILL_AT": point, "PYTHONPATH": str(REPO / "scripts")}
+    done = subprocess.run([sys.executable, "-c", KILLED_SWAP, str(new), str(final), mode], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == -9, done.stderr  # SIGKILLed at the point
+    recover_swap(final)
+    assert version_of(final) == kept  # the old one until the new one is in place, whole either way
+    assert not (tmp_path / SCRATCH_NAME).exists()
+    # What is left where the new folder was is the caller's to clean: the new one, or after an exchange the old.
+    leftover = [p.name for p in tmp_path.iterdir() if p.name != "set"]
+    assert leftover in ([], [".set.build"])
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o077])

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from helpers import build_pipeline_repository, copy_repository, dvc, quiet_cli
+from pose_factory.core.fsutil import SCRATCH_NAME
 
 pytestmark = pytest.mark.integration
 
@@ -58,7 +59,7 @@ def batches_of(index: dict) -> list[str]:
 
 
 def leftovers(root: Path) -> list[str]:
-    return sorted(p.name for p in (root / WORKING).parent.iterdir() if ".build-" in p.name or ".old-" in p.name)
+    return sorted(p.name for p in (root / WORKING).parent.iterdir() if ".build-" in p.name or p.name == SCRATCH_NAME)
 
 
 def status_clean(root: Path) -> bool:
@@ -173,7 +174,9 @@ def test_a_set_moved_aside_by_a_killed_swap_is_put_back(repo):
     # Where the filesystem has no atomic exchange the swap is two renames; a kill between them leaves the
     # previous set aside. The next run, even one that fails, puts it back first.
     before = (repo / WORKING / "index.json").read_bytes()
-    (repo / WORKING).rename(repo / WORKING.parent / ".current_batch.old-4242")
+    aside = repo / WORKING.parent / SCRATCH_NAME / f"{WORKING.name}.replaced"  # where fsutil.swap_dir sets it
+    aside.parent.mkdir()
+    (repo / WORKING).rename(aside)
     set_working(repo, link_mod="copy")
     assert quiet_cli("materialize").code == 2
     assert (repo / WORKING / "index.json").read_bytes() == before and leftovers(repo) == []

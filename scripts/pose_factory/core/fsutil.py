@@ -13,6 +13,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
 
 from pose_factory.core import killpoint
@@ -116,12 +117,17 @@ def clone_file(source: Path, dest: Path) -> bool:
 
 
 # --- crash-safe folder moves -------------------------------------------------------------------------
-# A folder is replaced in three renames: the old one is set aside in a hidden folder beside it, the new
-# one is renamed into place, the old one is deleted. After a crash at any instant, recover_swap() finds
-# what was set aside and leaves exactly one complete folder (the new one if it was in place, else the
-# old). Across filesystems (a mirror or archive on another disk) the new folder is first copied into that
-# hidden folder, so the step that makes it visible is still one rename. The hidden folder ignores itself
-# in git (its own .gitignore), so what a crash leaves there is never committed by `git add`.
+# swap_dir is the one way a folder is replaced (the mirror's batches, the working set, a generated batch).
+# Where the filesystem can exchange two names atomically (Linux renameat2, macOS renamex_np), the new folder
+# takes the old one's name in one step: the name holds a complete folder at every instant (ComfyUI reading the
+# working set never sees it missing), and the old folder is left where the new one was, for the caller's own
+# clean-up (a build or staging folder) if a crash comes before it is deleted. Elsewhere it takes three
+# renames: the old one is set aside in a hidden folder beside it, the new one is renamed into place, the old
+# one is deleted; after a crash at any instant, recover_swap() finds what was set aside and leaves exactly one
+# complete folder (the new one if it was in place, else the old). Across filesystems (a mirror or archive on
+# another disk) the new folder is first copied into that hidden folder, so the step that makes it visible is
+# still one rename. The hidden folder ignores itself in git (its own .gitignore), so what a crash leaves there
+# is never committed by `git add`.
 
 SCRATCH_NAME = ".pose-sync-tmp"
 
@@ -189,19 +195,51 @@ def move_dir(source: Path, dest: Path, *, step: str | None = None) -> None:
     _drop_scratch(dest)
 
 
+@cache
+def _libc():
+    import ctypes
+
+    # The C library is already loaded into this process: dlopen(NULL) finds its symbols on Linux and macOS,
+    # where ctypes.util.find_library would run ldconfig (a subprocess) on every first call.
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def exchange_dirs(a: Path, b: Path) -> bool:
+    """Swap the folders at a and b in one atomic step; False (nothing changed) where the system or the
+    filesystem has no such call, or a and b are on different filesystems."""
+    libc = _libc()
+    if sys.platform.startswith("linux") and hasattr(libc, "renameat2"):
+        at_fdcwd, rename_exchange = -100, 2
+        return libc.renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+    if sys.platform == "darwin" and hasattr(libc, "renamex_np"):
+        rename_swap = 2
+        return libc.renamex_np(os.fsencode(a), os.fsencode(b), rename_swap) == 0
+    return False
+
+
 def swap_dir(new: Path, final: Path, *, step: str | None = None) -> None:
     """Replace the folder final (if any) with new; the old version leaves only once the new one is in place.
 
-    `step` names the command for its kill points (`<step>:mid-swap`, between setting the old folder aside
-    and moving the new one in), so tests can prove that recover_swap() repairs every instant.
+    `step` names the command for its kill points, so tests can prove every instant is safe: `<step>:mid-swap`
+    (the new folder not in place yet, the old one still is), `<step>:set-aside` (without an atomic exchange:
+    the old one set aside, the name empty), `<step>:swapped` (the new one in place, the old one not deleted).
     """
     recover_swap(final)
+    if step:
+        killpoint.reached(f"{step}:mid-swap")
+    if final.is_dir() and not final.is_symlink() and exchange_dirs(new, final):
+        if step:
+            killpoint.reached(f"{step}:swapped")
+        remove_tree(new)  # the previous version, now where the new one was
+        return
     aside = _aside(final, create=True)
     if final.exists() or final.is_symlink():
         os.rename(final, aside)
-    if step:
-        killpoint.reached(f"{step}:mid-swap")
+        if step:
+            killpoint.reached(f"{step}:set-aside")
     move_dir(new, final, step=step)
+    if step:
+        killpoint.reached(f"{step}:swapped")
     remove_tree(aside)
     _drop_scratch(final)
 

@@ -10,8 +10,9 @@ hardlink, symlink, copy or copy-on-write clone; the mirror is never writable thr
 
 `dvc.yaml` marks the working set `persist: true`, so `dvc repro` does not delete it before running this
 stage: until the swap, ComfyUI keeps reading the previous set, and a failed or killed build leaves it in
-place. What a killed build leaves beside the set (`.current_batch.build-*`, `.current_batch.old-*`) is put
-right by the next run, under a lock so that two builds never share a folder.
+place. What a killed build leaves beside the set (`.current_batch.build-*`, and `.pose-sync-tmp/` where the
+filesystem has no atomic exchange: see fsutil.swap_dir) is put right by the next run, under a lock so that two
+builds never share a folder.
 
 `pose-sync prepare-batch` (`prepare_batch`) makes one batch the working set in params.yaml and runs `dvc repro`.
 """
@@ -20,8 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import ctypes
-import ctypes.util
 import errno
 import fcntl
 import io
@@ -40,7 +39,7 @@ import orjson
 
 from pose_factory.core import contract, killpoint, schemas
 from pose_factory.core.errors import ConfigError, PoseFactoryError, RepositoryError, ToolError
-from pose_factory.core.fsutil import clone_file
+from pose_factory.core.fsutil import clone_file, recover_swap, swap_dir
 from pose_factory.core.layout import CURATION, MANIFEST_NAME
 
 if TYPE_CHECKING:
@@ -179,60 +178,23 @@ def _protect(path: str) -> None:
         os.chmod(path, mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
 
 
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two directories (Linux renameat2 RENAME_EXCHANGE, macOS renamex_np RENAME_SWAP)."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    if sys.platform.startswith("linux") and hasattr(libc, "renameat2"):
-        at_fdcwd, rename_exchange = -100, 2
-        return libc.renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
-    if sys.platform == "darwin" and hasattr(libc, "renamex_np"):
-        return libc.renamex_np(os.fsencode(a), os.fsencode(b), 2) == 0
-    return False
-
-
 def _build_prefix(dest: Path) -> str:
     return f".{dest.name}.build-"
-
-
-def _aside_prefix(dest: Path) -> str:
-    return f".{dest.name}.old-"
-
-
-def swap_into_place(built: Path, dest: Path) -> None:
-    """Make `built` the new `dest` in one step; the previous set is removed afterwards."""
-    if dest.exists() and _exchange(built, dest):
-        killpoint.reached("materialize:swapped")
-        shutil.rmtree(built)  # now holds the previous set
-        return
-    if dest.exists():
-        # No atomic exchange on this filesystem: two renames. A crash between them leaves the previous set
-        # aside under this name, and the next run puts it back (recover_leftovers).
-        old = dest.with_name(f"{_aside_prefix(dest)}{os.getpid()}")
-        os.replace(dest, old)
-        killpoint.reached("materialize:moved-aside")
-        os.replace(built, dest)
-        killpoint.reached("materialize:swapped")
-        shutil.rmtree(old)
-    else:
-        os.replace(built, dest)
-        killpoint.reached("materialize:swapped")
 
 
 def recover_leftovers(dest: Path) -> list[str]:
     """Put right what a killed build left beside `dest`; return the names removed or restored.
 
-    A previous set moved aside and not replaced goes back to `dest`; build folders and sets already
-    replaced are removed. Call it only while holding the build lock.
+    A previous set a swap moved aside and did not replace goes back to `dest` (fsutil.recover_swap); build
+    folders (after an atomic exchange: the previous set) are removed. Call it only while holding the build lock.
     """
     if not dest.parent.is_dir():
         return []
     done = []
-    aside = sorted((p for p in dest.parent.iterdir() if p.name.startswith(_aside_prefix(dest))),
-                   key=lambda p: p.stat().st_mtime)
-    if aside and not dest.exists():
-        os.replace(aside.pop(), dest)
-        done.append(f"restored {dest.name}")
-    for leftover in aside + [p for p in dest.parent.iterdir() if p.name.startswith(_build_prefix(dest))]:
+    outcome = recover_swap(dest)
+    if outcome:
+        done.append(f"{outcome} {dest.name}")
+    for leftover in [p for p in dest.parent.iterdir() if p.name.startswith(_build_prefix(dest))]:
         shutil.rmtree(leftover, ignore_errors=True)
         done.append(f"removed {leftover.name}")
     return done
@@ -376,7 +338,7 @@ def _materialize(params_file: Path, raw_dir: Path, reports_dir: Path, out_dir: P
             orjson.dumps(index_doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n")
         (build / "index.csv").write_text(_index_csv(rows, modalities))
         killpoint.reached("materialize:built")
-        swap_into_place(build, out_dir)
+        swap_dir(build, out_dir, step="materialize")  # atomic exchange: ComfyUI always sees a whole set
     except BaseException:
         shutil.rmtree(build, ignore_errors=True)
         raise

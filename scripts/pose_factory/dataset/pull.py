@@ -317,6 +317,7 @@ def finish_interrupted(settings: Settings, entry: Journal) -> str:
         dvcrepo.track(settings.root, [final])
         _make_read_only(final)
         params.register(settings, add=[entry.batch_id])
+        remove_tree(settings.staging_dir / entry.batch_id)  # after an atomic exchange: the version it replaced
         journal.remove(settings, entry.batch_id)
         return "completed"
     journal.remove(settings, entry.batch_id)  # the mirror still holds the previous state; staging is kept

@@ -24,6 +24,7 @@ import numpy as np
 from pose_factory import __version__
 from pose_factory.core import contract, schemas
 from pose_factory.core.errors import PoseFactoryError, UsageError
+from pose_factory.core.fsutil import swap_dir
 from pose_factory.core.layout import MANIFEST_NAME
 from pose_factory.core.progress import Progress
 from pose_factory.core.settings import Settings
@@ -271,14 +272,5 @@ def seal_batch(work: Path, final_dir: Path, job: dict[str, Any], batch_id: str, 
     }
     schemas.check(manifest, "manifest", f"{batch_id}/{MANIFEST_NAME}")
     (work / MANIFEST_NAME).write_bytes(contract.dumps(manifest))
-    if final_dir.exists():
-        _retire(final_dir)
-    os.replace(work, final_dir)
+    swap_dir(work, final_dir)  # an earlier batch of the same id (--force) leaves only once this one is in place
     return manifest
-
-
-def _retire(folder: Path) -> None:
-    """Move an old batch aside, then delete it, so the new one can take its name atomically."""
-    trash = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-    os.replace(folder, trash)
-    shutil.rmtree(trash, ignore_errors=True)
