@@ -3,6 +3,7 @@ every instant; the one read-only helper; the digests; atomic writes."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 import subprocess
@@ -53,9 +54,7 @@ def test_swap_without_an_atomic_exchange_takes_three_renames(tmp_path, monkeypat
 def test_swap_into_a_new_name_and_over_a_read_only_folder(tmp_path):
     swap_dir(folder(tmp_path / "a", "first"), tmp_path / "set")
     assert version_of(tmp_path / "set") == "first"
-    for path in (tmp_path / "set").rglob("*"):
-        if path.is_file():
-            path.chmod(0o444)
+    fsutil.make_read_only(tmp_path / "set")
     swap_dir(folder(tmp_path / "b", "second"), tmp_path / "set")
     assert version_of(tmp_path / "set") == "second" and sorted(p.name for p in tmp_path.iterdir()) == ["set"]
 
@@ -104,6 +103,35 @@ def test_a_swap_killed_at_any_instant_is_recovered_whole(tmp_path, point, mode, 
     # What is left where the new folder was is the caller's to clean: the new one, or after an exchange the old.
     leftover = [p.name for p in tmp_path.iterdir() if p.name != "set"]
     assert leftover in ([], [".set.build"])
+
+
+def test_make_read_only_takes_every_write_bit_off_files_and_leaves_folders_usable(tmp_path):
+    tree = folder(tmp_path / "batch", "x")
+    (tree / "a.txt").chmod(0o666)
+    link = tree / "link"
+    link.symlink_to(tmp_path / "outside")
+    (tmp_path / "outside").write_text("not the batch's")
+    fsutil.make_read_only(tree)
+    for path in (tree / "a.txt", tree / "sub" / "b.txt"):
+        assert not path.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH), path
+    assert os.access(tree / "sub", os.W_OK)  # folders stay writable: swaps and DVC move files in them
+    assert (tmp_path / "outside").stat().st_mode & stat.S_IWUSR  # a symlink's target is not the batch's
+    single = tmp_path / "one.txt"
+    single.write_text("x")
+    fsutil.make_read_only(single)
+    assert not single.stat().st_mode & stat.S_IWUSR
+
+
+def test_the_digests_are_sha256_and_md5(tmp_path):
+    data = os.urandom(3 * fsutil.STREAM_CHUNK + 17)
+    path = tmp_path / "blob"
+    path.write_bytes(data)
+    assert fsutil.sha256_bytes(data) == hashlib.sha256(data).hexdigest() == fsutil.file_sha256(path)
+    assert fsutil.md5_bytes(data) == hashlib.md5(data).hexdigest() == fsutil.file_md5(path)
+    with path.open("rb") as handle:
+        assert fsutil.file_md5(handle) == hashlib.md5(data).hexdigest()
+    assert fsutil.content_digests(data) == (len(data), hashlib.sha256(data).hexdigest(), "")
+    assert fsutil.content_digests(data, with_md5=True)[2] == hashlib.md5(data).hexdigest()
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o077])

@@ -33,7 +33,7 @@ from pose_factory.core.errors import (
     StorageError,
     UnsafeKeyError,
 )
-from pose_factory.core.fsutil import PARTIAL_SUFFIX, STREAM_CHUNK, atomic_write_path, check_relative_path
+from pose_factory.core.fsutil import PARTIAL_SUFFIX, STREAM_CHUNK, atomic_write_path, check_relative_path, file_md5
 from pose_factory.core.settings import R2Credentials, Settings, resolve_backend
 
 T = TypeVar("T")
@@ -216,18 +216,12 @@ class LocalFolderStorage(Storage):
         return sorted(entry.name for entry in folder.iterdir() if entry.is_dir())
 
     def head(self, key: str) -> ObjectInfo | None:
-        import hashlib
-
         try:
             fd = self._open_regular(key)
         except ObjectMissingError:
             return None
-        md5 = hashlib.md5(usedforsecurity=False)
         with os.fdopen(fd, "rb") as handle:
-            size = os.fstat(handle.fileno()).st_size
-            while chunk := handle.read(STREAM_CHUNK):
-                md5.update(chunk)
-        return ObjectInfo(key, size, md5.hexdigest())
+            return ObjectInfo(key, os.fstat(handle.fileno()).st_size, file_md5(handle))
 
     def read_bytes(self, key: str, max_bytes: int | None = None) -> bytes:
         with os.fdopen(self._open_regular(key), "rb") as handle:

@@ -10,7 +10,6 @@ object is listed as `invalid` with its problem, and every other batch is listed 
 
 from __future__ import annotations
 
-import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import date
@@ -36,7 +35,7 @@ from pose_factory.core.errors import (
     StorageError,
     UnsafeKeyError,
 )
-from pose_factory.core.fsutil import check_relative_path
+from pose_factory.core.fsutil import check_relative_path, md5_bytes
 from pose_factory.core.layout import COMPLETE_MARKER_NAME, MANIFEST_NAME
 from pose_factory.core.progress import Progress
 from pose_factory.core.settings import Settings
@@ -125,7 +124,7 @@ def publish_batch(storage: Storage, settings: Settings, batch_dir: Path, *, prog
         # Same manifest but damaged or missing objects: un-mark while repairing.
         storage.delete(marker_key)
         existing_marker = None
-    manifest_md5 = hashlib.md5(manifest_bytes, usedforsecurity=False).hexdigest()
+    manifest_md5 = md5_bytes(manifest_bytes)
     if not _same_object(storage, remote.get(manifest_key), len(manifest_bytes), marker["manifest_sha256"],
                         manifest_md5):
         storage.put_bytes(manifest_key, manifest_bytes)

@@ -7,7 +7,6 @@ without it is still uploading. `docs/batch-contract.md` explains the contract fo
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -21,7 +20,7 @@ from typing import Any, TypeVar
 
 from pose_factory.core import schemas
 from pose_factory.core.errors import IntegrityError, UnsafeKeyError
-from pose_factory.core.fsutil import check_relative_path
+from pose_factory.core.fsutil import check_relative_path, content_digests, sha256_bytes
 from pose_factory.core.layout import COMPLETE_MARKER_NAME, MANIFEST_NAME
 from pose_factory.core.schemas import Problem
 
@@ -111,10 +110,6 @@ def dumps(document: Any) -> bytes:
     return (json.dumps(document, indent=1, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
 
 
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def map_files(root: Path, relative_paths: list[str], function: Callable[[str, bytes], T],
               workers: int | None = None) -> dict[str, T]:
     """{path: function(path, content)} for files under root, each read once.
@@ -147,11 +142,7 @@ def hash_files(root: Path, relative_paths: list[str], workers: int | None = None
                ) -> dict[str, tuple[int, str, str]]:
     """{path: (size, sha256, md5 or '')} for files under root; md5 only when asked (S3 ETags need it)."""
 
-    def digest(rel: str, data: bytes) -> tuple[int, str, str]:
-        md5 = hashlib.md5(data, usedforsecurity=False).hexdigest() if with_md5 else ""
-        return len(data), hashlib.sha256(data).hexdigest(), md5
-
-    return map_files(root, relative_paths, digest, workers)
+    return map_files(root, relative_paths, lambda _, data: content_digests(data, with_md5=with_md5), workers)
 
 
 def file_entries(root: Path, relative_paths: list[str]) -> list[dict[str, Any]]:

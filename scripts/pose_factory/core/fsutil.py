@@ -11,10 +11,11 @@ import stat
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
+from typing import Any, BinaryIO
 
 from pose_factory.core import killpoint
 from pose_factory.core.errors import BusyError, DiskError, UnsafeKeyError
@@ -43,14 +44,56 @@ def check_relative_path(path: str, *, where: str) -> str:
     return path
 
 
-def file_digests(path: Path) -> tuple[str, str]:
-    """(sha256, md5) of a file, read once."""
-    sha, md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
-    with path.open("rb") as handle:
-        while chunk := handle.read(STREAM_CHUNK):
-            sha.update(chunk)
-            md5.update(chunk)
-    return sha.hexdigest(), md5.hexdigest()
+# --- digests: sha256 is the contract's (manifest entries, markers), md5 is what S3 ETags and DVC's cache use ----
+
+def sha256_bytes(data: bytes) -> str:
+    """The sha256 of some bytes, in hex."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def md5_bytes(data: bytes) -> str:
+    """The md5 of some bytes, in hex (a fingerprint for S3 and DVC, not a security measure)."""
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+def content_digests(data: bytes, *, with_md5: bool = False) -> tuple[int, str, str]:
+    """(size, sha256, md5 or '') of a file's content, as the manifest checks compare them."""
+    return len(data), sha256_bytes(data), md5_bytes(data) if with_md5 else ""
+
+
+def _file_digest(file: Path | BinaryIO, make: Callable[[], Any]) -> str:
+    if isinstance(file, Path):
+        with file.open("rb") as handle:
+            return hashlib.file_digest(handle, make).hexdigest()
+    return hashlib.file_digest(file, make).hexdigest()
+
+
+def file_sha256(file: Path | BinaryIO) -> str:
+    """The sha256 of a file (a path, or a binary handle read from where it stands), streamed."""
+    return _file_digest(file, hashlib.sha256)
+
+
+def file_md5(file: Path | BinaryIO) -> str:
+    """The md5 of a file (a path, or a binary handle read from where it stands), streamed."""
+    return _file_digest(file, lambda: hashlib.md5(usedforsecurity=False))
+
+
+# --- the read-only mirror -------------------------------------------------------------------------------
+
+_WRITE_BITS = stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH
+
+
+def make_read_only(path: str | os.PathLike[str]) -> None:
+    """Take every write bit off a regular file, or off every regular file under a folder (folders stay usable,
+    symlinks are left alone). The mirror's files are read-only, so a hardlink or symlink to them in the
+    working set cannot be used to change them. One lstat per file: the working set calls it per file."""
+    mode = os.lstat(path).st_mode
+    if stat.S_ISDIR(mode):
+        for folder, _, names in os.walk(path):
+            for name in names:
+                make_read_only(os.path.join(folder, name))
+    elif stat.S_ISREG(mode) and mode & _WRITE_BITS:
+        os.chmod(path, mode & ~_WRITE_BITS)
 
 
 @contextmanager

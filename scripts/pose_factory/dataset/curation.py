@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import os
 import re
 from collections import Counter
@@ -30,7 +29,7 @@ import orjson
 
 from pose_factory.core import contract
 from pose_factory.core.errors import BatchNotFoundError, ConfigError, UsageError
-from pose_factory.core.fsutil import atomic_write_path, check_relative_path
+from pose_factory.core.fsutil import atomic_write_path, check_relative_path, sha256_bytes
 from pose_factory.core.layout import MANIFEST_NAME
 from pose_factory.core.settings import Settings
 
@@ -65,7 +64,7 @@ def sample_fingerprints(manifest: dict[str, Any]) -> dict[str, str]:
     for sample in manifest["samples"]:
         paths = sorted({*sample["files"].values(), sample["annotation"]})
         text = "".join(f"{path} {sha.get(path, '')}\n" for path in paths)
-        out[sample["sample_id"]] = hashlib.sha256(text.encode()).hexdigest()[:16]
+        out[sample["sample_id"]] = sha256_bytes(text.encode())[:16]
     return out
 
 

@@ -14,7 +14,6 @@ and thumbnails from its cache.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import hmac
 import io
 import json
@@ -31,7 +30,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import orjson
 
 from pose_factory.core.errors import ConfigError, PoseFactoryError, UsageError
-from pose_factory.core.fsutil import atomic_write_path, check_relative_path
+from pose_factory.core.fsutil import atomic_write_path, check_relative_path, sha256_bytes
 from pose_factory.core.settings import Settings
 from pose_factory.dataset.curation import (
     CURATION_JSON_VERSION,
@@ -103,7 +102,7 @@ class Thumbnails:
             rgb, pose = self.source(batch, sample_id, "rgb"), self.source(batch, sample_id, "pose")
             if rgb is None:
                 return None
-            key = hashlib.sha256(f"{rgb[1]}{pose[1] if pose else ''}".encode()).hexdigest()
+            key = sha256_bytes(f"{rgb[1]}{pose[1] if pose else ''}".encode())
         else:
             found = self.source(batch, sample_id, kind)
             if found is None:

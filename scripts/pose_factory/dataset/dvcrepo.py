@@ -393,15 +393,9 @@ def cache_object(root: Path, md5: str) -> Path:
 
 
 def _object_intact(path: Path, md5: str) -> bool:
-    import hashlib
+    from pose_factory.core.fsutil import file_md5
 
-    if not path.is_file():
-        return False
-    digest = hashlib.md5(usedforsecurity=False)
-    with path.open("rb") as handle:
-        while chunk := handle.read(1024 * 1024):
-            digest.update(chunk)
-    return digest.hexdigest() == md5
+    return path.is_file() and file_md5(path) == md5
 
 
 def damaged_objects(root: Path, files: list[tuple[str, str]]) -> list[tuple[str, str]]:

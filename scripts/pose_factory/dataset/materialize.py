@@ -27,7 +27,6 @@ import io
 import json
 import os
 import shutil
-import stat
 import sys
 import tempfile
 from collections.abc import Callable
@@ -39,7 +38,7 @@ import orjson
 
 from pose_factory.core import contract, killpoint, schemas
 from pose_factory.core.errors import ConfigError, PoseFactoryError, RepositoryError, ToolError
-from pose_factory.core.fsutil import clone_file, recover_swap, swap_dir
+from pose_factory.core.fsutil import clone_file, make_read_only, recover_swap, swap_dir
 from pose_factory.core.layout import CURATION, MANIFEST_NAME
 
 if TYPE_CHECKING:
@@ -169,13 +168,6 @@ def _linker(mode: str, counts: dict[str, int]) -> Callable[[str, str], None]:
             copy(source, dest)
 
     return {"hardlink": hardlink, "symlink": symlink, "copy": copy, "clone": clone}[mode]
-
-
-def _protect(path: str) -> None:
-    """Raw files are read-only, so a hardlink or symlink cannot be used to change them."""
-    mode = os.stat(path).st_mode
-    if mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH):
-        os.chmod(path, mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
 
 
 def _build_prefix(dest: Path) -> str:
@@ -316,7 +308,7 @@ def _materialize(params_file: Path, raw_dir: Path, reports_dir: Path, out_dir: P
                     folder, extension, _ = contract.MODALITIES[modality]
                     source = os.path.join(raw_base, item.batch_id, item.sample["files"][modality])
                     if protect:
-                        _protect(source)
+                        make_read_only(source)  # so a link cannot be used to change the mirror
                     rel = f"{folder}/{name}{extension}"
                     link(source, os.path.join(build_base, rel))
                     files[modality] = rel

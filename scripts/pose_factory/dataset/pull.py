@@ -13,7 +13,6 @@ completed by the next run, one killed before it is rolled back), `dvc add`s it a
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import stat
@@ -36,7 +35,15 @@ from pose_factory.core.errors import (
     ToolError,
     UsageError,
 )
-from pose_factory.core.fsutil import atomic_write_path, check_relative_path, recover_swap, remove_tree, swap_dir
+from pose_factory.core.fsutil import (
+    atomic_write_path,
+    check_relative_path,
+    make_read_only,
+    md5_bytes,
+    recover_swap,
+    remove_tree,
+    swap_dir,
+)
 from pose_factory.core.layout import MANIFEST_NAME
 from pose_factory.core.progress import Progress, human_bytes
 from pose_factory.core.settings import Settings
@@ -181,13 +188,6 @@ def _check_downloaded(staging: Path, todo: list[dict[str, Any]], where: str) -> 
     return digests
 
 
-def _make_read_only(folder: Path) -> None:
-    for path in folder.rglob("*"):
-        if path.is_file() and not path.is_symlink():
-            mode = path.stat().st_mode
-            path.chmod(mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
-
-
 # --- checks before the first byte ---------------------------------------------------------------------
 
 def check_ready(settings: Settings) -> None:
@@ -275,7 +275,7 @@ def _stage(storage: Storage, settings: Settings, batch_id: str, manifest: dict[s
     except PoseFactoryError:
         journal.remove(settings, batch_id)  # failed and said so: nothing is left half-done in the mirror
         raise
-    _make_read_only(staging)
+    make_read_only(staging)
     journal.write(settings, Journal("pull", batch_id, "verified", remote_sha))
     killpoint.reached("pull:after-verify")
     action = "updated" if local_sha and dvc_file.exists() else "pulled"
@@ -299,7 +299,7 @@ def _install(settings: Settings, planned: list[_Planned]) -> None:
     dvcrepo.track(settings.root, swapped)
     killpoint.reached("pull:after-dvc-add")
     for final in swapped:
-        _make_read_only(final)  # `dvc add` may have re-created files through its cache (copy or reflink)
+        make_read_only(final)  # `dvc add` may have re-created files through its cache (copy or reflink)
     to_register = [p.pulled.batch_id for p in planned if p.register]
     if to_register:
         params.register(settings, add=to_register)
@@ -315,7 +315,7 @@ def finish_interrupted(settings: Settings, entry: Journal) -> str:
     if entry.step in ("verified", "swapped") and _local_manifest_sha(final) == entry.manifest_sha256:
         dvcrepo.ensure_gitignored(settings.mirror_dir, entry.batch_id)
         dvcrepo.track(settings.root, [final])
-        _make_read_only(final)
+        make_read_only(final)
         params.register(settings, add=[entry.batch_id])
         remove_tree(settings.staging_dir / entry.batch_id)  # after an atomic exchange: the version it replaced
         journal.remove(settings, entry.batch_id)
@@ -325,10 +325,6 @@ def finish_interrupted(settings: Settings, entry: Journal) -> str:
 
 
 # --- repair -----------------------------------------------------------------------------------------------
-
-def _md5(data: bytes) -> str:
-    return hashlib.md5(data, usedforsecurity=False).hexdigest()
-
 
 def repair_batch(storage: Storage, settings: Settings, batch_id: str) -> PulledBatch:
     """Bring a tracked batch back to the version its .dvc file records, files and DVC cache objects alike.
@@ -365,7 +361,7 @@ def repair_batch(storage: Storage, settings: Settings, batch_id: str) -> PulledB
                                  hint="push that version from a machine that has it (`dvc push`), or replace it "
                                       f"with the bucket's version: `pose-sync pull {batch_id}`")
     dvcrepo.checkout(root, [dvc_file], force=True)
-    _make_read_only(folder)
+    make_read_only(folder)
     contract.verify_batch(folder, contract.load_manifest(folder))
     if tracked_in == settings.mirror_dir and batch_id not in (params.read_params(settings).get("batches") or []):
         params.register(settings, add=[batch_id])
@@ -381,7 +377,7 @@ def _refill_from_bucket(storage: Storage, settings: Settings, batch_id: str, rec
         _, manifest_bytes, _ = fetch_remote_manifest(storage, settings, batch_id, False)
     except PoseFactoryError:
         return  # not in the bucket (any more): the DVC remote is the other source
-    if _md5(manifest_bytes) != recorded.get(MANIFEST_NAME):
+    if md5_bytes(manifest_bytes) != recorded.get(MANIFEST_NAME):
         return  # the bucket holds another render now
     scratch = settings.transaction_dir / "repair" / batch_id
     prefix = batch_prefix(settings, batch_id)
@@ -393,7 +389,7 @@ def _refill_from_bucket(storage: Storage, settings: Settings, batch_id: str, rec
                 tmp.write_bytes(manifest_bytes)
             else:
                 storage.download_file(prefix + rel, tmp)
-            if _md5(tmp.read_bytes()) == md5:
+            if md5_bytes(tmp.read_bytes()) == md5:
                 dvcrepo.install_object(settings.root, md5, tmp)
     finally:
         remove_tree(scratch)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import hashlib
 import io
 import json
 import struct
@@ -25,7 +24,7 @@ from typing import Any
 
 from pose_factory.core import contract, schemas
 from pose_factory.core.errors import PoseFactoryError, SchemaError, ValidationFailed
-from pose_factory.core.fsutil import atomic_write_path
+from pose_factory.core.fsutil import atomic_write_path, content_digests
 from pose_factory.core.layout import MANIFEST_NAME
 from pose_factory.core.schemas import Problem
 
@@ -295,7 +294,7 @@ def validate_batch(batch_dir: Path, progress=None) -> ValidationReport:
             png[rel] = png_problem(data, width, height, grey16=rel.startswith(metric_folder))
         elif rel.endswith(".json"):
             documents[rel] = data
-        return len(data), hashlib.sha256(data).hexdigest(), ""
+        return content_digests(data)
 
     try:
         on_disk, _ = contract.walk_files(batch_dir)

@@ -19,7 +19,6 @@ instead of sending it again. Samples done with the same workflow are skipped.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import re
 import string
@@ -32,7 +31,7 @@ from typing import Any
 
 from pose_factory.core import killpoint
 from pose_factory.core.errors import ComfyUIError, ConfigError, PoseFactoryError, ServiceUnreachableError, UsageError
-from pose_factory.core.fsutil import atomic_write_path
+from pose_factory.core.fsutil import atomic_write_path, sha256_bytes
 from pose_factory.core.settings import Settings
 from pose_factory.dataset import dvcrepo
 
@@ -88,7 +87,7 @@ def load_mapping(settings: Settings, name: str | None) -> Mapping:
         raise ConfigError("not an API-format workflow ({node id: {class_type, inputs}})", where=str(workflow_file),
                           hint=UI_FORMAT_HINT)
     mapping = Mapping(name, workflow_file, graph, dict(entry.get("inputs") or {}), dict(entry.get("values") or {}),
-                      list(entry.get("projects") or []), hashlib.sha256(raw).hexdigest())
+                      list(entry.get("projects") or []), sha256_bytes(raw))
     for key in [*mapping.inputs, *mapping.values]:
         node_id, _, input_name = key.partition(".")
         if node_id not in graph or not input_name:
@@ -713,7 +712,7 @@ class _Run:
             with atomic_write_path(out_dir / name) as tmp:
                 tmp.write_bytes(data)
             saved.append({"file": name, "node": node_id, "kind": kind, **source,
-                          "sha256": hashlib.sha256(data).hexdigest()})
+                          "sha256": sha256_bytes(data)})
         return saved
 
 

@@ -13,7 +13,6 @@ canvas or behind the camera.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -32,7 +31,7 @@ from PIL import Image
 from pose_factory.core import contract, schemas
 from pose_factory.core.console import log_command
 from pose_factory.core.errors import PoseFactoryError, SceneError, ToolError, UsageError
-from pose_factory.core.fsutil import check_relative_path
+from pose_factory.core.fsutil import check_relative_path, file_sha256
 from pose_factory.core.progress import Progress
 from pose_factory.core.settings import Settings
 from pose_factory.producer import encode, figure
@@ -238,7 +237,7 @@ def resolve_assets(job: dict[str, Any], settings: Settings, storage: Any = None,
                          hint=_SCENE_HINTS["unreadable_file"])
     expected = scene.get("blend_sha256")
     if expected:
-        actual = hashlib.sha256(blend.read_bytes()).hexdigest()
+        actual = file_sha256(blend)  # streamed: a scene file can be gigabytes
         if actual != expected:
             raise SceneError(f"{scene['blend_file']} has sha256 {actual[:16]}..., the job expects {expected[:16]}...",
                              where="job.scene.blend_sha256", hint="upload the .blend the job was written for")
