@@ -363,16 +363,27 @@ def workspace_status(root: Path, dvc_files: list[Path]) -> dict[Path, str]:
     return problems
 
 
-def tracked_files(root: Path, dvc_file: Path) -> list[tuple[str, str]]:
-    """(relative path, md5) of every file the .dvc file records for its folder, from DVC's .dir object."""
+def recorded_out(dvc_file: Path) -> dict[str, Any] | None:
+    """What a .dvc file records of its folder (md5, size, nfiles, path), or None if it cannot be read.
+
+    The one reader of .dvc files: DVC writes them, so anything unreadable means damaged, not a user's typo.
+    """
     import yaml
 
     try:
-        record = yaml.safe_load(dvc_file.read_text())
-        dir_md5 = record["outs"][0]["md5"]
+        out = yaml.safe_load(dvc_file.read_text())["outs"][0]
     except (OSError, ValueError, yaml.YAMLError, KeyError, IndexError, TypeError):
+        return None
+    return out if isinstance(out, dict) and isinstance(out.get("md5"), str) else None
+
+
+def tracked_files(root: Path, dvc_file: Path) -> list[tuple[str, str]]:
+    """(relative path, md5) of every file the .dvc file records for its folder, from DVC's .dir object."""
+    out = recorded_out(dvc_file)
+    if out is None:
         raise RepositoryError("the .dvc file does not record a folder", where=str(dvc_file),
-                              hint="restore it from git: git checkout -- " + dvc_file.name) from None
+                              hint="restore it from git: git checkout -- " + dvc_file.name)
+    dir_md5 = out["md5"]
     with open_repo(root) as repo:
         listing = Path(repo.cache.local.oid_to_path(dir_md5))
         if not _object_intact(listing, dir_md5.removesuffix(".dir")):

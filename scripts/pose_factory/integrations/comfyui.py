@@ -391,13 +391,7 @@ def _substitute(value: str, fields: dict[str, Any], current: Any) -> Any:
 
 
 def _batch_version(settings: Settings, batch_id: str) -> dict[str, str | None]:
-    dvc_file = settings.mirror_dir / f"{batch_id}.dvc"
-    md5 = None
-    if dvc_file.is_file():
-        import yaml
-
-        outs = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs") or [{}]
-        md5 = outs[0].get("md5")
+    md5 = (dvcrepo.recorded_out(settings.mirror_dir / f"{batch_id}.dvc") or {}).get("md5")
     try:
         commit = dvcrepo.git(settings.root, "rev-parse", "HEAD").strip()
     except PoseFactoryError:
