@@ -5,9 +5,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pose_factory.core.settings import load_settings
 from pose_factory.dataset import dvcrepo
+from pose_factory.dataset.diff import Version
+from pose_factory.dataset.pages import PLOTS, _plot_rows
+from pose_factory.dataset.validate import validate_batch, write_report
+from pose_factory.producer.generate import default_job, generate_batch
 
 REPO = Path(__file__).resolve().parents[1]
+BATCH = "2026-11-20_run-cycle"
 
 
 def test_the_dvc_file_reader_gives_the_recorded_folder_or_none(tmp_path):
@@ -19,3 +25,18 @@ def test_the_dvc_file_reader_gives_the_recorded_folder_or_none(tmp_path):
         good.write_text(text)
         assert dvcrepo.recorded_out(good) is None, text
     assert dvcrepo.recorded_out(tmp_path / "missing.dvc") is None
+
+
+def test_the_review_pages_chart_what_the_validate_stage_plots(tmp_path):
+    """Unvalidated, a batch's charts are computed from its annotations by the validate stage's own counting:
+    they equal the CSVs the stage writes (dvc plots), value for value."""
+    job = default_job("run-cycle", 4, (48, 48), seed=3)
+    made = generate_batch(job, tmp_path / "data" / "raw" / "pose-factory", load_settings(root=tmp_path),
+                          batch_id=BATCH, workers=1)
+    workspace = Version(tmp_path, None)
+    computed = _plot_rows(workspace, BATCH, "raw")
+    write_report(validate_batch(made.batch_dir), tmp_path / "data" / "reports" / "validate" / BATCH)
+    from_csv = _plot_rows(workspace, BATCH, "raw")
+    assert set(computed) == set(from_csv) == {plot.file for plot in PLOTS}
+    assert {name: [{k: str(v) for k, v in row.items()} for row in rows] for name, rows in computed.items()} == from_csv
+    assert sum(int(row["samples"]) for row in from_csv["azimuth.csv"]) == 4

@@ -30,6 +30,7 @@ from pose_factory.core.layout import CONTACT_SHEET_PAGES, DATA, REVIEW_PAGES, VA
 from pose_factory.dataset import dvcrepo
 from pose_factory.dataset.curation import review_block
 from pose_factory.dataset.diff import BatchDiff, Version, diff, keypoints_of
+from pose_factory.dataset.validate import count_coverage, coverage_stats, new_coverage, plot_tables
 
 THUMB_PX = 120
 KEYPOINT_VIEW_PX = 240
@@ -316,28 +317,12 @@ def _plot_rows(version: Version, batch_id: str, place: str | None) -> dict[str, 
     if loaded is None:
         return found
     manifest = loaded[0]
-    joints = manifest["conventions"]["keypoints"]["joints"]
-    azimuth: dict[float, int] = {}
-    elevation: dict[float, int] = {}
-    pose_sets: dict[str, int] = {}
-    visible = [0] * len(joints)
+    counts = new_coverage()
     for sample in manifest["samples"]:
         data = version.batch_file(batch_id, place, sample["annotation"])
-        if not data:
-            continue
-        doc = orjson.loads(data)
-        a, e = round(float(doc["camera"]["azimuth_deg"]), 3), round(float(doc["camera"]["elevation_deg"]), 3)
-        azimuth[a] = azimuth.get(a, 0) + 1
-        elevation[e] = elevation.get(e, 0) + 1
-        pose_sets[doc["pose"]["set"]] = pose_sets.get(doc["pose"]["set"], 0) + 1
-        for j, point in enumerate(doc["persons"][0]["keypoints_2d"] if doc["persons"] else []):
-            visible[j] += point[2] == 2
-    computed = {
-        "azimuth.csv": [{"azimuth_deg": str(k), "samples": str(v)} for k, v in sorted(azimuth.items())],
-        "elevation.csv": [{"elevation_deg": str(k), "samples": str(v)} for k, v in sorted(elevation.items())],
-        "visibility.csv": [{"joint": j, "visible": str(v)} for j, v in zip(joints, visible)],
-        "counts.csv": [{"pose_set": p, "samples": str(v)} for p, v in sorted(pose_sets.items())],
-    }
+        if data:
+            count_coverage(counts, orjson.loads(data))
+    computed = plot_tables(coverage_stats(counts, manifest["conventions"]["keypoints"]["joints"]))
     return {**computed, **found}
 
 

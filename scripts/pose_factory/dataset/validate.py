@@ -203,16 +203,12 @@ def _check_sample(batch_dir: Path, entry: dict[str, Any], index: int, manifest: 
                 _check_keypoints(person["keypoints_2d"], width, height, entry["annotation"],
                                  f"$.persons[{n}].keypoints_2d", report)
             _check_framing(annotation, width, height, entry["annotation"], report)
+            count_coverage(stats, annotation)
             if annotation["persons"]:
                 keypoints = annotation["persons"][0]["keypoints_2d"]
-                for joint, point in enumerate(keypoints):
-                    stats["visibility"][(joint, int(point[2]))] += 1
                 if not any(p[2] == 2 for p in keypoints):
                     report.warn(entry["annotation"], "$.persons[0].keypoints_2d", "at least one visible keypoint",
                                 "none visible")
-            stats["azimuth"][round(float(camera["azimuth_deg"]), 3)] += 1
-            stats["elevation"][round(float(camera["elevation_deg"]), 3)] += 1
-            stats["rig_pose"][(annotation["pose"]["rig"], annotation["pose"]["set"])] += 1
 
     rel = entry["files"].get("openpose_json")
     if rel and rel in listed:
@@ -320,8 +316,7 @@ def validate_batch(batch_dir: Path, progress=None) -> ValidationReport:
         if count > 1:
             report.error(MANIFEST_NAME, "$.samples[].sample_id", "unique sample ids", f"{sid!r} {count} times")
     listed = {e["path"] for e in manifest["files"]}
-    stats: dict[str, Counter] = {"azimuth": Counter(), "elevation": Counter(), "visibility": Counter(),
-                                 "rig_pose": Counter()}
+    stats = new_coverage()
     counter = progress.task(f"validate {report.batch_id}", len(manifest["samples"]), "samples") if progress \
         else contextlib.nullcontext()
     with counter as bar:
@@ -329,12 +324,30 @@ def validate_batch(batch_dir: Path, progress=None) -> ValidationReport:
             _check_sample(batch_dir, entry, index, manifest, listed, report, stats, png, documents)
             if bar:
                 bar.advance()
-    report.stats = _stats(stats, manifest)
+    report.stats = coverage_stats(stats, manifest["conventions"]["keypoints"]["joints"])
     return report
 
 
-def _stats(stats: dict[str, Counter], manifest: dict[str, Any]) -> dict[str, Any]:
-    joints = manifest["conventions"]["keypoints"]["joints"]
+# --- coverage: what the validate stage plots (dvc plots) and the review pages chart (pages.py) ------------------
+
+def new_coverage() -> dict[str, Counter]:
+    """Empty coverage counts, for count_coverage."""
+    return {"azimuth": Counter(), "elevation": Counter(), "visibility": Counter(), "rig_pose": Counter()}
+
+
+def count_coverage(stats: dict[str, Counter], annotation: dict[str, Any]) -> None:
+    """Count one sample's camera angles, rig and pose set, and the visibility of its person's keypoints."""
+    camera = annotation["camera"]
+    stats["azimuth"][round(float(camera["azimuth_deg"]), 3)] += 1
+    stats["elevation"][round(float(camera["elevation_deg"]), 3)] += 1
+    stats["rig_pose"][(annotation["pose"]["rig"], annotation["pose"]["set"])] += 1
+    if annotation["persons"]:
+        for joint, point in enumerate(annotation["persons"][0]["keypoints_2d"]):
+            stats["visibility"][(joint, int(point[2]))] += 1
+
+
+def coverage_stats(stats: dict[str, Counter], joints: list[str]) -> dict[str, Any]:
+    """The counts as the report's `stats`: one row per angle, joint and (rig, pose set)."""
     visibility = []
     for joint, name in enumerate(joints):
         counts = {v: stats["visibility"][(joint, v)] for v in (0, 1, 2)}
@@ -351,6 +364,11 @@ PLOT_FILES = {"azimuth": "azimuth.csv", "elevation": "elevation.csv", "visibilit
               "rig_pose": "counts.csv"}
 
 
+def plot_tables(stats: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """{plot CSV file name: rows} of a report's stats."""
+    return {name: stats.get(key) or [] for key, name in PLOT_FILES.items()}
+
+
 def write_report(report: ValidationReport, out_dir: Path) -> None:
     """metrics.json (DVC metrics), report.json (every problem) and the plot CSVs, each written atomically."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -358,8 +376,7 @@ def write_report(report: ValidationReport, out_dir: Path) -> None:
         tmp.write_text(json.dumps(report.metrics(), indent=2) + "\n")
     with atomic_write_path(out_dir / "report.json") as tmp:
         tmp.write_text(json.dumps(report.as_json(), indent=2) + "\n")
-    for key, name in PLOT_FILES.items():
-        rows = report.stats.get(key) or []
+    for name, rows in plot_tables(report.stats).items():
         buffer = io.StringIO()
         if rows:
             writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
