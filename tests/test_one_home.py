@@ -3,11 +3,16 @@ the environment variables, each defined once and the other places derived from i
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from pose_factory.core.settings import load_settings
+import yaml
+
+from pose_factory.core import schemas
+from pose_factory.core.settings import DEFAULTS, load_settings
 from pose_factory.dataset import dvcrepo
 from pose_factory.dataset.diff import Version
+from pose_factory.dataset.materialize import DEFAULT_WORKING
 from pose_factory.dataset.pages import PLOTS, _plot_rows
 from pose_factory.dataset.validate import validate_batch, write_report
 from pose_factory.producer.generate import default_job, generate_batch
@@ -40,3 +45,16 @@ def test_the_review_pages_chart_what_the_validate_stage_plots(tmp_path):
     assert set(computed) == set(from_csv) == {plot.file for plot in PLOTS}
     assert {name: [{k: str(v) for k, v in row.items()} for row in rows] for name, rows in computed.items()} == from_csv
     assert sum(int(row["samples"]) for row in from_csv["azimuth.csv"]) == 4
+
+
+def test_the_defaults_are_written_once_and_the_other_places_agree():
+    """core/settings.DEFAULTS and materialize.DEFAULT_WORKING are the defaults; config/local.example.yaml
+    (tests/test_config.py), params.yaml's working: section and the schemas must agree with them."""
+    assert yaml.safe_load((REPO / "params.yaml").read_text())["working"] == DEFAULT_WORKING
+    assert schemas.problems(DEFAULTS, "config", "DEFAULTS") == []
+    assert schemas.problems(DEFAULT_WORKING, "working", "DEFAULT_WORKING") == []
+    config_schema = json.loads((REPO / "schemas" / "config.schema.json").read_text())
+    # Every setting has a default and a schema entry (data_root: only its old value, no longer a setting).
+    assert set(config_schema["properties"]) - {"data_root"} == set(DEFAULTS)
+    working_schema = json.loads((REPO / "schemas" / "working.schema.json").read_text())
+    assert set(working_schema["properties"]) == set(DEFAULT_WORKING)
