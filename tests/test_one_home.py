@@ -3,12 +3,14 @@ the environment variables, each defined once and the other places derived from i
 
 from __future__ import annotations
 
+import ast
 import json
+import re
 from pathlib import Path
 
 import yaml
 
-from pose_factory.core import schemas
+from pose_factory.core import envnames, schemas
 from pose_factory.core.settings import DEFAULTS, load_settings
 from pose_factory.dataset import dvcrepo
 from pose_factory.dataset.diff import Version
@@ -58,3 +60,28 @@ def test_the_defaults_are_written_once_and_the_other_places_agree():
     assert set(config_schema["properties"]) - {"data_root"} == set(DEFAULTS)
     working_schema = json.loads((REPO / "schemas" / "working.schema.json").read_text())
     assert set(working_schema["properties"]) == set(DEFAULT_WORKING)
+
+
+ENV_NAME = re.compile(r"\b(?:POSE_FACTORY|CLOUDFLARE_R2|RUNPOD|AWS)_[A-Z0-9_]*[A-Z0-9]\b|\bSOURCE_DATE_EPOCH\b")
+
+
+def test_environment_variables_are_named_in_envnames_only():
+    """Every environment variable the code reads or sets is written out once, in core/envnames.py; the code
+    (messages and hints included) uses the constants. Docstrings may name them for the reader."""
+    package = REPO / "scripts" / "pose_factory"
+    written_out = []
+    for path in sorted(package.rglob("*.py")):
+        if path == package / "core" / "envnames.py":
+            continue
+        tree = ast.parse(path.read_text())
+        docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                      if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                      and node.body and isinstance(node.body[0], ast.Expr)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+                written_out += [f"{path.relative_to(package)}:{node.lineno}: {name}"
+                                for name in ENV_NAME.findall(node.value)]
+    assert written_out == []
+    names = {value for key, value in vars(envnames).items() if key.startswith("ENV_")}
+    assert all(ENV_NAME.fullmatch(name) for name in names) and len(names) == len(
+        [key for key in vars(envnames) if key.startswith("ENV_")])  # each name once

@@ -22,6 +22,14 @@ from pose_factory.core.console import err as _err
 from pose_factory.core.console import out as _out
 from pose_factory.core.console import printable as _printable
 from pose_factory.core.console import run_reporting_errors, verbose_log
+from pose_factory.core.envnames import (
+    ENV_ACCESS_KEY,
+    ENV_ACCOUNT_ID,
+    ENV_BUCKET,
+    ENV_ENDPOINT,
+    ENV_ROOT,
+    ENV_SECRET_KEY,
+)
 from pose_factory.core.errors import ExitCode, RepositoryError, UsageError
 from pose_factory.core.layout import (
     ARCHIVE,
@@ -33,11 +41,6 @@ from pose_factory.core.layout import (
 )
 from pose_factory.core.progress import Progress, human_bytes
 from pose_factory.core.settings import (
-    ENV_ACCESS_KEY,
-    ENV_ACCOUNT_ID,
-    ENV_BUCKET,
-    ENV_ENDPOINT,
-    ENV_SECRET_KEY,
     Settings,
     backend_reason,
     load_settings,
@@ -87,7 +90,7 @@ def cmd_publish(args: argparse.Namespace, settings: Settings, progress: Progress
         raise RepositoryError(f"no bucket to publish to: the local-folder bucket is a project's {LOCAL_BUCKET}/ "
                               "and this is not a Pose Factory project", where=str(settings.root),
                               hint="set the R2 variables (README: 'Connect a real R2 bucket') to publish to R2, or "
-                                   "run it inside your dataset repository (or with POSE_FACTORY_ROOT set)")
+                                   f"run it inside your dataset repository (or with {ENV_ROOT} set)")
     storage = open_storage(settings, args.backend)
     result = publish_batch(storage, settings, Path(args.batch_dir), progress=progress)
     if args.json:

@@ -26,6 +26,7 @@ from functools import cache
 from pathlib import Path
 from typing import TypeVar
 
+from pose_factory.core.envnames import ENV_ACCESS_KEY, ENV_ACCOUNT_ID, ENV_BUCKET, ENV_ENDPOINT, ENV_SECRET_KEY
 from pose_factory.core.errors import (
     CredentialsError,
     DocumentTooLargeError,
@@ -303,22 +304,21 @@ class S3Storage(Storage):
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             if code == "NoSuchBucket" or (action == "open the bucket" and status == 404):
                 raise StorageError(f"bucket '{self.bucket}' does not exist", where=self.endpoint_url,
-                                   hint="create it in the Cloudflare dashboard, or set POSE_FACTORY_R2_BUCKET / "
+                                   hint=f"create it in the Cloudflare dashboard, or set {ENV_BUCKET} / "
                                         "'bucket' in config/local.yaml to the right name") from None
             if code in ("NoSuchKey", "404", "NotFound"):
                 raise ObjectMissingError("no such object", where=where) from None
             if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "Unauthorized",
                         "InvalidToken", "403") or status in (401, 403):
                 raise CredentialsError(f"the store refused the credentials while trying to {action} ({code or status})",
-                                       where=where, hint="check CLOUDFLARE_R2_ACCESS_KEY_ID / "
-                                       "CLOUDFLARE_R2_SECRET_ACCESS_KEY and that the token may read and write "
-                                       "this bucket") from None
+                                       where=where, hint=f"check {ENV_ACCESS_KEY} / {ENV_SECRET_KEY} and "
+                                       "that the token may read and write this bucket") from None
             raise StorageError(f"could not {action}: {code or 'HTTP ' + str(status)} after retries", where=where,
                                hint="the store is failing or overloaded; run the command again (it resumes)") from None
         except (EndpointConnectionError, ConnectTimeoutError):
             raise StorageError(f"cannot reach the S3 endpoint to {action} (tried for {self.connect_timeout_s:g} s)",
                                where=self.endpoint_url,
-                               hint="check the network, CLOUDFLARE_R2_ACCOUNT_ID or POSE_FACTORY_R2_ENDPOINT") from None
+                               hint=f"check the network, {ENV_ACCOUNT_ID} or {ENV_ENDPOINT}") from None
         except BotoCoreError as exc:
             raise StorageError(f"could not {action}: {type(exc).__name__} after {self.max_attempts} attempts",
                                where=where, hint="the connection kept failing; check the network and run the "

@@ -20,6 +20,7 @@ from pathlib import Path
 from pose_factory.bucket.backends import LocalFolderStorage, Storage
 from pose_factory.core import killpoint
 from pose_factory.core.console import log_command
+from pose_factory.core.envnames import ENV_ACCESS_KEY, ENV_SECRET_KEY
 from pose_factory.core.errors import StorageError, ToolError, from_os_error
 from pose_factory.core.settings import R2Credentials, Settings, redact, resolve_backend
 
@@ -53,7 +54,7 @@ def config_section(settings: Settings, *, show_secrets: bool = False) -> str:
     lines = [f"[{settings.rclone_remote}]"]
     for key, value in remote_options(credentials).items():
         if key in ("access_key_id", "secret_access_key") and not show_secrets:
-            env = "CLOUDFLARE_R2_ACCESS_KEY_ID" if key == "access_key_id" else "CLOUDFLARE_R2_SECRET_ACCESS_KEY"
+            env = ENV_ACCESS_KEY if key == "access_key_id" else ENV_SECRET_KEY
             value = f"<value of {env}; print with --show-secrets>"
         lines.append(f"{key} = {value}")
     return "\n".join(lines) + "\n"

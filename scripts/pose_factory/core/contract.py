@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pose_factory.core import schemas
+from pose_factory.core.envnames import ENV_SOURCE_DATE_EPOCH
 from pose_factory.core.errors import IntegrityError, UnsafeKeyError
 from pose_factory.core.fsutil import check_relative_path, content_digests, sha256_bytes
 from pose_factory.core.layout import COMPLETE_MARKER_NAME, MANIFEST_NAME
@@ -90,7 +91,7 @@ def modalities_block(modalities: list[str]) -> dict[str, Any]:
 
 def utc_now() -> str:
     """Now in RFC 3339 UTC; SOURCE_DATE_EPOCH pins it for reproducible output."""
-    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    epoch = os.environ.get(ENV_SOURCE_DATE_EPOCH)
     moment = datetime.fromtimestamp(int(epoch), UTC) if epoch else datetime.now(UTC)
     return moment.replace(microsecond=0).isoformat().replace("+00:00", "Z")
 

@@ -15,25 +15,30 @@ import sys
 import sysconfig
 from pathlib import Path
 
-CHECKSUM_SETTINGS = {
-    "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
-    "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required",
-}
-CREDENTIAL_MAP = {
-    "CLOUDFLARE_R2_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
-    "CLOUDFLARE_R2_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY",
-}
-DISABLE_VARIABLE = "POSE_FACTORY_ENVHOOK"  # set to "off" to see what happens without the hook
+from pose_factory.core.envnames import (
+    ENV_ACCESS_KEY,
+    ENV_AWS_ACCESS_KEY,
+    ENV_AWS_REQUEST_CHECKSUM,
+    ENV_AWS_RESPONSE_CHECKSUM,
+    ENV_AWS_SECRET_KEY,
+    ENV_ENVHOOK,
+    ENV_ROOT,
+    ENV_SECRET_KEY,
+)
+
+CHECKSUM_SETTINGS = {ENV_AWS_REQUEST_CHECKSUM: "when_required", ENV_AWS_RESPONSE_CHECKSUM: "when_required"}
+CREDENTIAL_MAP = {ENV_ACCESS_KEY: ENV_AWS_ACCESS_KEY, ENV_SECRET_KEY: ENV_AWS_SECRET_KEY}
+DISABLE_VARIABLE = ENV_ENVHOOK  # set to "off" to see what happens without the hook
 PTH_NAME = "pose_factory_r2_env.pth"
 PTH_LINE = ("import os; exec(\"try:\\n import pose_factory.core.envhook as _pf\\n _pf.apply()\\n"
             "except Exception:\\n pass\")"
-            " if os.environ.get('POSE_FACTORY_ENVHOOK') != 'off' else None\n")
+            f" if os.environ.get('{ENV_ENVHOOK}') != 'off' else None\n")
 
 
 def _project_dotenv(start: Path, environ: os._Environ | dict) -> Path | None:
     """The project's `.env`, found the way `pose-sync` finds the project (POSE_FACTORY_ROOT, else the
     nearest folder above start holding `.dvc/` and `config/`)."""
-    override = environ.get("POSE_FACTORY_ROOT")
+    override = environ.get(ENV_ROOT)
     folders = [Path(override).expanduser()] if override else [start, *start.parents]
     for folder in folders:
         if override or ((folder / ".dvc").is_dir() and (folder / "config").is_dir()):

@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 import signal
 
-ENV_KILL_AT = "POSE_FACTORY_KILL_AT"
+from pose_factory.core.envnames import ENV_KILL_AT
+
 _passes: dict[str, int] = {}
 
 

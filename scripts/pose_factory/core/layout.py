@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from pose_factory.core.envnames import ENV_ROOT
+
 # The repository this code is part of (scripts/pose_factory/ -> repo root). Schemas travel with the code.
 CODE_ROOT = Path(__file__).resolve().parents[3]
 SCHEMA_DIR = CODE_ROOT / "schemas"
@@ -154,7 +156,6 @@ COMPLETE_MARKER_NAME = "_complete.json"
 ANNOTATIONS_FOLDER = "annotations"
 
 
-ENV_ROOT = "POSE_FACTORY_ROOT"
 # What makes a folder a Pose Factory project (a clone of the dataset repository): DVC's folder and the
 # settings folder. The start-up hook (envhook) recognises a project the same way.
 PROJECT_MARKERS = (".dvc", "config")

@@ -19,18 +19,20 @@ from pathlib import Path
 from typing import Any
 
 from pose_factory.core import schemas
+from pose_factory.core.envnames import (
+    ENV_ACCESS_KEY,
+    ENV_ACCOUNT_ID,
+    ENV_BACKEND,
+    ENV_BUCKET,
+    ENV_CONFIG,
+    ENV_DVC_LOCAL_REMOTE,
+    ENV_ENDPOINT,
+    ENV_SECRET_KEY,
+    SECRET_ENV_NAMES,
+)
 from pose_factory.core.errors import ConfigError, CredentialsError, PoseFactoryError
 from pose_factory.core.layout import CONFIG_FILE, LOCAL_BUCKET, MIRROR, RAW, Layout, find_project_root, project_root
 
-ENV_ACCESS_KEY = "CLOUDFLARE_R2_ACCESS_KEY_ID"
-ENV_SECRET_KEY = "CLOUDFLARE_R2_SECRET_ACCESS_KEY"
-ENV_ACCOUNT_ID = "CLOUDFLARE_R2_ACCOUNT_ID"
-ENV_BUCKET = "POSE_FACTORY_R2_BUCKET"
-ENV_ENDPOINT = "POSE_FACTORY_R2_ENDPOINT"
-ENV_CONFIG = "POSE_FACTORY_CONFIG"
-ENV_BACKEND = "POSE_FACTORY_BACKEND"
-ENV_DVC_LOCAL_REMOTE = "POSE_FACTORY_DVC_LOCAL_REMOTE"
-SECRET_ENV_NAMES = (ENV_ACCESS_KEY, ENV_SECRET_KEY, "RUNPOD_API_KEY")
 # A YAML document whose aliases (*name) expand it to more values than this is refused: hand-written
 # settings never come close, and a "billion laughs" document would cost minutes of CPU in what reads it.
 MAX_YAML_EXPANDED_VALUES = 10_000
@@ -313,8 +315,8 @@ def load_settings(root: Path | None = None, config_file: Path | None = None, *, 
     if config_file is None and os.environ.get(ENV_CONFIG):
         config_file = Path(os.environ[ENV_CONFIG])
         if not config_file.is_file():
-            raise ConfigError("the config file named by POSE_FACTORY_CONFIG does not exist", where=str(config_file),
-                              hint="point POSE_FACTORY_CONFIG at a YAML file or unset it")
+            raise ConfigError(f"the config file named by {ENV_CONFIG} does not exist", where=str(config_file),
+                              hint=f"point {ENV_CONFIG} at a YAML file or unset it")
     if config_file is None and in_project and (root / CONFIG_FILE).is_file():
         config_file = root / CONFIG_FILE
     merged = _deep_merge(DEFAULTS, _read_config_file(config_file) if config_file else {})
@@ -365,7 +367,7 @@ def r2_credentials(*, required: bool) -> R2Credentials | None:
             "R2 credentials are incomplete: " + ", ".join(missing) + " not set",
             where="environment / .env",
             hint="set them in the environment or in .env at the project root (see README, 'Connect a real R2 "
-                 "bucket'); set POSE_FACTORY_R2_ENDPOINT instead of the account id for another S3 store",
+                 f"bucket'); set {ENV_ENDPOINT} instead of the account id for another S3 store",
         )
     endpoint_url = endpoint or f"https://{account}.r2.cloudflarestorage.com"
     return R2Credentials(key, secret, endpoint_url, account or None)

@@ -17,6 +17,7 @@ from typing import Any
 from pose_factory.bucket.backends import Storage
 from pose_factory.bucket.batches import list_batches
 from pose_factory.core import contract, killpoint
+from pose_factory.core.envnames import ENV_ACCESS_KEY, ENV_ACCOUNT_ID, ENV_BUCKET, ENV_SECRET_KEY
 from pose_factory.core.errors import BatchNotFoundError, IntegrityError, PoseFactoryError, RepositoryError
 from pose_factory.core.fsutil import atomic_write_path, move_dir, recover_swap, remove_tree
 from pose_factory.core.layout import ARCHIVE, MANIFEST_NAME, POD_OUTBOX
@@ -66,8 +67,8 @@ def getting_started(local_bucket: bool) -> str:
                 f"{POD_OUTBOX}/<batch id>`, then `pose-sync pull-latest`")
     if local_bucket:
         return (f"to try it without an account, make a batch as a pod would: {make_one}; to use your R2 bucket, "
-                "set CLOUDFLARE_R2_ACCESS_KEY_ID, CLOUDFLARE_R2_SECRET_ACCESS_KEY, CLOUDFLARE_R2_ACCOUNT_ID and "
-                "POSE_FACTORY_R2_BUCKET (README: 'Connect a real R2 bucket')")
+                f"set {ENV_ACCESS_KEY}, {ENV_SECRET_KEY}, {ENV_ACCOUNT_ID} and {ENV_BUCKET} (README: 'Connect a "
+                "real R2 bucket')")
     return f"render one on RunPod (`pose-sync job submit JOB_FILE`), or publish one from here: {make_one}"
 
 

@@ -24,16 +24,19 @@ import tempfile
 from pathlib import Path
 
 from pose_factory.core.console import run_reporting_errors
-from pose_factory.core.layout import CODE_ROOT, DEMO, Layout, project_root
-from pose_factory.core.settings import (
+from pose_factory.core.envnames import (
     ENV_ACCESS_KEY,
     ENV_ACCOUNT_ID,
+    ENV_AWS_ACCESS_KEY,
+    ENV_AWS_SECRET_KEY,
     ENV_BACKEND,
     ENV_BUCKET,
     ENV_DVC_LOCAL_REMOTE,
     ENV_ENDPOINT,
+    ENV_ROOT,
     ENV_SECRET_KEY,
 )
+from pose_factory.core.layout import CODE_ROOT, DEMO, Layout, project_root
 
 DEMO_BATCHES = (("run-cycle", "run-cycle", 11), ("walk-cycle", "walk-cycle", 12))
 
@@ -96,9 +99,9 @@ def run_demo(samples: int, size: str, s3_local: bool) -> None:
     make_sandbox(repo)
     _remove_tree(dvc_remote)
     env = {k: v for k, v in os.environ.items() if k not in (ENV_ACCESS_KEY, ENV_SECRET_KEY, ENV_ACCOUNT_ID,
-                                                             ENV_ENDPOINT, ENV_BUCKET, "AWS_ACCESS_KEY_ID",
-                                                             "AWS_SECRET_ACCESS_KEY")}
-    env.update({ENV_BACKEND: "local", "POSE_FACTORY_ROOT": str(repo), ENV_DVC_LOCAL_REMOTE: str(dvc_remote),
+                                                             ENV_ENDPOINT, ENV_BUCKET, ENV_AWS_ACCESS_KEY,
+                                                             ENV_AWS_SECRET_KEY)}
+    env.update({ENV_BACKEND: "local", ENV_ROOT: str(repo), ENV_DVC_LOCAL_REMOTE: str(dvc_remote),
                 "DVC_NO_ANALYTICS": "1"})
     server = None
     if s3_local:
@@ -110,8 +113,8 @@ def run_demo(samples: int, size: str, s3_local: bool) -> None:
         server = LocalS3Server(Path(tempfile.mkdtemp(prefix="pose-factory-demo-s3-")), key, secret).start()
         server.create_bucket("pose-factory")
         env.update({ENV_BACKEND: "r2", ENV_ENDPOINT: server.endpoint_url, ENV_ACCESS_KEY: key,
-                    ENV_SECRET_KEY: secret, ENV_BUCKET: "pose-factory", "AWS_ACCESS_KEY_ID": key,
-                    "AWS_SECRET_ACCESS_KEY": secret})
+                    ENV_SECRET_KEY: secret, ENV_BUCKET: "pose-factory", ENV_AWS_ACCESS_KEY: key,
+                    ENV_AWS_SECRET_KEY: secret})
     pose_sync = [sys.executable, "-m", "pose_factory"]
 
     def step(*args: str) -> str:

@@ -24,6 +24,15 @@ import time
 from collections import deque
 from pathlib import Path
 
+from pose_factory.core.envnames import (
+    ENV_ACCESS_KEY,
+    ENV_AWS_ACCESS_KEY,
+    ENV_AWS_SECRET_KEY,
+    ENV_BUCKET,
+    ENV_ENDPOINT,
+    ENV_SECRET_KEY,
+)
+
 HOST = "127.0.0.1"
 # weed's plugin worker ignores -admin.port.grpc and always dials admin.port + 10000.
 ADMIN_GRPC_OFFSET = 10000
@@ -417,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bucket", default="pose-factory", help="bucket to create (default: %(default)s)")
     args = parser.parse_args(argv)
 
-    env_key, env_secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
+    env_key, env_secret = os.environ.get(ENV_AWS_ACCESS_KEY), os.environ.get(ENV_AWS_SECRET_KEY)
     from_env = bool(env_key and env_secret)
     access_key = env_key if from_env else "LOCAL" + secrets.token_hex(8).upper()
     secret_key = env_secret if from_env else secrets.token_urlsafe(30)
@@ -444,17 +453,17 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     secret_line = (
-        'export CLOUDFLARE_R2_SECRET_ACCESS_KEY="$AWS_SECRET_ACCESS_KEY"'
+        f'export {ENV_SECRET_KEY}="${ENV_AWS_SECRET_KEY}"'
         if from_env
-        else f"export CLOUDFLARE_R2_SECRET_ACCESS_KEY={_shell_quote(secret_key)}"
+        else f"export {ENV_SECRET_KEY}={_shell_quote(secret_key)}"
     )
     kept = "removed on exit" if throwaway else "kept"
     print(f"# local S3 server (SeaweedFS) running, pid {server.pid}, data in {workdir} ({kept})", flush=True)
     print(f"# started in {server.start_seconds:.1f} s; paste these lines into your shell:")
-    print(f"export POSE_FACTORY_R2_ENDPOINT={server.endpoint_url}")
-    print(f"export CLOUDFLARE_R2_ACCESS_KEY_ID={_shell_quote(access_key)}")
+    print(f"export {ENV_ENDPOINT}={server.endpoint_url}")
+    print(f"export {ENV_ACCESS_KEY}={_shell_quote(access_key)}")
     print(secret_line)
-    print(f"export POSE_FACTORY_R2_BUCKET={args.bucket}")
+    print(f"export {ENV_BUCKET}={args.bucket}")
     print("# press Ctrl-C to stop", flush=True)
 
     while not stop_event.is_set():

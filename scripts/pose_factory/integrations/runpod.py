@@ -39,6 +39,7 @@ from urllib.parse import urlsplit
 from pose_factory.bucket.backends import Storage, join_key
 from pose_factory.bucket.jobs import job_key, read_job
 from pose_factory.core import contract, schemas
+from pose_factory.core.envnames import ENV_RUNPOD_API_KEY, ENV_WORKER_SETTINGS
 from pose_factory.core.errors import (
     ConfigError,
     CredentialsError,
@@ -61,7 +62,6 @@ from pose_factory.core.settings import (
     r2_credentials,
 )
 from pose_factory.producer.worker import (
-    ENV_WORKER_SETTINGS,
     Shard,
     read_json,
     settings_for_pod,
@@ -71,7 +71,6 @@ from pose_factory.producer.worker import (
 )
 
 API_V2 = "https://api.runpod.io/v2"
-ENV_API_KEY = "RUNPOD_API_KEY"
 POD_NAME_PREFIX = "pose-factory-"
 POD_NAME = re.compile(r"^pose-factory-(?P<job>[a-z0-9][a-z0-9-]*)-(?P<run>[0-9a-f]{6})"
                       r"-s(?P<shard>\d+)-a(?P<attempt>\d+)$")
@@ -92,9 +91,9 @@ def check_api_url(url: str, where: str = "runpod.api_url") -> str:
 
 
 def api_key() -> str:
-    key = os.environ.get(ENV_API_KEY, "").strip()
+    key = os.environ.get(ENV_RUNPOD_API_KEY, "").strip()
     if not key:
-        raise CredentialsError(f"{ENV_API_KEY} is not set", where="environment / .env",
+        raise CredentialsError(f"{ENV_RUNPOD_API_KEY} is not set", where="environment / .env",
                                hint="create an API key in the RunPod console and put it in .env")
     return key
 
@@ -167,7 +166,7 @@ class RunPodClient:
             return response.json() if response.content else None
         what = f"{method} {path}"
         if status == 401:
-            raise CredentialsError("RunPod refused the API key", where=self.base, hint=f"check {ENV_API_KEY}")
+            raise CredentialsError("RunPod refused the API key", where=self.base, hint=f"check {ENV_RUNPOD_API_KEY}")
         if status == 403:
             raise CredentialsError(f"RunPod denied access to {what}: {_problem(response)}", where=self.base,
                                    hint="the API key lacks a permission: give it read/write access to pods")

@@ -30,6 +30,7 @@ from PIL import Image
 
 from pose_factory.core import contract, schemas
 from pose_factory.core.console import log_command
+from pose_factory.core.envnames import ENV_ASSETS, ENV_BLENDER, ENV_BLENDER_THREADS
 from pose_factory.core.errors import PoseFactoryError, SceneError, ToolError, UsageError
 from pose_factory.core.fsutil import check_relative_path, file_sha256
 from pose_factory.core.progress import Progress
@@ -95,11 +96,11 @@ _MATERIAL_COLOR = {figure._SKIN: "skin", figure._HAIR: "hair", figure._SHIRT: "s
 
 def blender_executable() -> str:
     """The Blender binary: $POSE_FACTORY_BLENDER, else `blender` on PATH."""
-    exe = os.environ.get("POSE_FACTORY_BLENDER") or shutil.which("blender")
+    exe = os.environ.get(ENV_BLENDER) or shutil.which("blender")
     if not exe:
         raise ToolError("blender is not installed (not on PATH)", where="generator blender",
                         hint="install it (Debian/Ubuntu: apt-get install blender; or a blender.org build) "
-                             "or set POSE_FACTORY_BLENDER to the binary")
+                             f"or set {ENV_BLENDER} to the binary")
     return exe
 
 
@@ -140,7 +141,7 @@ def scene_spec(job: dict[str, Any], plans: list[dict[str, Any]]) -> dict[str, An
     return {
         "width": job["image"]["width"], "height": job["image"]["height"],
         "samples_per_pixel": int(job["render"].get("samples", DEFAULT_SPP)), "seed": int(job["seed"]),
-        "threads": int(os.environ.get("POSE_FACTORY_BLENDER_THREADS", "0")),
+        "threads": int(os.environ.get(ENV_BLENDER_THREADS, "0")),
         "samples": [{
             "sample_id": p["sid"], "camera": _blender_camera(p["camera"]),
             "joints_world": {k: list(map(float, v)) for k, v in p["pose"].joints_world.items()},
@@ -185,7 +186,7 @@ def _scene_error(problem: dict[str, Any]) -> SceneError:
 
 def assets_dir(settings: Settings) -> Path:
     """Where scene assets are looked up on this machine: $POSE_FACTORY_ASSETS, else <project>/assets."""
-    env = os.environ.get("POSE_FACTORY_ASSETS")
+    env = os.environ.get(ENV_ASSETS)
     return Path(env) if env else settings.layout.assets_dir
 
 
@@ -332,7 +333,7 @@ def _render_user_scene(job: dict[str, Any], prepared: PreparedScene, scratch: Pa
             "width": job["image"]["width"], "height": job["image"]["height"],
             "samples_per_pixel": int(job["render"].get("samples", DEFAULT_SPP)), "seed": int(job["seed"]),
             "device": job["render"].get("device", "auto"),
-            "threads": int(os.environ.get("POSE_FACTORY_BLENDER_THREADS", "0")),
+            "threads": int(os.environ.get(ENV_BLENDER_THREADS, "0")),
             "samples": [{"sample_id": p["sid"], "frame": p["frame"], "camera": _blender_camera(p["camera"])}
                         for p in plans]}
     (scratch / "scene.json").write_text(json.dumps(spec))

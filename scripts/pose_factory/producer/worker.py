@@ -35,6 +35,7 @@ from typing import Any
 from pose_factory.bucket.backends import Storage, join_key
 from pose_factory.bucket.jobs import MAX_JOB_BYTES, read_job
 from pose_factory.core import contract, schemas
+from pose_factory.core.envnames import ENV_POD_ID, ENV_RUNPOD_API_KEY, ENV_WORKER_SETTINGS
 from pose_factory.core.errors import (
     ConfigError,
     ObjectMissingError,
@@ -48,9 +49,6 @@ from pose_factory.core.settings import Settings
 
 STATUS_VERSION = 2
 HEARTBEAT_S = 5.0
-ENV_WORKER_SETTINGS = "POSE_FACTORY_WORKER_SETTINGS"
-ENV_POD_ID = "RUNPOD_POD_ID"  # set by RunPod in every pod
-ENV_POD_API_KEY = "RUNPOD_API_KEY"  # set by RunPod in every pod: an API key limited to that pod
 LINGER_S = 120.0  # after asking RunPod to shut the pod down, wait to be stopped rather than exit (and restart)
 
 
@@ -316,11 +314,11 @@ def shut_down_own_pod(settings: Settings, *, sleep=time.sleep) -> tuple[bool, st
     from pose_factory.core.errors import CredentialsError
     from pose_factory.integrations.runpod import RunPodClient
 
-    pod_id, key = os.environ.get(ENV_POD_ID), os.environ.get(ENV_POD_API_KEY)
+    pod_id, key = os.environ.get(ENV_POD_ID), os.environ.get(ENV_RUNPOD_API_KEY)
     if not pod_id:
         return False, "not on a RunPod pod: nothing to shut down"
     if not key:
-        return False, f"no {ENV_POD_API_KEY} on the pod: the pod is left to `pose-sync job watch`"
+        return False, f"no {ENV_RUNPOD_API_KEY} on the pod: the pod is left to `pose-sync job watch`"
     config = settings.runpod
     how = config["shutdown"]
     deadline = time.monotonic() + float(config["self_shutdown_s"])
