@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 
+from pose_factory.cli import _table
 from pose_factory.core import envnames, schemas
 from pose_factory.core.settings import DEFAULTS, load_settings
 from pose_factory.dataset import dvcrepo
@@ -85,3 +86,15 @@ def test_environment_variables_are_named_in_envnames_only():
     names = {value for key, value in vars(envnames).items() if key.startswith("ENV_")}
     assert all(ENV_NAME.fullmatch(name) for name in names) and len(names) == len(
         [key for key in vars(envnames) if key.startswith("ENV_")])  # each name once
+
+
+def test_tables_are_laid_out_by_rich_as_plain_aligned_columns(capsys):
+    """The CLI's tables (list, status, config, job list / status, list-jobs) go through rich.table: columns two
+    spaces apart, no trailing space, and a cell from the bucket is escaped and never read as markup or emoji."""
+    _table([("BATCH", "STATE"), ("2026-11-20_run-cycle", "invalid"), ("[bold]x[/bold] :smile:", "a\x1b[31mb")])
+    width = len("[bold]x[/bold] :smile:")
+    assert capsys.readouterr().out.splitlines() == [
+        "BATCH".ljust(width) + "  STATE",
+        "2026-11-20_run-cycle".ljust(width) + "  invalid",
+        "[bold]x[/bold] :smile:  a\\x1b[31mb",
+    ]

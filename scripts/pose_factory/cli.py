@@ -142,11 +142,29 @@ def cmd_list(args: argparse.Namespace, settings: Settings, progress: Progress) -
 
 
 def _table(rows: list[tuple[str, ...]]) -> None:
-    """Rows as aligned columns; cells are escaped first, so widths are those of what is shown."""
-    rows = [tuple(_printable(redact(cell)) for cell in row) for row in rows]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        _out("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    """Rows as columns two spaces apart, laid out by rich.table, plain (no borders, colours or markup).
+
+    Cells are escaped first, so widths are those of what is shown, and each is a rich Text: a name from the
+    bucket holding `[bold]` or `:smile:` is shown as it is, never read as markup or an emoji code.
+    """
+    import io
+
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    cells = [[_printable(redact(str(cell))) for cell in row] for row in rows]
+    table = Table(box=None, show_header=False, show_edge=False, pad_edge=False, padding=(0, 2, 0, 0))
+    for _ in cells[0]:
+        table.add_column(no_wrap=True, overflow="ignore")
+    for row in cells:
+        table.add_row(*(Text(cell) for cell in row))
+    width = sum(max(len(row[i]) for row in cells) for i in range(len(cells[0]))) + 2 * len(cells[0])
+    buffer = io.StringIO()
+    Console(file=buffer, width=width, color_system=None, force_terminal=False, highlight=False, emoji=False,
+            markup=False, soft_wrap=False).print(table)
+    for line in buffer.getvalue().splitlines():
+        _out(line.rstrip())
 
 
 def cmd_verify(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
@@ -364,15 +382,17 @@ def cmd_job_status(args: argparse.Namespace, settings: Settings, progress: Progr
         _emit_json({"version": runpod.JSON_VERSION, "jobs": records})
     elif not records:
         _out("no jobs submitted from this project")
-    for r in records if not args.json else []:
-        done = sum(s["state"] == "done" for s in r["shards"])
-        _out(f"{r['job_id']}  {r['state']}  {done}/{len(r['shards'])} shard(s) done  "
-             f"{len([a for s in r['shards'] for a in s['attempts']])} pod(s)  ~${r.get('cost_usd') or 0:.2f}"
-             + (f"  batch {r['batch_id']}" if r.get("batch_id") else "")
-             + (f"  ({r['reason']})" if r.get("reason") else ""))
-        if r.get("pods_may_be_running"):
-            _out(f"  POD(S) MAY STILL BE RUNNING (shutdown never confirmed): {', '.join(r['pods_may_be_running'])}; "
-                 f"`pose-sync job cancel {r['job_id']}`")
+    if records and not args.json:
+        rows = [("JOB", "STATE", "SHARDS DONE", "PODS", "COST", "BATCH", "REASON")]
+        for r in records:
+            done = sum(s["state"] == "done" for s in r["shards"])
+            rows.append((r["job_id"], r["state"], f"{done}/{len(r['shards'])}",
+                         str(len([a for s in r["shards"] for a in s["attempts"]])), f"~${r.get('cost_usd') or 0:.2f}",
+                         r.get("batch_id") or "-", r.get("reason") or ""))
+        _table(rows)
+        for r in loose:
+            _out(f"  {r['job_id']}: POD(S) MAY STILL BE RUNNING (shutdown never confirmed): "
+                 f"{', '.join(r['pods_may_be_running'])}; `pose-sync job cancel {r['job_id']}`")
     return ExitCode.PODS_MAY_BE_RUNNING if loose else ExitCode.OK
 
 
@@ -387,10 +407,13 @@ def cmd_job_list(args: argparse.Namespace, settings: Settings, progress: Progres
             _out(f"RunPod API unreachable: {report.api_error}")
         elif not report.pods:
             _out("no pod started by pose-sync is up")
-        for pod in report.pods:
-            job = runpod.job_of_pod(pod["name"])
-            _out(f"{pod['id']}  {pod['name']}  {pod['status']}  ${pod.get('cost', 0):.2f}/h"
-                 + (f"  (stop it: pose-sync job cancel {job})" if job else ""))
+        if report.pods:
+            rows = [("POD", "NAME", "STATUS", "$/H", "STOP IT WITH")]
+            for pod in report.pods:
+                job = runpod.job_of_pod(pod["name"])
+                rows.append((pod["id"], pod["name"], pod["status"], f"${pod.get('cost', 0):.2f}",
+                             f"pose-sync job cancel {job}" if job else ""))
+            _table(rows)
         for job_id, names in report.unconfirmed.items():
             _out(f"job {job_id}: POD(S) MAY STILL BE RUNNING (shutdown never confirmed): {', '.join(names)}; "
                  f"`pose-sync job cancel {job_id}`")
@@ -467,9 +490,7 @@ def cmd_config(args: argparse.Namespace, settings: Settings, progress: Progress)
         ("rclone remote", settings.rclone_remote),
         ("environment", ", ".join(f"{name} {state}" for name, state in document["environment"].items())),
     ]
-    width = max(len(label) for label, _ in rows)
-    for label, value in rows:
-        _out(f"{label + ':':{width + 2}}{value}")
+    _table([(f"{label}:", value) for label, value in rows])
     return 0
 
 
@@ -627,9 +648,10 @@ def cmd_list_jobs(args: argparse.Namespace, settings: Settings, progress: Progre
         return 0
     if not jobs:
         _out(f"no jobs in {storage.description}")
-    for job in jobs:
-        _out(f"{_name(job.job_id)}  {_name(job.project or '?')}  {_name(job.generator or '?')}  "
-             f"{_name(job.samples or '?')} samples" + (f"  INVALID: {_name(job.problem)}" if job.problem else ""))
+    if jobs:
+        _table([("JOB", "PROJECT", "GENERATOR", "SAMPLES", "PROBLEM")]
+               + [(job.job_id, job.project or "?", job.generator or "?", str(job.samples or "?"),
+                   f"INVALID: {job.problem}" if job.problem else "") for job in jobs])
     return 0
 
 
