@@ -20,7 +20,7 @@ from pose_factory.core import contract, killpoint
 from pose_factory.core.envnames import ENV_ACCESS_KEY, ENV_ACCOUNT_ID, ENV_BUCKET, ENV_SECRET_KEY
 from pose_factory.core.errors import BatchNotFoundError, IntegrityError, PoseFactoryError, RepositoryError
 from pose_factory.core.fsutil import atomic_write_path, move_dir, recover_swap, remove_tree
-from pose_factory.core.layout import ARCHIVE, MANIFEST_NAME, POD_OUTBOX
+from pose_factory.core.layout import ARCHIVE, MANIFEST_NAME, MIRROR, POD_OUTBOX
 from pose_factory.core.settings import Settings
 from pose_factory.dataset import dvcrepo, journal, params
 from pose_factory.dataset.journal import Journal
@@ -300,8 +300,8 @@ def verify(settings: Settings, batch: str) -> tuple[dict[str, Any], Path]:
         found = next((c for c in candidates if c.is_dir()), None)
         if found is None:
             raise BatchNotFoundError(f"no batch folder or local batch {batch!r}", where=str(settings.mirror_dir),
-                                     hint="give a batch folder, or the id of a batch in data/raw/pose-factory or "
-                                          "data/archive/pose-factory (`pose-sync status` lists them)")
+                                     hint=f"give a batch folder, or the id of a batch in {MIRROR} or {ARCHIVE} "
+                                          "(`pose-sync status` lists them)")
         folder = found
     manifest = contract.load_manifest(folder)
     try:

@@ -36,7 +36,7 @@ from pose_factory.core.envnames import (
     ENV_ROOT,
     ENV_SECRET_KEY,
 )
-from pose_factory.core.layout import CODE_ROOT, DEMO, Layout, project_root
+from pose_factory.core.layout import CODE_ROOT, CURATION, DEMO, Layout, project_root
 
 DEMO_BATCHES = (("run-cycle", "run-cycle", 11), ("walk-cycle", "walk-cycle", 12))
 
@@ -68,7 +68,8 @@ def _remove_tree(folder: Path) -> None:
 
 # What a clone of this repository holds that the loop needs: the pipeline, its parameters and the code.
 SANDBOX_FILES = (".gitignore", ".dvcignore", "dvc.yaml", "params.yaml", "config/local.example.yaml", "schemas",
-                 "scripts/pose_sync.py", "scripts/pose_stage.py", "scripts/pose_factory", "data/curation/.gitkeep")
+                 "scripts/pose_sync.py", "scripts/pose_stage.py", "scripts/pose_factory",
+                 (CURATION / ".gitkeep").as_posix())
 
 
 def make_sandbox(repo: Path) -> None:
