@@ -20,6 +20,8 @@ from helpers import (
     quiet_cli,
     run_script,
 )
+from pose_factory.core.fsutil import exclusive_lock
+from pose_factory.core.layout import Layout
 from pose_factory.dataset import materialize as materialize_module
 
 pytestmark = pytest.mark.integration  # real git, dvc and `dvc repro`
@@ -245,6 +247,11 @@ def test_prepare_batch_and_comfyui_link(two_batches, cli, tmp_path):
     assert json.loads((working(repo) / "index.json").read_text())["batches"][0]["batch_id"] == A
     unknown = cli("prepare-batch", "2026-01-01_nope")
     assert unknown.code == 10 and "pose-sync pull 2026-01-01_nope" in unknown.err
+    params_before = (repo.root / "params.yaml").read_bytes()
+    with exclusive_lock(Layout.of(repo.root).lock_file, "pull"):  # a pull registering a batch in params.yaml
+        busy = cli("prepare-batch", B)
+    assert busy.code == 17 and "pull" in busy.err
+    assert (repo.root / "params.yaml").read_bytes() == params_before
 
     comfy = tmp_path / "ComfyUI"
     (comfy / "input").mkdir(parents=True)

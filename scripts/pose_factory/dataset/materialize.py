@@ -384,20 +384,22 @@ def prepare_batch(settings: Settings, batch_id: str) -> dict[str, Any]:
     import subprocess
 
     from pose_factory.core.console import log_command
-    from pose_factory.dataset import dvcrepo, params
+    from pose_factory.dataset import dvcrepo, journal, params
 
     dvcrepo.require_repository(settings.root)
-    document = params.read_params(settings)
-    if batch_id not in (document.get("batches") or []):
-        archived = batch_id in (document.get("archived") or [])
-        raise RepositoryError(f"{batch_id} is not in the pipeline's batches", where=str(settings.params_file),
-                              hint=f"`pose-sync restore {batch_id}` first" if archived
-                              else f"`pose-sync pull {batch_id}` first")
-    working = document.get("working")
-    if working is None:
-        document["working"] = working = {}
-    working["batches"] = [batch_id]
-    params.write_params(settings, document)
+    # A pull registers batches in the same params.yaml: under its lock, neither edit can overwrite the other.
+    with journal.locked(settings, "prepare-batch"):
+        document = params.read_params(settings)
+        if batch_id not in (document.get("batches") or []):
+            archived = batch_id in (document.get("archived") or [])
+            raise RepositoryError(f"{batch_id} is not in the pipeline's batches", where=str(settings.params_file),
+                                  hint=f"`pose-sync restore {batch_id}` first" if archived
+                                  else f"`pose-sync pull {batch_id}` first")
+        working = document.get("working")
+        if working is None:
+            document["working"] = working = {}
+        working["batches"] = [batch_id]
+        params.write_params(settings, document)
     command = [sys.executable, "-m", "dvc", "repro"]
     log_command(logging.getLogger(__name__), command)
     done = subprocess.run(command, cwd=settings.root, text=True, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
