@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -141,7 +141,7 @@ def cmd_list(args: argparse.Namespace, settings: Settings, progress: Progress) -
     return 0
 
 
-def _table(rows: list[tuple[str, ...]]) -> None:
+def _table(rows: Sequence[Sequence[object]]) -> None:
     """Rows as columns two spaces apart, laid out by rich.table, plain (no borders, colours or markup).
 
     Cells are escaped first, so widths are those of what is shown, and each is a rich Text: a name from the
@@ -454,7 +454,7 @@ def cmd_config(args: argparse.Namespace, settings: Settings, progress: Progress)
     from pose_factory.dataset.dvcrepo import remote_in_effect
 
     backend, credentials = resolve_backend(settings, args.backend)
-    document = {
+    document: dict[str, Any] = {
         "version": CONFIG_JSON_VERSION,
         "root": str(settings.root),
         "config_file": str(settings.config_file) if settings.config_file else None,

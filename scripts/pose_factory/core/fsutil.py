@@ -14,8 +14,9 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cache
+from io import BufferedIOBase
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from pose_factory.core import killpoint
 from pose_factory.core.errors import BusyError, DiskError, UnsafeKeyError
@@ -61,19 +62,19 @@ def content_digests(data: bytes, *, with_md5: bool = False) -> tuple[int, str, s
     return len(data), sha256_bytes(data), md5_bytes(data) if with_md5 else ""
 
 
-def _file_digest(file: Path | BinaryIO, make: Callable[[], Any]) -> str:
+def _file_digest(file: Path | BufferedIOBase, make: Callable[[], Any]) -> str:
     if isinstance(file, Path):
         with file.open("rb") as handle:
             return hashlib.file_digest(handle, make).hexdigest()
     return hashlib.file_digest(file, make).hexdigest()
 
 
-def file_sha256(file: Path | BinaryIO) -> str:
+def file_sha256(file: Path | BufferedIOBase) -> str:
     """The sha256 of a file (a path, or a binary handle read from where it stands), streamed."""
     return _file_digest(file, hashlib.sha256)
 
 
-def file_md5(file: Path | BinaryIO) -> str:
+def file_md5(file: Path | BufferedIOBase) -> str:
     """The md5 of a file (a path, or a binary handle read from where it stands), streamed."""
     return _file_digest(file, lambda: hashlib.md5(usedforsecurity=False))
 

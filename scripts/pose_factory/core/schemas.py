@@ -116,9 +116,13 @@ _TYPE_WORDS = {"object": "an object", "array": "a list", "string": "a string", "
 def _describe(error: ValidationError) -> tuple[str, str, str]:
     """(path, expected, found) for one jsonschema error, in words."""
     path = json_path(error.absolute_path)
-    kind, rule, found = error.validator, error.validator_value, error.instance
+    # The stubs allow "unset" for these; an error from a validation run always has them, as JSON values.
+    kind: Any = error.validator
+    rule: Any = error.validator_value
+    found: Any = error.instance
     if kind == "additionalProperties":
-        allowed = sorted((error.schema.get("properties") or {}).keys())
+        schema: Any = error.schema
+        allowed = sorted((schema.get("properties") or {}).keys())
         extra = sorted(set(found) - set(allowed)) if isinstance(found, dict) else []
         unknown = extra[0] if extra else "?"
         close = difflib.get_close_matches(unknown, allowed, n=1)
@@ -130,7 +134,7 @@ def _describe(error: ValidationError) -> tuple[str, str, str]:
         missing = error.message.split("'")[1] if "'" in error.message else str(rule)
         return json_path([*error.absolute_path, missing]), "this key to be present", "it missing"
     if kind == "type":
-        types = rule if isinstance(rule, list) else [rule]
+        types: list[str] = rule if isinstance(rule, list) else [rule]
         return path, " or ".join(_TYPE_WORDS.get(t, t) for t in types), _short(found)
     if kind == "enum":
         return path, "one of " + ", ".join(_short(v) for v in rule), _short(found)

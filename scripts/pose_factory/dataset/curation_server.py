@@ -103,15 +103,17 @@ class Thumbnails:
             if rgb is None:
                 return None
             key = sha256_bytes(f"{rgb[1]}{pose[1] if pose else ''}".encode())
+            image_path, skeleton_path = rgb[0], pose[0] if pose else None
         else:
             found = self.source(batch, sample_id, kind)
             if found is None:
                 return None
             key = found[1]
+            image_path, skeleton_path = found[0], None
         cached = self.folder / key[:2] / f"{key}-{kind}-{self.px}.png"
         with contextlib.suppress(FileNotFoundError):
             return cached.read_bytes()
-        data = self._render(rgb[0], pose[0] if pose else None) if kind == "overlay" else self._render(found[0])
+        data = self._render(image_path, skeleton_path)
         with atomic_write_path(cached) as tmp:
             tmp.write_bytes(data)
         return data

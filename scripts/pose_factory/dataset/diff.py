@@ -33,6 +33,7 @@ class Version:
         self.root = root
         self.rev = rev
         self.label = rev or WORKSPACE
+        self.commit: str | None = None
         self._fs = None
         if rev is not None:
             try:
@@ -41,8 +42,6 @@ class Version:
                 raise UsageError(f"{rev!r} is not a git revision of this repository", where=str(root),
                                  hint="use a commit, branch or tag, e.g. HEAD~1 or main") from None
             self.commit = commit
-        else:
-            self.commit = None
 
     def _filesystem(self):
         if self._fs is None:
@@ -249,7 +248,7 @@ def _joint_movement(before: Version, after: Version, batch_id: str, places: tupl
             if v0 and v1:
                 distances[joints[j]] = math.hypot(x1 - x0, y1 - y0)
                 moved[j].append(distances[joints[j]])
-        farthest = max(distances, key=distances.get) if distances else None
+        farthest = max(distances, key=distances.__getitem__) if distances else None
         samples[sid] = SampleMovement(sid, round(distances[farthest], 3) if farthest else 0.0,
                                       round(sum(distances.values()) / len(distances), 3) if distances else 0.0,
                                       sample_flips, farthest if farthest and distances[farthest] > 0 else None)
@@ -261,26 +260,26 @@ def _joint_movement(before: Version, after: Version, batch_id: str, places: tupl
 def diff_batch(before: Version, after: Version, batch_id: str, places: tuple[str | None, str | None]
                ) -> BatchDiff:
     """How one batch differs between the two versions."""
-    old = before.manifest(batch_id, places[0]) if places[0] else None
-    new = after.manifest(batch_id, places[1]) if places[1] else None
+    old_place, new_place = places
+    old = before.manifest(batch_id, old_place) if old_place else None
+    new = after.manifest(batch_id, new_place) if new_place else None
     result = BatchDiff(batch_id, "unchanged")
-    result.metrics_before = before.metrics(batch_id) if places[0] else None
-    result.metrics_after = after.metrics(batch_id) if places[1] else None
-    if old is None and new is None:
+    result.metrics_before = before.metrics(batch_id) if old_place else None
+    result.metrics_after = after.metrics(batch_id) if new_place else None
+    if old is None or old_place is None:
+        if new is not None:
+            result.status, result.samples_after = "added", len(new[0]["samples"])
+            result.samples_added = [s["sample_id"] for s in new[0]["samples"]]
         return result
-    if old is None:
-        result.status, result.samples_after = "added", len(new[0]["samples"])
-        result.samples_added = [s["sample_id"] for s in new[0]["samples"]]
-        return result
-    if new is None:
+    if new is None or new_place is None:
         result.status, result.samples_before = "removed", len(old[0]["samples"])
         result.samples_removed = [s["sample_id"] for s in old[0]["samples"]]
         return result
     (m_old, b_old), (m_new, b_new) = old, new
     result.samples_before, result.samples_after = len(m_old["samples"]), len(m_new["samples"])
-    moved_place = places[0] != places[1]
+    moved_place = old_place != new_place
     if b_old == b_new:
-        result.status = ("archived" if places[1] == "archive" else "restored") if moved_place else "unchanged"
+        result.status = ("archived" if new_place == "archive" else "restored") if moved_place else "unchanged"
         return result
     result.status = "changed"
     h_old, h_new = _sample_hashes(m_old), _sample_hashes(m_new)
@@ -298,7 +297,7 @@ def diff_batch(before: Version, after: Version, batch_id: str, places: tuple[str
         result.manifest_changes += _changed_fields(m_old.get(name), m_new.get(name), f"$.{name}")
     # Keypoints can only have moved where the annotation or the OpenPose JSON changed.
     touched = sorted(set(result.modified.get("annotation", [])) | set(result.modified.get("openpose_json", [])))
-    result.joints, result.movement = _joint_movement(before, after, batch_id, (places[0], places[1]),
+    result.joints, result.movement = _joint_movement(before, after, batch_id, (old_place, new_place),
                                                      (m_old, m_new), touched)
     return result
 

@@ -16,7 +16,7 @@ import html
 import io
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +98,8 @@ PLOTS = (
 class PageResult:
     page: Path
     ignored: bool  # git ignores the folder: `git add -A` will not commit it
-    document: dict[str, Any] | None = None  # review: the diff as `pose-sync diff --json` prints it
+    # review: the diff as `pose-sync diff --json` prints it; empty for the other pages
+    document: dict[str, Any] = field(default_factory=dict)
     shown: int = 0
     total: int = 0
 
@@ -251,7 +252,7 @@ def _chart(plot: Plot, series: list[tuple[str, list[dict[str, str]]]]) -> str:
              f'role="img" aria-label="{html.escape(plot.title)}"><title>{html.escape(plot.title)}</title>',
              f'<text class="title" x="0" y="14">{html.escape(plot.title)}</text>']
     for i, (label, _) in enumerate(series):  # legend, one line per series
-        y = 22 + 14 * i
+        y: float = 22 + 14 * i
         parts.append(f'<rect x="0" y="{y}" width="10" height="10" fill="{colours[i]}"/>'
                      f'<text class="legend" data-series="{html.escape(label)}" x="14" y="{y + 9}">'
                      f"{html.escape(label)}</text>")
@@ -465,7 +466,9 @@ def _sample_table(b: BatchDiff, shown: list[str], versions: tuple[Version, Versi
     loaded = [version.manifest(b.batch_id, place[b.batch_id]) if b.batch_id in place else None
               for version, place in zip(versions, places)]
     entries = [{s["sample_id"]: s for s in m[0]["samples"]} if m else {} for m in loaded]
-    manifest = (loaded[1] or loaded[0])[0]
+    present = loaded[1] or loaded[0]
+    assert present is not None, "a batch with changed samples has a manifest in one of the two versions"
+    manifest = present[0]
     columns = ["overlay", *[m for m in IMAGE_MODALITIES if m in manifest["modalities"]]]
     limbs, joints = manifest["conventions"]["keypoints"]["limbs"], manifest["conventions"]["keypoints"]["joints"]
     size = (manifest["image"]["width"], manifest["image"]["height"])
@@ -476,7 +479,8 @@ def _sample_table(b: BatchDiff, shown: list[str], versions: tuple[Version, Versi
                       for _ in columns) + "</tr></thead><tbody>")
     rows = []
     for sid in shown:
-        thumbs, points = [], []
+        thumbs: list[dict[str, str | None]] = []
+        points: list[list[list[float]] | None] = []
         for side, version, place, by_id in zip(("before", "after"), versions, places, entries):
             entry = by_id.get(sid)
             if entry is None:
@@ -525,7 +529,7 @@ def write_contact_sheet(root: Path, batch_id: str, out: Path | None = None, *, l
     version = Version(root, None)
     place = version.batches().get(batch_id)
     loaded = version.manifest(batch_id, place) if place else None
-    if loaded is None:
+    if place is None or loaded is None:
         raise BatchNotFoundError(f"no batch {batch_id!r} in the workspace", where=str(root / DATA),
                                  hint="`pose-sync status` lists the batches; `dvc checkout` if its data is missing")
     manifest = loaded[0]

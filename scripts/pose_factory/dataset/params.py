@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from io import StringIO
 from pathlib import Path
 from typing import Any
@@ -82,8 +83,8 @@ def _write_text(settings: Settings, text: str) -> None:
         tmp.write_text(text)
 
 
-def register(settings: Settings, *, add: list[str] = (), remove: list[str] = (), archive: list[str] = (),
-             unarchive: list[str] = ()) -> None:
+def register(settings: Settings, *, add: Sequence[str] = (), remove: Sequence[str] = (), archive: Sequence[str] = (),
+             unarchive: Sequence[str] = ()) -> None:
     """Update the pipeline's batch list (`batches:`) and the archived list (`archived:`).
 
     Ids already listed keep their place (and their line); new ones are inserted where they sort.
@@ -204,7 +205,7 @@ def _edit_one(text: str, path: tuple, value: Any) -> str:
     if lines and not lines[-1].endswith("\n"):
         lines[-1] += "\n"
     root = _yaml().load(text) if text.strip() else None
-    parent = root
+    parent: Any = root
     for key in path[:-1]:
         parent = parent[key]
     key = path[-1]

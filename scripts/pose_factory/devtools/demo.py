@@ -62,8 +62,12 @@ def _remove_tree(folder: Path) -> None:
         os.chmod(path, stat.S_IWUSR | stat.S_IRUSR | stat.S_IXUSR)
         function(path)
 
-    if folder.exists():
-        shutil.rmtree(folder, onexc=unlock) if sys.version_info >= (3, 12) else shutil.rmtree(folder, onerror=unlock)
+    if not folder.exists():
+        return
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(folder, onexc=unlock)
+    else:
+        shutil.rmtree(folder, onerror=unlock)
 
 
 # What a clone of this repository holds that the loop needs: the pipeline, its parameters and the code.
@@ -165,7 +169,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--s3-local", action="store_true", help="use a throw-away local S3 server as the bucket")
     args = parser.parse_args(argv)
     # An expected failure (e.g. run outside a project: nowhere to put data/demo/) is reported as pose-sync does.
-    return run_reporting_errors(lambda: run_demo(args.samples, args.size, args.s3_local) or 0)
+    def demo() -> int:
+        run_demo(args.samples, args.size, args.s3_local)
+        return 0
+
+    return run_reporting_errors(demo)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import tempfile
 import threading
 import time
 from collections import deque
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 
 from pose_factory.core.envnames import (
@@ -71,7 +72,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _reserve_ports(count: int, paired_offset: int = 0, avoid: set[int | None] = frozenset()) -> list[int]:
+def _reserve_ports(count: int, paired_offset: int = 0, avoid: AbstractSet[int | None] = frozenset()) -> list[int]:
     """Pick `count` distinct free ports; with paired_offset, ports[-1] also has port+offset free.
 
     All sockets stay bound until every port is chosen, so the same port is never handed out twice.
@@ -286,8 +287,9 @@ class LocalS3Server:
                 self._atexit_registered = False
 
     def _reap(self) -> None:
-        with contextlib.suppress(Exception):
-            self._proc.wait(timeout=5)
+        if self._proc is not None:
+            with contextlib.suppress(Exception):
+                self._proc.wait(timeout=5)
         self._remove_grpc_sockets()
         self._proc = None
         self.pid = None
@@ -428,8 +430,8 @@ def main(argv: list[str] | None = None) -> int:
 
     env_key, env_secret = os.environ.get(ENV_AWS_ACCESS_KEY), os.environ.get(ENV_AWS_SECRET_KEY)
     from_env = bool(env_key and env_secret)
-    access_key = env_key if from_env else "LOCAL" + secrets.token_hex(8).upper()
-    secret_key = env_secret if from_env else secrets.token_urlsafe(30)
+    access_key = env_key if env_key and env_secret else "LOCAL" + secrets.token_hex(8).upper()
+    secret_key = env_secret if env_key and env_secret else secrets.token_urlsafe(30)
     throwaway = args.dir is None
     workdir = args.dir or Path(tempfile.mkdtemp(prefix="pose-factory-s3-"))
 

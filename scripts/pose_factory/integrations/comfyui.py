@@ -27,13 +27,16 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pose_factory.core import killpoint
 from pose_factory.core.errors import ComfyUIError, ConfigError, PoseFactoryError, ServiceUnreachableError, UsageError
 from pose_factory.core.fsutil import atomic_write_path, sha256_bytes
 from pose_factory.core.settings import Settings
 from pose_factory.dataset import dvcrepo
+
+if TYPE_CHECKING:
+    from websocket import WebSocket
 
 RECORD_VERSION = 1
 CHECK_JSON_VERSION = 1
@@ -198,7 +201,7 @@ class Events:
         self.doing: dict[str, tuple[str, str]] = {}  # prompt_id -> (node id, " step 3/20")
         self.alive = False
         self._changed = threading.Condition()
-        self._ws = None
+        self._ws: WebSocket | None = None
         self._thread: threading.Thread | None = None
         if not enabled:
             return
@@ -211,15 +214,15 @@ class Events:
             return  # no websocket (an old proxy, a firewall): poll
         self._ws.settimeout(None)
         self.alive = True
-        self._thread = threading.Thread(target=self._read, name="comfyui-events", daemon=True)
+        self._thread = threading.Thread(target=self._read, args=(self._ws,), name="comfyui-events", daemon=True)
         self._thread.start()
 
-    def _read(self) -> None:
+    def _read(self, ws: WebSocket) -> None:
         import websocket
 
         while True:
             try:
-                message = self._ws.recv()
+                message = ws.recv()
             except (websocket.WebSocketException, OSError):
                 break
             if isinstance(message, str):  # binary frames are previews
@@ -231,7 +234,8 @@ class Events:
             self._changed.notify_all()
 
     def _record(self, kind: str, data: dict[str, Any]) -> None:
-        prompt_id = data.get("prompt_id")
+        # Events of no prompt (queue status) are kept under "": they only wake a waiter.
+        prompt_id: str = data.get("prompt_id") or ""
         with self._changed:
             if kind == "execution_start":
                 self.started.setdefault(prompt_id, time.monotonic())
@@ -624,8 +628,9 @@ class _Run:
                               prompt_id)
         self._collect(prompt, entry)
 
-    def _wait(self, prompt: _Prompt) -> tuple[str, dict[str, Any] | None]:
-        """Follow a prompt until ComfyUI has its history entry; the timeout runs only while it executes."""
+    def _wait(self, prompt: _Prompt) -> tuple[str, dict[str, Any]]:
+        """Follow a prompt until ComfyUI has its history entry; the timeout runs only while it executes.
+        ('done', entry), or ('vanished' | 'timeout', {})."""
         delay, missing, ended = 0.05, 0, None
         while True:
             entry = self.client.history(prompt.prompt_id)
@@ -634,7 +639,7 @@ class _Run:
             if prompt.prompt_id in self.events.ended:  # the history entry follows the event closely
                 ended = ended or time.monotonic()
                 if time.monotonic() - ended > 30:
-                    return "vanished", None
+                    return "vanished", {}
                 self.events.wait(0.05)
                 continue
             if prompt.started is None:
@@ -649,10 +654,10 @@ class _Run:
                 else:
                     missing += 1  # twice neither in the queue nor in the history: gone
                     if missing >= 2 and self.client.history(prompt.prompt_id) is None:
-                        return "vanished", None
+                        return "vanished", {}
             if prompt.started is not None:
                 if time.monotonic() - prompt.started > self.timeout_s:
-                    return "timeout", None
+                    return "timeout", {}
                 node_id, step = self.events.doing.get(prompt.prompt_id, ("", ""))
                 class_type = (self.mapping.graph.get(node_id) or {}).get("class_type", "")
                 self._note(prompt, f"node {node_id} {class_type}{step}" if node_id else "running")

@@ -524,9 +524,9 @@ def _judge(storage: Storage, settings: Settings, record: dict[str, Any], job: di
         return "failed", "the worker reported done, but its output is not complete in the bucket"
     if pod_known and pod is None:
         return "failed", "the pod is gone (terminated) before its work was done"
-    if pod_known and pod["status"] == "ERROR":
+    if pod_known and pod is not None and pod["status"] == "ERROR":
         return "failed", "the pod is in ERROR: its container cannot run (image, start command or secrets)"
-    if pod_known and pod["status"] == "EXITED":
+    if pod_known and pod is not None and pod["status"] == "EXITED":
         return "failed", "the pod stopped before its work was done"
     if mine is None and _age_s(attempt["created_at"]) > config["startup_timeout_s"]:
         state = pod["status"] if pod_known and pod else "unknown"

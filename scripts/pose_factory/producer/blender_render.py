@@ -181,7 +181,7 @@ def _scene_error(problem: dict[str, Any]) -> SceneError:
     what = "the armature's bones" if problem.get("kind") == "missing_bones" else "available"
     listed = f"; {what}: {', '.join(names[:400])}{' ...' if len(names) > 400 else ''}" if names else ""
     return SceneError(problem["message"] + listed, where="job.scene / job.rig / job.poses",
-                      hint=_SCENE_HINTS.get(problem.get("kind"), "check the job's scene, rig and motion fields"))
+                      hint=_SCENE_HINTS.get(str(problem.get("kind")), "check the job's scene, rig and motion fields"))
 
 
 def assets_dir(settings: Settings) -> Path:

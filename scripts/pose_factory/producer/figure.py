@@ -234,7 +234,7 @@ def frame_camera(lo: np.ndarray, hi: np.ndarray, azimuth_deg: float, elevation_d
     need = np.maximum(k[0, 0] * np.abs(q[:, 0]) / half_w - q[:, 2], k[1, 1] * np.abs(q[:, 1]) / half_h - q[:, 2])
     distance = max(float(distance_m), float(need.max()), float((-q[:, 2]).max()) + 0.1)
     return Camera(azimuth_deg, elevation_deg, distance, focal_mm, width, height, sensor_mm,
-                  tuple(float(v) for v in target))
+                  (float(target[0]), float(target[1]), float(target[2])))
 
 
 # --------------------------------------------------------------------------- poses

@@ -26,11 +26,11 @@ import re
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from pose_factory.bucket.backends import Storage, join_key
 from pose_factory.bucket.jobs import MAX_JOB_BYTES, read_job
@@ -102,8 +102,10 @@ def shard_identity(job: dict[str, Any], batch_id: str, shard: Shard) -> dict[str
             "count": len(samples), "job": job}
 
 
-def shard_record_matches(record: dict[str, Any] | None, job: dict[str, Any], batch_id: str, shard: Shard) -> bool:
-    return bool(record) and record.get("batch_id") == batch_id and all(
+def shard_record_matches(record: dict[str, Any] | None, job: dict[str, Any], batch_id: str, shard: Shard
+                         ) -> TypeGuard[dict[str, Any]]:
+    """The shard record exists and is this job's, batch's and shard's."""
+    return bool(record) and record is not None and record.get("batch_id") == batch_id and all(
         record.get(k) == v for k, v in shard_identity(job, batch_id, shard).items())
 
 
@@ -122,7 +124,7 @@ def settings_for_pod(settings: Settings) -> dict[str, Any]:
                                                     "api_backoff_s")}}
 
 
-def settings_from_request(environ: dict[str, str] | None = None) -> Settings:
+def settings_from_request(environ: Mapping[str, str] | None = None) -> Settings:
     """The pod side: Settings from `POSE_FACTORY_WORKER_SETTINGS` alone (validated like a config file)."""
     from pose_factory.core.settings import load_settings
 
