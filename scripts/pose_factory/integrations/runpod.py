@@ -681,7 +681,11 @@ def _watch_round(runpod: RunPodClient, storage: Storage, settings: Settings, rec
         return WatchOutcome(record, True, "done")
     found = {s["index"]: read_json(storage, shard_record_key(settings, record["job_id"], s["index"]))
              for s in record["shards"]}
-    problems = shard_problems(storage, settings, record["batch_id"], [r for r in found.values() if r])
+    records = [r for r in found.values() if r is not None]
+    # A record lost since its shard was judged done (deleted, unreadable) is rendered again, like lost files.
+    problems = {index: "its shard record is missing or unreadable in the bucket"
+                for index, r in found.items() if r is None}
+    problems.update(shard_problems(storage, settings, record["batch_id"], records))
     for index, problem in problems.items():  # files lost or overwritten since: that shard is rendered again
         shard = record["shards"][index]
         shard["state"] = "running"
@@ -692,7 +696,7 @@ def _watch_round(runpod: RunPodClient, storage: Storage, settings: Settings, rec
         _start_attempt(runpod, settings, record, shard, env)
     if problems:
         return None
-    result = assemble_batch(storage, settings, job, record["batch_id"], list(found.values()))
+    result = assemble_batch(storage, settings, job, record["batch_id"], records)
     record["assembled"] = True
     return WatchOutcome(record, True, f"done: assembled from {record['pods']} shards", result)
 
