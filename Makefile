@@ -63,8 +63,9 @@ test: $(VENV_STAMP) test-tools ## Run the whole test suite (starts its own local
 test-fast: $(VENV_STAMP) ## Run the unit tier only: in-process, no git, dvc, S3 server or other process (seconds)
 	$(VENV_PY) -m pytest -m "not integration" -n 0
 
-lint: $(VENV_STAMP) ## Check the code with ruff (pyflakes, pycodestyle, import order, bugbear)
+lint: $(VENV_STAMP) ## Check the code: ruff (pyflakes, pycodestyle, import order, bugbear), then mypy's types
 	$(VENV)/bin/ruff check scripts tests benchmarks
+	$(VENV)/bin/mypy
 
 test-tools: ## Install Debian's chromium and blender for the browser and render tests (when missing, on Debian as root)
 	@missing=""; \
