@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pose_factory.bucket.backends import (
     ObjectInfo,
@@ -39,6 +39,9 @@ from pose_factory.core.fsutil import check_relative_path, md5_bytes
 from pose_factory.core.layout import COMPLETE_MARKER_NAME, MANIFEST_NAME
 from pose_factory.core.progress import Progress
 from pose_factory.core.settings import Settings
+
+if TYPE_CHECKING:
+    from pose_factory.core.models import Job, Manifest
 
 LIST_JSON_VERSION = 1
 PUBLISH_JSON_VERSION = 1
@@ -281,7 +284,7 @@ def list_json(storage: Storage, batches: list[BatchListing]) -> dict[str, Any]:
 
 
 def fetch_remote_manifest(storage: Storage, settings: Settings, batch_id: str, allow_incomplete: bool
-                          ) -> tuple[dict[str, Any], bytes, list[str]]:
+                          ) -> tuple[Manifest, bytes, list[str]]:
     """Fetch and check what the bucket holds for a batch before a pull; return (manifest, its bytes, object keys).
 
     Everything that can be refused is refused here, before a byte is downloaded: unsafe keys, a marker of
@@ -348,7 +351,7 @@ def fetch_remote_manifest(storage: Storage, settings: Settings, batch_id: str, a
 SHARD_RECORD_VERSION = 1
 
 
-def complete_manifest(storage: Storage, settings: Settings, batch_id: str) -> dict[str, Any] | None:
+def complete_manifest(storage: Storage, settings: Settings, batch_id: str) -> Manifest | None:
     """The batch's manifest when the batch is complete in the bucket (marker there and matching), else None."""
     prefix = batch_prefix(settings, batch_id)
     marker = read_marker(storage, prefix + COMPLETE_MARKER_NAME)
@@ -413,7 +416,7 @@ def shard_problems(storage: Storage, settings: Settings, batch_id: str, records:
     return problems
 
 
-def merge_shard_manifests(job: dict[str, Any], batch_id: str, manifests: list[dict[str, Any]]) -> dict[str, Any]:
+def merge_shard_manifests(job: Job, batch_id: str, manifests: list[Manifest]) -> Manifest:
     """One batch manifest from the partial manifests of its shards; the same shards always give the same bytes."""
     first = manifests[0]
     for part in manifests:
@@ -446,7 +449,7 @@ class AssembleResult:
     already_complete: bool
 
 
-def assemble_batch(storage: Storage, settings: Settings, job: dict[str, Any], batch_id: str,
+def assemble_batch(storage: Storage, settings: Settings, job: Job, batch_id: str,
                    records: list[dict[str, Any]]) -> AssembleResult:
     """Check every shard in the bucket, then write the batch's manifest once and its completion marker last."""
     from pose_factory.core import killpoint

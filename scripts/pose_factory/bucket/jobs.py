@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pose_factory.bucket.backends import Storage, join_key
 from pose_factory.core import contract, schemas
 from pose_factory.core.errors import SchemaError
 from pose_factory.core.settings import Settings
+
+if TYPE_CHECKING:
+    from pose_factory.core.models import Job
 
 JOBS_JSON_VERSION = 1
 # A job definition is a few hundred bytes; anything far larger in the jobs prefix is not read.
@@ -20,10 +23,10 @@ def job_key(settings: Settings, job_id: str) -> str:
     return join_key(settings.prefixes.jobs, f"{job_id}.json")
 
 
-def read_job(storage: Storage, settings: Settings, job_id: str) -> dict[str, Any]:
+def read_job(storage: Storage, settings: Settings, job_id: str) -> Job:
     """The job definition `job_id` from the bucket: size-capped, parsed bounded, checked against its schema."""
     key = job_key(settings, job_id)
-    job = schemas.parse_json(storage.read_bytes(key, MAX_JOB_BYTES), key)
+    job: Job = schemas.parse_json(storage.read_bytes(key, MAX_JOB_BYTES), key)
     schemas.check(job, "job", key)
     return job
 

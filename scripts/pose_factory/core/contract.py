@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime
 from functools import cache
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pose_factory.core import schemas
 from pose_factory.core.envnames import ENV_SOURCE_DATE_EPOCH
@@ -24,6 +24,9 @@ from pose_factory.core.errors import IntegrityError, UnsafeKeyError
 from pose_factory.core.fsutil import check_relative_path, content_digests, sha256_bytes
 from pose_factory.core.layout import COMPLETE_MARKER_NAME, MANIFEST_NAME
 from pose_factory.core.schemas import Problem
+
+if TYPE_CHECKING:
+    from pose_factory.core.models import CompletionMarker, FileEntry, Manifest
 
 T = TypeVar("T")
 
@@ -146,13 +149,13 @@ def hash_files(root: Path, relative_paths: list[str], workers: int | None = None
     return map_files(root, relative_paths, lambda _, data: content_digests(data, with_md5=with_md5), workers)
 
 
-def file_entries(root: Path, relative_paths: list[str]) -> list[dict[str, Any]]:
+def file_entries(root: Path, relative_paths: list[str]) -> list[FileEntry]:
     """Manifest `files` entries (path, size, sha256), sorted by path."""
     digests = hash_files(root, sorted(relative_paths))
     return [{"path": p, "size": digests[p][0], "sha256": digests[p][1]} for p in sorted(digests)]
 
 
-def load_manifest(batch_dir: Path) -> dict[str, Any]:
+def load_manifest(batch_dir: Path) -> Manifest:
     """Read and schema-check `<batch_dir>/manifest.json`."""
     label = str(batch_dir / MANIFEST_NAME)
     if not (batch_dir / MANIFEST_NAME).is_file():
@@ -163,7 +166,7 @@ def load_manifest(batch_dir: Path) -> dict[str, Any]:
     return manifest
 
 
-def parse_manifest_bytes(data: bytes, label: str) -> dict[str, Any]:
+def parse_manifest_bytes(data: bytes, label: str) -> Manifest:
     """Parse (bounded, see schemas.parse_json) and schema-check manifest bytes fetched from a bucket."""
     manifest = schemas.parse_json(data, label)
     schemas.check(manifest, "manifest", label)
@@ -243,7 +246,7 @@ def walk_files(folder: Path) -> tuple[set[str], list[str]]:
     return files, sorted(symlinks)
 
 
-def compare_files(batch_dir: Path, manifest: dict[str, Any],
+def compare_files(batch_dir: Path, manifest: Manifest,
                   known: dict[str, tuple[int, str, str]] | None = None, *, with_md5: bool = False
                   ) -> tuple[list[Problem], dict[str, tuple[int, str, str]]]:
     """How the folder differs from the manifest's file list, and the digests of the files present.
@@ -253,7 +256,7 @@ def compare_files(batch_dir: Path, manifest: dict[str, Any],
     computed again.
     """
     problems: list[Problem] = []
-    listed: dict[str, dict[str, Any]] = {}
+    listed: dict[str, FileEntry] = {}
     for entry in manifest["files"]:
         rel = check_relative_path(entry["path"], where=f"{batch_dir / MANIFEST_NAME}: files[].path")
         if rel in (MANIFEST_NAME, COMPLETE_MARKER_NAME):
@@ -287,7 +290,7 @@ def compare_files(batch_dir: Path, manifest: dict[str, Any],
     return problems, digests
 
 
-def verify_batch(batch_dir: Path, manifest: dict[str, Any],
+def verify_batch(batch_dir: Path, manifest: Manifest,
                  known: dict[str, tuple[int, str, str]] | None = None, *, with_md5: bool = False
                  ) -> dict[str, tuple[int, str, str]]:
     """Raise IntegrityError unless the folder holds exactly the manifest's files (see compare_files).
@@ -304,7 +307,7 @@ def verify_batch(batch_dir: Path, manifest: dict[str, Any],
     return digests
 
 
-def completion_marker(manifest: dict[str, Any], manifest_bytes: bytes) -> dict[str, Any]:
+def completion_marker(manifest: Manifest, manifest_bytes: bytes) -> CompletionMarker:
     """The `_complete.json` document for a manifest as uploaded."""
     totals = manifest["totals"]
     return {

@@ -33,6 +33,7 @@ SCHEMA_FILES = {
     "openpose": "openpose.schema.json",
     "complete": "complete.schema.json",
     "working": "working.schema.json",
+    "index": "index.schema.json",
 }
 
 # How many violations one error message spells out in full before it only counts the rest.

@@ -23,7 +23,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -32,6 +32,9 @@ from pose_factory.core.errors import BatchNotFoundError, ConfigError, UsageError
 from pose_factory.core.fsutil import atomic_write_path, check_relative_path, sha256_bytes
 from pose_factory.core.layout import MANIFEST_NAME
 from pose_factory.core.settings import Settings
+
+if TYPE_CHECKING:
+    from pose_factory.core.models import Manifest, ManifestSample
 
 CURATION_JSON_VERSION = 1
 TSV_COLUMNS = ("sample_id", "decision", "reason", "files")
@@ -57,7 +60,7 @@ def decisions_file(curation_dir: Path, batch_id: str) -> Path:
     return curation_dir / f"{batch_id}.tsv"
 
 
-def sample_fingerprints(manifest: dict[str, Any]) -> dict[str, str]:
+def sample_fingerprints(manifest: Manifest) -> dict[str, str]:
     """{sample id: 16 hex digits summing up the sha256 of every file of the sample (annotation included)}."""
     sha = {f["path"]: f["sha256"] for f in manifest["files"]}
     out = {}
@@ -163,7 +166,7 @@ def apply_decisions(decisions: dict[str, Decision], fingerprints: dict[str, str]
     return Applied(decisions, stale, orphans)
 
 
-def rejected_samples(curation_dir: Path, batch_id: str, manifest: dict[str, Any]) -> tuple[set[str], int]:
+def rejected_samples(curation_dir: Path, batch_id: str, manifest: Manifest) -> tuple[set[str], int]:
     """(sample ids rejected by a decision that still holds, decisions waiting for a fresh look)."""
     applied = apply_decisions(read_decisions(decisions_file(curation_dir, batch_id)), sample_fingerprints(manifest))
     return applied.rejected(), len(applied.stale)
@@ -226,8 +229,8 @@ def review_block(curation: list[dict[str, Any]]) -> str:
 class CurationBatch:
     batch_id: str
     folder: Path
-    manifest: dict[str, Any]
-    samples: dict[str, dict[str, Any]]  # sample id -> manifest entry
+    manifest: Manifest
+    samples: dict[str, ManifestSample]  # sample id -> manifest entry
     sha: dict[str, str]  # file path -> sha256
     fingerprints: dict[str, str]
 

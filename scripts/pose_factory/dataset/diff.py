@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -19,6 +19,9 @@ from pose_factory.core import layout
 from pose_factory.core.errors import PoseFactoryError, RepositoryError, UsageError
 from pose_factory.core.layout import MANIFEST_NAME
 from pose_factory.dataset import curation, dvcrepo
+
+if TYPE_CHECKING:
+    from pose_factory.core.models import Manifest
 
 DIFF_JSON_VERSION = 1
 WORKSPACE = "workspace"
@@ -87,7 +90,7 @@ class Version:
         """Where a batch of this place ('raw' or 'archive') is, relative to the root, as git trees name it."""
         return (layout.MIRROR if place == "raw" else layout.ARCHIVE).as_posix()
 
-    def manifest(self, batch_id: str, place: str) -> tuple[dict[str, Any], bytes] | None:
+    def manifest(self, batch_id: str, place: str) -> tuple[Manifest, bytes] | None:
         folder = self.folder(place)
         data = self.read_bytes(f"{folder}/{batch_id}/{MANIFEST_NAME}")
         if data is None and self.read_bytes(f"{folder}/{batch_id}.dvc") is not None:
@@ -208,7 +211,7 @@ class DatasetDiff:
                 "curation": self.curation}
 
 
-def _sample_hashes(manifest: dict[str, Any]) -> dict[str, dict[str, str]]:
+def _sample_hashes(manifest: Manifest) -> dict[str, dict[str, str]]:
     """{sample id: {modality or 'annotation': sha256}} from the manifest alone."""
     sha = {f["path"]: f["sha256"] for f in manifest["files"]}
     out = {}
@@ -227,7 +230,7 @@ def keypoints_of(version: Version, batch_id: str, place: str, annotation: str) -
 
 
 def _joint_movement(before: Version, after: Version, batch_id: str, places: tuple[str, str],
-                    manifests: tuple[dict, dict], sample_ids: list[str]
+                    manifests: tuple[Manifest, Manifest], sample_ids: list[str]
                     ) -> tuple[list[JointMovement], dict[str, SampleMovement]]:
     joints = manifests[1]["conventions"]["keypoints"]["joints"]
     paths = [{s["sample_id"]: s["annotation"] for s in m["samples"]} for m in manifests]

@@ -29,7 +29,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,6 +42,7 @@ from pose_factory.core.fsutil import clone_file, make_read_only, recover_swap, s
 from pose_factory.core.layout import CURATION, MANIFEST_NAME
 
 if TYPE_CHECKING:
+    from pose_factory.core.models import Annotation, IndexRow, Manifest, ManifestSample, WorkingIndex
     from pose_factory.core.settings import Settings
 
 INDEX_VERSION = 1
@@ -79,8 +80,8 @@ def working_settings(params: dict[str, Any], params_file: str) -> dict[str, Any]
 @dataclass(frozen=True)
 class Selected:
     batch_id: str
-    sample: dict[str, Any]
-    annotation: dict[str, Any]
+    sample: ManifestSample
+    annotation: Annotation
     manifest_sha256: str
 
 
@@ -117,7 +118,7 @@ def _resolve_batches(working: dict[str, Any], registered: list[str], raw_dir: Pa
     return list(working["batches"])
 
 
-def _keep(selected: Selected, filters: dict[str, Any], manifest: dict[str, Any]) -> bool:
+def _keep(selected: Selected, filters: dict[str, Any], manifest: Manifest) -> bool:
     annotation = selected.annotation
     camera, pose = annotation["camera"], annotation["pose"]
     if filters["project"] and manifest["project"] != filters["project"]:
@@ -257,12 +258,12 @@ def _materialize(params_file: Path, raw_dir: Path, reports_dir: Path, out_dir: P
             raise RepositoryError(f"{batch_id} failed validation: it is not put in the working set", where=str(metrics),
                                   hint=f"see {reports_dir / batch_id / 'report.json'}")
     modalities = working["modalities"]
-    selected: list[tuple[Selected, dict[str, Any]]] = []
+    selected: list[tuple[Selected, Manifest]] = []
     left_out, fresh_look = 0, 0
     for batch_id in batch_ids:
         batch_dir = raw_dir / batch_id
         manifest_bytes = (batch_dir / MANIFEST_NAME).read_bytes()
-        manifest = orjson.loads(manifest_bytes)
+        manifest: Manifest = orjson.loads(manifest_bytes)  # the validate stage checked it (metrics.json above)
         manifest_sha256 = contract.sha256_bytes(manifest_bytes)
         missing = [m for m in modalities if m not in manifest["modalities"]]
         if missing:
@@ -273,7 +274,7 @@ def _materialize(params_file: Path, raw_dir: Path, reports_dir: Path, out_dir: P
             rejected, stale = rejected_samples(curation_dir, batch_id, manifest)
             fresh_look += stale
         for sample in manifest["samples"]:
-            annotation = orjson.loads((batch_dir / sample["annotation"]).read_bytes())
+            annotation: Annotation = orjson.loads((batch_dir / sample["annotation"]).read_bytes())
             item = Selected(batch_id, sample, annotation, manifest_sha256)
             if _keep(item, working["filters"], manifest):
                 if sample["sample_id"] in rejected:
@@ -295,7 +296,7 @@ def _materialize(params_file: Path, raw_dir: Path, reports_dir: Path, out_dir: P
     try:
         for modality in modalities:
             (build / contract.MODALITIES[modality][0]).mkdir()
-        rows = []
+        rows: list[IndexRow] = []
         counter = progress.task("materialize", len(selected), "samples") if progress else contextlib.nullcontext()
         with counter as bar:
             # Plain strings and os calls: with thousands of files, pathlib's overhead would dominate.
@@ -317,7 +318,7 @@ def _materialize(params_file: Path, raw_dir: Path, reports_dir: Path, out_dir: P
                 killpoint.reached("materialize:linking")
                 if bar:
                     bar.advance()
-        index_doc = {
+        index_doc: WorkingIndex = {
             "version": INDEX_VERSION,
             "batches": [{"batch_id": b, "manifest_sha256": next(i.manifest_sha256 for i, _ in selected
                                                                  if i.batch_id == b)} for b in batch_ids],
@@ -338,28 +339,29 @@ def _materialize(params_file: Path, raw_dir: Path, reports_dir: Path, out_dir: P
                              left_out, fresh_look)
 
 
-def _index_row(index: int, name: str, item: Selected, files: dict[str, str], sources: dict[str, str]) -> dict:
+def _index_row(index: int, name: str, item: Selected, files: dict[str, str], sources: dict[str, str]) -> IndexRow:
     annotation = item.annotation
     camera, pose = annotation["camera"], annotation["pose"]
-    person = annotation["persons"][0] if annotation["persons"] else {}
+    person = annotation["persons"][0] if annotation["persons"] else None
     return {
         "index": index, "name": name, "batch_id": item.batch_id, "sample_id": item.sample["sample_id"],
         "files": files, "source": sources,
         "azimuth_deg": camera["azimuth_deg"], "elevation_deg": camera["elevation_deg"],
         "distance_m": camera["distance_m"], "focal_length_mm": camera["focal_length_mm"],
         "rig": pose["rig"], "pose_set": pose["set"], "frame": pose["frame"],
-        "visible_fraction": person.get("visible_fraction"), "bbox": person.get("bbox"),
+        "visible_fraction": person["visible_fraction"] if person else None, "bbox": person["bbox"] if person else None,
     }
 
 
-def _index_csv(rows: list[dict[str, Any]], modalities: list[str]) -> str:
+def _index_csv(rows: list[IndexRow], modalities: list[str]) -> str:
     buffer = io.StringIO()
     columns = ["index", "name", "batch_id", "sample_id", *modalities, "azimuth_deg", "elevation_deg", "distance_m",
                "rig", "pose_set", "frame", "visible_fraction"]
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        flat = {k: row[k] for k in columns if k in row}
+        cells: Mapping[str, Any] = row
+        flat = {k: cells[k] for k in columns if k in cells}
         flat.update(row["files"])
         writer.writerow(flat)
     return buffer.getvalue()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pose_factory.bucket.backends import Storage
 from pose_factory.bucket.batches import list_batches
@@ -24,6 +24,9 @@ from pose_factory.core.layout import ARCHIVE, MANIFEST_NAME, MIRROR, POD_OUTBOX
 from pose_factory.core.settings import Settings
 from pose_factory.dataset import dvcrepo, journal, params
 from pose_factory.dataset.journal import Journal
+
+if TYPE_CHECKING:
+    from pose_factory.core.models import Manifest
 
 STATUS_JSON_VERSION = 1  # fields and states were only added since
 
@@ -288,7 +291,7 @@ def restore(settings: Settings, batch_id: str) -> list[str]:
     return _move(settings, "restore", batch_id)
 
 
-def verify(settings: Settings, batch: str) -> tuple[dict[str, Any], Path]:
+def verify(settings: Settings, batch: str) -> tuple[Manifest, Path]:
     """Check a batch folder, or a batch id in the mirror or the archive, against its manifest.
 
     Returns (manifest, folder); raises IntegrityError naming each file that differs, with the way back

@@ -18,7 +18,7 @@ import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
@@ -31,6 +31,9 @@ from pose_factory.dataset import dvcrepo
 from pose_factory.dataset.curation import review_block
 from pose_factory.dataset.diff import BatchDiff, Version, diff, keypoints_of
 from pose_factory.dataset.validate import count_coverage, coverage_stats, new_coverage, plot_tables
+
+if TYPE_CHECKING:
+    from pose_factory.core.models import ManifestSample
 
 THUMB_PX = 120
 KEYPOINT_VIEW_PX = 240
@@ -140,7 +143,7 @@ def _img(out: Path, path: str | None, caption: str) -> str:
     return f'<img src="{html.escape(rel)}" alt="{html.escape(caption)}" title="{html.escape(caption)}">'
 
 
-def _sample_images(version: Version, batch_id: str, place: str, entry: dict[str, Any], folder: Path
+def _sample_images(version: Version, batch_id: str, place: str, entry: ManifestSample, folder: Path
                    ) -> dict[str, str | None]:
     """Thumbnails of one sample: {'overlay' | modality: path or None}."""
     images = {m: version.batch_file(batch_id, place, entry["files"][m])

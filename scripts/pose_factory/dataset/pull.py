@@ -19,7 +19,7 @@ import stat
 from dataclasses import asdict, dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pose_factory.bucket import rclone
 from pose_factory.bucket.backends import S3Storage, Storage, run_parallel
@@ -49,6 +49,9 @@ from pose_factory.core.progress import Progress, human_bytes
 from pose_factory.core.settings import Settings
 from pose_factory.dataset import dvcrepo, journal, params
 from pose_factory.dataset.journal import Journal
+
+if TYPE_CHECKING:
+    from pose_factory.core.models import FileEntry, Manifest
 
 PULL_JSON_VERSION = 1
 ENGINES = ("auto", "boto3", "rclone")
@@ -126,7 +129,7 @@ def _local_manifest_sha(folder: Path) -> str | None:
 Digests = dict[str, tuple[int, str, str]]
 
 
-def _clean_staging(staging: Path, entries: list[dict[str, Any]]) -> None:
+def _clean_staging(staging: Path, entries: list[FileEntry]) -> None:
     """Remove from staging all the manifest does not list: temp files of killed transfers (`.partial`,
     rclone's), files of an older render, anything that is not a regular file. Staging is never a trap."""
     listed = {e["path"] for e in entries} | {MANIFEST_NAME}
@@ -145,7 +148,7 @@ def _clean_staging(staging: Path, entries: list[dict[str, Any]]) -> None:
                 path.unlink()
 
 
-def _verify_staged(staging: Path, entries: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], Digests]:
+def _verify_staged(staging: Path, entries: list[FileEntry]) -> tuple[list[FileEntry], Digests]:
     """Split manifest entries into (still to fetch, digests of those already verified in staging)."""
     present = [e for e in entries if (staging / e["path"]).is_file()]
     digests = contract.hash_files(staging, [e["path"] for e in present]) if present else {}
@@ -156,9 +159,9 @@ def _verify_staged(staging: Path, entries: list[dict[str, Any]]) -> tuple[list[d
     return [e for e in entries if e["path"] not in good], {rel: digests[rel] for rel in good}
 
 
-def _download_boto3(storage: Storage, settings: Settings, prefix: str, staging: Path, todo: list[dict[str, Any]],
+def _download_boto3(storage: Storage, settings: Settings, prefix: str, staging: Path, todo: list[FileEntry],
                     bar) -> None:
-    def fetch(entry: dict[str, Any]) -> None:
+    def fetch(entry: FileEntry) -> None:
         killpoint.reached("pull:transfer")
         storage.download_file(prefix + entry["path"], staging / entry["path"])
         bar.advance(entry["size"])
@@ -167,7 +170,7 @@ def _download_boto3(storage: Storage, settings: Settings, prefix: str, staging: 
     run_parallel(fetch, todo, settings.concurrency * 2)
 
 
-def _check_downloaded(staging: Path, todo: list[dict[str, Any]], where: str) -> Digests:
+def _check_downloaded(staging: Path, todo: list[FileEntry], where: str) -> Digests:
     """Hash what was just downloaded (once) and compare with the manifest; return the digests."""
     digests = contract.hash_files(staging, [e["path"] for e in todo])
     problems = []
@@ -226,7 +229,7 @@ class _Planned:
     register: bool = False
 
 
-def _stage(storage: Storage, settings: Settings, batch_id: str, manifest: dict[str, Any], manifest_bytes: bytes, *,
+def _stage(storage: Storage, settings: Settings, batch_id: str, manifest: Manifest, manifest_bytes: bytes, *,
            engine: str, progress: Progress) -> _Planned:
     """Decide what a batch needs; when it needs data, download and verify it into staging."""
     final = settings.mirror_dir / batch_id

@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from pose_factory.bucket.backends import Storage, join_key
@@ -69,6 +69,9 @@ from pose_factory.producer.worker import (
     shard_record_matches,
     status_key,
 )
+
+if TYPE_CHECKING:
+    from pose_factory.core.models import Job
 
 API_V2 = "https://api.runpod.io/v2"
 POD_NAME_PREFIX = "pose-factory-"
@@ -495,7 +498,7 @@ def _age_s(stamp: str | None) -> float:
     return (datetime.now(UTC) - datetime.fromisoformat(stamp.replace("Z", "+00:00"))).total_seconds()
 
 
-def _shard_done(storage: Storage, settings: Settings, record: dict[str, Any], job: dict[str, Any],
+def _shard_done(storage: Storage, settings: Settings, record: dict[str, Any], job: Job,
                 shard: dict[str, Any]) -> bool:
     """Shard k's output is in the bucket: the complete batch (one pod), or its shard record (several pods)."""
     from pose_factory.bucket.batches import complete_manifest
@@ -507,7 +510,7 @@ def _shard_done(storage: Storage, settings: Settings, record: dict[str, Any], jo
     return shard_record_matches(found, job, record["batch_id"], Shard(shard["index"], record["pods"]))
 
 
-def _judge(storage: Storage, settings: Settings, record: dict[str, Any], job: dict[str, Any], shard: dict[str, Any],
+def _judge(storage: Storage, settings: Settings, record: dict[str, Any], job: Job, shard: dict[str, Any],
            pod: dict[str, Any] | None, pod_known: bool, status: dict[str, Any] | None) -> tuple[str, str]:
     """('done' | 'failed' | 'running', why) for the shard's current attempt. The pod was looked at before the
     bucket, so a worker that finished and shut its pod down in between is seen as done, not as a lost pod."""
@@ -633,7 +636,7 @@ def _current_pod(runpod: RunPodClient, attempt: dict[str, Any], listed: list[dic
 
 
 def _watch_round(runpod: RunPodClient, storage: Storage, settings: Settings, record: dict[str, Any],
-                 job: dict[str, Any], env: dict[str, str] | None, started: float,
+                 job: Job, env: dict[str, str] | None, started: float,
                  on_update: Callable[[dict[str, Any]], None]) -> WatchOutcome | None:
     """One look at the pods (first) and the bucket; act on what changed. A WatchOutcome when the job is over."""
     from pose_factory.bucket.batches import assemble_batch, shard_problems

@@ -23,7 +23,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -46,6 +46,9 @@ from pose_factory.producer.generate import (
     software_block,
     synthetic_pose,
 )
+
+if TYPE_CHECKING:
+    from pose_factory.core.models import Job
 
 RENDER_SCRIPT = Path(__file__).resolve().parents[2] / "blender" / "render_job.py"
 # Scene assets (.blend, HDRI, BVH) live under this prefix of the bucket; locally in $POSE_FACTORY_ASSETS or
@@ -104,7 +107,7 @@ def blender_executable() -> str:
     return exe
 
 
-def _sample_plan(job: dict[str, Any], index: int) -> dict[str, Any]:
+def _sample_plan(job: Job, index: int) -> dict[str, Any]:
     plan = plan_sample(job, index)
     pose = synthetic_pose(job, plan)
     camera = frame_view(job, plan, *figure.body_bounds(pose))
@@ -136,7 +139,7 @@ def _primitives_json(pose: figure.Pose) -> list[dict[str, Any]]:
     return out
 
 
-def scene_spec(job: dict[str, Any], plans: list[dict[str, Any]]) -> dict[str, Any]:
+def scene_spec(job: Job, plans: list[dict[str, Any]]) -> dict[str, Any]:
     """The JSON render_job.py reads: image size, Cycles settings and per-sample camera, joints and body."""
     return {
         "width": job["image"]["width"], "height": job["image"]["height"],
@@ -199,7 +202,7 @@ class SceneAssets:
     bvh: Path | None = None
 
 
-def resolve_assets(job: dict[str, Any], settings: Settings, storage: Any = None, fetch_to: Path | None = None
+def resolve_assets(job: Job, settings: Settings, storage: Any = None, fetch_to: Path | None = None
                    ) -> SceneAssets:
     """The job's .blend, HDRI and BVH as local files; fetched from the bucket's assets/ prefix when given a
     storage and not found locally; the .blend checked against scene.blend_sha256 when the job gives it.
@@ -248,7 +251,7 @@ def resolve_assets(job: dict[str, Any], settings: Settings, storage: Any = None,
     return SceneAssets(blend=blend, hdri=found["hdri"], bvh=found["bvh"])
 
 
-def rig_mapping(job: dict[str, Any]) -> dict[str, list[str]]:
+def rig_mapping(job: Job) -> dict[str, list[str]]:
     """COCO-18 joint -> the rig points it is the mean of (a built-in mapping or the job's own)."""
     mapping = job["rig"].get("mapping", "rigify")
     if isinstance(mapping, str):
@@ -256,8 +259,11 @@ def rig_mapping(job: dict[str, Any]) -> dict[str, list[str]]:
             raise UsageError(f"unknown rig mapping {mapping!r}", where="job.rig.mapping",
                              hint="built in: " + ", ".join(RIG_MAPPINGS) + "; or an object joint -> bone")
         mapping = RIG_MAPPINGS[mapping]
-    return {joint: [mapping[joint]] if isinstance(mapping[joint], str) else list(mapping[joint])
-            for joint in encode.COCO18_JOINTS}
+
+    def points(value: str | list[str]) -> list[str]:
+        return [value] if isinstance(value, str) else list(value)
+
+    return {joint: points(mapping[joint]) for joint in encode.COCO18_JOINTS}
 
 
 @dataclass
@@ -268,7 +274,7 @@ class PreparedScene:
     probe: dict[str, Any]
 
 
-def prepare_scene(job: dict[str, Any], settings: Settings, storage: Any = None, work_dir: Path | None = None,
+def prepare_scene(job: Job, settings: Settings, storage: Any = None, work_dir: Path | None = None,
                   timeout_s: float = 600.0) -> PreparedScene:
     """Fetch and check the job's scene assets and probe the scene in Blender: the file opens, the character,
     armature, mapped bones and motion exist. Raises SceneError before anything is rendered."""
@@ -288,7 +294,7 @@ def prepare_scene(job: dict[str, Any], settings: Settings, storage: Any = None, 
     return PreparedScene(assets, probe)
 
 
-def _user_scene_fields(job: dict[str, Any], assets: SceneAssets) -> dict[str, Any]:
+def _user_scene_fields(job: Job, assets: SceneAssets) -> dict[str, Any]:
     poses, rig, scene = job["poses"], job["rig"], job["scene"]
     motion: dict[str, Any] = {}
     if assets.bvh is not None:
@@ -300,14 +306,14 @@ def _user_scene_fields(job: dict[str, Any], assets: SceneAssets) -> dict[str, An
             "hdri_strength": scene.get("hdri_strength", 1.0)}
 
 
-def _clip_frame(job: dict[str, Any], plan: Any, frames: list[int]) -> int:
+def _clip_frame(job: Job, plan: Any, frames: list[int]) -> int:
     """The clip frame a sample shows (docs/batch-contract.md section 3)."""
     if plan.position is None:  # sequential: the (i div V)-th frame of the clip's grid, the last one after its end
         return frames[min(len(frames) - 1, plan.index // len(camera_views(job)))]
     return frames[min(len(frames) - 1, int(plan.position * len(frames)))]
 
 
-def _user_plans(job: dict[str, Any], probe: dict[str, Any], indices: range) -> list[dict[str, Any]]:
+def _user_plans(job: Job, probe: dict[str, Any], indices: range) -> list[dict[str, Any]]:
     mapping = rig_mapping(job)
     frames = probe["frames"]
     out = []
@@ -324,7 +330,7 @@ def _user_plans(job: dict[str, Any], probe: dict[str, Any], indices: range) -> l
     return out
 
 
-def _render_user_scene(job: dict[str, Any], prepared: PreparedScene, scratch: Path, work: Path, batch_id: str,
+def _render_user_scene(job: Job, prepared: PreparedScene, scratch: Path, work: Path, batch_id: str,
                        timeout_s: float | None, progress: Progress, indices: range) -> dict[str, Any]:
     plans = _user_plans(job, prepared.probe, indices)
     labels = [name for name in encode.ADE20K if name != "sky"]
@@ -373,7 +379,7 @@ def _load_passes(raw: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return z, n_world, index
 
 
-def _convert_sample(plan: dict[str, Any], raw: Path, out: Path, job: dict[str, Any], batch_id: str
+def _convert_sample(plan: dict[str, Any], raw: Path, out: Path, job: Job, batch_id: str
                     ) -> dict[str, Any]:
     """Blender passes -> a View for the shared encoder, which writes the contract files and annotation."""
     camera: figure.Camera = plan["camera"]
@@ -397,7 +403,7 @@ def _convert_sample(plan: dict[str, Any], raw: Path, out: Path, job: dict[str, A
                                pose_block(pose, plan["frame"]))
 
 
-def check_engine(job: dict[str, Any]) -> None:
+def check_engine(job: Job) -> None:
     """Refuse engines the pod cannot render the contract's passes with, saying why."""
     engine = job["render"]["engine"]
     if engine in ("BLENDER_EEVEE_NEXT", "BLENDER_EEVEE"):
@@ -411,7 +417,7 @@ def check_engine(job: dict[str, Any]) -> None:
         raise UsageError(f"render engine {engine!r} is not supported; use CYCLES", where="job.render.engine")
 
 
-def _seal(work: Path, final_dir: Path, job: dict[str, Any], batch_id: str, samples: list[dict[str, Any]],
+def _seal(work: Path, final_dir: Path, job: Job, batch_id: str, samples: list[dict[str, Any]],
           info: dict[str, Any], seconds: float) -> None:
     device = info.get("device") or {"type": "CPU", "names": []}
     if isinstance(device, str):
@@ -424,7 +430,7 @@ def _seal(work: Path, final_dir: Path, job: dict[str, Any], batch_id: str, sampl
     seal_batch(work, final_dir, job, batch_id, samples, software)
 
 
-def render_with_blender(job: dict[str, Any], out_root: Path, settings: Settings, batch_id: str | None = None, *,
+def render_with_blender(job: Job, out_root: Path, settings: Settings, batch_id: str | None = None, *,
                         replace: bool = False, timeout_s: float | None = None, progress: Progress | None = None,
                         prepared: PreparedScene | None = None, storage: Any = None, indices: range | None = None
                         ) -> Path:
@@ -451,7 +457,7 @@ def render_with_blender(job: dict[str, Any], out_root: Path, settings: Settings,
     return _render_job(job, Path(out_root), settings, batch_id, replace, timeout_s, progress, None, indices)
 
 
-def _render_job(job: dict[str, Any], out_root: Path, settings: Settings, batch_id: str | None, replace: bool,
+def _render_job(job: Job, out_root: Path, settings: Settings, batch_id: str | None, replace: bool,
                 timeout_s: float | None, progress: Progress | None, prepared: PreparedScene | None,
                 indices: range | None = None) -> Path:
     indices = indices if indices is not None else range(job["samples"])

@@ -10,15 +10,19 @@ renderers cannot drift apart.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from pose_factory.core import contract
 from pose_factory.core.fsutil import naming
+
+if TYPE_CHECKING:
+    from pose_factory.core.models import Job
 
 COCO18_JOINTS: tuple[str, ...] = (
     "nose", "neck",
@@ -101,7 +105,8 @@ class Options:
     stick_scale: float = 1.0
 
     @classmethod
-    def from_job(cls, job: dict[str, Any]) -> Options:
+    def from_job(cls, job: Mapping[str, Any]) -> Options:
+        """The options of a job (a Job, or an empty mapping for the defaults)."""
         render = job.get("render", {})
         return cls(keypoints=render.get("keypoints", "detector"), stick_scale=float(render.get("stick_scale", 1.0)))
 
@@ -391,7 +396,7 @@ def camera_block(camera: Any, view_index: int, focal_length_mm: float) -> dict[s
     }
 
 
-def write_sample(out: Path, job: dict[str, Any], batch_id: str, index: int, encoded: Encoded,
+def write_sample(out: Path, job: Job, batch_id: str, index: int, encoded: Encoded,
                  camera: dict[str, Any], pose: dict[str, Any], tags: list[str] | None = None) -> dict[str, Any]:
     """Write one sample's modality files and annotation into the batch folder; return its manifest entry."""
     sid = contract.sample_id(index)
@@ -427,10 +432,11 @@ def write_sample(out: Path, job: dict[str, Any], batch_id: str, index: int, enco
     return {"sample_id": sid, "annotation": contract.annotation_path(sid), "files": files}
 
 
-def conventions(job: dict[str, Any] | None = None) -> dict[str, Any]:
+def conventions(job: Job | None = None) -> dict[str, Any]:
     """The manifest's `conventions` block: what every encoding above means."""
-    options = Options.from_job(job or {})
-    size = (job or {}).get("image", {"width": DETECT_RESOLUTION, "height": DETECT_RESOLUTION})
+    spec: Mapping[str, Any] = job or {}
+    options = Options.from_job(spec)
+    size = spec.get("image", {"width": DETECT_RESOLUTION, "height": DETECT_RESOLUTION})
     stick, radius = stick_sizes(size["width"], size["height"], options.stick_scale)
     block = {
         "keypoints": {"format": "coco18", "units": "pixels", "origin": "top-left",
@@ -443,11 +449,11 @@ def conventions(job: dict[str, Any] | None = None) -> dict[str, Any]:
         "normal": {"space": "camera", "encoding": "rgb=(n+1)/2*255", "red": "left", "green": "up",
                    "blue": "towards-camera", "background": [128, 128, 255]},
         "segmentation": {"palette": "ade20k", "labels": {k: list(v) for k, v in (
-            ADE20K if (job or {}).get("scene", {}).get("blend_file") else SEG_PALETTE).items()}},
+            ADE20K if spec.get("scene", {}).get("blend_file") else SEG_PALETTE).items()}},
         "camera": {"frame": "opencv", "world_frame": "z-up-right-handed", "units": "metres",
                    "extrinsics": "world-to-camera"},
     }
-    if "depth_metric" in (job or {}).get("render", {}).get("modalities", ()):
+    if "depth_metric" in spec.get("render", {}).get("modalities", ()):
         block["depth_metric"] = {"encoding": "camera-z", "bit_depth": 16, "channels": 1,
                                  "units_per_metre": METRIC_DEPTH_SCALE, "background": 0}
     return block

@@ -17,7 +17,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -29,7 +29,10 @@ from pose_factory.core.layout import MANIFEST_NAME
 from pose_factory.core.progress import Progress
 from pose_factory.core.settings import Settings
 
-DEFAULT_AZIMUTHS = [0, 45, 90, 135, 180, 225, 270, 315]
+if TYPE_CHECKING:
+    from pose_factory.core.models import Job
+
+DEFAULT_AZIMUTHS: list[float] = [0, 45, 90, 135, 180, 225, 270, 315]
 DEFAULT_SIZE = (1024, 1024)
 SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
@@ -46,7 +49,7 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def default_job(project: str, samples: int, size: tuple[int, int], seed: int, pose_set: str = "run-cycle",
-                rig: str = "mannequin-a", keypoints: str = "detector") -> dict[str, Any]:
+                rig: str = "mannequin-a", keypoints: Literal["detector", "all"] = "detector") -> Job:
     """The job a pod would receive, for a synthetic batch."""
     if not SLUG.match(project):
         raise UsageError(f"project {project!r} is not a slug (lowercase letters, digits and '-')", where="--project",
@@ -68,14 +71,14 @@ def default_job(project: str, samples: int, size: tuple[int, int], seed: int, po
     }
 
 
-def load_job(path: Path) -> dict[str, Any]:
+def load_job(path: Path) -> Job:
     """Read and schema-check a job definition file."""
     job = schemas.load_json(path)
     schemas.check(job, "job", str(path))
     return job
 
 
-def batch_id_for(job: dict[str, Any], settings: Settings, on: date | None = None) -> str:
+def batch_id_for(job: Job, settings: Settings, on: date | None = None) -> str:
     """The batch id from the naming convention (date + project), unless the job names one."""
     if job.get("batch_id"):
         return job["batch_id"]
@@ -84,7 +87,7 @@ def batch_id_for(job: dict[str, Any], settings: Settings, on: date | None = None
     return settings.batch_pattern.format(date=day, project=job["project"])
 
 
-def camera_views(job: dict[str, Any]) -> list[tuple[float, float, float]]:
+def camera_views(job: Job) -> list[tuple[float, float, float]]:
     """(azimuth, elevation, distance) for every view, azimuths varying slowest."""
     cams = job["cameras"]
     return list(itertools.product(cams["azimuths_deg"], cams["elevations_deg"], cams["distances_m"]))
@@ -110,7 +113,7 @@ class SamplePlan:
     position: float | None        # spread sampling: fraction of the cycle / clip, in [0, 1)
 
 
-def plan_sample(job: dict[str, Any], index: int) -> SamplePlan:
+def plan_sample(job: Job, index: int) -> SamplePlan:
     """The documented sampling (docs/batch-contract.md, section 3) of sample `index`.
 
     `spread` (default): views in bit-reversed order of the view list, so any number of samples covers the
@@ -133,7 +136,7 @@ def plan_sample(job: dict[str, Any], index: int) -> SamplePlan:
     return SamplePlan(index, view_index, float(azimuth), float(elevation), float(distance), frame, position)
 
 
-def frame_view(job: dict[str, Any], plan: SamplePlan, lo: np.ndarray, hi: np.ndarray) -> Any:
+def frame_view(job: Job, plan: SamplePlan, lo: np.ndarray, hi: np.ndarray) -> Any:
     """The framed camera of a sample around the body's bounding box (see figure.frame_camera)."""
     from pose_factory.producer import figure
 
@@ -142,7 +145,7 @@ def frame_view(job: dict[str, Any], plan: SamplePlan, lo: np.ndarray, hi: np.nda
                                job["image"]["width"], job["image"]["height"], cams.get("sensor_width_mm", 36.0))
 
 
-def synthetic_pose(job: dict[str, Any], plan: SamplePlan) -> Any:
+def synthetic_pose(job: Job, plan: SamplePlan) -> Any:
     """The built-in pose of a sample."""
     from pose_factory.producer import figure
 
@@ -152,7 +155,7 @@ def synthetic_pose(job: dict[str, Any], plan: SamplePlan) -> Any:
 @dataclass(frozen=True)
 class _SampleTask:
     index: int
-    job: dict[str, Any]
+    job: Job
     batch_id: str
     out_dir: str
 
@@ -196,7 +199,7 @@ class GenerateResult:
     bytes: int
 
 
-def generate_batch(job: dict[str, Any], out_root: Path, settings: Settings, *, batch_id: str | None = None,
+def generate_batch(job: Job, out_root: Path, settings: Settings, *, batch_id: str | None = None,
                    replace: bool = False, workers: int | None = None, progress: Progress | None = None,
                    indices: range | None = None) -> GenerateResult:
     """Render every sample of the job (or only `indices`: one shard) into `<out_root>/<batch_id>/` with its manifest."""
@@ -245,7 +248,7 @@ def generate_batch(job: dict[str, Any], out_root: Path, settings: Settings, *, b
     return GenerateResult(batch_id, final_dir, totals["samples"], totals["files"], totals["bytes"])
 
 
-def seal_batch(work: Path, final_dir: Path, job: dict[str, Any], batch_id: str, samples: list[dict[str, Any]],
+def seal_batch(work: Path, final_dir: Path, job: Job, batch_id: str, samples: list[dict[str, Any]],
                software: dict[str, Any]) -> dict[str, Any]:
     """Write the manifest of a fully rendered batch folder and rename it into place; return the manifest.
 

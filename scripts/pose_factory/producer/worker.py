@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeGuard
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from pose_factory.bucket.backends import Storage, join_key
 from pose_factory.bucket.jobs import MAX_JOB_BYTES, read_job
@@ -46,6 +46,9 @@ from pose_factory.core.errors import (
 )
 from pose_factory.core.progress import Progress, Task
 from pose_factory.core.settings import Settings
+
+if TYPE_CHECKING:
+    from pose_factory.core.models import Job
 
 STATUS_VERSION = 2
 HEARTBEAT_S = 5.0
@@ -95,14 +98,14 @@ def read_json(storage: Storage, key: str) -> dict[str, Any] | None:
     return document if isinstance(document, dict) else None
 
 
-def shard_identity(job: dict[str, Any], batch_id: str, shard: Shard) -> dict[str, Any]:
+def shard_identity(job: Job, batch_id: str, shard: Shard) -> dict[str, Any]:
     """What a shard record must match to count for this job: same job, batch, split and range."""
     samples = shard.samples(job["samples"])
     return {"job_id": job["job_id"], "shard": shard.index, "shards": shard.count, "first": samples.start,
             "count": len(samples), "job": job}
 
 
-def shard_record_matches(record: dict[str, Any] | None, job: dict[str, Any], batch_id: str, shard: Shard
+def shard_record_matches(record: dict[str, Any] | None, job: Job, batch_id: str, shard: Shard
                          ) -> TypeGuard[dict[str, Any]]:
     """The shard record exists and is this job's, batch's and shard's."""
     return bool(record) and record is not None and record.get("batch_id") == batch_id and all(
@@ -213,7 +216,7 @@ class WorkerOutcome:
     failure: Exception | None = None  # what failed the job, raised again once the pod is shut down
 
 
-def _already_done(storage: Storage, settings: Settings, job: dict[str, Any], batch_id: str, shard: Shard) -> bool:
+def _already_done(storage: Storage, settings: Settings, job: Job, batch_id: str, shard: Shard) -> bool:
     """This job's batch is complete in the bucket, or (for a shard) its record is there and its objects match."""
     from pose_factory.bucket.batches import complete_manifest, shard_problems
 
@@ -228,7 +231,7 @@ def _already_done(storage: Storage, settings: Settings, job: dict[str, Any], bat
     return not shard_problems(storage, settings, batch_id, [record])
 
 
-def _prepare(job: dict[str, Any], settings: Settings, storage: Storage, scratch: Path) -> Any:
+def _prepare(job: Job, settings: Settings, storage: Storage, scratch: Path) -> Any:
     """The user's Blender scene, checked and fetched before any rendering (a SceneError fails the job here)."""
     if job["generator"] != "blender" or not job["scene"].get("blend_file"):
         return None
@@ -237,7 +240,7 @@ def _prepare(job: dict[str, Any], settings: Settings, storage: Storage, scratch:
     return prepare_scene(job, settings, storage, scratch)
 
 
-def _render(job: dict[str, Any], batch_id: str, shard: Shard, scratch: Path, settings: Settings,
+def _render(job: Job, batch_id: str, shard: Shard, scratch: Path, settings: Settings,
             progress: Progress, prepared: Any) -> Path:
     indices = shard.samples(job["samples"]) if shard.count > 1 else None
     if job["generator"] == "blender":
