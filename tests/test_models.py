@@ -186,3 +186,29 @@ def test_a_working_set_built_from_a_generated_batch_matches_the_index_schema(tmp
     index = json.loads((out / "index.json").read_text())
     schemas.check(index, "index", "index.json")
     assert len(index["samples"]) == 3 and index["samples"][0]["batch_id"] == batch_id
+
+
+def test_the_settings_sections_have_the_config_schemas_keys_and_take_the_config_file(tmp_path):
+    """settings.comfyui / runpod / curation are dataclasses with one field per key of their config section, so a
+    key added to the schema without its field (or the other way round) fails here, not at a user's start-up."""
+    from dataclasses import fields
+
+    from pose_factory.core.errors import ConfigError
+    from pose_factory.core.settings import ComfyUISettings, CurationSettings, RunPodSettings, load_settings
+
+    config = load("config.schema.json")["properties"]
+    for section, dataclass in (("comfyui", ComfyUISettings), ("runpod", RunPodSettings),
+                               ("curation", CurationSettings)):
+        assert {f.name for f in fields(dataclass)} == set(config[section]["properties"]), section
+    config_file = tmp_path / "local.yaml"
+    config_file.write_text("runpod:\n  poll_s: 3\n  secrets: {CLOUDFLARE_R2_ACCESS_KEY_ID: r2_key}\n"
+                           "comfyui:\n  websocket: false\n")
+    settings = load_settings(root=tmp_path, config_file=config_file)
+    assert (settings.runpod.poll_s, settings.runpod.max_pods) == (3, 16)
+    assert settings.runpod.secrets == {"CLOUDFLARE_R2_ACCESS_KEY_ID": "r2_key"}
+    assert settings.comfyui.websocket is False and settings.comfyui.queue_depth == 2
+    assert settings.curation.reasons[-1] == "other"
+    config_file.write_text("runpod:\n  pol_s: 3\n")
+    with pytest.raises(ConfigError) as raised:
+        load_settings(root=tmp_path, config_file=config_file)
+    assert "runpod.pol_s" in raised.value.message and "poll_s" in raised.value.message

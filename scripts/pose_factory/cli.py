@@ -286,7 +286,7 @@ def cmd_show(args: argparse.Namespace, settings: Settings, progress: Progress) -
 def cmd_comfyui_check(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
     from pose_factory.integrations.comfyui import check
 
-    report = check(settings, args.server or settings.comfyui["server"])
+    report = check(settings, args.server or settings.comfyui.server)
     if args.json:
         _emit_json(report)
     else:
@@ -303,8 +303,8 @@ def cmd_comfyui_check(args: argparse.Namespace, settings: Settings, progress: Pr
 def cmd_comfyui_queue(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
     from pose_factory.integrations.comfyui import queue
 
-    result = queue(settings, workflow=args.workflow, server=args.server or settings.comfyui["server"],
-                   limit=args.limit, depth=settings.comfyui["queue_depth"], timeout_s=settings.comfyui["timeout_s"],
+    result = queue(settings, workflow=args.workflow, server=args.server or settings.comfyui.server,
+                   limit=args.limit, depth=settings.comfyui.queue_depth, timeout_s=settings.comfyui.timeout_s,
                    linked=args.linked, fail_fast=args.fail_fast, progress=progress)
     if args.json:
         _emit_json({"version": 1, "workflow": result.workflow, "done": result.done, "skipped": result.skipped,

@@ -75,6 +75,53 @@ class Prefixes:
 
 
 @dataclass(frozen=True)
+class ComfyUISettings:
+    """`comfyui:` in the config: the server `pose-sync comfyui` talks to and how it queues."""
+
+    server: str
+    queue_depth: int
+    timeout_s: float
+    upload_folder: str
+    websocket: bool
+
+
+@dataclass(frozen=True)
+class RunPodSettings:
+    """`runpod:` in the config: the pods `pose-sync job` starts, and how patiently it watches them."""
+
+    api_url: str
+    image: str
+    gpu_type: str
+    gpu_count: int
+    container_disk_gb: int
+    volume_gb: int
+    cloud_type: str
+    hourly_price_usd: float
+    shutdown: str
+    job_timeout_s: float
+    heartbeat_timeout_s: float
+    poll_s: float
+    startup_timeout_s: float
+    shard_attempts: int
+    max_pods: int
+    shutdown_retry_s: float
+    request_timeout_s: float
+    api_attempts: int
+    api_backoff_s: float
+    create_lookup_s: float
+    self_shutdown_s: float
+    worker_max_restarts: int
+    secrets: dict[str, str]  # pod environment variable -> RunPod secret name
+
+
+@dataclass(frozen=True)
+class CurationSettings:
+    """`curation:` in the config."""
+
+    reasons: list[str]
+
+
+@dataclass(frozen=True)
 class Settings:
     """Every non-secret setting the tool reads, resolved to absolute paths."""
 
@@ -92,12 +139,12 @@ class Settings:
     rclone_remote: str
     batch_pattern: str
     date_format: str
-    workflows: dict[str, Any] = field(default_factory=dict)
-    comfyui: dict[str, Any] = field(default_factory=dict)
-    runpod: dict[str, Any] = field(default_factory=dict)
+    workflows: dict[str, dict[str, Any]]  # name -> mapping (schemas/config.schema.json, workflows)
+    comfyui: ComfyUISettings
+    runpod: RunPodSettings
+    curation: CurationSettings
     # False when a command that needs no project runs outside one: root is then the working directory.
     in_project: bool = True
-    curation: dict[str, Any] = field(default_factory=dict)
 
     @property
     def layout(self) -> Layout:
@@ -340,10 +387,11 @@ def load_settings(root: Path | None = None, config_file: Path | None = None, *, 
         batch_pattern=merged["batch_naming"]["pattern"],
         date_format=merged["batch_naming"]["date_format"],
         workflows=merged["workflows"],
-        comfyui=merged["comfyui"],
-        runpod=merged["runpod"],
+        # The schema allows only these sections' keys, and DEFAULTS gives every one a value.
+        comfyui=ComfyUISettings(**merged["comfyui"]),
+        runpod=RunPodSettings(**merged["runpod"]),
+        curation=CurationSettings(**merged["curation"]),
         in_project=in_project,
-        curation=merged["curation"],
     )
 
 

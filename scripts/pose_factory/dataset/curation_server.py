@@ -145,7 +145,7 @@ class CurationApp:
     def __init__(self, settings: Settings, batch: CurationBatch):
         self.settings = settings
         self.batch = batch
-        self.reasons = list(settings.curation.get("reasons") or [])
+        self.reasons = list(settings.curation.reasons or [])
         self.token = secrets.token_urlsafe(24)
         self.thumbnails = Thumbnails(settings.cache_dir)
         self.rows = _sample_rows(batch)

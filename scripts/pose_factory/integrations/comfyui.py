@@ -452,9 +452,9 @@ class _Run:
                  timeout_s: float, linked: str | None, fail_fast: bool):
         self.settings, self.mapping, self.client, self.working = settings, mapping, client, working
         self.depth, self.timeout_s, self.linked, self.fail_fast = depth, timeout_s, linked, fail_fast
-        self.upload_folder = settings.comfyui["upload_folder"]
+        self.upload_folder = settings.comfyui.upload_folder
         self.client_id = f"pose-factory-{uuid.uuid4().hex[:12]}"
-        self.events = Events(client.server, self.client_id, enabled=settings.comfyui["websocket"])
+        self.events = Events(client.server, self.client_id, enabled=settings.comfyui.websocket)
         self.result = QueueResult(mapping.name)
         self.pending: dict[str, _Prompt] = {}
         self.versions: dict[str, dict[str, str | None]] = {}
@@ -723,7 +723,7 @@ def link_into_comfyui(settings: Settings, comfyui_dir: Path, name: str) -> tuple
                          hint="give the folder that holds ComfyUI's main.py")
     if "/" in name or name in ("", ".", ".."):
         raise UsageError(f"{name!r} is not a folder name", where="--name")
-    if name == settings.comfyui["upload_folder"]:
+    if name == settings.comfyui.upload_folder:
         raise UsageError(f"input/{name} is where `comfyui queue` uploads; linking the working set there would let "
                          "uploads write into the dataset", where="--name", hint="choose another --name")
     target = settings.layout.working_set

@@ -273,10 +273,10 @@ def client(settings: Settings, key: str | None = None) -> RunPodClient:
     """A client for the configured API (checks the URL before the key, so a v1 URL is the first thing said)."""
     config = settings.runpod
     where = f"{settings.config_file}: runpod.api_url" if settings.config_file else "runpod.api_url"
-    check_api_url(config["api_url"], where)
-    return RunPodClient(config["api_url"], key or api_key(), attempts=config["api_attempts"],
-                        timeout_s=config["request_timeout_s"], backoff_s=config["api_backoff_s"],
-                        lookup_s=config["create_lookup_s"], where=where)
+    check_api_url(config.api_url, where)
+    return RunPodClient(config.api_url, key or api_key(), attempts=config.api_attempts,
+                        timeout_s=config.request_timeout_s, backoff_s=config.api_backoff_s,
+                        lookup_s=config.create_lookup_s, where=where)
 
 
 def shut_down_pods(runpod: RunPodClient, targets: dict[str, str | None], how: str, budget_s: float, *,
@@ -317,7 +317,7 @@ def pod_env(settings: Settings, credentials: R2Credentials) -> tuple[dict[str, s
     With `runpod.secrets` naming a RunPod secret for a variable, the pod gets `{{ RUNPOD_SECRET_<name> }}` and
     RunPod fills the value in when the container starts: `GET /pods` and the console show only the reference.
     """
-    mapped = settings.runpod.get("secrets") or {}
+    mapped = settings.runpod.secrets or {}
     env = {ENV_WORKER_SETTINGS: json.dumps(settings_for_pod(settings), sort_keys=True, separators=(",", ":"))}
     values = {ENV_ACCESS_KEY: credentials.access_key_id, ENV_SECRET_KEY: credentials.secret_access_key}
     standard_r2 = credentials.account_id and \
@@ -342,14 +342,14 @@ def pod_request(settings: Settings, record: dict[str, Any], shard: int, attempt:
     config = settings.runpod
     # Every token is a slug, a batch id or digits: however RunPod splits `args`, the worker gets the same argv.
     args = f"worker run {record['job_id']} --batch-id {record['batch_id']} --shard {shard}/{record['pods']}"
-    body = {"name": pod_name(record["job_id"], record["run"], shard, attempt), "image": config["image"],
-            "gpu": {"id": config["gpu_type"], "count": config["gpu_count"]}, "cloud": config["cloud_type"],
-            "disk": config["container_disk_gb"], "env": env, "args": args}
-    if config["volume_gb"]:
-        if config["volume_gb"] < 10:
-            raise ConfigError(f"runpod.volume_gb is {config['volume_gb']}: RunPod's smallest volume is 10 GB",
+    body = {"name": pod_name(record["job_id"], record["run"], shard, attempt), "image": config.image,
+            "gpu": {"id": config.gpu_type, "count": config.gpu_count}, "cloud": config.cloud_type,
+            "disk": config.container_disk_gb, "env": env, "args": args}
+    if config.volume_gb:
+        if config.volume_gb < 10:
+            raise ConfigError(f"runpod.volume_gb is {config.volume_gb}: RunPod's smallest volume is 10 GB",
                               where=str(settings.config_file or "runpod.volume_gb"), hint="set 0 (none) or >= 10")
-        body["mounts"] = {"persistent": {"size": config["volume_gb"], "path": "/workspace"}}
+        body["mounts"] = {"persistent": {"size": config.volume_gb, "path": "/workspace"}}
     return body
 
 
@@ -431,7 +431,7 @@ def _start_attempt(runpod: RunPodClient, settings: Settings, record: dict[str, A
         attempt.update(down=True, ended_at=attempt["created_at"], outcome=f"not created: {exc.message}")
         _save_record(settings, record)
         raise
-    price = float(pod.get("cost") or 0) or float(settings.runpod["hourly_price_usd"]) * settings.runpod["gpu_count"]
+    price = float(pod.get("cost") or 0) or float(settings.runpod.hourly_price_usd) * settings.runpod.gpu_count
     attempt.update(pod_id=pod["id"], cost_per_hr=price, pod_state=pod.get("status"))
     _save_record(settings, record)
     return attempt
@@ -443,7 +443,7 @@ def submit(storage: Storage, settings: Settings, job_file: Path, *, pods: int = 
 
     job = schemas.load_json(job_file)
     schemas.check(job, "job", str(job_file))
-    limit = min(job["samples"], settings.runpod["max_pods"])
+    limit = min(job["samples"], settings.runpod.max_pods)
     if not 1 <= pods <= limit:
         raise UsageError(f"--pods {pods}: a job of {job['samples']} samples runs on 1 to {limit} pods",
                          where="--pods", hint="runpod.max_pods caps it (default 16)")
@@ -461,7 +461,7 @@ def submit(storage: Storage, settings: Settings, job_file: Path, *, pods: int = 
     record = {"version": RECORD_VERSION, "job_id": job["job_id"], "run": secrets.token_hex(3),
               "batch_id": batch_id_for(job, settings), "samples": job["samples"], "pods": pods, "state": "submitting",
               "reason": None, "submitted_at": contract.utc_now_precise(), "finished_at": None,
-              "gpu_type": settings.runpod["gpu_type"], "shutdown": settings.runpod["shutdown"],
+              "gpu_type": settings.runpod.gpu_type, "shutdown": settings.runpod.shutdown,
               "plain_secrets": plain, "assembled": False, "pods_may_be_running": [], "cost_usd": 0.0,
               "shards": [{"index": k, "first": r.start, "count": len(r), "state": "running", "attempts": []}
                          for k, r in ((k, Shard(k, pods).samples(job["samples"])) for k in range(pods))]}
@@ -531,11 +531,11 @@ def _judge(storage: Storage, settings: Settings, record: dict[str, Any], job: Jo
         return "failed", "the pod is in ERROR: its container cannot run (image, start command or secrets)"
     if pod_known and pod is not None and pod["status"] == "EXITED":
         return "failed", "the pod stopped before its work was done"
-    if mine is None and _age_s(attempt["created_at"]) > config["startup_timeout_s"]:
+    if mine is None and _age_s(attempt["created_at"]) > config.startup_timeout_s:
         state = pod["status"] if pod_known and pod else "unknown"
-        return "failed", f"the pod did not start its worker within {config['startup_timeout_s']:g} s (status {state})"
-    if mine and _age_s(mine.get("updated_at")) > config["heartbeat_timeout_s"]:
-        return "failed", f"the worker stopped heartbeating (nothing for {config['heartbeat_timeout_s']:g} s)"
+        return "failed", f"the pod did not start its worker within {config.startup_timeout_s:g} s (status {state})"
+    if mine and _age_s(mine.get("updated_at")) > config.heartbeat_timeout_s:
+        return "failed", f"the worker stopped heartbeating (nothing for {config.heartbeat_timeout_s:g} s)"
     return "running", ""
 
 
@@ -567,7 +567,7 @@ def _shut_down(runpod: RunPodClient | None, settings: Settings, record: dict[str
     targets = _sweep_targets(runpod, record)
     if runpod is None:
         return {name: "no RunPod client" for name in targets}
-    unconfirmed = shut_down_pods(runpod, targets, record.get("shutdown") or settings.runpod["shutdown"], budget_s)
+    unconfirmed = shut_down_pods(runpod, targets, record.get("shutdown") or settings.runpod.shutdown, budget_s)
     _mark_down(record, set(targets) - set(unconfirmed))
     return unconfirmed
 
@@ -577,7 +577,7 @@ def _finish(runpod: RunPodClient | None, storage: Storage, settings: Settings, r
     """The one way out: shut every pod down (retried until it holds), then save the record here and in the bucket."""
     unconfirmed: dict[str, str] = {}
     try:
-        unconfirmed = _shut_down(runpod, settings, record, float(settings.runpod["shutdown_retry_s"]))
+        unconfirmed = _shut_down(runpod, settings, record, float(settings.runpod.shutdown_retry_s))
     finally:
         record.update(state=state, reason=reason, finished_at=contract.utc_now_precise(), cost_usd=job_cost(record),
                       pods_may_be_running=sorted(unconfirmed) if unconfirmed else
@@ -670,7 +670,7 @@ def _watch_round(runpod: RunPodClient, storage: Storage, settings: Settings, rec
                 _mark_down(record, {attempt["pod_name"]})
         if verdict == "done":
             shard["state"] = "done"
-        elif len(shard["attempts"]) < config["shard_attempts"] and env is not None:
+        elif len(shard["attempts"]) < config.shard_attempts and env is not None:
             _start_attempt(runpod, settings, record, shard, env)
         else:
             shard["state"] = "failed"
@@ -693,7 +693,7 @@ def _watch_round(runpod: RunPodClient, storage: Storage, settings: Settings, rec
         shard = record["shards"][index]
         shard["state"] = "running"
         shard["attempts"][-1]["outcome"] = problem
-        if len(shard["attempts"]) >= config["shard_attempts"] or env is None:
+        if len(shard["attempts"]) >= config.shard_attempts or env is None:
             shard["state"] = "failed"
             return WatchOutcome(record, False, f"shard {index}: {problem}")
         _start_attempt(runpod, settings, record, shard, env)
@@ -716,8 +716,8 @@ def watch(storage: Storage, settings: Settings, job_id: str, *, on_update: Calla
         if unconfirmed:
             raise _loud(record, unconfirmed, f"is {record['state']}")
         return WatchOutcome(record, record["state"] == "done", record.get("reason") or record["state"])
-    timeout_s = timeout_s or config["job_timeout_s"]
-    poll_s = poll_s or config["poll_s"]
+    timeout_s = timeout_s or config.job_timeout_s
+    poll_s = poll_s or config.poll_s
     started = time.monotonic()
     outcome: WatchOutcome | None = None
     try:

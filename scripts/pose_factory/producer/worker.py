@@ -122,9 +122,9 @@ def settings_for_pod(settings: Settings) -> dict[str, Any]:
                          "jobs": settings.prefixes.jobs},
             "storage": {"concurrency": settings.concurrency, "max_attempts": settings.max_attempts,
                         "connect_timeout_s": settings.connect_timeout_s, "read_timeout_s": settings.read_timeout_s},
-            "runpod": {key: runpod[key] for key in ("api_url", "shutdown", "self_shutdown_s", "worker_max_restarts",
-                                                    "request_timeout_s", "api_attempts",
-                                                    "api_backoff_s")}}
+            "runpod": {key: getattr(runpod, key) for key in ("api_url", "shutdown", "self_shutdown_s",
+                                                             "worker_max_restarts", "request_timeout_s",
+                                                             "api_attempts", "api_backoff_s")}}
 
 
 def settings_from_request(environ: Mapping[str, str] | None = None) -> Settings:
@@ -290,7 +290,7 @@ def run_worker(storage: Storage, settings: Settings, job_id: str, shard: Shard =
                 note = "already complete in the bucket: nothing rendered again"
                 status.write(state="done", samples_done=len(samples), note=note)
                 return WorkerOutcome("done", job_id, batch_id, shard, note=note)
-            limit = settings.runpod["worker_max_restarts"]
+            limit = settings.runpod.worker_max_restarts
             if restarts > limit:
                 raise PoseFactoryError(f"the container restarted {restarts} times before the shard was done",
                                        where=f"pod {pod_id}", hint="see the pod's logs (out of memory? a crash in "
@@ -325,13 +325,13 @@ def shut_down_own_pod(settings: Settings, *, sleep=time.sleep) -> tuple[bool, st
     if not key:
         return False, f"no {ENV_RUNPOD_API_KEY} on the pod: the pod is left to `pose-sync job watch`"
     config = settings.runpod
-    how = config["shutdown"]
-    deadline = time.monotonic() + float(config["self_shutdown_s"])
+    how = config.shutdown
+    deadline = time.monotonic() + float(config.self_shutdown_s)
     delay, last = 1.0, ""
     while True:
         try:
-            client = RunPodClient(config["api_url"], key, attempts=config["api_attempts"],
-                                  timeout_s=config["request_timeout_s"], backoff_s=config["api_backoff_s"])
+            client = RunPodClient(config.api_url, key, attempts=config.api_attempts,
+                                  timeout_s=config.request_timeout_s, backoff_s=config.api_backoff_s)
             return True, f"pod {pod_id}: {client.shut_down(pod_id, how)}"
         except CredentialsError as exc:
             last = exc.message
