@@ -108,6 +108,7 @@ def test_invalid_bodies_are_refused_like_v2(runpod, payload, status, fragment):
     assert runpod.pods == {}
 
 
+@pytest.mark.integration  # its pod may start its process (sleeper:1) before the test ends
 def test_no_capacity_and_action_body_validation(runpod):
     runpod.no_capacity.add(GPU)
     answer = call(runpod, "POST", "/pods", body())
@@ -118,6 +119,7 @@ def test_no_capacity_and_action_body_validation(runpod):
     assert bad.status_code == 422 and "$.action" in bad.json()["errors"][0]
 
 
+@pytest.mark.integration  # its pod may start its process (sleeper:1) before the test ends
 def test_keys_401_and_the_pod_scoped_key_reaches_only_its_pod(runpod):
     assert requests.get(runpod.url + "/pods", timeout=5).json()["detail"] == "missing bearer token"
     assert call(runpod, "GET", "/pods", key="wrong").status_code == 401
@@ -135,6 +137,7 @@ def test_keys_401_and_the_pod_scoped_key_reaches_only_its_pod(runpod):
     assert runpod.pod_calls[-1] == (mine["id"], "POST", f"/pods/{mine['id']}/action")
 
 
+@pytest.mark.integration  # its pod may start its process (sleeper:1) before the test ends
 def test_faults_429_with_retry_after_create_then_500_and_dropped_connections(runpod):
     runpod.rate_limit_next(2, retry_after=3)
     answers = [call(runpod, "GET", "/pods") for _ in range(3)]
@@ -189,6 +192,7 @@ def test_a_container_whose_command_exits_is_restarted_until_the_pod_stops(runpod
     assert runpod.log(pod["id"]).count("--- start: true") == count + 1
 
 
+@pytest.mark.integration  # its pod may start its process (sleeper:1) before the test ends
 def test_pods_that_never_start_or_break(runpod):
     stuck = call(runpod, "POST", "/pods", body(image="no-such-image:1")).json()
     runpod.pod_fate = lambda request: "error" if request["name"] == "broken" else None
