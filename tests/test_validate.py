@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import run_script
 from pose_factory.core import contract
 
 W = H = 64
@@ -169,3 +170,135 @@ def test_annotation_and_openpose_disagreeing_is_a_warning(batch, cli):
     report = json.loads(result.out)
     assert result.code == 0 and report["ok"] is True and report["warnings"] == 1
     assert report["warning_list"][0]["file"] == "openpose_json/000000.json"
+
+
+@pytest.mark.integration
+def test_several_processes_give_the_same_report_as_one(batch, tmp_path):
+    """A big batch is checked in several processes, each taking a run of samples: the report must not change."""
+    edit_json(batch, "annotations/000001.json", lambda d: d["persons"][0]["keypoints_2d"].pop())
+    edit_json(batch, "annotations/000000.json", lambda d: set_keypoint(d, 4, 70.5, 10))
+    edit_json(batch, "openpose_json/000002.json", shift_openpose)
+    edit_json(batch, "openpose_json/000003.json", lambda d: d[0].update(canvas_width=512))
+    (batch / "pose/000003.png").write_bytes((batch / "pose/000003.png").read_bytes()[:-30])
+    reseal(batch)
+    manifest = manifest_of(batch)
+    manifest["samples"][1]["files"]["pose"] = "pose/000003.png"  # one file named by two samples (two shards)
+    save_manifest(batch, manifest)
+    (batch / "seg/000002.png").unlink()
+    _flip(batch / "normal/000000.png")
+    (batch / "depth/extra.png").write_bytes(b"x")
+
+    reports = []
+    for workers in ("1", "3"):
+        result = run_script(["validate", str(batch), "--json", "--workers", workers], cwd=tmp_path)
+        assert result.returncode == 11, result.stderr
+        reports.append(json.loads(result.stdout))
+    assert reports[0] == reports[1]
+    problems = {(p["file"], p["field"]) for p in reports[0]["problems"]}
+    assert {("pose/000003.png", "bytes"), ("seg/000002.png", "missing"), ("normal/000000.png", "sha256 differs"),
+            ("depth/extra.png", "not in the manifest"), ("annotations/000000.json", "$.persons[0].keypoints_2d[4]"),
+            ("openpose_json/000003.json", "$[0].canvas_width/canvas_height")} <= problems
+    assert sum(p["file"] == "pose/000003.png" for p in reports[0]["problems"]) == 2  # once per sample naming it
+    assert reports[0]["warnings"] >= 1 and reports[0]["stats"]["visibility"]
+
+
+def test_the_one_pass_keypoint_tests_agree_with_the_checks_that_report(template_batch):
+    """Samples are checked in one pass first, and by the reporting checks only when that pass finds something:
+    on thousands of altered keypoints, boxes and OpenPose points, the two must agree every time."""
+    import random
+
+    from pose_factory.dataset import validate
+
+    annotation = json.loads((template_batch / "annotations/000000.json").read_text())
+    openpose = json.loads((template_batch / "openpose_json/000000.json").read_text())
+    rng = random.Random(13)
+    edges = [-0.5, 0, 0.001, 0.99, 1.0, 1.01, 31.5, W - 1.01, W - 1.0, W - 0.001, W, W + 0.5]
+    disagreements, outcomes = [], {True: 0, False: 0}
+    for trial in range(3000):
+        a, o = json.loads(json.dumps(annotation)), json.loads(json.dumps(openpose))
+        person, flat = a["persons"][0], o[0]["people"][0]["pose_keypoints_2d"]
+        for _ in range(rng.choice([0, 1, 1, 2, 3])):
+            joint = rng.randrange(18)
+            what = rng.randrange(6)
+            if what == 0:
+                person["keypoints_2d"][joint] = [rng.choice(edges), rng.choice(edges), rng.choice([0, 1, 2])]
+            elif what == 1:
+                flat[joint * 3:joint * 3 + 3] = [rng.choice(edges), rng.choice(edges), rng.choice([0, 1, 1.0, 0.5])]
+            elif what == 2:
+                person["bbox"] = [rng.choice(edges), rng.choice(edges), rng.choice([0, 3, W]), rng.choice([3, W])]
+            elif what == 3:
+                point = person["keypoints_3d_cam"][joint]
+                point[rng.randrange(3)] = rng.choice([-1.0, 0.0, 0.5, 3.0, 40.0])
+            elif what == 4:
+                x, y, v = person["keypoints_2d"][joint]
+                flat[joint * 3:joint * 3 + 3] = [x + rng.choice([0, 0.01, 0.03, -0.03]), y, 1 if v else 0]
+            else:
+                person["keypoints_2d"] = [[0, 0, 0]] * 18 if rng.random() < 0.3 else person["keypoints_2d"]
+        for mode in ("all", "detector"):
+            batch = validate._Batch(template_batch, "b", W, H, set(), {}, mode, {}, {})
+            report = validate.ValidationReport("b", "b")
+            clean = validate._points_clean(a, W, H)
+            for n, p in enumerate(a["persons"]):
+                validate._check_keypoints(p["keypoints_2d"], W, H, "a", f"$.persons[{n}]", report)
+            validate._check_framing(a, W, H, "a", report)
+            if not any(p[2] == 2 for p in person["keypoints_2d"]):
+                report.warn("a", "$", "a visible keypoint", "none")
+            if clean != (not report.errors and not report.warnings):
+                disagreements.append(("annotation", trial, mode, report.errors + report.warnings))
+            report = validate.ValidationReport("b", "b")
+            clean = validate._openpose_clean(o, person["keypoints_2d"], batch)
+            validate._check_openpose(o, person["keypoints_2d"], "o", batch, report)
+            if clean != (not report.errors and not report.warnings):
+                disagreements.append(("openpose", trial, mode, report.errors + report.warnings))
+            outcomes[clean] += 1
+    assert disagreements == []
+    assert min(outcomes.values()) > 500, outcomes  # both outcomes tried often
+
+
+def test_documents_too_deep_or_broken_are_named_as_the_bounded_parser_names_them():
+    """parse_and_check skips the depth walk where the schema bounds the depth; the answers stay parse_json's."""
+    from pose_factory.core import schemas
+    from pose_factory.core.errors import SchemaError
+
+    assert schemas.depth_bound("sample") is not None and schemas.depth_bound("sample") <= schemas.MAX_JSON_DEPTH
+    assert schemas.depth_bound("manifest") is not None and schemas.depth_bound("openpose") is None  # open objects
+    frame = {"canvas_width": W, "canvas_height": H, "people": [{"pose_keypoints_2d": [0] * 54}]}
+    deep: object = 1
+    for _ in range(40):
+        deep = [deep]
+    for document, schema in (([{**frame, "extra": deep}], "openpose"), ({"camera": deep}, "sample"), (deep, "sample"),
+                             ("{oops", "sample"), (b"\xff", "openpose")):
+        data = document if isinstance(document, (str, bytes)) else json.dumps(document)
+        data = data.encode() if isinstance(data, str) else data
+        with pytest.raises(SchemaError) as bounded:
+            schemas.parse_json(data, "x.json")
+        with pytest.raises(SchemaError) as checked:
+            schemas.parse_and_check(data, "x.json", schema)
+        assert checked.value.message == bounded.value.message and checked.value.where == "x.json"
+    fine = json.dumps([{**frame, "extra": [[[1]]]}]).encode()
+    assert schemas.parse_and_check(fine, "x.json", "openpose") == (json.loads(fine), [])
+    wrong, found = schemas.parse_and_check(json.dumps([{**frame, "canvas_width": "64"}]).encode(), "x.json", "openpose")
+    assert found == schemas.problems(wrong, "openpose", "x.json") and found
+
+
+@pytest.mark.parametrize("size", [0, 1, 4095, 4096, 65536, 65537, 3 * 1024 * 1024 + 5])
+def test_read_file_returns_every_byte_whatever_size_it_expects(tmp_path, size):
+    data = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    (tmp_path / "f").write_bytes(data)
+    for hint in (0, 1, size - 1, size, size + 1, 65536, 10**12):
+        assert contract.read_file(str(tmp_path / "f"), max(hint, 0)) == data
+
+
+def test_paths_taken_at_a_glance_are_ones_the_full_check_accepts():
+    from pose_factory.core.errors import UnsafeKeyError
+    from pose_factory.core.fsutil import check_relative_path
+
+    candidates = ["rgb/000000.png", "a", "a-b_c.d/e.f", "..", ".", "a/../b", "a/./b", "a//b", "/a", "a/", "C:x",
+                  "c:/x", "a\\b", "a\x01b", ".hidden/x", "x/.y", "-a/_b", "a..b", "é/x", "a b", "a:b", "..a", "a.."]
+    for path in candidates:
+        try:
+            check_relative_path(path, where="test")
+            safe = True
+        except UnsafeKeyError:
+            safe = False
+        assert safe or not contract._PLAIN_PATH.fullmatch(path), path

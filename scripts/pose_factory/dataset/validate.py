@@ -15,6 +15,7 @@ import contextlib
 import csv
 import io
 import json
+import os
 import struct
 import zlib
 from collections import Counter
@@ -71,15 +72,40 @@ class ValidationReport:
                 "warning_list": [f.as_dict() for f in self.warnings[:KEPT_PROBLEMS]], "stats": self.stats}
 
 
-def _load(path: Path, label: str, report: ValidationReport, documents: dict[str, bytes] | None = None) -> Any:
+@dataclass
+class _Batch:
+    """What every sample of one batch is checked against, worked out once per batch."""
+
+    dir: Path
+    batch_id: str
+    width: int
+    height: int
+    modalities: set[str]
+    listed: dict[str, Any]  # path -> manifest entry
+    openpose_keypoints: str  # the manifest's conventions.openpose.keypoints: all | detector
+    documents: dict[str, bytes]  # JSON files read with the batch's files, by path
+    png: dict[str, tuple[str, str, str]]  # the PNG files with a problem, by path
+    extensions: dict[str, str] = field(default_factory=lambda: {m: v[1] for m, v in contract.MODALITIES.items()})
+
+
+def _document(batch: _Batch, label: str, schema_name: str, report: ValidationReport) -> Any:
+    """A JSON document of the batch, parsed (bounded) and schema-checked; None when it is missing or broken.
+
+    Violations are added to the report; a document with any is returned as None too, since the checks that
+    follow rely on its shape.
+    """
+    data = batch.documents.get(label)
     try:
-        data = documents[label] if documents is not None and label in documents else path.read_bytes()
-        return schemas.parse_json(data, label)  # bounded: a hostile document is a problem, not a crash
+        if data is None:  # not read with the batch's files (not listed): read it now
+            data = (batch.dir / label).read_bytes()
+        document, found = schemas.parse_and_check(data, label, schema_name)
     except FileNotFoundError:
         return None  # reported by the file comparison
-    except SchemaError as exc:
+    except SchemaError as exc:  # bounded: a hostile document is a problem, not a crash
         report.error(label, "$", "valid JSON", exc.message)
         return None
+    report.errors.extend(found)
+    return None if found else document
 
 
 PNG_COLOUR_TYPES = {0: "greyscale", 2: "RGB", 3: "palette", 4: "greyscale+alpha", 6: "RGBA"}
@@ -94,19 +120,24 @@ def png_problem(data: bytes, width: int, height: int, *, grey16: bool = False) -
     """
     if data[:8] != PNG_START:
         return "format", "a PNG file", "another format"
-    if len(data) < 8 + 25 + len(PNG_END) or data[-len(PNG_END):] != PNG_END:
+    size = len(data)
+    if size < 8 + 25 + len(PNG_END) or not data.endswith(PNG_END):
         return "bytes", "a complete PNG ending in IEND", "a truncated file"
-    length, kind = struct.unpack(">I4s", data[8:16])
+    length, kind = _CHUNK_HEAD.unpack_from(data, 8)
     if kind != b"IHDR" or length != 13:
         return "format", "a PNG image that decodes", "no IHDR chunk first"
-    found_width, found_height, bit_depth, colour_type = struct.unpack(">IIBB", data[16:26])
+    found_width, found_height, bit_depth, colour_type = _IHDR.unpack_from(data, 16)
+    view = memoryview(data)  # CRCs over slices of it copy nothing
+    head, crc32, stored_crc = _CHUNK_HEAD.unpack_from, zlib.crc32, _CRC.unpack_from
     position = 8
-    while position < len(data):
-        length, kind = struct.unpack(">I4s", data[position:position + 8])
-        end = position + 12 + length
-        if end > len(data):
+    while position < size:
+        if position + 12 > size:
             return "bytes", "a complete PNG ending in IEND", "a truncated file"
-        if zlib.crc32(data[position + 4:end - 4]) != struct.unpack(">I", data[end - 4:end])[0]:
+        length, kind = head(data, position)
+        end = position + 12 + length
+        if end > size:
+            return "bytes", "a complete PNG ending in IEND", "a truncated file"
+        if crc32(view[position + 4:end - 4]) != stored_crc(data, end - 4)[0]:
             chunk = kind.decode("latin-1")
             return "format", "a PNG image that decodes", f"a damaged {chunk!r} chunk at byte {position}"
         position = end
@@ -121,6 +152,11 @@ def png_problem(data: bytes, width: int, height: int, *, grey16: bool = False) -
         return ("mode", "8-bit RGB (ComfyUI reads 16-bit as /255)",
                 f"{bit_depth}-bit {PNG_COLOUR_TYPES.get(colour_type, colour_type)}")
     return None
+
+
+_CHUNK_HEAD = struct.Struct(">I4s")
+_IHDR = struct.Struct(">IIBB")
+_CRC = struct.Struct(">I")
 
 
 def _check_keypoints(points: list[list[float]], width: int, height: int, label: str, where: str,
@@ -158,105 +194,196 @@ def _check_framing(annotation: dict[str, Any], width: int, height: int, label: s
                 break
 
 
-def _check_sample(batch_dir: Path, entry: dict[str, Any], index: int, manifest: dict[str, Any], listed: set[str],
-                  report: ValidationReport, stats: dict[str, Counter], png: dict[str, Any],
-                  documents: dict[str, bytes]) -> None:
+def _check_sample(batch: _Batch, entry: dict[str, Any], index: int, report: ValidationReport,
+                  stats: dict[str, Any]) -> None:
     sid = entry["sample_id"]
-    width, height = manifest["image"]["width"], manifest["image"]["height"]
+    width, height, listed = batch.width, batch.height, batch.listed
+    files = entry["files"]
     where = f"$.samples[{index}]"
-    wanted = set(manifest["modalities"])
-    have = set(entry["files"])
-    if wanted - have:
-        report.error(MANIFEST_NAME, f"{where}.files", "every modality of the batch (" + ", ".join(sorted(wanted)) + ")",
-                     "missing " + ", ".join(sorted(wanted - have)))
-    if have - wanted:
-        report.error(MANIFEST_NAME, f"{where}.files", "only the batch's modalities",
-                     "extra " + ", ".join(sorted(have - wanted)))
-    for modality, rel in sorted(entry["files"].items()):
-        if rel not in listed:
-            report.error(MANIFEST_NAME, f"{where}.files.{modality}", "a path listed in files", rel)
-        elif modality in contract.MODALITIES and not rel.endswith(contract.MODALITIES[modality][1]):
-            report.error(MANIFEST_NAME, f"{where}.files.{modality}", f"a {contract.MODALITIES[modality][1]} file", rel)
-    if entry["annotation"] not in listed:
-        report.error(MANIFEST_NAME, f"{where}.annotation", "a path listed in files", entry["annotation"])
+    if files.keys() != batch.modalities:
+        wanted, have = batch.modalities, set(files)
+        if wanted - have:
+            report.error(MANIFEST_NAME, f"{where}.files",
+                         "every modality of the batch (" + ", ".join(sorted(wanted)) + ")",
+                         "missing " + ", ".join(sorted(wanted - have)))
+        if have - wanted:
+            report.error(MANIFEST_NAME, f"{where}.files", "only the batch's modalities",
+                         "extra " + ", ".join(sorted(have - wanted)))
+    extensions = batch.extensions
+    if not all(rel in listed and rel.endswith(extensions.get(modality, "")) for modality, rel in files.items()):
+        for modality, rel in sorted(files.items()):
+            if rel not in listed:
+                report.error(MANIFEST_NAME, f"{where}.files.{modality}", "a path listed in files", rel)
+            elif modality in extensions and not rel.endswith(extensions[modality]):
+                report.error(MANIFEST_NAME, f"{where}.files.{modality}", f"a {extensions[modality]} file", rel)
+    label = entry["annotation"]
+    if label not in listed:
+        report.error(MANIFEST_NAME, f"{where}.annotation", "a path listed in files", label)
 
-    annotation = _load(batch_dir / entry["annotation"], entry["annotation"], report, documents)
+    annotation = _document(batch, label, "sample", report)
     keypoints = None
     if annotation is not None:
-        found = schemas.problems(annotation, "sample", entry["annotation"])
-        for p in found:
-            report.errors.append(p)
-        if not found:
-            if annotation["sample_id"] != sid:
-                report.error(entry["annotation"], "$.sample_id", f"{sid!r} (manifest)", repr(annotation["sample_id"]))
-            if annotation["batch_id"] != manifest["batch_id"]:
-                report.error(entry["annotation"], "$.batch_id", repr(manifest["batch_id"]),
-                             repr(annotation["batch_id"]))
-            camera = annotation["camera"]
-            if (camera["width"], camera["height"]) != (width, height):
-                report.error(entry["annotation"], "$.camera.width/height", f"{width}x{height}",
-                             f"{camera['width']}x{camera['height']}")
-            if annotation["files"] != entry["files"]:
-                report.error(entry["annotation"], "$.files", "the same files as the manifest's sample entry",
-                             "different paths")
-            for n, person in enumerate(annotation["persons"]):
-                _check_keypoints(person["keypoints_2d"], width, height, entry["annotation"],
-                                 f"$.persons[{n}].keypoints_2d", report)
-            _check_framing(annotation, width, height, entry["annotation"], report)
-            count_coverage(stats, annotation)
-            if annotation["persons"]:
-                keypoints = annotation["persons"][0]["keypoints_2d"]
-                if not any(p[2] == 2 for p in keypoints):
-                    report.warn(entry["annotation"], "$.persons[0].keypoints_2d", "at least one visible keypoint",
-                                "none visible")
+        if annotation["sample_id"] != sid:
+            report.error(label, "$.sample_id", f"{sid!r} (manifest)", repr(annotation["sample_id"]))
+        if annotation["batch_id"] != batch.batch_id:
+            report.error(label, "$.batch_id", repr(batch.batch_id), repr(annotation["batch_id"]))
+        camera = annotation["camera"]
+        if (camera["width"], camera["height"]) != (width, height):
+            report.error(label, "$.camera.width/height", f"{width}x{height}", f"{camera['width']}x{camera['height']}")
+        if annotation["files"] != files:
+            report.error(label, "$.files", "the same files as the manifest's sample entry", "different paths")
+        persons = annotation["persons"]
+        keypoints = persons[0]["keypoints_2d"] if persons else None
+        if not _points_clean(annotation, width, height):
+            for n, person in enumerate(persons):
+                _check_keypoints(person["keypoints_2d"], width, height, label, f"$.persons[{n}].keypoints_2d",
+                                 report)
+            _check_framing(annotation, width, height, label, report)
+            if keypoints is not None and not any(p[2] == 2 for p in keypoints):
+                report.warn(label, "$.persons[0].keypoints_2d", "at least one visible keypoint", "none visible")
+        count_coverage(stats, annotation)
 
-    rel = entry["files"].get("openpose_json")
+    rel = files.get("openpose_json")
     if rel and rel in listed:
-        openpose = _load(batch_dir / rel, rel, report, documents)
-        if openpose is not None:
-            found = schemas.problems(openpose, "openpose", rel)
-            for p in found:
-                report.errors.append(p)
-            if not found:
-                # 1.1 writes a list of frames (ComfyUI's POSE_KEYPOINT), 1.0 one frame object.
-                where = "$[0]" if isinstance(openpose, list) else "$"
-                openpose = openpose[0] if isinstance(openpose, list) else openpose
-                if (openpose["canvas_width"], openpose["canvas_height"]) != (width, height):
-                    report.error(rel, f"{where}.canvas_width/canvas_height", f"{width}x{height}",
-                                 f"{openpose['canvas_width']}x{openpose['canvas_height']}")
-                for n, person in enumerate(openpose["people"]):
-                    flat = person["pose_keypoints_2d"]
-                    triples = [flat[i:i + 3] for i in range(0, len(flat), 3)]
-                    for joint, (_, _, c) in enumerate(triples):
-                        if c not in (0, 1):
-                            report.error(rel, f"{where}.people[{n}].pose_keypoints_2d[{joint * 3 + 2}]",
-                                         "confidence 1.0 (present) or 0 (missing)", c)
-                    _check_keypoints([[x, y, c] for x, y, c in triples], width, height, rel,
-                                     f"{where}.people[{n}].pose_keypoints_2d", report)
-                if keypoints is not None and openpose["people"]:
-                    # "detector" batches leave out occluded joints and face points turned away; "all" (and
-                    # 1.0 batches) show every labelled joint.
-                    mode = manifest["conventions"].get("openpose", {}).get("keypoints", "all")
-                    flat = openpose["people"][0]["pose_keypoints_2d"]
-                    for joint, (x, y, v) in enumerate(keypoints):
-                        ox, oy, oc = flat[joint * 3:joint * 3 + 3]
-                        allowed = (v == 2) if mode == "detector" else bool(v)
-                        missing_ok = mode == "detector" or not v
-                        if (oc and not allowed) or (not oc and not missing_ok) or (oc and (
-                                abs(ox - x) > KEYPOINT_TOLERANCE_PX or abs(oy - y) > KEYPOINT_TOLERANCE_PX)):
-                            report.warn(rel, f"{where}.people[0].pose_keypoints_2d[{joint * 3}]",
-                                        f"the annotation's point ({x}, {y}, v={v}) under keypoints: {mode}",
-                                        f"({ox}, {oy}, c={oc})")
-                            break
+        openpose = _document(batch, rel, "openpose", report)
+        if openpose is not None and not _openpose_clean(openpose, keypoints, batch):
+            _check_openpose(openpose, keypoints, rel, batch, report)
 
-    for _modality, rel in sorted(entry["files"].items()):
-        problem = png.get(rel)
-        if problem:
-            report.error(rel, problem[0], problem[1], problem[2])
+    if batch.png:
+        for _modality, rel in sorted(files.items()):
+            problem = batch.png.get(rel)
+            if problem:
+                report.error(rel, problem[0], problem[1], problem[2])
 
 
-def validate_batch(batch_dir: Path, progress=None) -> ValidationReport:
-    """Check one batch folder completely; never raises for a problem in the batch, only reports it."""
+def _points_clean(annotation: dict[str, Any], width: int, height: int) -> bool:
+    """True when the keypoint and framing checks of the annotation (_check_keypoints, _check_framing, at
+    least one visible keypoint) would report nothing.
+
+    The same tests as those checks, in one pass and without building messages: at 10,000 samples a batch,
+    the checks themselves run only for the samples that have something to report.
+    """
+    clean = True
+    persons = annotation["persons"]
+    for n, person in enumerate(persons):
+        points = person["keypoints_2d"]
+        if len(points) != BODY_KEYPOINTS:
+            clean = False
+        seen = False
+        for x, y, v in points:
+            if v == 2 and n == 0:
+                seen = True
+            if v:
+                if not (0 <= x < width and 0 <= y < height):
+                    clean = False
+            elif x != 0 or y != 0:
+                clean = False
+        if n == 0 and not seen:
+            clean = False
+    if not clean:
+        return False
+    k = annotation["camera"]["K"]
+    fx, cx, fy, cy = k[0][0], k[0][2], k[1][1], k[1][2]
+    right, bottom = width - BORDER_PX, height - BORDER_PX
+    for person in persons:
+        x, y, w, h = person["bbox"]
+        if w > 0 and (x <= 0 or y <= 0 or x + w >= width or y + h >= height):
+            return False
+        for px, py, pz in person.get("keypoints_3d_cam") or ():
+            if pz <= 0:
+                return False
+            u, v = fx * px / pz + cx, fy * py / pz + cy
+            if not (BORDER_PX <= u <= right and BORDER_PX <= v <= bottom):
+                return False
+    return True
+
+
+def _openpose_clean(openpose: Any, keypoints: list[list[float]] | None, batch: _Batch) -> bool:
+    """True when _check_openpose would report nothing: the same tests in one pass, without messages."""
+    width, height = batch.width, batch.height
+    frame = openpose[0] if isinstance(openpose, list) else openpose
+    if (frame["canvas_width"], frame["canvas_height"]) != (width, height):
+        return False
+    people = frame["people"]
+    for person in people:
+        flat = person["pose_keypoints_2d"]
+        if len(flat) != BODY_KEYPOINTS * 3:
+            return False
+        values = iter(flat)
+        for x, y, c in zip(values, values, values, strict=True):
+            if c not in (0, 1):
+                return False
+            if c:
+                if not (0 <= x < width and 0 <= y < height):
+                    return False
+            elif x != 0 or y != 0:
+                return False
+    if keypoints is not None and people:
+        detector = batch.openpose_keypoints == "detector"
+        values = iter(people[0]["pose_keypoints_2d"])
+        for (x, y, v), (ox, oy, oc) in zip(keypoints, zip(values, values, values, strict=True), strict=False):
+            allowed = (v == 2) if detector else bool(v)
+            missing_ok = detector or not v
+            if (oc and not allowed) or (not oc and not missing_ok) or (oc and (
+                    abs(ox - x) > KEYPOINT_TOLERANCE_PX or abs(oy - y) > KEYPOINT_TOLERANCE_PX)):
+                return False
+    return True
+
+
+def _check_openpose(openpose: Any, keypoints: list[list[float]] | None, rel: str, batch: _Batch,
+                    report: ValidationReport) -> None:
+    """The OpenPose file of a sample: its canvas, its confidences and its points, against the annotation's."""
+    width, height = batch.width, batch.height
+    # 1.1 writes a list of frames (ComfyUI's POSE_KEYPOINT), 1.0 one frame object.
+    where = "$[0]" if isinstance(openpose, list) else "$"
+    openpose = openpose[0] if isinstance(openpose, list) else openpose
+    if (openpose["canvas_width"], openpose["canvas_height"]) != (width, height):
+        report.error(rel, f"{where}.canvas_width/canvas_height", f"{width}x{height}",
+                     f"{openpose['canvas_width']}x{openpose['canvas_height']}")
+    for n, person in enumerate(openpose["people"]):
+        flat = person["pose_keypoints_2d"]
+        triples = [flat[i:i + 3] for i in range(0, len(flat), 3)]
+        for joint, (_, _, c) in enumerate(triples):
+            if c not in (0, 1):
+                report.error(rel, f"{where}.people[{n}].pose_keypoints_2d[{joint * 3 + 2}]",
+                             "confidence 1.0 (present) or 0 (missing)", c)
+        _check_keypoints(triples, width, height, rel, f"{where}.people[{n}].pose_keypoints_2d", report)
+    if keypoints is not None and openpose["people"]:
+        # "detector" batches leave out occluded joints and face points turned away; "all" (and
+        # 1.0 batches) show every labelled joint.
+        mode = batch.openpose_keypoints
+        detector = mode == "detector"
+        flat = openpose["people"][0]["pose_keypoints_2d"]
+        for joint, (x, y, v) in enumerate(keypoints):
+            ox, oy, oc = flat[joint * 3:joint * 3 + 3]
+            allowed = (v == 2) if detector else bool(v)
+            missing_ok = detector or not v
+            if (oc and not allowed) or (not oc and not missing_ok) or (oc and (
+                    abs(ox - x) > KEYPOINT_TOLERANCE_PX or abs(oy - y) > KEYPOINT_TOLERANCE_PX)):
+                report.warn(rel, f"{where}.people[0].pose_keypoints_2d[{joint * 3}]",
+                            f"the annotation's point ({x}, {y}, v={v}) under keypoints: {mode}",
+                            f"({ox}, {oy}, c={oc})")
+                break
+
+
+def validate_batch(batch_dir: Path, progress=None, workers: int | None = None) -> ValidationReport:
+    """Check one batch folder completely; never raises for a problem in the batch, only reports it.
+
+    A batch of PARALLEL_MIN_FILES files or more is checked in several processes (`workers`, by default one
+    per core up to MAX_WORKERS), each taking a run of samples and their files; the report is the same.
+    """
+    with contract.gc_paused():
+        return _validate_batch(batch_dir, progress, workers)
+
+
+# From this many files on, a batch is checked in several processes: below it, starting them costs more
+# than it saves. Each process takes at least FILES_PER_WORKER files.
+PARALLEL_MIN_FILES = 10_000
+FILES_PER_WORKER = 5_000
+MAX_WORKERS = 4
+
+
+def _validate_batch(batch_dir: Path, progress, workers: int | None) -> ValidationReport:
     batch_dir = batch_dir.resolve()
     report = ValidationReport(batch_id=batch_dir.name, batch_dir=str(batch_dir))
     manifest_path = batch_dir / MANIFEST_NAME
@@ -266,66 +393,192 @@ def validate_batch(batch_dir: Path, progress=None) -> ValidationReport:
     if not manifest_path.is_file():
         report.error(MANIFEST_NAME, "$", "a manifest at the root of the batch folder", "no manifest.json")
         return report
-    manifest = _load(manifest_path, MANIFEST_NAME, report)
-    if manifest is None:
+    try:
+        manifest, found = schemas.parse_and_check(manifest_path.read_bytes(), MANIFEST_NAME, "manifest")
+    except SchemaError as exc:
+        report.error(MANIFEST_NAME, "$", "valid JSON", exc.message)
         return report
-    for p in schemas.problems(manifest, "manifest", MANIFEST_NAME):
-        report.errors.append(p)
-    if report.errors:
+    if found:
+        report.errors.extend(found)
         return report  # the checks below rely on the manifest's shape
     report.batch_id = manifest["batch_id"]
+    try:
+        listing, listed, present = contract.check_listing(batch_dir, manifest)
+    except PoseFactoryError as exc:  # an unsafe path: nothing else can be trusted
+        report.errors.extend(contract.path_problems([entry["path"] for entry in manifest["files"]]))
+        if batch_dir.name != manifest["batch_id"]:
+            report.error(MANIFEST_NAME, "$.batch_id", f"the folder name {batch_dir.name!r}",
+                         repr(manifest["batch_id"]))
+        report.error(MANIFEST_NAME, "$.files[].path", "safe relative paths", exc.message)
+        return report
+    shards = _shards(batch_dir, manifest, listed, present, _worker_count(len(present), workers))
+    samples = manifest["samples"]
+    counter = progress.task(f"validate {report.batch_id}", len(samples), "samples") if progress \
+        else contextlib.nullcontext()
+    with _shard_runner(len(shards)) as run, counter as bar:
+        pending = run(shards[1:])  # other processes start on these before this one takes the first
+        results = [_check_shard(shards[0], bar.advance if bar else None)]
+        for result in pending():
+            results.append(result)
+            if bar:
+                bar.advance(result.samples)
+
     # Paths that collide on a case-insensitive disk (macOS), or are too long, cannot be pulled there.
     report.errors.extend(contract.path_problems([entry["path"] for entry in manifest["files"]]))
     if batch_dir.name != manifest["batch_id"]:
         report.error(MANIFEST_NAME, "$.batch_id", f"the folder name {batch_dir.name!r}", repr(manifest["batch_id"]))
-    width, height = manifest["image"]["width"], manifest["image"]["height"]
-    png: dict[str, Any] = {}
-    documents: dict[str, bytes] = {}
-    metric_folder = contract.MODALITIES["depth_metric"][0] + "/"
-
-    def read_once(rel: str, data: bytes) -> tuple[int, str, str]:
-        # One read per file: the hash for the manifest check, the PNG structure check for images, and the
-        # JSON documents kept for the per-sample checks (opening files is what costs here, not hashing).
-        if rel.endswith(".png"):
-            png[rel] = png_problem(data, width, height, grey16=rel.startswith(metric_folder))
-        elif rel.endswith(".json"):
-            documents[rel] = data
-        return content_digests(data)
-
-    try:
-        on_disk, _ = contract.walk_files(batch_dir)
-        readable = sorted(on_disk & {e["path"] for e in manifest["files"]})
-        known = contract.map_files(batch_dir, readable, read_once)
-        mismatches, digests = contract.compare_files(batch_dir, manifest, known)
-    except PoseFactoryError as exc:  # an unsafe path: nothing else can be trusted
-        report.error(MANIFEST_NAME, "$.files[].path", "safe relative paths", exc.message)
-        return report
-    for m in mismatches:
-        report.errors.append(m)
+    mismatches = listing + [problem for result in results for problem in result.mismatches]
+    mismatches.sort(key=lambda p: p.file)
+    report.errors.extend(mismatches)
     report.files = len(manifest["files"])
     report.bytes = sum(e["size"] for e in manifest["files"])
-    report.samples = len(manifest["samples"])
+    report.samples = len(samples)
     totals = manifest["totals"]
     for key, actual in (("samples", report.samples), ("files", report.files), ("bytes", report.bytes)):
         if totals[key] != actual:
             report.error(MANIFEST_NAME, f"$.totals.{key}", f"{actual} (counted)", totals[key])
     if manifest["image"] != manifest["job"]["image"]:
         report.error(MANIFEST_NAME, "$.image", f"the job's image size {manifest['job']['image']}", manifest["image"])
-    ids = Counter(e["sample_id"] for e in manifest["samples"])
-    for sid, count in sorted(ids.items()):
-        if count > 1:
-            report.error(MANIFEST_NAME, "$.samples[].sample_id", "unique sample ids", f"{sid!r} {count} times")
-    listed = {e["path"] for e in manifest["files"]}
+    ids = Counter(e["sample_id"] for e in samples)
+    if len(ids) != len(samples):
+        for sid, count in sorted(ids.items()):
+            if count > 1:
+                report.error(MANIFEST_NAME, "$.samples[].sample_id", "unique sample ids", f"{sid!r} {count} times")
     stats = new_coverage()
-    counter = progress.task(f"validate {report.batch_id}", len(manifest["samples"]), "samples") if progress \
-        else contextlib.nullcontext()
-    with counter as bar:
-        for index, entry in enumerate(manifest["samples"]):
-            _check_sample(batch_dir, entry, index, manifest, listed, report, stats, png, documents)
-            if bar:
-                bar.advance()
+    for result in results:
+        report.errors.extend(result.errors)
+        report.warnings.extend(result.warnings)
+        for key, counts in result.stats.items():
+            stats[key].update(counts)
     report.stats = coverage_stats(stats, manifest["conventions"]["keypoints"]["joints"])
     return report
+
+
+def _worker_count(files: int, requested: int | None) -> int:
+    if requested:
+        return max(1, requested)
+    if files < PARALLEL_MIN_FILES:
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cores, MAX_WORKERS, files // FILES_PER_WORKER))
+
+
+@dataclass
+class _Shard:
+    """A run of consecutive samples and the files to read for them, checked in one process."""
+
+    batch_dir: Path
+    batch_id: str
+    width: int
+    height: int
+    modalities: list[str]
+    openpose_keypoints: str
+    first_index: int
+    samples: list[dict[str, Any]]
+    listed: dict[str, Any]  # manifest entries of the files the samples name (and of `owned`)
+    owned: list[str]  # files this shard compares with the manifest (each file belongs to one shard)
+    also_read: list[str]  # files its samples name that another shard compares
+
+
+@dataclass
+class _ShardResult:
+    samples: int
+    mismatches: list[Problem]  # size and sha256 of the owned files
+    errors: list[Problem]  # the samples' problems, in sample order
+    warnings: list[Problem]
+    stats: dict[str, Any]
+
+
+def _shards(batch_dir: Path, manifest: dict[str, Any], listed: dict[str, Any], present: list[str],
+            count: int) -> list[_Shard]:
+    """Split the samples into `count` runs; each file goes with the first run whose samples name it, and
+    files no sample names go with the first run."""
+    samples = manifest["samples"]
+    count = max(1, min(count, len(samples)))
+    width, height = manifest["image"]["width"], manifest["image"]["height"]
+    keypoints = manifest["conventions"].get("openpose", {}).get("keypoints", "all")
+    on_disk = set(present)
+    owner: dict[str, int] = {}
+    shards = []
+    for number in range(count):
+        first, last = len(samples) * number // count, len(samples) * (number + 1) // count
+        named: dict[str, None] = {}
+        for entry in samples[first:last]:
+            for rel in (entry["annotation"], *entry["files"].values()):
+                named[rel] = None
+        own = [rel for rel in named if rel in on_disk and owner.setdefault(rel, number) == number]
+        other = [rel for rel in named if rel in on_disk and owner[rel] != number]
+        shards.append(_Shard(batch_dir, manifest["batch_id"], width, height, manifest["modalities"], keypoints, first,
+                             samples[first:last], {rel: listed[rel] for rel in named if rel in listed}, own, other))
+    unnamed = [rel for rel in present if rel not in owner]
+    shards[0].owned += unnamed
+    shards[0].listed.update((rel, listed[rel]) for rel in unnamed)
+    for shard in shards:
+        shard.owned.sort()
+    return shards
+
+
+@contextlib.contextmanager
+def _shard_runner(count: int):
+    """run(shards) starts checking shards in other processes and returns a function that yields their
+    results in order; with one shard, nothing is started."""
+    if count <= 1:
+        yield lambda shards: (lambda: iter(()))
+        return
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=count - 1) as pool:
+        futures = []
+
+        def run(shards: list[_Shard]):
+            futures.extend(pool.submit(_check_shard, shard) for shard in shards)
+            return lambda: (future.result() for future in futures)
+
+        try:
+            yield run
+        finally:
+            for future in futures:
+                future.cancel()
+
+
+def _check_shard(shard: _Shard, advance=None) -> _ShardResult:
+    """Read the shard's files once each (hash, PNG structure, JSON kept) and check its samples."""
+    with contract.gc_paused():
+        width, height = shard.width, shard.height
+        png: dict[str, tuple[str, str, str]] = {}
+        documents: dict[str, bytes] = {}
+        metric_folder = contract.MODALITIES["depth_metric"][0] + "/"
+
+        def read_once(rel: str, data: bytes) -> tuple[int, str, str]:
+            # One read per file: the hash for the manifest check, the PNG structure check for images, and the
+            # JSON documents kept for the per-sample checks (opening files is what costs here, not hashing).
+            if rel.endswith(".png"):
+                problem = png_problem(data, width, height, grey16=rel.startswith(metric_folder))
+                if problem:
+                    png[rel] = problem
+            elif rel.endswith(".json"):
+                documents[rel] = data
+            return content_digests(data)
+
+        sizes = {rel: entry["size"] for rel, entry in shard.listed.items()}
+        digests = contract.map_files(shard.batch_dir, shard.owned, read_once, sizes=sizes)
+        contract.map_files(shard.batch_dir, shard.also_read, read_once, sizes=sizes)
+        report = ValidationReport(shard.batch_id, str(shard.batch_dir))
+        batch = _Batch(shard.batch_dir, shard.batch_id, width, height, set(shard.modalities), shard.listed,
+                       shard.openpose_keypoints, documents, png)
+        stats = new_coverage()
+        for number, entry in enumerate(shard.samples):
+            _check_sample(batch, entry, shard.first_index + number, report, stats)
+            if advance and number % PROGRESS_STEP == PROGRESS_STEP - 1:
+                advance(PROGRESS_STEP)
+        if advance:
+            advance(len(shard.samples) % PROGRESS_STEP)
+        return _ShardResult(len(shard.samples), contract.compare_digests(shard.listed, digests), report.errors,
+                            report.warnings, stats)
+
+
+# Samples checked between two updates of the progress bar (each update takes a lock, and redraws).
+PROGRESS_STEP = 100
 
 
 # --- coverage: what the validate stage plots (dvc plots) and the review pages chart (pages.py) ------------------
