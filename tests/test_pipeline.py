@@ -174,21 +174,16 @@ def test_the_raw_mirror_cannot_be_written_through_a_hardlink(reproduced):
 def test_an_interrupted_materialize_leaves_the_previous_set_intact(reproduced, monkeypatch):
     repo = reproduced
     before = (working(repo) / "index.json").read_bytes()
-    real_linker = materialize_module._linker
+    real_link_folder = materialize_module.link_folder
     calls = {"n": 0}
 
-    def dying_linker(mode, counts):
-        link = real_linker(mode, counts)
+    def dying_link_folder(mode, pairs, dest_folder, counts):
+        calls["n"] += 1
+        if calls["n"] == 3:  # the third modality folder, two already linked
+            raise KeyboardInterrupt
+        real_link_folder(mode, pairs, dest_folder, counts)
 
-        def wrapped(source, dest):
-            calls["n"] += 1
-            if calls["n"] == 7:
-                raise KeyboardInterrupt
-            link(source, dest)
-
-        return wrapped
-
-    monkeypatch.setattr(materialize_module, "_linker", dying_linker)
+    monkeypatch.setattr(materialize_module, "link_folder", dying_link_folder)
     monkeypatch.chdir(repo.root)
     set_working(repo, batches=[A])
     with pytest.raises(KeyboardInterrupt):

@@ -1,0 +1,206 @@
+"""`materialize` made fast stays right: index.json and index.csv byte for byte as the straightforward build
+wrote them, every link mode, curation, filters, and a raw mirror found writable.
+
+No git, no DVC: a raw mirror of two batches (copies of the session's template batch, 4 samples at 64x64) and
+passing validation reports are all materialize reads.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import stat
+from pathlib import Path
+
+import orjson
+import pytest
+
+from pose_factory.core import contract
+from pose_factory.dataset import curation
+from pose_factory.dataset.materialize import INDEX_VERSION, materialize, working_settings
+
+A, B = "2026-11-01_run-cycle", "2026-11-02_walk"
+
+
+@pytest.fixture
+def mirror(template_batch, tmp_path) -> Path:
+    """data/ with raw/A and raw/B (read-only, as a pull leaves them), their validation reports, no curation.
+
+    B is the newer batch; it has job tags and one annotation with a tag of its own, for the tag filter.
+    """
+    data = tmp_path / "data"
+    for batch_id, created in ((A, "2026-11-01T08:00:00Z"), (B, "2026-11-02T08:00:00Z")):
+        folder = data / "raw" / batch_id
+        shutil.copytree(template_batch, folder)
+        manifest = json.loads((folder / "manifest.json").read_text())
+        manifest["batch_id"], manifest["created_at"] = batch_id, created
+        if batch_id == B:
+            manifest["job"]["tags"] = ["outdoor"]
+            annotation = json.loads((folder / "annotations/000001.json").read_text())
+            annotation["tags"] = ["hero"]
+            (folder / "annotations/000001.json").write_bytes(contract.dumps(annotation))
+        (folder / "manifest.json").write_bytes(contract.dumps(manifest))
+        for path in folder.rglob("*"):
+            if path.is_file():
+                path.chmod(0o444)
+        (data / "reports" / batch_id).mkdir(parents=True)
+        (data / "reports" / batch_id / "metrics.json").write_text('{"errors": 0}\n')
+    (data / "curation").mkdir()
+    return data
+
+
+def build(data: Path, working: dict, out: str = "current_batch"):
+    params = data / "params.yaml"
+    params.write_text(json.dumps({"batches": [A, B], "working": working}))  # JSON is YAML
+    return materialize(params, data / "raw", data / "reports", data / "working" / out,
+                       curation_dir=data / "curation")
+
+
+def reference_index(data: Path, working: dict) -> tuple[bytes, str]:
+    """index.json and index.csv as the first, straightforward materialize wrote them: every annotation read
+    with json, each sample filtered and turned into a row on its own. Kept here as the yardstick."""
+    settings = working_settings({"working": working}, "params.yaml")
+    raw = data / "raw"
+    batch_ids = [B] if settings["batches"] == "latest" else settings["batches"]
+    rows, index, shas = [], 0, {}
+    for batch_id in batch_ids:
+        manifest_bytes = (raw / batch_id / "manifest.json").read_bytes()
+        manifest = json.loads(manifest_bytes)
+        shas[batch_id] = contract.sha256_bytes(manifest_bytes)
+        rejected = set()
+        if settings["curation"] == "respect":
+            rejected, _ = curation.rejected_samples(data / "curation", batch_id, manifest)
+        for sample in manifest["samples"]:
+            annotation = json.loads((raw / batch_id / sample["annotation"]).read_text())
+            if not _keep(annotation, sample, manifest, settings["filters"]) or sample["sample_id"] in rejected:
+                continue
+            name = f"{settings['naming']['prefix']}{index:0{settings['naming']['digits']}d}"
+            camera, pose = annotation["camera"], annotation["pose"]
+            person = annotation["persons"][0] if annotation["persons"] else {}
+            files = {m: f"{contract.MODALITIES[m][0]}/{name}{contract.MODALITIES[m][1]}"
+                     for m in settings["modalities"]}
+            rows.append({
+                "index": index, "name": name, "batch_id": batch_id, "sample_id": sample["sample_id"],
+                "files": files, "source": {m: f"{batch_id}/{sample['files'][m]}" for m in settings["modalities"]},
+                "azimuth_deg": camera["azimuth_deg"], "elevation_deg": camera["elevation_deg"],
+                "distance_m": camera["distance_m"], "focal_length_mm": camera["focal_length_mm"],
+                "rig": pose["rig"], "pose_set": pose["set"], "frame": pose["frame"],
+                "visible_fraction": person.get("visible_fraction"), "bbox": person.get("bbox"),
+            })
+            index += 1
+    document = {"version": INDEX_VERSION, "batches": [{"batch_id": b, "manifest_sha256": shas[b]} for b in batch_ids],
+                "modalities": settings["modalities"], "link_mode": settings["link_mode"], "working": settings,
+                "samples": rows}
+    buffer = io.StringIO()
+    columns = ["index", "name", "batch_id", "sample_id", *settings["modalities"], "azimuth_deg", "elevation_deg",
+               "distance_m", "rig", "pose_set", "frame", "visible_fraction"]
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({**{k: row[k] for k in columns if k in row}, **row["files"]})
+    return orjson.dumps(document, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n", buffer.getvalue()
+
+
+def _keep(annotation: dict, sample: dict, manifest: dict, filters: dict) -> bool:
+    camera, pose = annotation["camera"], annotation["pose"]
+    if filters["project"] and manifest["project"] != filters["project"]:
+        return False
+    for key, value in (("azimuth_deg", camera["azimuth_deg"] % 360), ("elevation_deg", camera["elevation_deg"])):
+        if filters[key] is not None and not (filters[key][0] <= value <= filters[key][1]):
+            return False
+    if filters["rig"] and pose["rig"] != filters["rig"]:
+        return False
+    if filters["pose_set"] and pose["set"] != filters["pose_set"]:
+        return False
+    tags = set(annotation.get("tags") or []) | set(manifest["job"].get("tags") or [])
+    if filters["tags"] and not set(filters["tags"]) <= tags:
+        return False
+    return not filters["sample_ids"] or sample["sample_id"] in filters["sample_ids"]
+
+
+def reject(data: Path, batch_id: str, sample_id: str) -> None:
+    manifest = json.loads((data / "raw" / batch_id / "manifest.json").read_text())
+    fingerprint = curation.sample_fingerprints(manifest)[sample_id]
+    curation.record_decision(data / "curation", batch_id, sample_id, "reject", "ugly camera angle", fingerprint)
+
+
+WORKINGS = {
+    "defaults": {"batches": "latest"},
+    "two batches, two modalities, named, by azimuth": {
+        "batches": [A, B], "modalities": ["pose", "depth"], "naming": {"prefix": "pose_", "digits": 5},
+        "filters": {"azimuth_deg": [0, 100]}, "link_mode": "symlink"},
+    "by sample id, rig and elevation": {
+        "batches": [B, A], "filters": {"sample_ids": ["000001", "000003"], "rig": "mannequin-a",
+                                       "elevation_deg": [0, 45]}},
+    "by tags (the job's and the sample's)": {"batches": [A, B], "filters": {"tags": ["outdoor", "hero"]}},
+    "curation ignored": {"batches": [A, B], "curation": "ignore", "link_mode": "copy"},
+    "curation respected": {"batches": [A, B]},
+}
+
+
+@pytest.mark.parametrize("name", WORKINGS)
+def test_index_is_byte_for_byte_what_the_straightforward_build_wrote(mirror, name):
+    reject(mirror, A, "000002")
+    reject(mirror, B, "000000")
+    working = WORKINGS[name]
+    result = build(mirror, working)
+    out = mirror / "working" / "current_batch"
+    expected_json, expected_csv = reference_index(mirror, working)
+    assert (out / "index.json").read_bytes() == expected_json
+    assert (out / "index.csv").read_text() == expected_csv
+    index = json.loads(expected_json)
+    assert result.samples == len(index["samples"]) > 0
+    for row in index["samples"]:
+        for modality, rel in row["files"].items():
+            assert (out / rel).read_bytes() == (mirror / "raw" / row["source"][modality]).read_bytes()
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [contract.MODALITIES[m][0] for m in index["modalities"]] + ["index.csv", "index.json"])
+    if name == "curation respected":
+        assert result.rejected == 2
+        assert {(r["batch_id"], r["sample_id"]) for r in index["samples"]}.isdisjoint({(A, "000002"), (B, "000000")})
+    if name == "by tags (the job's and the sample's)":
+        assert [(r["batch_id"], r["sample_id"]) for r in index["samples"]] == [(B, "000001")]
+
+
+@pytest.mark.parametrize("mode", ["hardlink", "symlink", "copy", "clone"])
+def test_every_link_mode_puts_the_raw_bytes_in_place_and_the_mirror_stays_read_only(mirror, mode):
+    result = build(mirror, {"batches": [A, B], "link_mode": mode})
+    out = mirror / "working" / "current_batch"
+    index = json.loads((out / "index.json").read_text())
+    assert result.samples == 8 and sum(result.link_counts.values()) == 8 * 6
+    for row in index["samples"]:
+        for modality, rel in row["files"].items():
+            linked, raw = out / rel, mirror / "raw" / row["source"][modality]
+            assert linked.read_bytes() == raw.read_bytes()
+            assert linked.is_symlink() == (mode == "symlink")
+            if mode == "symlink":
+                assert not os.readlink(linked).startswith("/") and linked.resolve() == raw.resolve()
+            else:
+                assert (linked.stat().st_ino == raw.stat().st_ino) == (mode == "hardlink")
+            assert not raw.stat().st_mode & 0o222
+    if mode == "hardlink":
+        assert result.link_counts == {"hardlink": 48}
+
+
+def test_a_raw_folder_found_writable_is_made_read_only_before_it_is_linked(mirror):
+    folder = mirror / "raw" / B
+    for path in folder.rglob("*"):
+        if path.is_file():
+            path.chmod(0o644)
+    build(mirror, {"batches": [B], "modalities": ["pose", "rgb"]})
+    linked = sorted(p for sub in ("pose", "rgb") for p in (folder / sub).iterdir())
+    assert len(linked) == 8 and all(not p.stat().st_mode & 0o222 for p in linked)
+    assert (folder / "depth" / "000000.png").stat().st_mode & stat.S_IWUSR  # not linked: left alone
+
+
+def test_a_batch_that_contributes_no_sample_is_still_listed_with_its_manifest(mirror):
+    for sample_id in ("000000", "000001", "000002", "000003"):
+        reject(mirror, A, sample_id)
+    result = build(mirror, {"batches": [A, B]})
+    index = json.loads((mirror / "working" / "current_batch" / "index.json").read_text())
+    assert [b["batch_id"] for b in index["batches"]] == [A, B] and all(len(b["manifest_sha256"]) == 64
+                                                                        for b in index["batches"])
+    assert {r["batch_id"] for r in index["samples"]} == {B} and result.rejected == 4
