@@ -204,3 +204,19 @@ def test_a_batch_that_contributes_no_sample_is_still_listed_with_its_manifest(mi
     assert [b["batch_id"] for b in index["batches"]] == [A, B] and all(len(b["manifest_sha256"]) == 64
                                                                         for b in index["batches"])
     assert {r["batch_id"] for r in index["samples"]} == {B} and result.rejected == 4
+
+
+@pytest.mark.integration
+def test_fields_read_by_the_helper_process_give_the_same_index(mirror, monkeypatch):
+    """Big sets have their annotations read by a second process while the files are linked."""
+    from pose_factory.dataset import materialize as materialize_module
+
+    monkeypatch.setattr(materialize_module, "FIELDS_PROCESS_MIN_SAMPLES", 1)
+    reject(mirror, B, "000003")
+    working = {"batches": [B, A], "naming": {"prefix": "x", "digits": 4}}
+    build(mirror, working)
+    out = mirror / "working" / "current_batch"
+    expected_json, expected_csv = reference_index(mirror, working)
+    assert (out / "index.json").read_bytes() == expected_json and (out / "index.csv").read_text() == expected_csv
+    assert sorted(p.name for p in out.iterdir()) == ["depth", "index.csv", "index.json", "normal", "openpose_json",
+                                                     "pose", "rgb", "seg"]  # the helper's files are gone

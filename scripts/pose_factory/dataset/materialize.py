@@ -165,37 +165,99 @@ def _rejected(curation_dir: Path, batch_id: str, manifest: dict[str, Any]) -> tu
 
 
 class Selected(NamedTuple):
-    """One sample going into the working set, with the annotation fields index.json lists."""
+    """One sample going into the working set, with the annotation fields index.json lists (None: not read yet)."""
 
     batch_id: str
     sample: dict[str, Any]
-    fields: dict[str, Any]
+    fields: dict[str, Any] | None
 
 
 def _select(batch_id: str, batch_dir: str, manifest: dict[str, Any], filters: dict[str, Any],
             rejected: set[str]) -> tuple[list[Selected], int]:
     """The samples of one batch the filters keep, in manifest order, and how many curation left out.
 
-    Each annotation is read once, with plain os calls, and only for samples the manifest alone does not rule out.
+    Each annotation is read once, with plain os calls, and only for samples the manifest alone does not rule
+    out. When no filter needs the annotations, they are not read here (`fields` is None): their fields are
+    read while the files are linked (_index_fields_for).
     """
     if filters["project"] and manifest["project"] != filters["project"]:
         return [], 0
     wanted = set(filters["sample_ids"]) if filters["sample_ids"] else None
-    by_annotation = any(filters[key] for key in ANNOTATION_FILTERS if key != "tags") or bool(filters["tags"])
+    by_annotation = any(filters[key] for key in ANNOTATION_FILTERS)
     job_tags = set(manifest["job"].get("tags") or [])
     loads, read = orjson.loads, contract.read_file
     selected, left_out = [], 0
     for sample in manifest["samples"]:
         if wanted is not None and sample["sample_id"] not in wanted:
             continue
-        annotation = loads(read(batch_dir + sample["annotation"]))
-        if by_annotation and not _annotation_keeps(annotation, filters, job_tags):
-            continue
+        fields = None
+        if by_annotation:
+            annotation = loads(read(batch_dir + sample["annotation"]))
+            if not _annotation_keeps(annotation, filters, job_tags):
+                continue
+            fields = _index_fields(annotation)
         if sample["sample_id"] in rejected:
             left_out += 1
             continue
-        selected.append(Selected(batch_id, sample, _index_fields(annotation)))
+        selected.append(Selected(batch_id, sample, fields))
     return selected, left_out
+
+
+# From this many samples whose annotations are still to read, they are read by a second process while this
+# one links the files (two cores at work instead of one); below it, starting that process costs more than
+# it saves.
+FIELDS_PROCESS_MIN_SAMPLES = 3_000
+
+
+@contextlib.contextmanager
+def _index_fields_for(selected: list[Selected], raw_base: str, scratch: Path):
+    """Yield a function that returns index.json's annotation fields for every selected sample, in order.
+
+    Fields the selection already read are kept; the others are read by a helper process that starts now and
+    works while the caller links files, or here, when there are few of them or that process fails. The
+    helper's two files in `scratch` (the build folder) are gone when the context ends.
+    """
+    todo = [os.path.join(raw_base, item.batch_id, item.sample["annotation"]) for item in selected
+            if item.fields is None]
+    helper = None
+    if len(todo) >= FIELDS_PROCESS_MIN_SAMPLES:
+        import subprocess
+
+        (scratch / ".annotations.txt").write_bytes(b"\n".join(os.fsencode(path) for path in todo))
+        package_root = str(Path(__file__).resolve().parents[2])
+        code = ("import sys; sys.path.insert(0, sys.argv[1]); "
+                "from pose_factory.dataset.materialize import write_index_fields; write_index_fields(*sys.argv[2:])")
+        helper = subprocess.Popen([sys.executable, "-c", code, package_root, str(scratch / ".annotations.txt"),
+                                   str(scratch / ".fields.json")], stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def fields() -> list[dict[str, Any]]:
+        read: list[dict[str, Any]] | None = None
+        if helper is not None and helper.wait() == 0:
+            read = orjson.loads((scratch / ".fields.json").read_bytes())
+        if read is None or len(read) != len(todo):
+            loads, read_file = orjson.loads, contract.read_file
+            read = [_index_fields(loads(read_file(path))) for path in todo]
+        found = iter(read)
+        return [item.fields if item.fields is not None else next(found) for item in selected]
+
+    try:
+        yield fields
+    finally:
+        if helper is not None and helper.poll() is None:
+            helper.kill()
+            helper.wait()
+        for name in (".annotations.txt", ".fields.json"):
+            (scratch / name).unlink(missing_ok=True)
+
+
+def write_index_fields(paths_file: str, out_file: str) -> None:
+    """(In the helper process of _index_fields_for.) The index fields of each annotation listed, as JSON."""
+    paths = [os.fsdecode(path) for path in Path(paths_file).read_bytes().split(b"\n")]
+    loads, read = orjson.loads, contract.read_file
+    with contract.gc_paused():
+        fields = [_index_fields(loads(read(path))) for path in paths]
+    Path(out_file).write_bytes(orjson.dumps(fields))
 
 
 # --- linking ----------------------------------------------------------------------------------------
@@ -402,9 +464,10 @@ def _materialize(params_file: Path, raw_dir: Path, reports_dir: Path, out_dir: P
     naming = working["naming"]
     names = [f"{naming['prefix']}{index:0{naming['digits']}d}" for index in range(len(selected))]
     try:
-        with contract.gc_paused():
-            rows = _link_and_index(selected, names, modalities, str(raw_dir), str(build), working["link_mode"],
-                                   counts, progress)
+        with contract.gc_paused(), _index_fields_for(selected, str(raw_dir), build) as fields:
+            plans = _link_all(selected, names, modalities, str(raw_dir), str(build), working["link_mode"], counts,
+                              progress)
+            rows = _index_rows(selected, names, plans, fields())
             index_doc = {
                 "version": INDEX_VERSION,
                 "batches": [{"batch_id": b, "manifest_sha256": manifest_sha256[b]} for b in batch_ids],
@@ -425,9 +488,10 @@ def _materialize(params_file: Path, raw_dir: Path, reports_dir: Path, out_dir: P
                              left_out, fresh_look)
 
 
-def _link_and_index(selected: list[Selected], names: list[str], modalities: list[str], raw_base: str,
-                    build_base: str, mode: str, counts: dict[str, int], progress) -> list[dict[str, Any]]:
-    """Put every selected file into the build folder, one modality folder at a time; return index.json's rows."""
+def _link_all(selected: list[Selected], names: list[str], modalities: list[str], raw_base: str, build_base: str,
+              mode: str, counts: dict[str, int], progress) -> list[tuple[str, str, str]]:
+    """Put every selected file into the build folder, one modality folder at a time; return (modality, folder,
+    extension) of each."""
     batch_base = {item.batch_id: os.path.join(raw_base, item.batch_id, "") for item in selected}
     plans = []
     for modality in modalities:
@@ -449,14 +513,20 @@ def _link_and_index(selected: list[Selected], names: list[str], modalities: list
             killpoint.reached("materialize:linking")
             if bar:
                 bar.advance(len(pairs))
+    return [(modality, folder, extension) for modality, folder, extension, _pairs in plans]
+
+
+def _index_rows(selected: list[Selected], names: list[str], plans: list[tuple[str, str, str]],
+                fields: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """index.json's samples: name, files, sources and the annotation's fields, in working-set order."""
     rows = []
-    for index, (item, name) in enumerate(zip(selected, names, strict=True)):
+    for index, (item, name, annotation_fields) in enumerate(zip(selected, names, fields, strict=True)):
         files, source = {}, {}
-        for modality, folder, extension, _pairs in plans:
+        for modality, folder, extension in plans:
             files[modality] = f"{folder}/{name}{extension}"
             source[modality] = f"{item.batch_id}/{item.sample['files'][modality]}"
         rows.append({"index": index, "name": name, "batch_id": item.batch_id, "sample_id": item.sample["sample_id"],
-                     "files": files, "source": source, **item.fields})
+                     "files": files, "source": source, **annotation_fields})
     return rows
 
 
