@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import run_script
+from helpers import REPO, run_script
 from pose_factory.core import contract
 
 W = H = 64
@@ -193,7 +195,15 @@ def test_several_processes_give_the_same_report_as_one(batch, tmp_path):
         result = run_script(["validate", str(batch), "--json", "--workers", workers], cwd=tmp_path)
         assert result.returncode == 11, result.stderr
         reports.append(json.loads(result.stdout))
-    assert reports[0] == reports[1]
+    # Where processes cannot be forked (macOS), they are started afresh and given their part pickled.
+    spawned = subprocess.run([sys.executable, "-c", (
+        "import json, sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); "
+        "from pose_factory.dataset import validate; validate._can_fork = lambda: False; "
+        "print(json.dumps(validate.validate_batch(Path(sys.argv[2]), workers=3).as_json()))"),
+        str(REPO / "scripts"), str(batch)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert spawned.returncode == 0, spawned.stderr
+    reports.append(json.loads(spawned.stdout))
+    assert reports[0] == reports[1] == reports[2]
     problems = {(p["file"], p["field"]) for p in reports[0]["problems"]}
     assert {("pose/000003.png", "bytes"), ("seg/000002.png", "missing"), ("normal/000000.png", "sha256 differs"),
             ("depth/extra.png", "not in the manifest"), ("annotations/000000.json", "$.persons[0].keypoints_2d[4]"),

@@ -17,6 +17,7 @@ import io
 import json
 import os
 import struct
+import sys
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
@@ -411,12 +412,13 @@ def _validate_batch(batch_dir: Path, progress, workers: int | None) -> Validatio
                          repr(manifest["batch_id"]))
         report.error(MANIFEST_NAME, "$.files[].path", "safe relative paths", exc.message)
         return report
-    shards = _shards(batch_dir, manifest, listed, present, _worker_count(len(present), workers))
+    fork = _can_fork()
+    shards = _shards(batch_dir, manifest, listed, present, _worker_count(len(present), workers), whole_listing=fork)
     samples = manifest["samples"]
     counter = progress.task(f"validate {report.batch_id}", len(samples), "samples") if progress \
         else contextlib.nullcontext()
-    with _shard_runner(len(shards)) as run, counter as bar:
-        pending = run(shards[1:])  # other processes start on these before this one takes the first
+    # The other processes start before the progress bar (and its thread): a process is forked with one thread.
+    with _in_other_processes(shards[1:], fork) as pending, counter as bar:
         results = [_check_shard(shards[0], bar.advance if bar else None)]
         for result in pending():
             results.append(result)
@@ -490,55 +492,79 @@ class _ShardResult:
 
 
 def _shards(batch_dir: Path, manifest: dict[str, Any], listed: dict[str, Any], present: list[str],
-            count: int) -> list[_Shard]:
+            count: int, *, whole_listing: bool) -> list[_Shard]:
     """Split the samples into `count` runs; each file goes with the first run whose samples name it, and
-    files no sample names go with the first run."""
+    files no sample names go with the first run. With `whole_listing`, every shard shares the manifest's
+    whole file index (forked processes share memory); otherwise each gets the part it needs (it is pickled)."""
     samples = manifest["samples"]
     count = max(1, min(count, len(samples)))
     width, height = manifest["image"]["width"], manifest["image"]["height"]
     keypoints = manifest["conventions"].get("openpose", {}).get("keypoints", "all")
     on_disk = set(present)
-    owner: dict[str, int] = {}
+    runs = [(len(samples) * n // count, len(samples) * (n + 1) // count) for n in range(count)]
+    named = [[rel for entry in samples[first:last] for rel in (entry["annotation"], *entry["files"].values())]
+             for first, last in runs]
+    every_name = {rel for names in named for rel in names}
+    if len(every_name) == sum(len(names) for names in named):  # no file named twice: the usual batch
+        owned = [[rel for rel in names if rel in on_disk] for names in named]
+        others: list[list[str]] = [[] for _ in runs]
+    else:
+        owner: dict[str, int] = {}
+        for number, names in enumerate(named):
+            for rel in names:
+                owner.setdefault(rel, number)
+        owned = [list(dict.fromkeys(rel for rel in names if rel in on_disk and owner[rel] == number))
+                 for number, names in enumerate(named)]
+        others = [list(dict.fromkeys(rel for rel in names if rel in on_disk and owner[rel] != number))
+                  for number, names in enumerate(named)]
+    owned[0] += [rel for rel in present if rel not in every_name]
     shards = []
-    for number in range(count):
-        first, last = len(samples) * number // count, len(samples) * (number + 1) // count
-        named: dict[str, None] = {}
-        for entry in samples[first:last]:
-            for rel in (entry["annotation"], *entry["files"].values()):
-                named[rel] = None
-        own = [rel for rel in named if rel in on_disk and owner.setdefault(rel, number) == number]
-        other = [rel for rel in named if rel in on_disk and owner[rel] != number]
+    for number, (first, last) in enumerate(runs):
+        part = listed if whole_listing else {rel: listed[rel] for rel in (*named[number], *owned[number])
+                                             if rel in listed}
         shards.append(_Shard(batch_dir, manifest["batch_id"], width, height, manifest["modalities"], keypoints, first,
-                             samples[first:last], {rel: listed[rel] for rel in named if rel in listed}, own, other))
-    unnamed = [rel for rel in present if rel not in owner]
-    shards[0].owned += unnamed
-    shards[0].listed.update((rel, listed[rel]) for rel in unnamed)
-    for shard in shards:
-        shard.owned.sort()
+                             samples[first:last], part, owned[number], others[number]))
     return shards
 
 
+def _can_fork() -> bool:
+    """Whether checking processes are forked (Linux: they share this one's memory, nothing is pickled) or
+    started afresh (macOS and elsewhere, where forking a process is not safe)."""
+    import multiprocessing
+
+    return sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
+
+
+# The shards a forked process finds in its copy of this process's memory, by number (see _in_other_processes).
+_FORKED_SHARDS: list[_Shard] = []
+
+
 @contextlib.contextmanager
-def _shard_runner(count: int):
-    """run(shards) starts checking shards in other processes and returns a function that yields their
-    results in order; with one shard, nothing is started."""
-    if count <= 1:
-        yield lambda shards: (lambda: iter(()))
+def _in_other_processes(shards: list[_Shard], fork: bool):
+    """Start checking `shards` in one process each; yield a function that returns their results in order."""
+    if not shards:
+        yield lambda: iter(())
         return
+    import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(max_workers=count - 1) as pool:
-        futures = []
+    _FORKED_SHARDS[:] = shards
+    context = multiprocessing.get_context("fork" if fork else "spawn")
+    try:
+        with ProcessPoolExecutor(max_workers=len(shards), mp_context=context) as pool:
+            futures = [pool.submit(_check_shard_in_worker, number if fork else shard)
+                       for number, shard in enumerate(shards)]
+            try:
+                yield lambda: (future.result() for future in futures)
+            finally:
+                for future in futures:
+                    future.cancel()
+    finally:
+        _FORKED_SHARDS.clear()
 
-        def run(shards: list[_Shard]):
-            futures.extend(pool.submit(_check_shard, shard) for shard in shards)
-            return lambda: (future.result() for future in futures)
 
-        try:
-            yield run
-        finally:
-            for future in futures:
-                future.cancel()
+def _check_shard_in_worker(shard: _Shard | int) -> _ShardResult:
+    return _check_shard(_FORKED_SHARDS[shard] if isinstance(shard, int) else shard)
 
 
 def _check_shard(shard: _Shard, advance=None) -> _ShardResult:
