@@ -420,13 +420,14 @@ def _validate_batch(batch_dir: Path, progress, workers: int | None) -> Validatio
     # The other processes start before the progress bar (and its thread): a process is forked with one thread.
     with _in_other_processes(shards[1:], fork) as pending, counter as bar:
         results = [_check_shard(shards[0], bar.advance if bar else None)]
+        # Paths that collide on a case-insensitive disk (macOS), or are too long, cannot be pulled there.
+        # (Found while the other processes finish their part.)
+        report.errors.extend(contract.path_problems([entry["path"] for entry in manifest["files"]]))
         for result in pending():
             results.append(result)
             if bar:
                 bar.advance(result.samples)
 
-    # Paths that collide on a case-insensitive disk (macOS), or are too long, cannot be pulled there.
-    report.errors.extend(contract.path_problems([entry["path"] for entry in manifest["files"]]))
     if batch_dir.name != manifest["batch_id"]:
         report.error(MANIFEST_NAME, "$.batch_id", f"the folder name {batch_dir.name!r}", repr(manifest["batch_id"]))
     mismatches = listing + [problem for result in results for problem in result.mismatches]
