@@ -51,7 +51,8 @@ for line in sys.stdin:
         proc = subprocess.Popen(request["command"], env=request["env"], stdout=subprocess.DEVNULL, stderr=errors)
         _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - start
-    print(json.dumps([seconds, usage.ru_maxrss, os.waitstatus_to_exitcode(status)]), flush=True)
+    cpu = usage.ru_utime + usage.ru_stime
+    print(json.dumps([seconds, usage.ru_maxrss, os.waitstatus_to_exitcode(status), cpu]), flush=True)
 """
 
 
@@ -61,16 +62,17 @@ class Launcher:
         self.proc = subprocess.Popen([sys.executable, "-S", "-c", LAUNCHER], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True)
 
-    def run(self, command: list[str], env: dict[str, str] | None = None) -> tuple[float, int]:
-        """(wall seconds, peak RSS in bytes of the process or any descendant it waited for) of one command."""
+    def run(self, command: list[str], env: dict[str, str] | None = None) -> tuple[float, int, float]:
+        """(wall seconds, peak RSS in bytes of the process or any descendant it waited for, CPU seconds of the
+        process and its descendants) of one command."""
         request = {"command": command, "env": env or dict(os.environ), "stderr": str(self.errors)}
         self.proc.stdin.write(json.dumps(request) + "\n")
         self.proc.stdin.flush()
-        seconds, maxrss, code = json.loads(self.proc.stdout.readline())
+        seconds, maxrss, code, cpu = json.loads(self.proc.stdout.readline())
         if code != 0:
             raise SystemExit(f"failed ({code}): {' '.join(command)}\n{self.errors.read_text(errors='replace')}")
         # ru_maxrss is in KiB on Linux, in bytes on macOS
-        return seconds, maxrss * (1 if sys.platform == "darwin" else 1024)
+        return seconds, maxrss * (1 if sys.platform == "darwin" else 1024), cpu
 
     def close(self) -> None:
         self.proc.stdin.close()
@@ -81,10 +83,12 @@ class Launcher:
 class Timings:
     seconds: list[float] = field(default_factory=list)
     rss: list[int] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
 
-    def add(self, measured: tuple[float, int]) -> None:
+    def add(self, measured: tuple[float, int, float]) -> None:
         self.seconds.append(measured[0])
         self.rss.append(measured[1])
+        self.cpu.append(measured[2])
 
     @property
     def median(self) -> float:
@@ -131,8 +135,10 @@ def measure_scale(batch: Path, work: Path, repeat: int, env: dict[str, str], bas
     materialize = [*POSE_SYNC, "materialize", "--params", str(params), "--raw", str(raw), "--reports",
                    str(work / "reports"), "--curation", str(work / "curation"), "--out", str(out), "-q"]
     folders = [str(batch / f) for f in MODALITY_FOLDERS]
-    # The same commands from another checkout (--baseline), for before/after figures taken side by side.
+    # The same commands from another checkout (--baseline), for before/after figures taken side by side. The
+    # venv's start-up hook (a .pth file) would import this checkout's package first, so it is off for those.
     before = [sys.executable, str(baseline / "scripts" / "pose_sync.py")] if baseline else None
+    before_env = {**env, "POSE_FACTORY_ENVHOOK": "off"}
     copy_a, copy_b = work / "cp-a", work / "cp-b"
 
     def cp_al(dest: Path) -> list[str]:
@@ -151,8 +157,8 @@ def measure_scale(batch: Path, work: Path, repeat: int, env: dict[str, str], bas
     names = ["sha256sum", "validate", "cp -al", "materialize", "cp -al + rm -rf old", "materialize (replacing a set)",
              "start-up"]
     if before:
-        run([*before, *validate[2:]], env)
-        run([*before, *materialize[2:]], env)
+        run([*before, *validate[2:]], before_env)
+        run([*before, *materialize[2:]], before_env)
         names[2:2] = ["validate (baseline)"]
         names[5:5] = ["materialize (baseline)"]
     rows = {name: Timings() for name in names}
@@ -162,7 +168,7 @@ def measure_scale(batch: Path, work: Path, repeat: int, env: dict[str, str], bas
         rows["sha256sum"].add(run(sha256sum))
         rows["validate"].add(run(validate, env))
         if before:
-            rows["validate (baseline)"].add(run([*before, *validate[2:]], env))
+            rows["validate (baseline)"].add(run([*before, *validate[2:]], before_env))
         # A first build: nothing in the destination, like cp -al into an empty folder.
         fresh(copy_a)
         rows["cp -al"].add(run(cp_al(copy_a)))
@@ -170,7 +176,7 @@ def measure_scale(batch: Path, work: Path, repeat: int, env: dict[str, str], bas
         rows["materialize"].add(run(materialize, env))
         if before:
             shutil.rmtree(out, ignore_errors=True)
-            rows["materialize (baseline)"].add(run([*before, *materialize[2:]], env))
+            rows["materialize (baseline)"].add(run([*before, *materialize[2:]], before_env))
         # A rebuild: the previous set is removed once the new one is in place; the shell's equivalent is a
         # second cp -al beside the first and rm -rf of the first.
         fresh(copy_b)
@@ -196,6 +202,7 @@ def measure_scale(batch: Path, work: Path, repeat: int, env: dict[str, str], bas
         table.append({"command": name, "median_s": round(timings.median, 4), "min_s": round(min(timings.seconds), 4),
                       "runs_s": [round(s, 4) for s in timings.seconds],
                       "peak_rss_mb": round(max(timings.rss) / 1e6, 1), "reference": reference,
+                      "cpu_s": round(statistics.median(timings.cpu), 4),
                       "ratio": round(ratio, 3) if ratio else None, "target": target,
                       "met": (ratio <= target) if ratio else None})
     return {"batch": batch.name, "files": len(files), "linked_files": linked, "bytes": size, "repeat": repeat,
@@ -206,13 +213,13 @@ def print_scale(result: dict) -> None:
     print(f"\n{result['batch']}: validate reads {result['files']:,} files ({result['bytes'] / 1e6:.1f} MB); "
           f"materialize links {result['linked_files']:,}; {result['repeat']} interleaved rounds; "
           f"load average {result['load_average_start'][0]:.2f} -> {result['load_average_end'][0]:.2f} (1 min)")
-    print(f"{'command':<32} {'median s':>9} {'min s':>8} {'ratio':>7} {'peak RSS MB':>12}  target")
+    print(f"{'command':<32} {'median s':>9} {'min s':>8} {'ratio':>7} {'CPU s':>6} {'peak RSS MB':>12}  target")
     for row in result["rows"]:
         ratio = f"{row['ratio']:.2f}x" if row["ratio"] else ""
         target = ""
         if row["target"]:
             target = f"<= {row['target']}x {row['reference']}: {'met' if row['met'] else 'MISSED'}"
-        print(f"{row['command']:<32} {row['median_s']:9.3f} {row['min_s']:8.3f} {ratio:>7} "
+        print(f"{row['command']:<32} {row['median_s']:9.3f} {row['min_s']:8.3f} {ratio:>7} {row['cpu_s']:6.2f} "
               f"{row['peak_rss_mb']:12.1f}  {target}")
 
 
@@ -251,7 +258,9 @@ def main() -> int:
         launcher.close()
         shutil.rmtree(work, ignore_errors=True)
     load_end = loadavg()
-    print(f"\nload average (1, 5, 15 min): {load_start} at the start, {load_end} at the end; "
+    print("\nratio: median / the reference's median, from the same rounds. CPU s: user + system of the command and "
+          "its processes (median). Peak RSS: wait4; about 10 MB is the floor (the launcher that starts commands).")
+    print(f"load average (1, 5, 15 min): {load_start} at the start, {load_end} at the end; "
           f"{os.cpu_count()} CPUs. Other jobs on the machine inflate the figures: compare ratios, repeat when noisy.")
     if args.json_out:
         args.json_out.write_text(json.dumps({

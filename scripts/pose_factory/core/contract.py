@@ -311,7 +311,7 @@ def check_listing(batch_dir: Path, manifest: Manifest) -> tuple[list[Problem], d
     """How the folder's files differ from the manifest's list, before reading any of them.
 
     Returns (problems: listed twice, symlinks, missing, not in the manifest; the manifest's entries by path;
-    the listed paths present on disk, sorted). An unsafe listed path raises UnsafeKeyError.
+    the listed paths present on disk, in the manifest's order). An unsafe listed path raises UnsafeKeyError.
     """
     problems: list[Problem] = []
     listed: dict[str, FileEntry] = {}
@@ -338,7 +338,7 @@ def check_listing(batch_dir: Path, manifest: Manifest) -> tuple[list[Problem], d
             problems.append(Problem(rel, "missing", "a file", "nothing"))
     for rel in sorted(on_disk - listed_paths):
         problems.append(Problem(rel, "not in the manifest", "no file", f"{(batch_dir / rel).stat().st_size} bytes"))
-    return problems, listed, sorted(listed_paths & on_disk)
+    return problems, listed, [rel for rel in listed if rel in on_disk]
 
 
 def compare_digests(listed: dict[str, FileEntry], digests: dict[str, tuple[int, str, str]]) -> list[Problem]:
