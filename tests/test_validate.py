@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -210,6 +214,116 @@ def test_several_processes_give_the_same_report_as_one(batch, tmp_path):
             ("openpose_json/000003.json", "$[0].canvas_width/canvas_height")} <= problems
     assert sum(p["file"] == "pose/000003.png" for p in reports[0]["problems"]) == 2  # once per sample naming it
     assert reports[0]["warnings"] >= 1 and reports[0]["stats"]["visibility"]
+
+
+# Runs `pose-sync validate` (cli.main) with the checking processes told what to do: each records its pid in
+# PIDS_DIR; with FAIL the process of the second run of samples raises an I/O error; the others hang until
+# killed. Checking processes started afresh (spawn) run this file's top level too, so they are told the same.
+HARNESS = """
+import os, sys, time
+sys.path.insert(0, {scripts!r})
+from pose_factory.dataset import validate
+
+_check_shard = validate._check_shard
+
+
+def told(shard, advance=None):
+    if shard.first_index == 0:  # the run this process checks itself
+        return _check_shard(shard, advance)
+    pids = os.environ["PIDS_DIR"]
+    open(os.path.join(pids, str(os.getpid())), "w").close()
+    if os.environ.get("FAIL") and shard.first_index == 1:
+        raise OSError(5, "Input/output error", str(shard.batch_dir / shard.owned[0]))
+    time.sleep(600)
+
+
+validate._check_shard = told
+if __name__ == "__main__":
+    if os.environ.get("SPAWN"):
+        validate._can_fork = lambda: False
+    from pose_factory import cli
+
+    code = cli.main(sys.argv[1:])
+    # Every checking process must be gone before validate returns (not left to the interpreter's exit).
+    alive = [pid for pid in map(int, os.listdir(os.environ["PIDS_DIR"])) if os.path.exists(f"/proc/{{pid}}")]
+    print("alive:", alive, flush=True)
+    sys.exit(code)
+"""
+
+
+def _gone(pid: int) -> bool:
+    """The process has ended (a zombie waiting for a parent that is not ours to reap it counts as ended)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return "\nState:\tZ" in status
+
+
+def _start_harness(batch: Path, tmp_path: Path, spawn: bool, fail: bool = False) -> tuple[subprocess.Popen, Path]:
+    harness, pids = tmp_path / "harness.py", tmp_path / "pids"
+    harness.write_text(HARNESS.format(scripts=str(REPO / "scripts")))
+    pids.mkdir()
+    env = {**os.environ, "PIDS_DIR": str(pids), "SPAWN": "1" if spawn else "", "FAIL": "1" if fail else ""}
+    proc = subprocess.Popen([sys.executable, str(harness), "validate", str(batch), "--workers", "3"], cwd=tmp_path,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    return proc, pids
+
+
+def _wait_for(condition, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+START_METHODS = pytest.mark.parametrize("spawn", [False, True], ids=["forked", "started-afresh"])
+
+
+@pytest.mark.integration
+@START_METHODS
+def test_a_checking_process_that_fails_ends_validate_with_its_error_and_the_others_are_ended(batch, tmp_path,
+                                                                                                spawn):
+    proc, pids = _start_harness(batch, tmp_path, spawn, fail=True)
+    try:
+        out, err = proc.communicate(timeout=120)  # the other process hangs: validate must not wait for it
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 1, err
+    assert "error: file system error" in err and "annotations/000001.json" in err and "Traceback" not in err
+    assert "alive: []" in out and len(list(pids.iterdir())) >= 1  # the hanging one may not have started yet
+
+
+@pytest.mark.integration
+@START_METHODS
+def test_ctrl_c_ends_validate_and_every_checking_process(batch, tmp_path, spawn):
+    proc, pids = _start_harness(batch, tmp_path, spawn)
+    try:
+        _wait_for(lambda: len(list(pids.iterdir())) == 2)
+        os.killpg(proc.pid, signal.SIGINT)  # as a terminal does: to every process of the command
+        out, err = proc.communicate(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err and "alive: []" in out
+
+
+@pytest.mark.integration
+@START_METHODS
+def test_a_killed_validate_leaves_no_checking_process_running(batch, tmp_path, spawn):
+    proc, pids = _start_harness(batch, tmp_path, spawn)
+    try:
+        _wait_for(lambda: len(list(pids.iterdir())) == 2)
+        children = [int(p.name) for p in pids.iterdir()]
+        proc.kill()
+        proc.communicate(timeout=60)
+        _wait_for(lambda: all(_gone(pid) for pid in children), timeout=30)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def test_the_one_pass_keypoint_tests_agree_with_the_checks_that_report(template_batch):

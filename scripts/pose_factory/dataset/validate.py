@@ -542,30 +542,87 @@ _FORKED_SHARDS: list[_Shard] = []
 
 @contextlib.contextmanager
 def _in_other_processes(shards: list[_Shard], fork: bool):
-    """Start checking `shards` in one process each; yield a function that returns their results in order."""
+    """Start checking `shards` in one process each; yield a function that returns their results in order.
+
+    However the caller leaves (its result, an error, Ctrl-C), every process is ended and reaped before this
+    returns: one still working is terminated. They ignore Ctrl-C themselves (the terminal sends it to all of
+    them: this process decides) and, on Linux, are killed by the kernel if this process dies first.
+    """
     if not shards:
         yield lambda: iter(())
         return
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
 
-    _FORKED_SHARDS[:] = shards
     context = multiprocessing.get_context("fork" if fork else "spawn")
+    _FORKED_SHARDS[:] = shards
+    started: list[tuple[Any, Any]] = []  # (process, the read end of its result pipe)
     try:
-        with ProcessPoolExecutor(max_workers=len(shards), mp_context=context) as pool:
-            futures = [pool.submit(_check_shard_in_worker, number if fork else shard)
-                       for number, shard in enumerate(shards)]
-            try:
-                yield lambda: (future.result() for future in futures)
-            finally:
-                for future in futures:
-                    future.cancel()
-    finally:
+        for number, shard in enumerate(shards):
+            receive, send = context.Pipe(duplex=False)
+            process = context.Process(target=_check_shard_in_worker, args=(number if fork else shard, send,
+                                                                          os.getpid()), daemon=True)
+            started.append((process, receive))
+            process.start()
+            send.close()  # the child's end: the read below ends in EOFError if the child dies without a result
         _FORKED_SHARDS.clear()
 
+        def results():
+            for process, receive in started:
+                try:
+                    outcome = receive.recv()
+                except EOFError:
+                    process.join()
+                    raise PoseFactoryError(
+                        f"a checking process ended without its result (exit code {process.exitcode})",
+                        where=str(shards[0].batch_dir),
+                        hint="run it again; if the machine is short of memory, with --workers 1") from None
+                if isinstance(outcome, BaseException):
+                    raise outcome
+                yield outcome
 
-def _check_shard_in_worker(shard: _Shard | int) -> _ShardResult:
-    return _check_shard(_FORKED_SHARDS[shard] if isinstance(shard, int) else shard)
+        yield results
+    finally:
+        _FORKED_SHARDS.clear()
+        for process, receive in started:
+            if process.is_alive():
+                process.terminate()
+            process.join()
+            receive.close()
+
+
+def _check_shard_in_worker(shard: _Shard | int, send, parent: int) -> None:
+    """(In a checking process.) Check one shard and send back its result, or the exception it raised."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with(parent)
+    try:
+        outcome: Any = _check_shard(_FORKED_SHARDS[shard] if isinstance(shard, int) else shard)
+    except Exception as exc:  # re-raised in the parent, which reports it
+        outcome = exc
+    try:
+        send.send(outcome)
+    except BrokenPipeError:
+        pass  # the parent is gone: nobody wants the result
+    except Exception:  # an exception that cannot be pickled: its text still can
+        send.send(RuntimeError(f"{type(outcome).__name__}: {outcome}"))
+    finally:
+        send.close()
+
+
+def _die_with(parent: int) -> None:
+    """On Linux, have the kernel kill this process when its parent dies (a SIGKILLed validate leaves nothing
+    running). Elsewhere a process whose parent died ends when it finds nobody to send its result to."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the request above was made
+        os._exit(1)
 
 
 def _check_shard(shard: _Shard, advance=None) -> _ShardResult:
