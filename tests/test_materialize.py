@@ -13,11 +13,15 @@ import json
 import os
 import shutil
 import stat
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import orjson
 import pytest
 
+from helpers import REPO
 from pose_factory.core import contract
 from pose_factory.dataset import curation
 from pose_factory.dataset.materialize import INDEX_VERSION, materialize, working_settings
@@ -212,11 +216,55 @@ def test_fields_read_by_the_helper_process_give_the_same_index(mirror, monkeypat
     from pose_factory.dataset import materialize as materialize_module
 
     monkeypatch.setattr(materialize_module, "FIELDS_PROCESS_MIN_SAMPLES", 1)
+    read_here = []  # annotations this process reads itself: only if the helper failed
+    real_index_fields = materialize_module._index_fields
+    monkeypatch.setattr(materialize_module, "_index_fields", lambda a: read_here.append(a) or real_index_fields(a))
     reject(mirror, B, "000003")
     working = {"batches": [B, A], "naming": {"prefix": "x", "digits": 4}}
     build(mirror, working)
+    assert read_here == []
     out = mirror / "working" / "current_batch"
     expected_json, expected_csv = reference_index(mirror, working)
     assert (out / "index.json").read_bytes() == expected_json and (out / "index.csv").read_text() == expected_csv
     assert sorted(p.name for p in out.iterdir()) == ["depth", "index.csv", "index.json", "normal", "openpose_json",
                                                      "pose", "rgb", "seg"]  # the helper's files are gone
+
+
+# Builds the working set of two batches in a real process, its annotations read by the helper process, and
+# dies by SIGKILL at the kill point the environment names.
+KILLED_BUILD = """
+import sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from pose_factory.dataset import materialize
+
+materialize.FIELDS_PROCESS_MIN_SAMPLES = 1
+data = Path(sys.argv[2])
+materialize.materialize(data / "params.yaml", data / "raw", data / "reports", data / "working" / "current_batch",
+                        curation_dir=data / "curation")
+"""
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("point", ["materialize:linking:2", "materialize:built"])
+def test_a_build_killed_while_the_helper_reads_annotations_keeps_the_set_and_the_rerun_converges(mirror, point):
+    import psutil
+
+    build(mirror, {"batches": [A]})
+    before = (mirror / "working" / "current_batch" / "index.json").read_bytes()
+    working = {"batches": [A, B]}
+    (mirror / "params.yaml").write_text(json.dumps({"batches": [A, B], "working": working}))
+    killed = subprocess.run([sys.executable, "-c", KILLED_BUILD, str(REPO / "scripts"), str(mirror)],
+                            env={**os.environ, "POSE_FACTORY_KILL_AT": point}, capture_output=True, timeout=120)
+    assert killed.returncode == -9, killed.stderr
+    assert (mirror / "working" / "current_batch" / "index.json").read_bytes() == before
+    [leftover] = [p for p in (mirror / "working").iterdir() if p.name != "current_batch"]
+    # The helper writes nothing; it ends on its own once it has answered (to nobody).
+    deadline = time.monotonic() + 60
+    while any(str(leftover) in " ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"])):
+        assert time.monotonic() < deadline, "the helper outlived its build"
+        time.sleep(0.05)
+    build(mirror, working)
+    expected_json, _ = reference_index(mirror, working)
+    assert (mirror / "working" / "current_batch" / "index.json").read_bytes() == expected_json
+    assert sorted(p.name for p in (mirror / "working").iterdir()) == ["current_batch"]

@@ -214,28 +214,32 @@ def _index_fields_for(selected: list[Selected], raw_base: str, scratch: Path):
     """Yield a function that returns index.json's annotation fields for every selected sample, in order.
 
     Fields the selection already read are kept; the others are read by a helper process that starts now and
-    works while the caller links files, or here, when there are few of them or that process fails. The
-    helper's two files in `scratch` (the build folder) are gone when the context ends.
+    works while the caller links files, or here, when there are few of them or that process fails. The helper
+    reads its list from a file in `scratch` (the build folder; gone when the context ends) and answers on its
+    standard output: it writes nothing, and if this process dies it ends on its own once it has read them.
     """
     todo = [os.path.join(raw_base, item.batch_id, item.sample["annotation"]) for item in selected
             if item.fields is None]
+    listing = scratch / ".annotations.txt"
     helper = None
     if len(todo) >= FIELDS_PROCESS_MIN_SAMPLES:
         import subprocess
 
-        (scratch / ".annotations.txt").write_bytes(b"\n".join(os.fsencode(path) for path in todo))
+        listing.write_bytes(b"\n".join(os.fsencode(path) for path in todo))
         package_root = str(Path(__file__).resolve().parents[2])
         code = ("import sys; sys.path.insert(0, sys.argv[1]); "
-                "from pose_factory.dataset.materialize import write_index_fields; write_index_fields(*sys.argv[2:])")
-        helper = subprocess.Popen([sys.executable, "-c", code, package_root, str(scratch / ".annotations.txt"),
-                                   str(scratch / ".fields.json")], stdin=subprocess.DEVNULL,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                "from pose_factory.dataset.materialize import write_index_fields; write_index_fields(sys.argv[2])")
+        helper = subprocess.Popen([sys.executable, "-c", code, package_root, str(listing)], stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
 
     def fields() -> list[dict[str, Any]]:
         read: list[dict[str, Any]] | None = None
-        if helper is not None and helper.wait() == 0:
-            read = orjson.loads((scratch / ".fields.json").read_bytes())
-        if read is None or len(read) != len(todo):
+        if helper is not None:
+            answer, _ = helper.communicate()
+            if helper.returncode == 0:
+                with contextlib.suppress(orjson.JSONDecodeError):
+                    read = orjson.loads(answer)
+        if not isinstance(read, list) or len(read) != len(todo):
             loads, read_file = orjson.loads, contract.read_file
             read = [_index_fields(loads(read_file(path))) for path in todo]
         found = iter(read)
@@ -244,20 +248,22 @@ def _index_fields_for(selected: list[Selected], raw_base: str, scratch: Path):
     try:
         yield fields
     finally:
-        if helper is not None and helper.poll() is None:
-            helper.kill()
+        if helper is not None:
+            if helper.poll() is None:
+                helper.kill()
             helper.wait()
-        for name in (".annotations.txt", ".fields.json"):
-            (scratch / name).unlink(missing_ok=True)
+            helper.stdout.close()
+        listing.unlink(missing_ok=True)
 
 
-def write_index_fields(paths_file: str, out_file: str) -> None:
-    """(In the helper process of _index_fields_for.) The index fields of each annotation listed, as JSON."""
+def write_index_fields(paths_file: str) -> None:
+    """(In the helper process of _index_fields_for.) Print the index fields of each annotation listed, as JSON."""
     paths = [os.fsdecode(path) for path in Path(paths_file).read_bytes().split(b"\n")]
     loads, read = orjson.loads, contract.read_file
     with contract.gc_paused():
         fields = [_index_fields(loads(read(path))) for path in paths]
-    Path(out_file).write_bytes(orjson.dumps(fields))
+    sys.stdout.buffer.write(orjson.dumps(fields))
+    sys.stdout.buffer.flush()
 
 
 # --- linking ----------------------------------------------------------------------------------------
