@@ -200,6 +200,16 @@ def test_a_raw_folder_found_writable_is_made_read_only_before_it_is_linked(mirro
     assert (folder / "depth" / "000000.png").stat().st_mode & stat.S_IWUSR  # not linked: left alone
 
 
+def test_one_writable_file_among_read_only_ones_is_made_read_only_too(mirror):
+    """`dvc checkout` in copy mode rewrites the files that changed writable: one folder can hold both."""
+    writable = mirror / "raw" / B / "pose" / "000002.png"
+    writable.chmod(0o644)
+    build(mirror, {"batches": [B], "modalities": ["pose"]})
+    assert not writable.stat().st_mode & 0o222
+    linked = mirror / "working" / "current_batch" / "pose" / "000002.png"
+    assert linked.stat().st_ino == writable.stat().st_ino and not linked.stat().st_mode & 0o222
+
+
 def test_a_batch_that_contributes_no_sample_is_still_listed_with_its_manifest(mirror):
     for sample_id in ("000000", "000001", "000002", "000003"):
         reject(mirror, A, sample_id)

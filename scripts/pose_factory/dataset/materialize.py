@@ -278,22 +278,23 @@ WRITE_BITS = stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH
 def _protect_sources(pairs: list[tuple[str, str, str]]) -> None:
     """Raw files are read-only, so a hardlink or symlink cannot be used to change them.
 
-    A pull (and `dvc checkout`) leaves every file of the mirror read-only, so one file per source folder is
-    looked at; only a folder found writable (a batch put there by hand) has every file of it made read-only.
+    Every file is looked at: a pull leaves the whole mirror read-only, but a `dvc checkout` in copy mode
+    rewrites the files that changed writable, so one folder can hold both. One stat per file, relative to
+    its open folder.
     """
-    writable: dict[str, bool] = {}
-    for folder, name, _dest in pairs:
-        if folder not in writable:
-            writable[folder] = _writable(os.path.join(folder, name))
-        if writable[folder]:
-            path = os.path.join(folder, name)
-            mode = os.stat(path).st_mode
+    folder_fds: dict[str, int] = {}
+    stat_at, chmod_at = os.stat, os.chmod
+    try:
+        for folder, name, _dest in pairs:
+            fd = folder_fds.get(folder)
+            if fd is None:
+                fd = folder_fds[folder] = _open_dir(folder)
+            mode = stat_at(name, dir_fd=fd).st_mode
             if mode & WRITE_BITS:
-                os.chmod(path, mode & ~WRITE_BITS)
-
-
-def _writable(path: str) -> bool:
-    return bool(os.stat(path).st_mode & WRITE_BITS)
+                chmod_at(name, mode & ~WRITE_BITS, dir_fd=fd)
+    finally:
+        for fd in folder_fds.values():
+            os.close(fd)
 
 
 def link_folder(mode: str, pairs: list[tuple[str, str, str]], dest_folder: str, counts: dict[str, int]) -> None:
