@@ -275,70 +275,50 @@ def _open_dir(path: str) -> int:
 WRITE_BITS = stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH
 
 
-def _protect_sources(pairs: list[tuple[str, str, str]]) -> None:
-    """Raw files are read-only, so a hardlink or symlink cannot be used to change them.
-
-    Every file is looked at: a pull leaves the whole mirror read-only, but a `dvc checkout` in copy mode
-    rewrites the files that changed writable, so one folder can hold both. One stat per file, relative to
-    its open folder.
-    """
-    folder_fds: dict[str, int] = {}
-    stat_at, chmod_at = os.stat, os.chmod
-    try:
-        for folder, name, _dest in pairs:
-            fd = folder_fds.get(folder)
-            if fd is None:
-                fd = folder_fds[folder] = _open_dir(folder)
-            mode = stat_at(name, dir_fd=fd).st_mode
-            if mode & WRITE_BITS:
-                chmod_at(name, mode & ~WRITE_BITS, dir_fd=fd)
-    finally:
-        for fd in folder_fds.values():
-            os.close(fd)
-
-
 def link_folder(mode: str, pairs: list[tuple[str, str, str]], dest_folder: str, counts: dict[str, int]) -> None:
     """Put each (source folder, source name, dest name) into dest_folder by `mode`.
 
-    Hardlinks are made in a tight loop of `link` calls relative to open folders (no path building, no
-    per-file stat): at 60,000 files the kernel's own work is most of the time, as for `cp -al`.
+    Hardlinks and symlinks are made in a tight loop of calls relative to open folders (no path building), each
+    source checked read-only first with one stat, as `cp -al` stats each file: at 60,000 files the kernel's own
+    work is most of the time.
     """
-    if mode == "hardlink":
-        _hardlink_folder(pairs, dest_folder, counts)
-    elif mode == "symlink":
-        # Relative, so the working set survives moving the repository.
-        relative: dict[str, str] = {}
-        dest_fd = _open_dir(dest_folder)
-        try:
-            for folder, name, dest in pairs:
-                if folder not in relative:
-                    relative[folder] = os.path.relpath(folder, dest_folder)
-                os.symlink(f"{relative[folder]}/{name}", dest, dir_fd=dest_fd)
-        finally:
-            os.close(dest_fd)
-        counts["symlink"] += len(pairs)
-    else:
-        for folder, name, dest in pairs:
-            source, target = os.path.join(folder, name), os.path.join(dest_folder, dest)
-            if mode == "clone" and clone_file(Path(source), Path(target)):
-                counts["clone"] += 1
-            else:
-                shutil.copyfile(source, target)
-                counts["copy"] += 1
+    if mode in ("hardlink", "symlink"):
+        _link_folder(mode == "hardlink", pairs, dest_folder, counts)
+        return
+    for folder, name, dest in pairs:
+        source, target = os.path.join(folder, name), os.path.join(dest_folder, dest)
+        if mode == "clone" and clone_file(Path(source), Path(target)):
+            counts["clone"] += 1
+        else:
+            shutil.copyfile(source, target)
+            counts["copy"] += 1
 
 
-def _hardlink_folder(pairs: list[tuple[str, str, str]], dest_folder: str, counts: dict[str, int]) -> None:
+def _link_folder(hard: bool, pairs: list[tuple[str, str, str]], dest_folder: str, counts: dict[str, int]) -> None:
     folder_fds: dict[str, int] = {}
+    relative: dict[str, str] = {}  # symlinks are relative, so the working set survives moving the repository
     dest_fd = _open_dir(dest_folder)
-    link, done = os.link, 0
+    stat_at, chmod_at, link, symlink = os.stat, os.chmod, os.link, os.symlink
+    linked = 0
     try:
         for folder, name, dest in pairs:
             fd = folder_fds.get(folder)
             if fd is None:
                 fd = folder_fds[folder] = _open_dir(folder)
+                relative[folder] = os.path.relpath(folder, dest_folder)
+            # Raw files are read-only, so the working set cannot be used to change them. Every file is looked at:
+            # a pull leaves the whole mirror read-only, but a `dvc checkout` in copy mode rewrites the files that
+            # changed writable, so one folder can hold both.
+            mode = stat_at(name, dir_fd=fd).st_mode
+            if mode & WRITE_BITS:
+                chmod_at(name, mode & ~WRITE_BITS, dir_fd=fd)
+            if not hard:
+                symlink(f"{relative[folder]}/{name}", dest, dir_fd=dest_fd)
+                linked += 1
+                continue
             try:
                 link(name, dest, src_dir_fd=fd, dst_dir_fd=dest_fd)
-                done += 1
+                linked += 1
             except OSError as exc:
                 if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
                     raise
@@ -346,7 +326,7 @@ def _hardlink_folder(pairs: list[tuple[str, str, str]], dest_folder: str, counts
                 shutil.copyfile(os.path.join(folder, name), os.path.join(dest_folder, dest))
                 counts["copy"] += 1
     finally:
-        counts["hardlink"] += done
+        counts["hardlink" if hard else "symlink"] += linked
         for fd in (dest_fd, *folder_fds.values()):
             os.close(fd)
 
@@ -508,8 +488,6 @@ def _link_all(selected: list[Selected], names: list[str], modalities: list[str],
             head, _, tail = item.sample["files"][modality].rpartition("/")
             pairs.append((batch_base[item.batch_id] + head, tail, name + extension))
         plans.append((modality, folder, extension, pairs))
-    if mode in ("hardlink", "symlink"):
-        _protect_sources([pair for plan in plans for pair in plan[3]])
     counter = progress.task("materialize", len(selected) * len(modalities), "files") if progress \
         else contextlib.nullcontext()
     with counter as bar:
