@@ -239,15 +239,19 @@ def parse_and_check(data: bytes, label: str, schema_name: str) -> tuple[Any, lis
         document = orjson.loads(data)
     except orjson.JSONDecodeError:
         document = parse_json(data, label)  # raises the SchemaError that names the problem
-    # A document cannot nest deeper than it has [ and { in its text; counting them is much cheaper than a walk.
-    shallow = data.count(b"[") + data.count(b"{") <= MAX_JSON_DEPTH
     if fast_validator(schema_name).is_valid(document):
         bound = depth_bound(schema_name)
-        if shallow or (bound is not None and bound <= MAX_JSON_DEPTH) or json_depth(document) <= MAX_JSON_DEPTH:
+        if (bound is not None and bound <= MAX_JSON_DEPTH) or _shallow(data) or json_depth(document) <= MAX_JSON_DEPTH:
             return document, []
-    if not shallow and json_depth(document) > MAX_JSON_DEPTH:
+        raise _too_deep(label, MAX_JSON_DEPTH)
+    if not _shallow(data) and json_depth(document) > MAX_JSON_DEPTH:
         raise _too_deep(label, MAX_JSON_DEPTH)
     return document, problems(document, schema_name, label)
+
+
+def _shallow(data: bytes) -> bool:
+    """A document cannot nest deeper than it has [ and { in its text; counting them is much cheaper than a walk."""
+    return data.count(b"[") + data.count(b"{") <= MAX_JSON_DEPTH
 
 
 @cache

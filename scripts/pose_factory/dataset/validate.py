@@ -412,8 +412,9 @@ def _validate_batch(batch_dir: Path, progress, workers: int | None) -> Validatio
                          repr(manifest["batch_id"]))
         report.error(MANIFEST_NAME, "$.files[].path", "safe relative paths", exc.message)
         return report
-    fork = _can_fork()
-    shards = _shards(batch_dir, manifest, listed, present, _worker_count(len(present), workers), whole_listing=fork)
+    count = _worker_count(len(present), workers)
+    fork = count > 1 and _can_fork()  # (multiprocessing is imported only for a batch checked in several)
+    shards = _shards(batch_dir, manifest, listed, present, count, whole_listing=fork or count == 1)
     samples = manifest["samples"]
     counter = progress.task(f"validate {report.batch_id}", len(samples), "samples") if progress \
         else contextlib.nullcontext()
