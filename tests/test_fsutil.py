@@ -120,6 +120,15 @@ def test_make_read_only_takes_every_write_bit_off_files_and_leaves_folders_usabl
     single.write_text("x")
     fsutil.make_read_only(single)
     assert not single.stat().st_mode & stat.S_IWUSR
+    (tree / "c.txt").write_text("c")
+    (tree / "c.txt").chmod(0o664)
+    folder_fd = os.open(tree, os.O_RDONLY)
+    try:
+        for name in ("c.txt", "a.txt", "link"):  # writable, already read-only, a symlink
+            fsutil.make_read_only_at(name, folder_fd)
+    finally:
+        os.close(folder_fd)
+    assert not (tree / "c.txt").stat().st_mode & 0o222 and (tmp_path / "outside").stat().st_mode & stat.S_IWUSR
 
 
 def test_the_digests_are_sha256_and_md5(tmp_path):

@@ -27,7 +27,6 @@ import io
 import json
 import os
 import shutil
-import stat
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -38,7 +37,7 @@ import orjson
 
 from pose_factory.core import contract, killpoint, schemas
 from pose_factory.core.errors import ConfigError, PoseFactoryError, RepositoryError, ToolError
-from pose_factory.core.fsutil import clone_file, recover_swap, swap_dir
+from pose_factory.core.fsutil import clone_file, make_read_only_at, recover_swap, swap_dir
 from pose_factory.core.layout import CURATION, MANIFEST_NAME
 
 if TYPE_CHECKING:
@@ -272,9 +271,6 @@ def _open_dir(path: str) -> int:
     return os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
 
 
-WRITE_BITS = stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH
-
-
 def link_folder(mode: str, pairs: list[tuple[str, str, str]], dest_folder: str, counts: dict[str, int]) -> None:
     """Put each (source folder, source name, dest name) into dest_folder by `mode`.
 
@@ -298,7 +294,7 @@ def _link_folder(hard: bool, pairs: list[tuple[str, str, str]], dest_folder: str
     folder_fds: dict[str, int] = {}
     relative: dict[str, str] = {}  # symlinks are relative, so the working set survives moving the repository
     dest_fd = _open_dir(dest_folder)
-    stat_at, chmod_at, link, symlink = os.stat, os.chmod, os.link, os.symlink
+    read_only, link, symlink = make_read_only_at, os.link, os.symlink
     linked = 0
     try:
         for folder, name, dest in pairs:
@@ -309,9 +305,7 @@ def _link_folder(hard: bool, pairs: list[tuple[str, str, str]], dest_folder: str
             # Raw files are read-only, so the working set cannot be used to change them. Every file is looked at:
             # a pull leaves the whole mirror read-only, but a `dvc checkout` in copy mode rewrites the files that
             # changed writable, so one folder can hold both.
-            mode = stat_at(name, dir_fd=fd).st_mode
-            if mode & WRITE_BITS:
-                chmod_at(name, mode & ~WRITE_BITS, dir_fd=fd)
+            read_only(name, fd)
             if not hard:
                 symlink(f"{relative[folder]}/{name}", dest, dir_fd=dest_fd)
                 linked += 1
