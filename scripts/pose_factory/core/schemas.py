@@ -268,6 +268,11 @@ def depth_bound(schema_name: str) -> int | None:
             node = node[part]
         return node, name
 
+    def deepest(limits: list[int | None]) -> int | None:
+        """The deepest of several bounds; None when any of them is unbounded."""
+        known = [limit for limit in limits if limit is not None]
+        return max(known, default=0) if len(known) == len(limits) else None
+
     def bound(schema: Any, document: str, following: frozenset[tuple[str, str]]) -> int | None:
         if schema is False:
             return 0
@@ -283,8 +288,7 @@ def depth_bound(schema_name: str) -> int | None:
             limits.append(None if key in following else bound(target, name, following | {key}))
         for any_of in ("oneOf", "anyOf"):
             if any_of in schema:
-                branches = [bound(sub, document, following) for sub in schema[any_of]]
-                limits.append(None if None in branches else max(branches, default=0))
+                limits.append(deepest([bound(sub, document, following) for sub in schema[any_of]]))
         limits += [bound(sub, document, following) for sub in schema.get("allOf", [])]
         if "const" in schema:
             limits.append(json_depth(schema["const"]))
@@ -303,7 +307,8 @@ def depth_bound(schema_name: str) -> int | None:
                 children += [bound(sub, document, following) for sub in prefix]
                 children.append(bound(schema.get("items", not closed), document, following))
             nested = "object" in types or "array" in types
-            limits.append(None if None in children else (1 + max(children) if nested else 0))
+            below = deepest(children)
+            limits.append(None if below is None else (1 + below if nested else 0))
         known = [limit for limit in limits if limit is not None]
         return min(known) if known else None
 

@@ -29,9 +29,10 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict
 
 import orjson
 
@@ -41,6 +42,7 @@ from pose_factory.core.fsutil import clone_file, make_read_only_at, recover_swap
 from pose_factory.core.layout import CURATION, MANIFEST_NAME
 
 if TYPE_CHECKING:
+    from pose_factory.core.models import Annotation, IndexRow, Manifest, ManifestSample, WorkingIndex
     from pose_factory.core.settings import Settings
 
 INDEX_VERSION = 1
@@ -75,9 +77,9 @@ def working_settings(params: dict[str, Any], params_file: str) -> dict[str, Any]
     return merged
 
 
-def _manifest(raw_dir: Path, batch_id: str, cache: dict[str, tuple[bytes, dict[str, Any]]]
-              ) -> tuple[bytes, dict[str, Any]]:
-    """A batch's manifest (bytes, parsed), read and parsed once per run: at 70,000 files it is 13 MB."""
+def _manifest(raw_dir: Path, batch_id: str, cache: dict[str, tuple[bytes, Manifest]]) -> tuple[bytes, Manifest]:
+    """A batch's manifest (bytes, parsed), read and parsed once per run: at 70,000 files it is 13 MB. The validate
+    stage checked it (metrics.json, see _materialize)."""
     if batch_id not in cache:
         data = (raw_dir / batch_id / MANIFEST_NAME).read_bytes()
         cache[batch_id] = (data, orjson.loads(data))
@@ -97,7 +99,7 @@ def _require_checked_out(batch_ids: list[str], raw_dir: Path) -> None:
 
 
 def _resolve_batches(working: dict[str, Any], registered: list[str], raw_dir: Path, params_file: str,
-                     manifests: dict[str, tuple[bytes, dict[str, Any]]]) -> list[str]:
+                     manifests: dict[str, tuple[bytes, Manifest]]) -> list[str]:
     if not registered:
         raise RepositoryError("no batches are registered in params.yaml (batches:), so there is nothing to put "
                               "in the working set", where=params_file,
@@ -125,7 +127,7 @@ def _resolve_batches(working: dict[str, Any], registered: list[str], raw_dir: Pa
 ANNOTATION_FILTERS = ("azimuth_deg", "elevation_deg", "rig", "pose_set", "tags")
 
 
-def _annotation_keeps(annotation: dict[str, Any], filters: dict[str, Any], job_tags: set[str]) -> bool:
+def _annotation_keeps(annotation: Annotation, filters: dict[str, Any], job_tags: set[str]) -> bool:
     camera, pose = annotation["camera"], annotation["pose"]
     for key, value in (("azimuth_deg", camera["azimuth_deg"] % 360), ("elevation_deg", camera["elevation_deg"])):
         bounds = filters[key]
@@ -142,20 +144,34 @@ def _annotation_keeps(annotation: dict[str, Any], filters: dict[str, Any], job_t
     return True
 
 
-def _index_fields(annotation: dict[str, Any]) -> dict[str, Any]:
+class IndexFields(TypedDict):
+    """What index.json keeps of a sample's annotation (its IndexRow's metadata)."""
+
+    azimuth_deg: float
+    elevation_deg: float
+    distance_m: float
+    focal_length_mm: float
+    rig: str
+    pose_set: str
+    frame: int
+    visible_fraction: float | None
+    bbox: list[float] | None
+
+
+def _index_fields(annotation: Annotation) -> IndexFields:
     """What index.json keeps of an annotation (the annotation itself is dropped: 10,000 of them held in
     memory make the garbage collector walk them over and over)."""
     camera, pose = annotation["camera"], annotation["pose"]
-    person = annotation["persons"][0] if annotation["persons"] else {}
+    person = annotation["persons"][0] if annotation["persons"] else None
     return {
         "azimuth_deg": camera["azimuth_deg"], "elevation_deg": camera["elevation_deg"],
         "distance_m": camera["distance_m"], "focal_length_mm": camera["focal_length_mm"],
         "rig": pose["rig"], "pose_set": pose["set"], "frame": pose["frame"],
-        "visible_fraction": person.get("visible_fraction"), "bbox": person.get("bbox"),
+        "visible_fraction": person["visible_fraction"] if person else None, "bbox": person["bbox"] if person else None,
     }
 
 
-def _rejected(curation_dir: Path, batch_id: str, manifest: dict[str, Any]) -> tuple[set[str], int]:
+def _rejected(curation_dir: Path, batch_id: str, manifest: Manifest) -> tuple[set[str], int]:
     from pose_factory.dataset.curation import decisions_file, rejected_samples
 
     if not decisions_file(curation_dir, batch_id).is_file():
@@ -167,11 +183,11 @@ class Selected(NamedTuple):
     """One sample going into the working set, with the annotation fields index.json lists (None: not read yet)."""
 
     batch_id: str
-    sample: dict[str, Any]
-    fields: dict[str, Any] | None
+    sample: ManifestSample
+    fields: IndexFields | None
 
 
-def _select(batch_id: str, batch_dir: str, manifest: dict[str, Any], filters: dict[str, Any],
+def _select(batch_id: str, batch_dir: str, manifest: Manifest, filters: dict[str, Any],
             rejected: set[str]) -> tuple[list[Selected], int]:
     """The samples of one batch the filters keep, in manifest order, and how many curation left out.
 
@@ -231,8 +247,8 @@ def _index_fields_for(selected: list[Selected], raw_base: str, scratch: Path):
         helper = subprocess.Popen([sys.executable, "-c", code, package_root, str(listing)], stdin=subprocess.DEVNULL,
                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
 
-    def fields() -> list[dict[str, Any]]:
-        read: list[dict[str, Any]] | None = None
+    def fields() -> list[IndexFields]:
+        read: list[IndexFields] | None = None
         if helper is not None:
             answer, _ = helper.communicate()
             if helper.returncode == 0:
@@ -251,7 +267,8 @@ def _index_fields_for(selected: list[Selected], raw_base: str, scratch: Path):
             if helper.poll() is None:
                 helper.kill()
             helper.wait()
-            helper.stdout.close()
+            if helper.stdout:
+                helper.stdout.close()
         listing.unlink(missing_ok=True)
 
 
@@ -401,7 +418,7 @@ def _materialize(params_file: Path, raw_dir: Path, reports_dir: Path, out_dir: P
         raise ConfigError("expected a mapping at the top level", where=label)
     working = working_settings(params, label)
     registered = list(params.get("batches") or [])
-    manifests: dict[str, tuple[bytes, dict[str, Any]]] = {}
+    manifests: dict[str, tuple[bytes, Manifest]] = {}
     batch_ids = _resolve_batches(working, registered, raw_dir, label, manifests)
     for batch_id in batch_ids:
         metrics = reports_dir / batch_id / "metrics.json"
@@ -449,7 +466,7 @@ def _materialize(params_file: Path, raw_dir: Path, reports_dir: Path, out_dir: P
             plans = _link_all(selected, names, modalities, str(raw_dir), str(build), working["link_mode"], counts,
                               progress)
             rows = _index_rows(selected, names, plans, fields())
-            index_doc = {
+            index_doc: WorkingIndex = {
                 "version": INDEX_VERSION,
                 "batches": [{"batch_id": b, "manifest_sha256": manifest_sha256[b]} for b in batch_ids],
                 "modalities": modalities,
@@ -496,9 +513,9 @@ def _link_all(selected: list[Selected], names: list[str], modalities: list[str],
 
 
 def _index_rows(selected: list[Selected], names: list[str], plans: list[tuple[str, str, str]],
-                fields: list[dict[str, Any]]) -> list[dict[str, Any]]:
+                fields: list[IndexFields]) -> list[IndexRow]:
     """index.json's samples: name, files, sources and the annotation's fields, in working-set order."""
-    rows = []
+    rows: list[IndexRow] = []
     for index, (item, name, annotation_fields) in enumerate(zip(selected, names, fields, strict=True)):
         files, source = {}, {}
         for modality, folder, extension in plans:
@@ -513,13 +530,14 @@ INDEX_CSV_COLUMNS = ["index", "name", "batch_id", "sample_id", "azimuth_deg", "e
                      "rig", "pose_set", "frame", "visible_fraction"]
 
 
-def _index_csv(rows: list[dict[str, Any]], modalities: list[str]) -> str:
+def _index_csv(rows: list[IndexRow], modalities: list[str]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     head, tail = INDEX_CSV_COLUMNS[:4], INDEX_CSV_COLUMNS[4:]
     writer.writerow([*head, *modalities, *tail])
+    cells: list[Mapping[str, Any]] = list(rows)  # read by column name
     writer.writerows([*(row[k] for k in head), *(row["files"][m] for m in modalities), *(row[k] for k in tail)]
-                     for row in rows)
+                     for row in cells)
     return buffer.getvalue()
 
 

@@ -554,7 +554,7 @@ def _in_other_processes(shards: list[_Shard], fork: bool):
         return
     import multiprocessing
 
-    context = multiprocessing.get_context("fork" if fork else "spawn")
+    context = multiprocessing.get_context("fork") if fork else multiprocessing.get_context("spawn")
     _FORKED_SHARDS[:] = shards
     started: list[tuple[Any, Any]] = []  # (process, the read end of its result pipe)
     try:
