@@ -242,6 +242,8 @@ PULL_POINTS = [
     ("pull:mid-swap", "boto3", "interrupted-pull"),
     ("pull:swapped", "boto3", "interrupted-pull"),
     ("pull:after-swap", "boto3", "interrupted-pull"),
+    ("pull:cache-object:5", "boto3", "interrupted-pull"),  # DVC's cache half filled (dvccache)
+    ("pull:after-cache", "boto3", "interrupted-pull"),  # objects and .dir there, no .dvc file yet
     ("pull:after-dvc-add", "boto3", "interrupted-pull"),
     ("pull:after-params", "boto3", "interrupted-pull"),
 ]

@@ -86,6 +86,12 @@ class Layout:
         return self.transaction_dir / "staging"
 
     @property
+    def seal_dir(self) -> Path:
+        """What each batch folder looked like when pull or fetch last put it in step with its .dvc file (dvccache):
+        `status` reads these instead of asking DVC to stat every file."""
+        return self.transaction_dir / "seals"
+
+    @property
     def journal_dir(self) -> Path:
         """One journal per batch a pull, archive or restore is changing."""
         return self.transaction_dir / "journal"

@@ -169,6 +169,10 @@ class Settings:
         return self.layout.staging_dir
 
     @property
+    def seal_dir(self) -> Path:
+        return self.layout.seal_dir
+
+    @property
     def params_file(self) -> Path:
         return self.layout.params_file
 

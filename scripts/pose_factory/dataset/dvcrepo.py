@@ -200,15 +200,15 @@ def default_remote(root: Path) -> str | None:
         return repo.config["core"].get("remote") or None
 
 
-def track(root: Path, folders: list[Path]) -> list[Path]:
-    """`dvc add` each folder (one .dvc file per batch); return the .dvc files."""
-    if not folders:
-        return []
-    targets = [str(f.relative_to(root)) for f in folders]
-    log_command(log, ["dvc", "add", *targets])  # in this process: DVC's own API
-    with open_repo(root) as repo:
-        repo.add(targets)  # links the files into the cache with the cache type set by configure_remote
-    return [f.with_name(f.name + ".dvc") for f in folders]
+def track(root: Path, folders: list[Path], md5s: dict[Path, dict[str, tuple[int, str]]] | None = None, *,
+          step: str = "pull", seal_dir: Path | None = None) -> list[Path]:
+    """`dvc add` each folder (one .dvc file per batch) from the md5s the pull computed; return the .dvc files.
+
+    See dvccache: the same cache objects, .dir object, .dvc file and state DVC writes, in one pass.
+    """
+    from pose_factory.dataset import dvccache
+
+    return [added.dvc_file for added in dvccache.add(root, folders, md5s, step=step, seal_dir=seal_dir)]
 
 
 def move(root: Path, source: Path, dest: Path) -> None:

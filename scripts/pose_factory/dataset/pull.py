@@ -47,7 +47,7 @@ from pose_factory.core.fsutil import (
 from pose_factory.core.layout import MANIFEST_NAME
 from pose_factory.core.progress import Progress, human_bytes
 from pose_factory.core.settings import Settings
-from pose_factory.dataset import dvcrepo, journal, params
+from pose_factory.dataset import dvccache, dvcrepo, journal, params
 from pose_factory.dataset.journal import Journal
 
 if TYPE_CHECKING:
@@ -151,7 +151,7 @@ def _clean_staging(staging: Path, entries: list[FileEntry]) -> None:
 def _verify_staged(staging: Path, entries: list[FileEntry]) -> tuple[list[FileEntry], Digests]:
     """Split manifest entries into (still to fetch, digests of those already verified in staging)."""
     present = [e for e in entries if (staging / e["path"]).is_file()]
-    digests = contract.hash_files(staging, [e["path"] for e in present]) if present else {}
+    digests = contract.hash_files(staging, [e["path"] for e in present], with_md5=True) if present else {}
     good = {e["path"] for e in present if digests[e["path"]][0] == e["size"] and digests[e["path"]][1] == e["sha256"]}
     for entry in present:
         if entry["path"] not in good:
@@ -171,8 +171,8 @@ def _download_boto3(storage: Storage, settings: Settings, prefix: str, staging: 
 
 
 def _check_downloaded(staging: Path, todo: list[FileEntry], where: str) -> Digests:
-    """Hash what was just downloaded (once) and compare with the manifest; return the digests."""
-    digests = contract.hash_files(staging, [e["path"] for e in todo])
+    """Hash what was just downloaded (sha256 for the manifest and md5 for DVC, in one read); return the digests."""
+    digests = contract.hash_files(staging, [e["path"] for e in todo], with_md5=True)
     problems = []
     for entry in todo:
         size, sha, _ = digests[entry["path"]]
@@ -227,6 +227,7 @@ class _Planned:
     manifest_sha: str = ""
     staged: Path | None = None  # a verified folder to swap into the mirror
     register: bool = False
+    md5s: dvccache.Md5s | None = None  # of every staged file, manifest.json included: what `dvc add` would hash
 
 
 def _stage(storage: Storage, settings: Settings, batch_id: str, manifest: Manifest, manifest_bytes: bytes, *,
@@ -239,7 +240,7 @@ def _stage(storage: Storage, settings: Settings, batch_id: str, manifest: Manife
     remote_sha = contract.sha256_bytes(manifest_bytes)
     local_sha = _local_manifest_sha(final)
     if local_sha == remote_sha and dvc_file.exists():
-        problems = dvcrepo.workspace_status(settings.root, [dvc_file])
+        problems = _workspace_problems(settings, final, dvc_file)
         if problems:
             raise IntegrityError(f"{batch_id} no longer matches the version that was pulled "
                                  f"({next(iter(problems.values()))}): a file was changed in place",
@@ -278,31 +279,48 @@ def _stage(storage: Storage, settings: Settings, batch_id: str, manifest: Manife
     except PoseFactoryError:
         journal.remove(settings, batch_id)  # failed and said so: nothing is left half-done in the mirror
         raise
-    make_read_only(staging)
+    for entry in entries:  # read-only as DVC keeps its cache objects (it is one inode with them once hardlinked)
+        os.chmod(staging / entry["path"], dvccache.CACHE_MODE)
+    os.chmod(staging / MANIFEST_NAME, dvccache.CACHE_MODE)
     journal.write(settings, Journal("pull", batch_id, "verified", remote_sha))
     killpoint.reached("pull:after-verify")
     action = "updated" if local_sha and dvc_file.exists() else "pulled"
+    md5s = {rel: (size, md5) for rel, (size, _, md5) in verified.items()}
+    md5s[MANIFEST_NAME] = (len(manifest_bytes), md5_bytes(manifest_bytes))
     return _Planned(PulledBatch(batch_id, action, len(entries), len(todo), reused, total, rel_final), remote_sha,
-                    staging, register=True)
+                    staging, register=True, md5s=md5s)
+
+
+def _workspace_problems(settings: Settings, folder: Path, dvc_file: Path) -> dict[Path, str]:
+    """How a tracked batch differs from its .dvc file: nothing when its seal still holds file by file
+    (one lstat per file, no read), else DVC's own answer."""
+    try:
+        dir_md5 = dvccache.read_dvc_file(dvc_file)["md5"]
+    except RepositoryError:
+        dir_md5 = ""
+    if dir_md5 and dvccache.sealed(settings.seal_dir, folder, dir_md5, deep=True):
+        return {}
+    return dvcrepo.workspace_status(settings.root, [dvc_file])
 
 
 def _install(settings: Settings, planned: list[_Planned]) -> None:
     """Swap the verified batches into the mirror (the commit point), track them, register them."""
-    swapped = []
+    swapped, md5s = [], {}
     for plan in planned:
         if plan.staged is None:
             continue
         batch_id = plan.pulled.batch_id
         final = settings.mirror_dir / batch_id
         dvcrepo.ensure_gitignored(settings.mirror_dir, batch_id)  # never committed to git as images
+        dvccache.unseal(settings.seal_dir, batch_id)
         swap_dir(plan.staged, final, step="pull")
         journal.write(settings, Journal("pull", batch_id, "swapped", plan.manifest_sha))
         killpoint.reached("pull:after-swap")
         swapped.append(final)
-    dvcrepo.track(settings.root, swapped)
+        if plan.md5s is not None:
+            md5s[final] = plan.md5s
+    dvcrepo.track(settings.root, swapped, md5s, step="pull", seal_dir=settings.seal_dir)
     killpoint.reached("pull:after-dvc-add")
-    for final in swapped:
-        make_read_only(final)  # `dvc add` may have re-created files through its cache (copy or reflink)
     to_register = [p.pulled.batch_id for p in planned if p.register]
     if to_register:
         params.register(settings, add=to_register)
@@ -317,8 +335,7 @@ def finish_interrupted(settings: Settings, entry: Journal) -> str:
     recover_swap(final)
     if entry.step in ("verified", "swapped") and _local_manifest_sha(final) == entry.manifest_sha256:
         dvcrepo.ensure_gitignored(settings.mirror_dir, entry.batch_id)
-        dvcrepo.track(settings.root, [final])
-        make_read_only(final)
+        dvcrepo.track(settings.root, [final], step="pull", seal_dir=settings.seal_dir)  # md5s: read once more
         params.register(settings, add=[entry.batch_id])
         remove_tree(settings.staging_dir / entry.batch_id)  # after an atomic exchange: the version it replaced
         journal.remove(settings, entry.batch_id)
