@@ -584,8 +584,8 @@ def cmd_status(args: argparse.Namespace, settings: Settings, progress: Progress)
 
     dvcrepo.require_repository(settings.root)
     storage = open_storage(settings, args.backend)
-    states = status(storage, settings)
-    document = status_json(states)
+    states = status(storage, settings, deep=args.deep)
+    document = status_json(states, deep=args.deep)
     if args.json:
         _emit_json(document)
         return 0
@@ -868,6 +868,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("status", cmd_status, "Batches in the bucket, the mirror and the archive, and what differs",
             bucket=True)
     p.add_argument("--json", action="store_true", help="machine-readable status")
+    p.add_argument("--deep", action="store_true",
+                   help="also compare every file's inode, mtime and size with the pulled version (one stat per "
+                        "file, as `dvc status`); without it, each batch's folders are compared (a file added, "
+                        "removed or replaced shows, a file written in place does not)")
 
     p = add("archive", cmd_archive, f"Move a batch to {ARCHIVE.parent}/ (still versioned, out of the pipeline)")
     p.add_argument("batch_id", metavar="BATCH_ID", help=f"a batch in {MIRROR}/")

@@ -102,6 +102,10 @@ class Storage(ABC):
     def head(self, key: str) -> ObjectInfo | None:
         """The object's info, or None if it does not exist."""
 
+    def exists(self, key: str) -> bool:
+        """Whether the object exists (without reading it where the backend can tell)."""
+        return self.head(key) is not None
+
     @abstractmethod
     def read_bytes(self, key: str, max_bytes: int | None = None) -> bytes:
         """The object's content (small objects: manifests, markers); over max_bytes is DocumentTooLargeError."""
@@ -223,6 +227,12 @@ class LocalFolderStorage(Storage):
             return None
         with os.fdopen(fd, "rb") as handle:
             return ObjectInfo(key, os.fstat(handle.fileno()).st_size, file_md5(handle))
+
+    def exists(self, key: str) -> bool:
+        try:
+            return stat.S_ISREG(os.stat(self._path(key), follow_symlinks=False).st_mode)
+        except OSError:
+            return False
 
     def read_bytes(self, key: str, max_bytes: int | None = None) -> bytes:
         with os.fdopen(self._open_regular(key), "rb") as handle:

@@ -182,6 +182,7 @@ class BatchListing:
     bytes: int | None
     status: str  # complete | uploading | invalid (see `problem`)
     problem: str | None = None
+    manifest_sha256: str | None = None  # of the version a complete batch's marker names
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -220,7 +221,7 @@ def _describe(storage: Storage, settings: Settings, batch_id: str) -> BatchListi
         if marker["batch_id"] != batch_id:
             return _invalid(batch_id, f"{COMPLETE_MARKER_NAME} says batch_id {marker['batch_id']!r}")
         return BatchListing(batch_id, marker["project"], marker["created_at"], marker["samples"], marker["files"],
-                            marker["bytes"], "complete")
+                            marker["bytes"], "complete", manifest_sha256=marker["manifest_sha256"])
     if marker_problem:
         return _invalid(batch_id, marker_problem)
     manifest_key = prefix + MANIFEST_NAME

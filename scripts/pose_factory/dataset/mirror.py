@@ -22,7 +22,7 @@ from pose_factory.core.errors import BatchNotFoundError, IntegrityError, PoseFac
 from pose_factory.core.fsutil import atomic_write_path, move_dir, recover_swap, remove_tree
 from pose_factory.core.layout import ARCHIVE, MANIFEST_NAME, MIRROR, POD_OUTBOX
 from pose_factory.core.settings import Settings
-from pose_factory.dataset import dvcrepo, journal, params
+from pose_factory.dataset import dvccache, dvcremote, dvcrepo, journal, params
 from pose_factory.dataset.journal import Journal
 
 if TYPE_CHECKING:
@@ -136,8 +136,15 @@ def _registered(settings: Settings) -> tuple[set[str], set[str]]:
     return ids("batches"), ids("archived")
 
 
-def status(storage: Storage, settings: Settings) -> list[BatchState]:
-    """Every batch known to the bucket, the mirror or the archive, and how they differ. Reads, never writes."""
+def status(storage: Storage, settings: Settings, *, deep: bool = False) -> list[BatchState]:
+    """Every batch known to the bucket, the mirror or the archive, and how they differ. Reads, never writes.
+
+    A tracked batch counts as unchanged when its seal holds (dvccache.sealed: every folder of the batch has
+    the inode and mtime it had when pose-sync last put it in step with its .dvc file; with deep, every file
+    too); only the others are asked of DVC, whose `status` walks and stats every file. Whether a version
+    was pushed is one request per batch for its `.dir` object, which DVC pushes after all the files it
+    lists (dvcremote); DVC answers for remotes pose-sync does not read itself.
+    """
     remote = {b.batch_id: b for b in list_batches(storage, settings)}
     local = local_batches(settings.mirror_dir)
     archived = local_batches(settings.archive_dir)
@@ -146,11 +153,15 @@ def status(storage: Storage, settings: Settings) -> list[BatchState]:
     in_batches, in_archived = _registered(settings)
     tracked = [settings.mirror_dir / f"{b}.dvc" for b in local if (settings.mirror_dir / f"{b}.dvc").exists()]
     tracked += [settings.archive_dir / f"{b}.dvc" for b in archived if (settings.archive_dir / f"{b}.dvc").exists()]
-    # While a command runs, its batches are in flux: ask DVC only about the others.
+    # While a command runs, its batches are in flux: ask only about the others.
     steady = [f for f in tracked if f.name.removesuffix(".dvc") not in journals]
+    dir_md5s = _recorded(steady)
+    unsealed = [f for f in steady
+                if not (dir_md5s.get(f) and dvccache.sealed(settings.seal_dir, f.with_name(f.name.removesuffix(".dvc")),
+                                                            dir_md5s[f], deep=deep))]
     workspace = {f.name.removesuffix(".dvc"): problem
-                 for f, problem in dvcrepo.workspace_status(settings.root, steady).items()}
-    unpushed = dvcrepo.not_pushed(settings.root, steady) if steady else set()
+                 for f, problem in dvcrepo.workspace_status(settings.root, unsealed).items()}
+    unpushed = _not_pushed(settings, steady, dir_md5s)
     states = []
     for batch_id in sorted(set(remote) | set(local) | set(archived) | set(journals)):
         is_archived = batch_id in archived and batch_id not in local
@@ -160,8 +171,7 @@ def status(storage: Storage, settings: Settings) -> list[BatchState]:
         if is_local and batch_id in remote and remote[batch_id].status == "complete":
             manifest = folder / MANIFEST_NAME
             if manifest.is_file():
-                changed = _remote_manifest_sha(storage, settings, batch_id) != contract.sha256_bytes(
-                    manifest.read_bytes())
+                changed = remote[batch_id].manifest_sha256 != contract.sha256_bytes(manifest.read_bytes())
         state = BatchState(batch_id, remote[batch_id].status if batch_id in remote else None, batch_id in local,
                            is_archived, (batch_id not in unpushed) if is_local else None, changed, "",
                            tracked=folder.with_name(f"{batch_id}.dvc").exists(),
@@ -177,18 +187,43 @@ def status(storage: Storage, settings: Settings) -> list[BatchState]:
     return states
 
 
-def _remote_manifest_sha(storage: Storage, settings: Settings, batch_id: str) -> str | None:
-    from pose_factory.bucket.batches import batch_prefix, read_marker
+def _recorded(dvc_files: list[Path]) -> dict[Path, str]:
+    """The .dir md5 each .dvc file records (those DVC cannot read are left to DVC's own status)."""
+    found = {}
+    for dvc_file in dvc_files:
+        try:
+            found[dvc_file] = dvccache.read_dvc_file(dvc_file)["md5"]
+        except PoseFactoryError:
+            pass
+    return found
 
-    marker = read_marker(storage, batch_prefix(settings, batch_id) + "_complete.json")
-    return marker["manifest_sha256"] if marker else None
+
+def _not_pushed(settings: Settings, dvc_files: list[Path], dir_md5s: dict[Path, str]) -> set[str]:
+    """Batch ids whose recorded version is not in the default DVC remote: its .dir object is missing there."""
+    if not dvc_files:
+        return set()
+    remote = dvcremote.default_remote(settings)
+    if remote is None or any(f not in dir_md5s for f in dvc_files):
+        return dvcrepo.not_pushed(settings.root, dvc_files)
+    from pose_factory.bucket.backends import run_parallel
+
+    missing: set[str] = set()
+
+    def check(dvc_file: Path) -> None:
+        if not remote.has(dir_md5s[dvc_file]):
+            missing.add(dvc_file.name.removesuffix(".dvc"))
+
+    run_parallel(check, dvc_files, settings.concurrency)
+    return missing
 
 
-def status_json(states: list[BatchState]) -> dict[str, Any]:
+def status_json(states: list[BatchState], *, deep: bool = False) -> dict[str, Any]:
+    """The versioned `status --json` document; "deep" says whether every file was compared (--deep)."""
     counts: dict[str, int] = {}
     for s in states:
         counts[s.state] = counts.get(s.state, 0) + 1
-    return {"version": STATUS_JSON_VERSION, "summary": counts, "batches": [s.as_dict() for s in states]}
+    return {"version": STATUS_JSON_VERSION, "deep": deep, "summary": counts,
+            "batches": [s.as_dict() for s in states]}
 
 
 # --- archive / restore ----------------------------------------------------------------------------------

@@ -1,0 +1,101 @@
+"""The default DVC remote, read and filled by pose-sync directly: the two kinds `pose-sync init` makes.
+
+DVC 3 keeps objects in a remote as `files/md5/<2 hex>/<30 hex>` (a folder's listing as `<md5>.dir`), under
+the remote's URL: `s3://<bucket>/<dvc prefix>` on R2 (endpoint in `.dvc/config`, credentials from the
+environment, as for the bucket), or a local folder (`.dvc/config.local`). Knowing that layout, status can
+ask whether a version was pushed with one request per batch, prune-bucket can list what the remote
+holds, and fetch can hand rclone the list of objects a checkout needs. Any other remote (another kind, a
+remote set in DVC's global config) is None here, and the callers fall back to DVC itself.
+"""
+
+from __future__ import annotations
+
+import configparser
+from dataclasses import dataclass
+from pathlib import Path
+
+from pose_factory.bucket.backends import LocalFolderStorage, ObjectInfo, S3Storage, Storage
+from pose_factory.core.settings import Settings, r2_credentials
+
+OBJECTS = "files/md5/"
+
+
+@dataclass
+class DvcRemote:
+    """The default DVC remote: its name, URL, and a Storage with the key prefix of its objects."""
+
+    name: str
+    url: str
+    storage: Storage
+    prefix: str  # key prefix of the objects in storage: "<dvc prefix>/files/md5/" or "files/md5/"
+    local_root: Path | None = None  # the folder of a local remote
+
+    def key(self, oid: str) -> str:
+        """The key of an object (`<md5>` or `<md5>.dir`)."""
+        return f"{self.prefix}{oid[:2]}/{oid[2:]}"
+
+    def has(self, oid: str) -> bool:
+        """Whether the remote holds the object (one request)."""
+        return self.storage.exists(self.key(oid))
+
+    def listing(self) -> dict[str, ObjectInfo]:
+        """Every object in the remote by oid, from one listing (what prune-bucket checks against)."""
+        found = {}
+        for info in self.storage.list_objects(self.prefix):
+            rest = info.key[len(self.prefix):]
+            if len(rest) > 3 and rest[2] == "/":
+                found[rest[:2] + rest[3:]] = info
+        return found
+
+
+def _read_config(root: Path) -> tuple[configparser.ConfigParser, configparser.ConfigParser]:
+    parsers = []
+    for name in ("config.local", "config"):
+        parser = configparser.ConfigParser()
+        try:
+            parser.read(root / ".dvc" / name)
+        except configparser.Error:
+            parser = configparser.ConfigParser()
+        parsers.append(parser)
+    return parsers[0], parsers[1]
+
+
+def _value(parsers: tuple[configparser.ConfigParser, ...], section: str, key: str) -> str | None:
+    for parser in parsers:  # config.local wins over config, as in DVC
+        if parser.has_option(section, key):
+            return parser.get(section, key).strip().strip("'\"")
+    return None
+
+
+def default_remote(settings: Settings) -> DvcRemote | None:
+    """The default DVC remote when it is an s3:// remote we have credentials for, or a local folder."""
+    root = settings.root
+    parsers = _read_config(root)
+    name = _value(parsers, "core", "remote")
+    if not name:
+        return None
+    section = f"'remote \"{name}\"'"
+    url = _value(parsers, section, "url")
+    if not url:
+        return None
+    if url.startswith("s3://"):
+        bucket, _, path = url[len("s3://"):].partition("/")
+        credentials = r2_credentials(required=False)
+        if credentials is None or not bucket:
+            return None
+        endpoint = _value(parsers, section, "endpointurl")
+        if endpoint and endpoint.rstrip("/") != credentials.endpoint_url.rstrip("/"):
+            from dataclasses import replace
+
+            credentials = replace(credentials, endpoint_url=endpoint)
+        storage = S3Storage(credentials, bucket, concurrency=settings.concurrency,
+                            max_attempts=settings.max_attempts, connect_timeout_s=settings.connect_timeout_s,
+                            read_timeout_s=settings.read_timeout_s)
+        prefix = (path.strip("/") + "/" if path.strip("/") else "") + OBJECTS
+        return DvcRemote(name, url, storage, prefix)
+    if "://" in url:
+        return None
+    folder = Path(url).expanduser()
+    if not folder.is_absolute():
+        folder = (root / ".dvc" / folder).resolve()
+    return DvcRemote(name, url, LocalFolderStorage(folder, ""), OBJECTS, folder)
