@@ -177,19 +177,19 @@ def test_interrupted_pull_leaves_no_batch_and_resumes(repo, cli, tmp_path, monke
     if engine == "rclone":
         from pose_factory.bucket import rclone
 
-        real_follow = rclone._follow
+        real_join = rclone._Stats.join
 
-        def follow_then_die(process, dest, paths, bar, total):
-            real_follow(process, dest, paths, bar, total)  # let rclone land every file, then "Ctrl-C"
+        def join_then_die(self):
+            real_join(self)  # rclone has landed every file and ended: now "Ctrl-C"
             raise KeyboardInterrupt
 
-        monkeypatch.setattr(rclone, "_follow", follow_then_die)
+        monkeypatch.setattr(rclone._Stats, "join", join_then_die)
         from pose_factory.dataset.pull import pull
 
         with pytest.raises(KeyboardInterrupt):
             pull(open_storage(load_settings()), load_settings(), [BATCH], engine="rclone")
         assert_nothing_pulled(repo)
-        monkeypatch.setattr(rclone, "_follow", real_follow)
+        monkeypatch.setattr(rclone._Stats, "join", real_join)
         [entry] = json.loads(cli("pull", BATCH, "--engine", "rclone", "--json").out)["batches"]
         assert entry["reused"] == 21 and entry["downloaded"] == 0
         return

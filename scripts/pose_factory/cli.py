@@ -552,6 +552,26 @@ def cmd_pull_latest(args: argparse.Namespace, settings: Settings, progress: Prog
     return _pull_common(args, settings, progress, latest=True)
 
 
+def cmd_fetch(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
+    from pose_factory.dataset.fetch import fetch
+
+    report = fetch(settings, args.batch_ids or None, engine=args.engine, force=args.force, progress=progress)
+    if args.json:
+        _emit_json(report.as_json())
+        return 0
+    if report.cache_type_set:
+        _out(f"DVC cache type set to {report.cache_type_set} in .dvc/config.local (as `pose-sync init` sets it)")
+    for b in report.batches:
+        if b.action == "up-to-date":
+            _out(f"{b.batch_id}: up to date in {b.path}")
+        else:
+            _out(f"{b.batch_id}: {b.action} into {b.path} ({b.files} files, {b.objects_downloaded} fetched "
+                 "from the DVC remote)")
+    _out(f"{len(report.batches)} batch version(s) in step with their .dvc files; {report.objects_downloaded} "
+         f"object(s) downloaded" + (f" from {report.remote}" if report.remote else ""))
+    return 0
+
+
 def cmd_init(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
     from pose_factory.dataset import dvcrepo
 
@@ -860,6 +880,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("pull-latest", cmd_pull_latest, "Pull the newest complete batch (optionally of one project)",
             bucket=True)
     pull_options(p)
+
+    p = add("fetch", cmd_fetch, "Bring the batch versions this commit records from the DVC remote (a fast `dvc "
+                                "pull` of the batches; after a clone or a `git checkout`)")
+    p.add_argument("batch_ids", nargs="*", metavar="BATCH_ID", help="only these batches (default: every one with a "
+                                                                    ".dvc file in data/raw or data/archive)")
+    p.add_argument("--engine", choices=["auto", "boto3", "rclone"], default="auto",
+                   help="transfer engine (default: auto, which is rclone for R2/S3 and file copies for a local DVC "
+                        "remote); every object is checked against its md5")
+    p.add_argument("--force", action="store_true", help="also replace batch folders whose files were changed")
+    p.add_argument("--json", action="store_true", help="machine-readable report")
 
     p = add("init", cmd_init, "Make the DVC remote the default: R2 with credentials, else a local folder",
             bucket=True)

@@ -8,13 +8,14 @@ equivalent `rclone.conf` section for people who want to run rclone by hand.
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import re
 import shutil
 import subprocess
 import sys
-import tempfile
+import threading
 from pathlib import Path
 
 from pose_factory.bucket.backends import LocalFolderStorage, Storage
@@ -118,6 +119,32 @@ def stop_orphan(pid_file: Path, marker: str) -> bool:
     return stopped
 
 
+def source_for(storage: Storage, settings: Settings, prefix: str) -> tuple[str, dict[str, str]]:
+    """rclone's name for `<bucket>/<prefix>` and the environment that defines its remote."""
+    if isinstance(storage, LocalFolderStorage):
+        return str(storage.root.joinpath(*prefix.strip("/").split("/"))), _env_for("unused", {"type": "local"})
+    _, credentials = resolve_backend(settings, "r2")
+    assert credentials is not None
+    return remote_source(settings.rclone_remote, credentials, storage.bucket, prefix)
+
+
+def remote_source(remote: str, credentials: R2Credentials, bucket: str, prefix: str) -> tuple[str, dict[str, str]]:
+    """rclone's name for `<bucket>/<prefix>` on an S3 remote defined in the returned environment."""
+    return f"{remote}:{bucket}/{prefix.strip('/')}", _env_for(remote, remote_options(credentials))
+
+
+# How pull and fetch run rclone, chosen by measurement (benchmarks/scale_pull.py, README there):
+# - `--files-from` names exactly the files to fetch; rclone still lists the source once (no `--no-traverse`,
+#   which makes it HEAD each file: 1.6x slower on 2,000 files) and, with `--no-check-dest`, never lists or
+#   stats the destination (staging holds only what is missing; the cache only lacks these objects);
+# - `--ignore-checksum`: rclone would hash every download to compare with the ETag; pose-sync hashes each
+#   file once anyway (sha256 against the manifest, or md5 against the object's name) and drops a mismatch;
+# - `--use-server-modtime`: S3 keeps rclone's modification time in object metadata, which costs a HEAD
+#   per object to read; the listing's LastModified is enough for files pose-sync makes read-only anyway;
+# - progress from rclone's own JSON stats once a second, not by stat-ing every file from here.
+TRANSFER_FLAGS = ["--no-check-dest", "--ignore-checksum", "--use-server-modtime"]
+
+
 def copy_files(storage: Storage, settings: Settings, prefix: str, dest: Path, relative_paths: list[str], bar,
                total_bytes: int) -> None:
     """Copy the listed files from `<bucket>/<prefix>` into dest with rclone.
@@ -125,44 +152,81 @@ def copy_files(storage: Storage, settings: Settings, prefix: str, dest: Path, re
     The list of files and rclone's pid are kept beside dest (inside staging), never in /tmp, so a killed
     pull leaves nothing outside the data folder; the next pull overwrites or removes them.
     """
-    if isinstance(storage, LocalFolderStorage):
-        source = str(storage.root.joinpath(*prefix.strip("/").split("/")))
-        env = _env_for("unused", {"type": "local"})
-    else:
-        _, credentials = resolve_backend(settings, "r2")
-        assert credentials is not None
-        remote = settings.rclone_remote
-        source = f"{remote}:{storage.bucket}/{prefix.rstrip('/')}"
-        env = _env_for(remote, remote_options(credentials))
+    source, env = source_for(storage, settings, prefix)
+    transfer(source, env, dest, relative_paths, bar, total_bytes, settings=settings, step="pull")
+
+
+def transfer(source: str, env: dict[str, str], dest: Path, relative_paths: list[str], bar, total_bytes: int, *,
+             settings: Settings, step: str, transfers: int | None = None) -> None:
+    """Run `rclone copy SOURCE DEST --files-from LIST` with the flags above; bar follows rclone's stats."""
     listing, pid_file = dest.with_name(dest.name + ".files-from"), dest.with_name(dest.name + ".rclone-pid")
     stop_orphan(pid_file, str(dest))
     listing.write_text("\n".join(relative_paths) + "\n")
-    # --files-from keeps to the manifest's files; rclone still lists the folder once instead of asking for
-    # each file (which --no-traverse would make it do: 1.6x slower on 2,000 files).
-    command = [binary(), "copy", source, str(dest), "--files-from", str(listing), "--transfers", str(TRANSFERS),
-               "--checkers", str(TRANSFERS), "--retries", "1", "--low-level-retries", str(settings.max_attempts),
-               "--stats", "0", "--log-level", "ERROR"]
-    # stderr to a file, not a pipe: a chatty failure must not block rclone on a full pipe while we poll.
-    with tempfile.TemporaryFile("w+") as errors:
+    workers = str(transfers or TRANSFERS)
+    command = [binary(), "copy", source, str(dest), "--files-from", str(listing), "--transfers", workers,
+               "--checkers", workers, *TRANSFER_FLAGS, "--retries", "1",
+               "--low-level-retries", str(settings.max_attempts), "--use-json-log", "--log-level", "NOTICE",
+               "--stats", "1s", "--stats-log-level", "NOTICE", "--stats-one-line"]
+    try:
+        process = start(command, env=env, stderr=subprocess.PIPE, pid_file=pid_file)
+        stats = _Stats(process, bar)
+        killpoint.reached(f"{step}:rclone-started")
         try:
-            process = start(command, env=env, stderr=errors, pid_file=pid_file)
-            killpoint.reached("pull:rclone-started")
-            try:
-                _follow(process, dest, relative_paths, bar, total_bytes)
-            except BaseException:
-                process.kill()  # Ctrl-C or an error here: leave no rclone writing into staging
-                process.wait()
-                raise
+            process.wait()
+        except BaseException:
+            process.kill()  # Ctrl-C or an error here: leave no rclone writing into staging
+            process.wait()
+            raise
         finally:
-            listing.unlink(missing_ok=True)
-            pid_file.unlink(missing_ok=True)
-        errors.seek(0)
-        err = errors.read()
+            stats.join()
+    finally:
+        listing.unlink(missing_ok=True)
+        pid_file.unlink(missing_ok=True)
     if process.returncode != 0:
+        err = "\n".join(stats.errors)
         _raise_local_failure(err, dest)
-        tail = "\n".join(err.strip().splitlines()[-5:])
+        tail = "\n".join(stats.errors[-5:]) or f"(no message; exit {process.returncode})"
         raise StorageError(f"rclone copy failed (exit {process.returncode}):\n{redact(tail)}", where=source,
                            hint="run the command again (it resumes), or use --engine boto3")
+    if total_bytes > stats.reported:
+        bar.advance(total_bytes - stats.reported)
+
+
+class _Stats:
+    """Read rclone's JSON log from its stderr in a thread: stats advance the bar, errors are kept."""
+
+    KEEP = 50
+
+    def __init__(self, process: subprocess.Popen, bar):
+        self.bar = bar
+        self.reported = 0
+        self.errors: list[str] = []
+        self._thread = threading.Thread(target=self._read, args=(process.stderr,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream) -> None:
+        for line in stream:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = {"level": "error", "msg": line.strip()}
+            if not isinstance(record, dict):
+                continue
+            stats = record.get("stats")
+            if isinstance(stats, dict) and isinstance(stats.get("bytes"), int):
+                if stats["bytes"] > self.reported:
+                    self.bar.advance(stats["bytes"] - self.reported)
+                    self.reported = stats["bytes"]
+            elif record.get("msg"):
+                text = str(record["msg"]).strip()
+                if record.get("object"):
+                    text = f"{record['object']}: {text}"
+                logging.getLogger(__name__).info("rclone: %s", redact(text))  # its whole output, with -v
+                if record.get("level") in ("error", "critical", "fatal"):
+                    self.errors = (self.errors + [text])[-self.KEEP:]
+
+    def join(self) -> None:
+        self._thread.join(timeout=10)
 
 
 # rclone's words for a local write that failed, and the errno they stand for.
@@ -177,31 +241,3 @@ def _raise_local_failure(err: str, dest: Path) -> None:
     for words, number in _LOCAL_FAILURES.items():
         if words in lowered:
             raise from_os_error(OSError(number, os.strerror(number), str(dest)))
-
-
-def _follow(process: subprocess.Popen, dest: Path, relative_paths: list[str], bar, total_bytes: int) -> None:
-    """Advance the progress bar by the bytes that have landed in dest while rclone runs."""
-    reported = 0
-
-    def landed() -> int:
-        size = 0
-        for rel in relative_paths:
-            try:
-                size += (dest / rel).stat().st_size
-            except FileNotFoundError:
-                pass
-        return size
-
-    while True:
-        try:
-            process.wait(0.5)  # returns as soon as rclone ends, so a small batch does not wait out a poll
-            break
-        except subprocess.TimeoutExpired:
-            pass
-        now = landed()
-        if now > reported:
-            bar.advance(now - reported)
-            reported = now
-    final = landed()
-    if final > reported:
-        bar.advance(final - reported)

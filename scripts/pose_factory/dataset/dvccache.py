@@ -429,6 +429,27 @@ def unseal(seal_dir: Path, batch_id: str) -> None:
     _seal_path(seal_dir, batch_id).unlink(missing_ok=True)
 
 
+def _seal_holds(seal_dir: Path, folder: Path) -> dict[str, Any] | None:
+    """The seal of the folder's batch when every folder it names is as it was sealed, else None."""
+    try:
+        document = json.loads(_seal_path(seal_dir, folder.name).read_bytes())
+        if document.get("version") != SEAL_VERSION:
+            return None
+        for rel, ino, mtime_ns in document["folders"]:
+            st = os.stat(os.path.join(folder, rel) if rel else folder)
+            if st.st_ino != ino or st.st_mtime_ns != mtime_ns:
+                return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return document
+
+
+def sealed_for_any(seal_dir: Path, folder: Path) -> str | None:
+    """The .dir md5 of the version the folder was sealed with, if its folders are as they were then."""
+    document = _seal_holds(seal_dir, folder)
+    return document["dir_md5"] if document else None
+
+
 def sealed(seal_dir: Path, folder: Path, dir_md5: str, *, deep: bool = False) -> bool:
     """Whether the folder is as it was sealed for this .dir: no file added, removed, renamed or replaced.
 
@@ -437,26 +458,22 @@ def sealed(seal_dir: Path, folder: Path, dir_md5: str, *, deep: bool = False) ->
     Deep: also every file's inode, mtime and size, what `dvc status` compares (one `lstat` per file, no
     read): it also sees a file written in place, which needs its read-only bit cleared first.
     """
-    try:
-        document = json.loads(_seal_path(seal_dir, folder.name).read_bytes())
-        if document.get("version") != SEAL_VERSION or document.get("dir_md5") != dir_md5:
-            return False
-        for rel, ino, mtime_ns in document["folders"]:
-            st = os.stat(os.path.join(folder, rel) if rel else folder)
-            if st.st_ino != ino or st.st_mtime_ns != mtime_ns:
-                return False
-    except (OSError, ValueError, KeyError, TypeError):
+    document = _seal_holds(seal_dir, folder)
+    if document is None or document.get("dir_md5") != dir_md5:
         return False
     if not deep:
         return True
     lines: list[str] = []
     pending = [("", str(folder))]
-    while pending:
-        prefix, path = pending.pop()
-        with os.scandir(path) as entries:
-            for entry in entries:
-                if entry.is_dir(follow_symlinks=False):
-                    pending.append((prefix + entry.name + "/", entry.path))
-                else:
-                    lines.append(_meta_line(prefix + entry.name, entry.stat(follow_symlinks=False)))
+    try:
+        while pending:
+            prefix, path = pending.pop()
+            with os.scandir(path) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        pending.append((prefix + entry.name + "/", entry.path))
+                    else:
+                        lines.append(_meta_line(prefix + entry.name, entry.stat(follow_symlinks=False)))
+    except OSError:
+        return False
     return len(lines) == document["files"] and _meta_digest(lines) == document["meta_sha256"]

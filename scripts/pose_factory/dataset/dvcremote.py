@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pose_factory.bucket.backends import LocalFolderStorage, ObjectInfo, S3Storage, Storage
-from pose_factory.core.settings import Settings, r2_credentials
+from pose_factory.core.settings import R2Credentials, Settings, r2_credentials
 
 OBJECTS = "files/md5/"
 
@@ -28,7 +28,7 @@ class DvcRemote:
     url: str
     storage: Storage
     prefix: str  # key prefix of the objects in storage: "<dvc prefix>/files/md5/" or "files/md5/"
-    local_root: Path | None = None  # the folder of a local remote
+    credentials: R2Credentials | None = None  # an s3:// remote's (its endpoint from .dvc/config)
 
     def key(self, oid: str) -> str:
         """The key of an object (`<md5>` or `<md5>.dir`)."""
@@ -46,6 +46,15 @@ class DvcRemote:
             if len(rest) > 3 and rest[2] == "/":
                 found[rest[:2] + rest[3:]] = info
         return found
+
+    def rclone_source(self, settings: Settings) -> tuple[str, dict[str, str]]:
+        """rclone's name for the folder of objects, and the environment that defines its remote."""
+        from pose_factory.bucket import rclone
+
+        if self.credentials is None:
+            assert isinstance(self.storage, LocalFolderStorage)
+            return rclone.source_for(self.storage, settings, self.prefix)
+        return rclone.remote_source(settings.rclone_remote, self.credentials, self.storage.bucket, self.prefix)
 
 
 def _read_config(root: Path) -> tuple[configparser.ConfigParser, configparser.ConfigParser]:
@@ -92,10 +101,10 @@ def default_remote(settings: Settings) -> DvcRemote | None:
                             max_attempts=settings.max_attempts, connect_timeout_s=settings.connect_timeout_s,
                             read_timeout_s=settings.read_timeout_s)
         prefix = (path.strip("/") + "/" if path.strip("/") else "") + OBJECTS
-        return DvcRemote(name, url, storage, prefix)
+        return DvcRemote(name, url, storage, prefix, credentials)
     if "://" in url:
         return None
     folder = Path(url).expanduser()
     if not folder.is_absolute():
         folder = (root / ".dvc" / folder).resolve()
-    return DvcRemote(name, url, LocalFolderStorage(folder, ""), OBJECTS, folder)
+    return DvcRemote(name, url, LocalFolderStorage(folder, ""), OBJECTS)
