@@ -133,10 +133,15 @@ def cmd_list(args: argparse.Namespace, settings: Settings, progress: Progress) -
     for b in batches:
         if b.status == "invalid":
             _out(f"  {_name(b.batch_id)}: {_name(b.problem)}")
+        elif b.status == "pruned" and b.pruned:
+            _out(f"  {_name(b.batch_id)}: versioned, pruned: committed in {_name(b.pruned['git_commit'][:12])}, "
+                 f"its files are in the DVC remote (`pose-sync fetch`)")
     complete = sum(b.status == "complete" for b in batches)
     invalid = sum(b.status == "invalid" for b in batches)
+    pruned = sum(b.status == "pruned" for b in batches)
     _out(f"{len(batches)} batch(es) in {storage.description}: {complete} complete, "
-         f"{len(batches) - complete - invalid} still uploading"
+         f"{len(batches) - complete - invalid - pruned} still uploading"
+         + (f", {pruned} pruned (versioned in the DVC remote)" if pruned else "")
          + (f", {invalid} invalid (not pulled)" if invalid else ""))
     return 0
 
@@ -572,6 +577,36 @@ def cmd_fetch(args: argparse.Namespace, settings: Settings, progress: Progress) 
     return 0
 
 
+def cmd_prune_bucket(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
+    from pose_factory.bucket.backends import open_storage
+    from pose_factory.dataset.prune import prune_bucket
+
+    storage = open_storage(settings, args.backend)
+    report = prune_bucket(storage, settings, args.batch_ids or None, dry_run=args.dry_run, progress=progress)
+    if args.json:
+        _emit_json(report.as_json())
+    else:
+        for b in report.batches:
+            if b.action == "kept":
+                _out(f"{_name(b.batch_id)}: kept in the bucket: {b.reason}")
+            elif b.action == "already-pruned":
+                _out(f"{_name(b.batch_id)}: already pruned (versioned in {b.git_commit[:12]})")
+            else:
+                verb = "would delete" if b.action == "would-prune" else "deleted"
+                _out(f"{_name(b.batch_id)}: {verb} {b.objects_deleted} object(s), {human_bytes(b.bytes_freed)}; "
+                     f"the version committed in {b.git_commit[:12]} is in the DVC remote, a tombstone stays")
+        done = sum(b.action in ("pruned", "would-prune") for b in report.batches)
+        kept = sum(b.action == "kept" for b in report.batches)
+        _out(f"{done} batch(es) {'to prune' if args.dry_run else 'pruned'}, {kept} kept"
+             + (" (dry run: nothing deleted)" if args.dry_run else ""))
+    refused = [b for b in report.batches if b.action == "kept" and args.batch_ids]
+    if refused:
+        raise RepositoryError(f"{len(refused)} named batch(es) were kept in the bucket: {refused[0].batch_id}: "
+                             f"{refused[0].reason}", where=storage.description,
+                             hint="nothing is deleted that is not committed in git and in the DVC remote")
+    return 0
+
+
 def cmd_init(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
     from pose_factory.dataset import dvcrepo
 
@@ -889,6 +924,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="transfer engine (default: auto, which is rclone for R2/S3 and file copies for a local DVC "
                         "remote); every object is checked against its md5")
     p.add_argument("--force", action="store_true", help="also replace batch folders whose files were changed")
+    p.add_argument("--json", action="store_true", help="machine-readable report")
+
+    p = add("prune-bucket", cmd_prune_bucket, "Delete batches from the bucket once their version is committed in git "
+                                              "and stored in the DVC remote (a tombstone stays)", bucket=True)
+    p.add_argument("batch_ids", nargs="*", metavar="BATCH_ID",
+                   help="only these batches (default: every complete batch that qualifies)")
+    p.add_argument("--dry-run", action="store_true", help="check and report, delete nothing")
     p.add_argument("--json", action="store_true", help="machine-readable report")
 
     p = add("init", cmd_init, "Make the DVC remote the default: R2 with credentials, else a local folder",

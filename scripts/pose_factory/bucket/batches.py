@@ -28,6 +28,7 @@ from pose_factory.bucket.backends import (
 from pose_factory.core import contract, killpoint, schemas
 from pose_factory.core.errors import (
     BatchNotFoundError,
+    BatchPrunedError,
     CredentialsError,
     IntegrityError,
     PoseFactoryError,
@@ -36,7 +37,7 @@ from pose_factory.core.errors import (
     UnsafeKeyError,
 )
 from pose_factory.core.fsutil import check_relative_path, md5_bytes
-from pose_factory.core.layout import COMPLETE_MARKER_NAME, MANIFEST_NAME
+from pose_factory.core.layout import COMPLETE_MARKER_NAME, MANIFEST_NAME, TOMBSTONE_NAME
 from pose_factory.core.progress import Progress
 from pose_factory.core.settings import Settings
 
@@ -154,17 +155,25 @@ def publish_batch(storage: Storage, settings: Settings, batch_dir: Path, *, prog
 def inspect_marker(storage: Storage, key: str) -> tuple[dict[str, Any] | None, str | None]:
     """(marker, None) for a well-formed completion marker, (None, problem) for a damaged one, (None, None)
     when there is none. Read with a size cap and a bounded parser."""
+    return _inspect(storage, key, "complete", COMPLETE_MARKER_NAME)
+
+
+def inspect_tombstone(storage: Storage, key: str) -> tuple[dict[str, Any] | None, str | None]:
+    """Like inspect_marker, for the tombstone `_pruned.json` prune-bucket leaves (pruned.schema.json)."""
+    return _inspect(storage, key, "pruned", TOMBSTONE_NAME)
+
+
+def _inspect(storage: Storage, key: str, schema: str, name: str) -> tuple[dict[str, Any] | None, str | None]:
     try:
-        marker = schemas.parse_json(storage.read_bytes(key, contract.MAX_MARKER_BYTES), key)
+        document = schemas.parse_json(storage.read_bytes(key, contract.MAX_MARKER_BYTES), key)
     except ObjectMissingError:
         return None, None
     except SchemaError as exc:
-        return None, f"damaged {COMPLETE_MARKER_NAME}: {exc.message}"
-    found = schemas.problems(marker, "complete", key)
+        return None, f"damaged {name}: {exc.message}"
+    found = schemas.problems(document, schema, key)
     if found:
-        return None, f"damaged {COMPLETE_MARKER_NAME}: {found[0].field}: expected {found[0].expected}, " \
-                     f"found {found[0].found}"
-    return marker, None
+        return None, f"damaged {name}: {found[0].field}: expected {found[0].expected}, found {found[0].found}"
+    return document, None
 
 
 def read_marker(storage: Storage, key: str) -> dict[str, Any] | None:
@@ -180,9 +189,10 @@ class BatchListing:
     samples: int | None
     files: int | None
     bytes: int | None
-    status: str  # complete | uploading | invalid (see `problem`)
+    status: str  # complete | uploading | pruned | invalid (see `problem`)
     problem: str | None = None
-    manifest_sha256: str | None = None  # of the version a complete batch's marker names
+    manifest_sha256: str | None = None  # of the version a complete batch's marker (or a pruned one's tombstone) names
+    pruned: dict[str, Any] | None = None  # pruned: the commit and .dvc record to get the version back from DVC
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -214,21 +224,40 @@ def describe_batch(storage: Storage, settings: Settings, batch_id: str) -> Batch
         return _invalid(batch_id, str(exc))
 
 
+def pruned_listing(tombstone: dict[str, Any]) -> BatchListing:
+    """A pruned batch as list shows it, from its tombstone."""
+    return BatchListing(tombstone["batch_id"], tombstone["project"], tombstone["created_at"], tombstone["samples"],
+                        tombstone["files"], tombstone["bytes"], "pruned", manifest_sha256=tombstone["manifest_sha256"],
+                        pruned={k: tombstone[k] for k in ("git_commit", "dvc_file", "dvc", "dvc_remote", "pruned_at")})
+
+
 def _describe(storage: Storage, settings: Settings, batch_id: str) -> BatchListing:
     prefix = _checked_prefix(settings, batch_id)
     marker, marker_problem = inspect_marker(storage, prefix + COMPLETE_MARKER_NAME)
+    tombstone, tombstone_problem = (None, None) if marker_problem else inspect_tombstone(storage,
+                                                                                         prefix + TOMBSTONE_NAME)
+    if tombstone_problem:
+        return _invalid(batch_id, tombstone_problem)
+    if tombstone is not None and tombstone["batch_id"] != batch_id:
+        return _invalid(batch_id, f"{TOMBSTONE_NAME} says batch_id {tombstone['batch_id']!r}")
     if marker is not None:
         if marker["batch_id"] != batch_id:
             return _invalid(batch_id, f"{COMPLETE_MARKER_NAME} says batch_id {marker['batch_id']!r}")
+        if tombstone is not None and tombstone["manifest_sha256"] == marker["manifest_sha256"]:
+            return pruned_listing(tombstone)  # being pruned: the tombstone comes first, the marker goes next
         return BatchListing(batch_id, marker["project"], marker["created_at"], marker["samples"], marker["files"],
                             marker["bytes"], "complete", manifest_sha256=marker["manifest_sha256"])
     if marker_problem:
         return _invalid(batch_id, marker_problem)
     manifest_key = prefix + MANIFEST_NAME
     try:
-        manifest = contract.parse_manifest_bytes(storage.read_bytes(manifest_key, contract.MAX_MANIFEST_BYTES),
-                                                 manifest_key)
+        manifest_bytes = storage.read_bytes(manifest_key, contract.MAX_MANIFEST_BYTES)
+        if tombstone is not None and contract.sha256_bytes(manifest_bytes) == tombstone["manifest_sha256"]:
+            return pruned_listing(tombstone)
+        manifest = contract.parse_manifest_bytes(manifest_bytes, manifest_key)
     except ObjectMissingError:
+        if tombstone is not None:
+            return pruned_listing(tombstone)
         if not any(True for _ in storage.list_objects(prefix)):
             raise BatchNotFoundError(f"no batch {batch_id!r}", where=storage.description,
                                      hint="run `pose-sync list` to see the batches there") from None
@@ -240,6 +269,17 @@ def _describe(storage: Storage, settings: Settings, batch_id: str) -> BatchListi
     totals = manifest["totals"]
     return BatchListing(batch_id, manifest["project"], manifest["created_at"], totals["samples"], totals["files"],
                         totals["bytes"], "uploading")
+
+
+def pruned_error(tombstone: dict[str, Any], storage: Storage) -> BatchPrunedError:
+    """What pull says about a pruned batch: where its version is, and the commands that bring it back."""
+    batch_id, commit, dvc_file = tombstone["batch_id"], tombstone["git_commit"], tombstone["dvc_file"]
+    return BatchPrunedError(f"{batch_id} was pruned from the bucket: the version committed in {commit[:12]} is "
+                            f"stored in the DVC remote {tombstone['dvc_remote']}", tombstone=tombstone,
+                            where=storage.description,
+                            hint=f"`pose-sync fetch {batch_id}` brings it back (`git checkout {commit[:12]} -- "
+                                 f"{dvc_file}` first if this commit has no {Path(dvc_file).name}); plain `dvc pull` "
+                                 "works too")
 
 
 def list_batches(storage: Storage, settings: Settings, *, project: str | None = None, since: date | None = None,
@@ -300,6 +340,10 @@ def fetch_remote_manifest(storage: Storage, settings: Settings, batch_id: str, a
     for key in keys:
         check_key(key)  # a key with '..', a backslash or an empty segment would escape the batch folder
     marker, marker_problem = inspect_marker(storage, prefix + COMPLETE_MARKER_NAME)
+    if prefix + TOMBSTONE_NAME in keys:
+        tombstone, _ = inspect_tombstone(storage, prefix + TOMBSTONE_NAME)
+        if tombstone is not None and (marker is None or marker["manifest_sha256"] == tombstone["manifest_sha256"]):
+            raise pruned_error(tombstone, storage)
     if marker is not None and marker["batch_id"] != batch_id:
         raise IntegrityError(f"{COMPLETE_MARKER_NAME} says batch_id {marker['batch_id']!r}",
                              where=prefix + COMPLETE_MARKER_NAME,

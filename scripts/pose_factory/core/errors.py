@@ -110,6 +110,14 @@ class BatchNotFoundError(PoseFactoryError):
     exit_code = ExitCode.NOT_FOUND
 
 
+class BatchPrunedError(BatchNotFoundError):
+    """The bucket holds only the tombstone of the batch: its version lives in the DVC remote (prune-bucket)."""
+
+    def __init__(self, message: str, *, tombstone: dict, where: str | None = None, hint: str | None = None):
+        super().__init__(message, where=where, hint=hint)
+        self.tombstone = tombstone
+
+
 class UsageError(PoseFactoryError):
     """Command-line arguments that parse but make no sense together."""
 

@@ -159,6 +159,7 @@ class Layout:
 
 MANIFEST_NAME = "manifest.json"
 COMPLETE_MARKER_NAME = "_complete.json"
+TOMBSTONE_NAME = "_pruned.json"  # a batch pruned from the bucket (prune-bucket): its version is in the DVC remote
 ANNOTATIONS_FOLDER = "annotations"
 
 

@@ -32,6 +32,7 @@ SCHEMA_FILES = {
     "sample": "sample.schema.json",
     "openpose": "openpose.schema.json",
     "complete": "complete.schema.json",
+    "pruned": "pruned.schema.json",
     "working": "working.schema.json",
     "index": "index.schema.json",
 }

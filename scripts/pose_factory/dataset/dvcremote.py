@@ -14,7 +14,7 @@ import configparser
 from dataclasses import dataclass
 from pathlib import Path
 
-from pose_factory.bucket.backends import LocalFolderStorage, ObjectInfo, S3Storage, Storage
+from pose_factory.bucket.backends import LocalFolderStorage, S3Storage, Storage
 from pose_factory.core.settings import R2Credentials, Settings, r2_credentials
 
 OBJECTS = "files/md5/"
@@ -37,15 +37,6 @@ class DvcRemote:
     def has(self, oid: str) -> bool:
         """Whether the remote holds the object (one request)."""
         return self.storage.exists(self.key(oid))
-
-    def listing(self) -> dict[str, ObjectInfo]:
-        """Every object in the remote by oid, from one listing (what prune-bucket checks against)."""
-        found = {}
-        for info in self.storage.list_objects(self.prefix):
-            rest = info.key[len(self.prefix):]
-            if len(rest) > 3 and rest[2] == "/":
-                found[rest[:2] + rest[3:]] = info
-        return found
 
     def rclone_source(self, settings: Settings) -> tuple[str, dict[str, str]]:
         """rclone's name for the folder of objects, and the environment that defines its remote."""

@@ -39,6 +39,8 @@ NEXT_COMMAND: dict[str, str | None] = {
     "changed-in-bucket": "pose-sync pull {batch}",
     "not-pushed": "dvc push",
     "archived": None,
+    # Deleted from the bucket by prune-bucket; the version is in the DVC remote and in git ({commit}).
+    "pruned": "git checkout {commit} -- {dvc_file} && pose-sync fetch {batch}",
     "up-to-date": None,
     # Left half-done by a killed command (its journal is there): the same command finishes it.
     "interrupted-pull": "pose-sync pull {batch}",
@@ -53,15 +55,15 @@ NEXT_COMMAND: dict[str, str | None] = {
     "untracked-archive": f"dvc add {ARCHIVE}/{{batch}}",
     "unregistered": "pose-sync pull {batch}",
     "unregistered-archive": "pose-sync archive {batch}",
-    "not-checked-out": "dvc pull",
+    "not-checked-out": "pose-sync fetch {batch}",
     "modified": "pose-sync pull {batch} --repair",  # a file changed in place: see README, verify and repair
 }
 
 
-def next_command(state: str, batch_id: str) -> str | None:
+def next_command(state: str, batch_id: str, **fields: str) -> str | None:
     """The command that resolves a batch's state, or None when there is nothing to do."""
     command = NEXT_COMMAND.get(state)
-    return command.format(batch=batch_id) if command else None
+    return command.format(batch=batch_id, **fields) if command else None
 
 
 def getting_started(local_bucket: bool) -> str:
@@ -97,11 +99,14 @@ class BatchState:
     registered: bool = False  # listed in params.yaml (batches: in the mirror, archived: in the archive)
     workspace: str | None = None  # how the folder differs from its .dvc file (DVC's word), None when it agrees
     problem: str | None = None  # what is wrong with the batch in the bucket (remote == "invalid")
+    pruned: dict[str, Any] | None = None  # remote == "pruned": the tombstone's commit and .dvc record
 
     @property
     def next(self) -> str | None:
         """The command that resolves this state (NEXT_COMMAND)."""
-        return next_command(self.state, self.batch_id)
+        pruned = self.pruned or {}
+        return next_command(self.state, self.batch_id, commit=str(pruned.get("git_commit", ""))[:12],
+                            dvc_file=str(pruned.get("dvc_file", "")))
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "next": self.next}
@@ -109,7 +114,8 @@ class BatchState:
 
 def _summary_state(s: BatchState) -> str:
     if not (s.local or s.archived):
-        return {"complete": "in-bucket-only", "invalid": "invalid-in-bucket"}.get(s.remote or "", "uploading")
+        return {"complete": "in-bucket-only", "invalid": "invalid-in-bucket", "pruned": "pruned"}.get(s.remote or "",
+                                                                                                     "uploading")
     if not s.tracked:
         return "untracked-archive" if s.archived else "untracked"
     if s.workspace == "deleted":
@@ -177,7 +183,8 @@ def status(storage: Storage, settings: Settings, *, deep: bool = False) -> list[
                            tracked=folder.with_name(f"{batch_id}.dvc").exists(),
                            registered=batch_id in (in_archived if is_archived else in_batches),
                            workspace=workspace.get(batch_id),
-                           problem=remote[batch_id].problem if batch_id in remote else None)
+                           problem=remote[batch_id].problem if batch_id in remote else None,
+                           pruned=remote[batch_id].pruned if batch_id in remote else None)
         if batch_id in journals:
             command = journals[batch_id].command
             state.state = f"{command}-running" if running else f"interrupted-{command}"

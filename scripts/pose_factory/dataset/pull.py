@@ -28,6 +28,7 @@ from pose_factory.core import contract, killpoint
 from pose_factory.core.errors import (
     BatchesFailedError,
     BatchNotFoundError,
+    BatchPrunedError,
     DiskError,
     IntegrityError,
     PoseFactoryError,
@@ -291,6 +292,19 @@ def _stage(storage: Storage, settings: Settings, batch_id: str, manifest: Manife
                     staging, register=True, md5s=md5s)
 
 
+def _pruned_but_here(settings: Settings, batch_id: str, pruned: BatchPrunedError) -> _Planned:
+    """A batch pruned from the bucket is up to date when the mirror holds the very version that was pruned;
+    otherwise pull says where the version is (BatchPrunedError's hint)."""
+    final, dvc_file = settings.mirror_dir / batch_id, settings.mirror_dir / f"{batch_id}.dvc"
+    sha = pruned.tombstone["manifest_sha256"]
+    if not dvc_file.exists() or _local_manifest_sha(final) != sha or _workspace_problems(settings, final, dvc_file):
+        raise pruned
+    registered = batch_id in (params.read_params(settings).get("batches") or [])
+    files = int(pruned.tombstone["files"])
+    return _Planned(PulledBatch(batch_id, "up-to-date" if registered else "registered", files, 0, files, 0,
+                                final.relative_to(settings.root).as_posix()), sha, register=not registered)
+
+
 def _workspace_problems(settings: Settings, folder: Path, dvc_file: Path) -> dict[Path, str]:
     """How a tracked batch differs from its .dvc file: nothing when its seal still holds file by file
     (one lstat per file, no read), else DVC's own answer."""
@@ -440,7 +454,13 @@ def pull(storage: Storage, settings: Settings, batch_ids: list[str], *, engine: 
                     report.batches.append(PulledBatch(batch_id, "archived", path=(
                         settings.archive_dir / batch_id).relative_to(settings.root).as_posix()))
                     continue
-                manifest, manifest_bytes, _ = fetch_remote_manifest(storage, settings, batch_id, allow_incomplete)
+                try:
+                    manifest, manifest_bytes, _ = fetch_remote_manifest(storage, settings, batch_id, allow_incomplete)
+                except BatchPrunedError as pruned:
+                    plan = _pruned_but_here(settings, batch_id, pruned)
+                    planned.append(plan)
+                    report.batches.append(plan.pulled)
+                    continue
                 killpoint.reached("pull:after-listing")
                 plan = _stage(storage, settings, batch_id, manifest, manifest_bytes, engine=engine,
                               progress=progress)
