@@ -156,9 +156,19 @@ def test_fetch_brings_back_an_older_version_after_git_checkout(local_repo, cli, 
     assert (root / MIRROR / BATCH / "stray.txt").exists()
     assert cli("fetch", "--force", "-q").code == 0
     assert cli("verify", BATCH).code == 0
+    # A cache type the loop does not make (symlinks): fetch fills the cache as before and DVC links the files.
+    dvc(root, "config", "--local", "cache.type", "symlink")
+    git(root, "checkout", "-q", "HEAD~1", "--", (MIRROR / f"{BATCH}.dvc").as_posix())
+    result = cli("fetch", "--json")
+    assert result.code == 0, result.err
+    assert json.loads(result.out)["batches"][0]["action"] == "checked-out"
+    assert (root / MIRROR / BATCH / "manifest.json").is_symlink()
+    assert json.loads((root / MIRROR / BATCH / "manifest.json").read_text()) == old
+    assert json.loads(dvc(root, "status", "--json").stdout) == {}
 
 
-FETCH_POINTS = ["fetch:object:3", "fetch:link:5", "fetch:mid-swap", "fetch:after-swap"]
+FETCH_POINTS = ["fetch:after-dir-objects", "fetch:object:3", "fetch:after-objects", "fetch:link:5",
+                "fetch:mid-swap", "fetch:after-swap"]
 
 
 def test_a_killed_fetch_leaves_each_batch_whole_or_as_it_was_and_converges(local_repo, cli, tmp_path, monkeypatch):

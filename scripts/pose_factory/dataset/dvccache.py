@@ -162,13 +162,21 @@ def _dvc_file_is_plain(dvc_file: Path, name: str) -> bool:
     return set(out) <= set(DVC_OUT_KEYS) and out.get("path") == name
 
 
-def unsupported(repo: Any, root: Path, folder: Path) -> str | None:
-    """Why this folder must go through DVC's own `add`, or None when the fast path does what DVC would."""
+def cache_unsupported(repo: Any) -> str | None:
+    """The cache setting (a symlink cache type, a shared cache) under which DVC itself must link files."""
     types = list(repo.cache.local.cache_types)
     if not types or any(t not in ("reflink", "hardlink", "copy") for t in types):
         return f"cache.type {','.join(types)}"
     if repo.config["cache"].get("shared"):
         return "cache.shared"
+    return None
+
+
+def unsupported(repo: Any, root: Path, folder: Path) -> str | None:
+    """Why this folder must go through DVC's own `add`, or None when the fast path does what DVC would."""
+    reason = cache_unsupported(repo)
+    if reason:
+        return reason
     if repo.config["core"].get("autostage"):
         return "core.autostage"
     if dvcignore_patterns(root, folder):

@@ -284,11 +284,16 @@ def fetch(settings: Settings, batch_ids: list[str] | None = None, *, engine: str
                     killpoint.reached("fetch:object")
                 report.objects_downloaded = len(wanted)
             killpoint.reached("fetch:after-objects")
+            by_dvc = dvccache.cache_unsupported(repo) is not None
             for target in todo:
                 assert target.files is not None
                 fetched = sum(1 for _, md5 in target.files.values() if md5 in needed)
                 with progress.task(f"check out {target.batch_id}", len(target.files)) as bar:
-                    _checkout(repo, target, odb_dir, work / "checkout" / target.batch_id, settings.seal_dir)
+                    if by_dvc:  # the cache is filled; DVC links the files as its settings say
+                        dvccache.unseal(settings.seal_dir, target.batch_id)
+                        dvcrepo.checkout(settings.root, [target.dvc_file], force=True)
+                    else:
+                        _checkout(repo, target, odb_dir, work / "checkout" / target.batch_id, settings.seal_dir)
                     bar.advance(len(target.files))
                 report.batches.append(FetchedBatch(target.batch_id, "fetched" if fetched else "checked-out",
                                                    _rel(settings, target.folder), len(target.files), fetched))
