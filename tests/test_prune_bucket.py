@@ -57,6 +57,27 @@ def objects(project, bucket) -> list[str]:
     return sorted(info.key[len(prefix):] for info in open_storage(load_settings()).list_objects(prefix))
 
 
+def remote_object(root: Path, rel: str):
+    """The default DVC remote and the key of the object holding rel of the committed version."""
+    from pose_factory.core.settings import load_settings
+    from pose_factory.dataset import dvccache, dvcremote
+
+    record = dvccache.read_dvc_file(root / MIRROR / f"{BATCH}.dvc")
+    odb = root / ".dvc" / "cache" / "files" / "md5"
+    listing = dvccache.read_listing(Path(dvccache.object_path(str(odb), record["md5"])).read_bytes(), "")
+    remote = dvcremote.default_remote(load_settings())
+    return remote, remote.key(listing[rel][1])
+
+
+def remote_snapshot(root: Path) -> dict[str, int]:
+    """Every object of the default DVC remote and its size."""
+    from pose_factory.core.settings import load_settings
+    from pose_factory.dataset import dvcremote
+
+    remote = dvcremote.default_remote(load_settings())
+    return {info.key: info.size for info in remote.storage.list_objects(remote.prefix)}
+
+
 def prune(cli, *args: str):
     result = cli("prune-bucket", *args, "--json")
     return result, (json.loads(result.out)["batches"] if result.out else [])
@@ -75,6 +96,17 @@ def test_prune_keeps_a_batch_until_its_version_is_committed_and_pushed_and_survi
     result, rows = prune(cli, BATCH)  # committed, not pushed
     assert result.code == 10 and "not in the DVC remote" in rows[0]["reason"] and "dvc push" in rows[0]["reason"]
     dvc(root, "push", "-q")
+    # Checked, not assumed: one object gone from the DVC remote, or there with other bytes of the same size
+    # (a bad upload), keeps the batch.
+    remote, key = remote_object(root, "rgb/000001.png")
+    original = remote.storage.read_bytes(key)
+    remote.storage.delete(key)
+    result, rows = prune(cli, BATCH)
+    assert result.code == 10 and "1 object(s)" in rows[0]["reason"] and "dvc push" in rows[0]["reason"], rows
+    remote.storage.put_bytes(key, bytes(b ^ 0xFF for b in original))
+    result, rows = prune(cli, BATCH)
+    assert result.code == 10 and "not in the DVC remote" in rows[0]["reason"], rows
+    remote.storage.put_bytes(key, original)
     result, rows = prune(cli, "--dry-run")
     assert result.code == 0 and rows[0]["action"] == "would-prune" and rows[0]["objects_deleted"] == len(before)
     assert objects(project, bucket) == before
@@ -116,6 +148,7 @@ def test_prune_keeps_a_batch_until_its_version_is_committed_and_pushed_and_survi
     assert pulled["batches"][0]["action"] == "up-to-date"
     [state] = json.loads(cli("status", "--json").out)["batches"]
     assert (state["remote"], state["state"]) == ("pruned", "up-to-date")
+    assert "versioned, pruned" in cli("list").out and "versioned, pruned" in cli("status").out
     # Without it here, pull says how to get it back, and that works.
     manifest = contract.load_manifest(root / MIRROR / BATCH)
     git(root, "rm", "-q", "--cached", (MIRROR / f"{BATCH}.dvc").as_posix())
@@ -138,3 +171,34 @@ def test_prune_keeps_a_batch_until_its_version_is_committed_and_pushed_and_survi
     assert bucket_keys(cli)[BATCH] == "complete" and "_pruned.json" not in objects(project, bucket)
     result, rows = prune(cli, BATCH)
     assert result.code == 10 and "another version" in rows[0]["reason"]
+
+
+# The order prune-bucket deletes in, and what must be left at each kill point (the tombstone is always there).
+PRUNE_POINTS = {"prune:after-tombstone": {"_complete.json", "manifest.json", "rgb/000001.png"},
+                "prune:after-unmark": {"manifest.json", "rgb/000001.png"},
+                "prune:before-manifest": {"manifest.json"}}
+
+
+def test_a_prune_killed_at_any_step_deletes_only_what_is_stored_and_its_rerun_finishes(project, cli, tmp_path,
+                                                                                      monkeypatch):
+    monkeypatch.setenv("POSE_FACTORY_BACKEND", "local")
+    make_repository(project, cli, pipeline=False)
+    root = project.root
+    batch_dir = publish_generated(tmp_path, cli, BATCH)
+    assert cli("pull", BATCH, "--commit", "-q").code == 0
+    dvc(root, "push", "-q")
+    stored = remote_snapshot(root)
+    for point, left in PRUNE_POINTS.items():
+        killed = run_script(["prune-bucket", "-q"], cwd=root, env={**os.environ, "POSE_FACTORY_KILL_AT": point})
+        assert killed.returncode == -signal.SIGKILL, (point, killed.stderr)
+        found = set(objects(project, None))
+        assert "_pruned.json" in found and left <= found, (point, sorted(found))
+        if "_complete.json" not in left:
+            assert "_complete.json" not in found, point  # no pull can start on a half-deleted batch
+        assert remote_snapshot(root) == stored  # the DVC remote is never touched
+        assert bucket_keys(cli)[BATCH] == "pruned"
+        result, rows = prune(cli)
+        assert result.code == 0 and rows[0]["action"] == "pruned", (point, rows)
+        assert objects(project, None) == ["_pruned.json"]
+        assert cli("publish", batch_dir, "-q").code == 0  # the same version again, for the next kill point
+        assert bucket_keys(cli)[BATCH] == "complete" and "_pruned.json" not in objects(project, None)

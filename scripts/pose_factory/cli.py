@@ -128,7 +128,7 @@ def cmd_list(args: argparse.Namespace, settings: Settings, progress: Progress) -
     rows = [("BATCH", "PROJECT", "DATE", "SAMPLES", "SIZE", "STATUS")]
     for b in batches:
         rows.append((b.batch_id, b.project or "?", b.day, "?" if b.samples is None else str(b.samples),
-                     "?" if b.bytes is None else human_bytes(b.bytes), b.status))
+                     "?" if b.bytes is None else human_bytes(b.bytes), _bucket_word(b.status)))
     _table(rows)
     for b in batches:
         if b.status == "invalid":
@@ -144,6 +144,11 @@ def cmd_list(args: argparse.Namespace, settings: Settings, progress: Progress) -
          + (f", {pruned} pruned (versioned in the DVC remote)" if pruned else "")
          + (f", {invalid} invalid (not pulled)" if invalid else ""))
     return 0
+
+
+def _bucket_word(status: str) -> str:
+    """How list and status show a batch's state in the bucket (a pruned one is versioned elsewhere)."""
+    return "versioned, pruned" if status == "pruned" else status
 
 
 def _table(rows: Sequence[Sequence[object]]) -> None:
@@ -652,7 +657,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings, progress: Progress)
     for s in states:
         where = "archive" if s.archived else ("raw" if s.local else "-")
         pushed = "-" if s.pushed is None else ("yes" if s.pushed else "no")
-        rows.append((s.batch_id, s.state, s.remote or "-", where, pushed, s.next or "-"))
+        rows.append((s.batch_id, s.state, _bucket_word(s.remote) if s.remote else "-", where, pushed, s.next or "-"))
     _table(rows)
     for s in states:
         if s.problem:

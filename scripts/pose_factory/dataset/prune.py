@@ -8,9 +8,10 @@ A batch is pruned only when every check below passes; anything else keeps it, wi
 2. the DVC remote holds every object of that listing with the manifest's size, and the `.dir` object
    itself, found in one listing of the remote (not assumed from a push log), and the manifest object's
    bytes there hash to the marker's sha256;
-3. where the stores give an MD5 for free (S3 ETags of single-part uploads), each bucket object's MD5 is
-   the md5 the listing names for its path and each remote object's MD5 is its own name: the content, not
-   only the names, is the same in both places.
+3. each bucket object's MD5 is the md5 the listing names for its path and each remote object's MD5 is its
+   own name: the content, not only the names, is the same in both places. On S3 the listings' ETags give
+   the MD5s for free (single-part uploads, which is every file DVC pushes under 100 MiB; a multipart
+   object is checked by size only); a local-folder store has no ETags, so its objects are read and hashed.
 
 Then, in this order: the tombstone `batches/<id>/_pruned.json` (pruned.schema.json: the manifest sha256,
 the commit, the .dvc record, the remote), the completion marker (no pull starts after this), every file,
@@ -28,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pose_factory.bucket.backends import ObjectInfo, ObjectMissingError, Storage, run_parallel
+from pose_factory.bucket.backends import LocalFolderStorage, ObjectInfo, ObjectMissingError, Storage, run_parallel
 from pose_factory.bucket.batches import (
     batch_prefix,
     describe_batch,
@@ -154,8 +155,10 @@ def _verify(storage: Storage, settings: Settings, remote: dvcremote.DvcRemote, f
     """Checks 2 and 3 against the remote's listing; return (tombstone to write, keys to delete, their bytes)."""
     missing = [rel for rel, (size, md5) in plan.files.items()
                if md5 not in found or found[md5][0] != size or found[md5][1] not in (None, md5)]
-    if missing or plan.out["md5"] not in found:
-        count = len(missing) + (plan.out["md5"] not in found)
+    dir_md5 = plan.out["md5"]
+    dir_missing = dir_md5 not in found or found[dir_md5][1] not in (None, dir_md5.removesuffix(".dir"))
+    if missing or dir_missing:
+        count = len(missing) + dir_missing
         raise _Keep(f"{count} object(s) of the version committed in {plan.commit[:12]} are not in the DVC remote, "
                     f"e.g. {missing[0] if missing else plan.out['md5']} (run `dvc push`)")
     manifest_sha = contract.sha256_bytes(plan.manifest_bytes)
@@ -166,8 +169,9 @@ def _verify(storage: Storage, settings: Settings, remote: dvcremote.DvcRemote, f
         raise _Keep("the DVC remote lost manifest.json while it was checked") from None
     prefix = batch_prefix(settings, plan.batch_id)
     objects = {info.key: info for info in storage.list_objects(prefix)}
+    read = _local_md5s(storage, [prefix + rel for rel in plan.files if prefix + rel in objects])
     for rel, (_, md5) in plan.files.items():
-        etag = _single_part_md5(objects.get(prefix + rel))
+        etag = read.get(prefix + rel) or _single_part_md5(objects.get(prefix + rel))
         if etag is not None and etag != md5:
             raise _Keep(f"{rel} in the bucket is not the file the committed version records")
     marker = read_marker(storage, prefix + COMPLETE_MARKER_NAME) or {}
@@ -192,7 +196,20 @@ def _remote_objects(remote: dvcremote.DvcRemote, wanted: set[str]) -> dict[str, 
         oid = rest[:2] + rest[3:] if len(rest) > 3 and rest[2] == "/" else ""
         if oid in wanted:
             found[oid] = (info.size, _single_part_md5(info))
-    return found
+    read = _local_md5s(remote.storage, [remote.key(oid) for oid in found])
+    return {oid: (size, read.get(remote.key(oid), md5)) for oid, (size, md5) in found.items()}
+
+
+def _local_md5s(storage: Storage, keys: list[str]) -> dict[str, str]:
+    """{key: MD5} of objects in a local-folder store, each read once: it has no ETags, and its content is
+    checked, not assumed (on S3 the listing's ETags are the MD5s). Empty for other stores."""
+    if not isinstance(storage, LocalFolderStorage) or not keys:
+        return {}
+
+    def md5(_: str, data: bytes) -> str:
+        return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+    return contract.map_files(storage.root, keys, md5)
 
 
 def _delete(storage: Storage, settings: Settings, batch_id: str, keys: list[str], progress: Progress) -> int:
