@@ -152,7 +152,7 @@ def test_fetch_brings_back_an_older_version_after_git_checkout(local_repo, cli, 
     (root / MIRROR / BATCH / "stray.txt").write_text("mine")
     git(root, "checkout", "-q", "HEAD", "--", (MIRROR / f"{BATCH}.dvc").as_posix())
     refused = cli("fetch")
-    assert refused.code == 2 and "--force" in refused.err
+    assert refused.code == 7 and "--force" in refused.err and "--repair" in refused.err
     assert (root / MIRROR / BATCH / "stray.txt").exists()
     assert cli("fetch", "--force", "-q").code == 0
     assert cli("verify", BATCH).code == 0

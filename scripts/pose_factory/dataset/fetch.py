@@ -25,7 +25,7 @@ from typing import Any
 from pose_factory.bucket import rclone
 from pose_factory.bucket.backends import ObjectMissingError, run_parallel
 from pose_factory.core import killpoint
-from pose_factory.core.errors import IntegrityError, RepositoryError, StorageError, UsageError
+from pose_factory.core.errors import IntegrityError, RepositoryError, StorageError
 from pose_factory.core.fsutil import recover_swap, remove_tree, swap_dir
 from pose_factory.core.progress import Progress
 from pose_factory.core.settings import Settings
@@ -319,7 +319,7 @@ def _refuse_changed(settings: Settings, targets: list[_Target], force: bool) -> 
                 in_step.append(target)
                 continue
             if problem == "modified" and not force:
-                raise UsageError(f"{target.batch_id} differs from the version its .dvc file records (files changed "
+                raise IntegrityError(f"{target.batch_id} differs from the version its .dvc file records (files changed "
                                  "in place, added or removed)", where=str(target.folder),
                                  hint=f"`pose-sync pull {target.batch_id} --repair` restores a pulled batch; "
                                       "`pose-sync fetch --force` replaces the folder with the recorded version")
