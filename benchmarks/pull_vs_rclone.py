@@ -454,9 +454,9 @@ def bench(args: argparse.Namespace, bed: Bed) -> int:
     lines.append("\n== where pose-sync pull spends its time (one extra run per engine, seconds) ==")
     order = [("startup", 0), ("import_cli", 0), ("import_pull_and_dvc", 0), ("main", 0), ("fetch_batch", 1),
              ("remote_manifest", 2), ("verify_staged", 2), ("transfer", 2), ("check_downloaded", 2),
-             ("verify_batch", 2), ("make_read_only", 2), ("swap", 2), ("dvc_track", 1), ("dvc_add", 2),
-             ("dvc_checkout", 2), ("read_only_again", 1), ("register", 1), ("atexit", 0), ("finalization", 0),
-             ("wall", 0)]
+             ("verify_batch", 2), ("swap", 2), ("dvc_track", 1), ("dvc_cache_fill", 2), ("dvc_state", 2),
+             ("seal", 2), ("dvc_add", 2), ("dvc_checkout", 2), ("register", 1), ("atexit", 0),
+             ("finalization", 0), ("wall", 0)]
     body = []
     for name, depth in order:
         cells = [phases[e].get(name) for e in ("boto3", "rclone")]
