@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""`pose-sync` with phase timers: the same CLI entry point, with the pull's steps wrapped in timers.
+"""`pose-sync` with phase timers: the same CLI entry point, with the steps of pull and fetch wrapped in timers.
 
 Used by pull_vs_rclone.py for one extra, separately reported run per engine (the headline timings
 use the plain `scripts/pose_sync.py`). The timings go as JSON to the file named by the environment
@@ -61,7 +61,7 @@ def _install() -> None:
 
     from pose_factory.bucket import rclone
     from pose_factory.core import contract
-    from pose_factory.dataset import dvccache, dvcrepo, params, pull
+    from pose_factory.dataset import dvccache, dvcrepo, fetch, params, pull
 
     # (module, function, phase); a function the tool no longer has is skipped, so this file does not break
     # when the code moves on (the phases it prints say which were found).
@@ -71,7 +71,11 @@ def _install() -> None:
                (pull, "swap_dir", "swap"), (pull, "_stage", "fetch_batch"), (dvcrepo, "track", "dvc_track"),
                (dvccache, "_add_one", "dvc_cache_fill"), (dvccache, "_record_state", "dvc_state"),
                (dvccache, "seal", "seal"), (Repo, "add", "dvc_add"), (Repo, "checkout", "dvc_checkout"),
-               (params, "register", "register")]
+               (params, "register", "register"),
+               (fetch, "_ensure_cache_type", "fetch_cache_type"), (fetch, "_fetch_dir_objects", "fetch_dir_objects"),
+               (fetch, "_refuse_changed", "fetch_refuse_changed"), (fetch, "_download", "fetch_transfer"),
+               (fetch, "_install", "fetch_install"), (fetch, "_checkout", "fetch_checkout"),
+               (fetch, "record_checkout", "fetch_record")]
     for module, name, phase in wrapped:
         if hasattr(module, name):
             setattr(module, name, _timed(phase, getattr(module, name)))
