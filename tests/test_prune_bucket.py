@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import dvc, git, make_repository, publish_generated, run_script, s3_env
 from faultproxy import FaultProxy
+from helpers import dvc, git, make_repository, publish_generated, run_script, s3_env
 from pose_factory.core import contract
 
 pytestmark = pytest.mark.integration

@@ -92,6 +92,11 @@ class Layout:
         return self.transaction_dir / "seals"
 
     @property
+    def fetch_dir(self) -> Path:
+        """`pose-sync fetch`'s downloads and the folders it builds, before they enter DVC's cache and the mirror."""
+        return self.transaction_dir / "fetch"
+
+    @property
     def journal_dir(self) -> Path:
         """One journal per batch a pull, archive or restore is changing."""
         return self.transaction_dir / "journal"

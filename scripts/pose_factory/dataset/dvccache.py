@@ -25,8 +25,8 @@ one per file (see `sealed`).
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
+import logging
 import os
 import stat
 import uuid
@@ -36,8 +36,9 @@ from pathlib import Path
 from typing import Any
 
 from pose_factory.core import contract, killpoint
+from pose_factory.core.console import log_command
 from pose_factory.core.errors import IntegrityError
-from pose_factory.core.fsutil import atomic_write_path, clone_file, make_read_only
+from pose_factory.core.fsutil import atomic_write_path, clone_file, make_read_only, md5_bytes, sha256_bytes
 
 # rel path -> (size, md5)
 Md5s = dict[str, tuple[int, str]]
@@ -280,7 +281,7 @@ def _meta_line(rel: str, st: os.stat_result) -> str:
 
 def _meta_digest(lines: list[str]) -> str:
     lines.sort()
-    return hashlib.sha256("".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
+    return sha256_bytes("".join(lines).encode("utf-8", "surrogateescape"))
 
 
 # --- the fast `dvc add` ------------------------------------------------------------------------------------
@@ -302,12 +303,17 @@ def add(root: Path, folders: list[Path], md5s: dict[Path, Md5s] | None = None, *
             known = (md5s or {}).get(folder)
             reason = unsupported(repo, root, folder)
             if reason:
-                repo.add([str(folder.relative_to(root))])
+                target = folder.relative_to(root).as_posix()
+                log_command(logging.getLogger(__name__), ["dvc", "add", target])  # in-process: DVC's own add
+                repo.add([target])
                 results.append(_by_dvc(folder))
                 make_read_only(folder)
                 continue
             if known is None:
                 known = folder_md5s(folder)
+            logging.getLogger(__name__).info("dvc add %s: written by pose-sync from the md5s it computed (cache "
+                                             "objects, .dir object, .dvc file, DVC's state)",
+                                             folder.relative_to(root).as_posix())
             added, lines = _add_one(repo, folder, known, step)
             results.append(added)
             killpoint.reached(f"{step}:after-dvc-file")
@@ -330,7 +336,7 @@ def folder_md5s(folder: Path) -> Md5s:
                              hint="a batch folder holds regular files only; pull the batch again")
 
     def md5(rel: str, data: bytes) -> tuple[int, str]:
-        return len(data), hashlib.md5(data, usedforsecurity=False).hexdigest()
+        return len(data), md5_bytes(data)
 
     return contract.map_files(folder, sorted(files), md5)
 
@@ -364,7 +370,7 @@ def _add_one(repo: Any, folder: Path, md5s: Md5s, step: str) -> tuple[Added, lis
         lines.append(_meta_line(rel, st))
         total += size
     listing = dir_object_bytes(md5s)
-    dir_md5 = hashlib.md5(listing, usedforsecurity=False).hexdigest() + ".dir"
+    dir_md5 = md5_bytes(listing) + ".dir"
     dir_obj = _write_object(odb_dir, dir_md5, listing)
     items.append((dir_obj, dir_md5, _info(os.stat(dir_obj))))
     killpoint.reached(f"{step}:after-cache")
@@ -379,20 +385,16 @@ def _add_one(repo: Any, folder: Path, md5s: Md5s, step: str) -> tuple[Added, lis
 # --- reading what DVC recorded ------------------------------------------------------------------------
 
 def read_dvc_file(dvc_file: Path) -> dict[str, Any]:
-    """The output a batch's .dvc file records (md5 of its .dir object, size, nfiles, path)."""
-    import yaml
-
+    """The output a batch's .dvc file records (md5 of its .dir object, size, nfiles, path): dvcrepo.recorded_out,
+    the one reader of .dvc files, or RepositoryError when it records no folder."""
     from pose_factory.core.errors import RepositoryError
+    from pose_factory.dataset.dvcrepo import recorded_out
 
-    try:
-        record = yaml.load(dvc_file.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-        out = record["outs"][0]
-        if not str(out["md5"]).endswith(".dir"):
-            raise ValueError("not a folder")
-        return out
-    except (OSError, ValueError, yaml.YAMLError, KeyError, IndexError, TypeError):
+    out = recorded_out(dvc_file)
+    if out is None or not out["md5"].endswith(".dir"):
         raise RepositoryError("the .dvc file does not record a folder", where=str(dvc_file),
-                              hint=f"restore it from git: git checkout -- {dvc_file.name}") from None
+                              hint=f"restore it from git: git checkout -- {dvc_file.name}")
+    return out
 
 
 def object_path(odb_dir: str, oid: str) -> str:

@@ -368,11 +368,20 @@ def recorded_out(dvc_file: Path) -> dict[str, Any] | None:
 
     The one reader of .dvc files: DVC writes them, so anything unreadable means damaged, not a user's typo.
     """
+    try:
+        text = dvc_file.read_text()
+    except (OSError, ValueError):
+        return None
+    return parse_recorded_out(text)
+
+
+def parse_recorded_out(text: str) -> dict[str, Any] | None:
+    """recorded_out of a .dvc file's text (as `git show <commit>:<path>` gives a committed one)."""
     import yaml
 
     try:
-        out = yaml.safe_load(dvc_file.read_text())["outs"][0]
-    except (OSError, ValueError, yaml.YAMLError, KeyError, IndexError, TypeError):
+        out = yaml.safe_load(text)["outs"][0]
+    except (ValueError, yaml.YAMLError, KeyError, IndexError, TypeError):
         return None
     return out if isinstance(out, dict) and isinstance(out.get("md5"), str) else None
 

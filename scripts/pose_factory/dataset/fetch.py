@@ -15,7 +15,6 @@ removes the leftovers and goes on.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 from dataclasses import asdict, dataclass, field
@@ -26,7 +25,7 @@ from pose_factory.bucket import rclone
 from pose_factory.bucket.backends import ObjectMissingError, run_parallel
 from pose_factory.core import killpoint
 from pose_factory.core.errors import IntegrityError, RepositoryError, StorageError
-from pose_factory.core.fsutil import recover_swap, remove_tree, swap_dir
+from pose_factory.core.fsutil import file_md5, recover_swap, remove_tree, swap_dir
 from pose_factory.core.progress import Progress
 from pose_factory.core.settings import Settings
 from pose_factory.dataset import dvccache, dvcremote, dvcrepo, journal
@@ -99,14 +98,6 @@ def _ensure_cache_type(settings: Settings) -> str | None:
     return chosen
 
 
-def _md5_file(path: str) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1024 * 1024):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _trusted(path: str) -> bool:
     """An object DVC would use without hashing it: present, regular, read-only (LocalHashFileDB.check)."""
     try:
@@ -119,7 +110,7 @@ def _trusted(path: str) -> bool:
 def _install(odb_dir: str, oid: str, downloaded: str, where: str) -> None:
     """Move a downloaded object into the cache once its md5 is its name; read-only, as DVC keeps it.
     Paths are strings: this runs once per object (70,000 pathlib joins cost a second)."""
-    if _md5_file(downloaded) != oid.removesuffix(".dir"):
+    if file_md5(Path(downloaded)) != oid.removesuffix(".dir"):
         os.unlink(downloaded)
         raise IntegrityError(f"the DVC remote holds a damaged object {oid}", where=where,
                              hint="push that version again from a machine that has it (`dvc push`)")
@@ -236,7 +227,7 @@ def fetch(settings: Settings, batch_ids: list[str] | None = None, *, engine: str
         report.remote = remote.url if remote else ""
         if remote is not None:
             report.engine = resolve_engine(engine, remote.storage)
-        work = settings.transaction_dir / "fetch"
+        work = settings.layout.fetch_dir
         remove_tree(work)  # what a killed fetch left: nothing in it was trusted yet
         with dvcrepo.open_repo(settings.root) as repo:
             odb_dir = repo.cache.local.path

@@ -24,9 +24,7 @@ batch as pruned from the tombstone on, and `pull` says how to get the version ba
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from pose_factory.bucket.backends import LocalFolderStorage, ObjectInfo, ObjectMissingError, Storage, run_parallel
@@ -40,6 +38,7 @@ from pose_factory.bucket.batches import (
 )
 from pose_factory.core import contract, killpoint
 from pose_factory.core.errors import BatchNotFoundError, PoseFactoryError, RepositoryError, ToolError
+from pose_factory.core.fsutil import md5_bytes, sha256_bytes
 from pose_factory.core.layout import COMPLETE_MARKER_NAME, MANIFEST_NAME, TOMBSTONE_NAME
 from pose_factory.core.progress import Progress
 from pose_factory.core.settings import Settings
@@ -82,14 +81,9 @@ def _committed(settings: Settings, batch_id: str) -> tuple[str, dict[str, Any], 
             text = dvcrepo.git(root, "show", f"HEAD:{rel}")
         except ToolError:
             continue
-        import yaml
-
-        try:
-            out = yaml.safe_load(text)["outs"][0]
-            if not str(out["md5"]).endswith(".dir"):
-                raise ValueError
-        except (yaml.YAMLError, KeyError, IndexError, TypeError, ValueError):
-            raise _Keep(f"{rel} at HEAD does not record a folder") from None
+        out = dvcrepo.parse_recorded_out(text)
+        if out is None or not out["md5"].endswith(".dir"):
+            raise _Keep(f"{rel} at HEAD does not record a folder")
         commit = dvcrepo.git(root, "log", "-n", "1", "--format=%H", "HEAD", "--", rel).strip()
         return rel, {k: out[k] for k in dvccache.DVC_OUT_KEYS if k in out}, commit
     raise _Keep("no version of it is committed in git (pull it with --commit, or commit its .dvc file)")
@@ -97,15 +91,14 @@ def _committed(settings: Settings, batch_id: str) -> tuple[str, dict[str, Any], 
 
 def _listing(settings: Settings, remote: dvcremote.DvcRemote, dir_md5: str) -> dvccache.Md5s:
     """The files a .dir object lists: from the local cache when it holds it intact, else from the remote."""
-    odb = settings.root / ".dvc" / "cache" / "files" / "md5"
-    local = Path(dvccache.object_path(str(odb), dir_md5))
+    local = dvcrepo.cache_object(settings.root, dir_md5)
     data = local.read_bytes() if local.is_file() else b""
-    if hashlib.md5(data, usedforsecurity=False).hexdigest() != dir_md5.removesuffix(".dir"):
+    if md5_bytes(data) != dir_md5.removesuffix(".dir"):
         try:
             data = remote.storage.read_bytes(remote.key(dir_md5))
         except ObjectMissingError:
             raise _Keep("the DVC remote does not hold the version committed in git (run `dvc push`)") from None
-        if hashlib.md5(data, usedforsecurity=False).hexdigest() != dir_md5.removesuffix(".dir"):
+        if md5_bytes(data) != dir_md5.removesuffix(".dir"):
             raise _Keep(f"the DVC remote's listing {dir_md5} is damaged")
     return dvccache.read_listing(data, remote.key(dir_md5))
 
@@ -138,7 +131,7 @@ def _prepare(storage: Storage, settings: Settings, remote: dvcremote.DvcRemote, 
         raise _Keep(f"not complete in the bucket: {exc.message}") from None
     dvc_file, out, commit = _committed(settings, batch_id)
     listed = _listing(settings, remote, out["md5"])
-    manifest_md5 = hashlib.md5(manifest_bytes, usedforsecurity=False).hexdigest()
+    manifest_md5 = md5_bytes(manifest_bytes)
     if listed.get(MANIFEST_NAME, (0, ""))[1] != manifest_md5:
         raise _Keep(f"the bucket holds another version than the one committed in {commit[:12]} "
                     "(pull and commit it first)")
@@ -161,9 +154,9 @@ def _verify(storage: Storage, settings: Settings, remote: dvcremote.DvcRemote, f
         count = len(missing) + dir_missing
         raise _Keep(f"{count} object(s) of the version committed in {plan.commit[:12]} are not in the DVC remote, "
                     f"e.g. {missing[0] if missing else plan.out['md5']} (run `dvc push`)")
-    manifest_sha = contract.sha256_bytes(plan.manifest_bytes)
+    manifest_sha = sha256_bytes(plan.manifest_bytes)
     try:
-        if contract.sha256_bytes(remote.storage.read_bytes(remote.key(plan.files[MANIFEST_NAME][1]))) != manifest_sha:
+        if sha256_bytes(remote.storage.read_bytes(remote.key(plan.files[MANIFEST_NAME][1]))) != manifest_sha:
             raise _Keep("the DVC remote's manifest.json is not the bucket's")
     except ObjectMissingError:
         raise _Keep("the DVC remote lost manifest.json while it was checked") from None
@@ -207,7 +200,7 @@ def _local_md5s(storage: Storage, keys: list[str]) -> dict[str, str]:
         return {}
 
     def md5(_: str, data: bytes) -> str:
-        return hashlib.md5(data, usedforsecurity=False).hexdigest()
+        return md5_bytes(data)
 
     return contract.map_files(storage.root, keys, md5)
 
@@ -243,7 +236,7 @@ def _leftovers(storage: Storage, settings: Settings, tombstone: dict[str, Any]) 
         return None
     if prefix + MANIFEST_NAME in keys and marker is None:
         try:
-            if contract.sha256_bytes(storage.read_bytes(prefix + MANIFEST_NAME, contract.MAX_MANIFEST_BYTES)) \
+            if sha256_bytes(storage.read_bytes(prefix + MANIFEST_NAME, contract.MAX_MANIFEST_BYTES)) \
                     != tombstone["manifest_sha256"]:
                 return None
         except ObjectMissingError:
