@@ -7,7 +7,8 @@ import argparse
 
 from pose_factory.cli import build_parser
 
-BUCKET_COMMANDS = {"publish", "list", "pull", "pull-latest", "prune-bucket", "init", "status", "push-job", "list-jobs", "config"}
+BUCKET_COMMANDS = {"publish", "list", "pull", "pull-latest", "prune-bucket", "init", "status", "push-job", "list-jobs",
+                   "config"}
 
 
 def commands() -> dict[str, argparse.ArgumentParser]:
