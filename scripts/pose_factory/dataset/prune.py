@@ -25,7 +25,7 @@ batch as pruned from the tombstone on, and `pull` says how to get the version ba
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pose_factory.bucket.backends import LocalFolderStorage, ObjectInfo, ObjectMissingError, Storage, run_parallel
 from pose_factory.bucket.batches import (
@@ -43,6 +43,9 @@ from pose_factory.core.layout import COMPLETE_MARKER_NAME, MANIFEST_NAME, TOMBST
 from pose_factory.core.progress import Progress
 from pose_factory.core.settings import Settings
 from pose_factory.dataset import dvccache, dvcremote, dvcrepo
+
+if TYPE_CHECKING:
+    from pose_factory.core.models import Manifest
 
 PRUNE_JSON_VERSION = 1
 
@@ -113,7 +116,7 @@ def _single_part_md5(info: ObjectInfo | None) -> str | None:
 @dataclass
 class _Plan:
     batch_id: str
-    manifest: dict[str, Any]
+    manifest: Manifest
     manifest_bytes: bytes
     dvc_file: str
     out: dict[str, Any]
