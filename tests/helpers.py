@@ -282,3 +282,22 @@ def publish_generated(tmp_path: Path, cli, batch_id: str, *, samples: int = 3, s
     result = cli("publish", made.batch_dir, "-q")
     assert result.code == 0, result.err
     return made.batch_dir
+
+
+@contextlib.contextmanager
+def counting_hashes():
+    """Count the files DVC hashes (reads) while the block runs: the paths, in a list (not the listings it
+    builds in memory to hash them)."""
+    import dvc_data.hashfile.hash as dvc_hash
+
+    tried: list[str] = []
+    real = dvc_hash._hash_file
+
+    def counted(path, *args, **kwargs):
+        if not str(path).startswith("memory://"):
+            tried.append(str(path))
+        return real(path, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(dvc_hash, "_hash_file", counted)
+        yield tried

@@ -9,7 +9,6 @@ clone, `git checkout` + `dvc checkout` of the older version and back, `dvc gc`.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 import subprocess
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import dvc, git, make_repository, publish_generated
+from helpers import counting_hashes, dvc, git, make_repository, publish_generated
 from pose_factory.core import contract
 
 pytestmark = pytest.mark.integration
@@ -133,24 +132,6 @@ def test_fast_add_writes_what_dvc_add_writes(template_batch, tmp_path, monkeypat
     assert added.by_dvc
     assert added.files == sum(1 for p in folder.rglob("*") if p.is_file() and p.suffix != ".json")
 
-
-@contextlib.contextmanager
-def counting_hashes():
-    """Count the files DVC hashes (reads) while the block runs: the paths, in a list (not the listings it
-    builds in memory to hash them)."""
-    import dvc_data.hashfile.hash as dvc_hash
-
-    tried: list[str] = []
-    real = dvc_hash._hash_file
-
-    def counted(path, *args, **kwargs):
-        if not str(path).startswith("memory://"):
-            tried.append(str(path))
-        return real(path, *args, **kwargs)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(dvc_hash, "_hash_file", counted)
-        yield tried
 
 
 def test_dvc_commands_on_a_fast_added_batch(project, tmp_path, monkeypatch, cli):

@@ -5,7 +5,6 @@ The figures at 2,000 / 20,000 / 70,000 files are in benchmarks/scale_pull.py, no
 
 from __future__ import annotations
 
-import contextlib
 import json
 import signal
 import subprocess
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import dvc, git, make_repository, publish_generated, run_script
+from helpers import counting_hashes, dvc, git, make_repository, publish_generated, run_script
 from pose_factory.core import contract
 
 pytestmark = pytest.mark.integration
@@ -58,23 +57,6 @@ def test_rclone_progress_comes_from_its_json_stats_and_its_errors_are_kept(tmp_p
                         settings=settings, step="test")
     assert "directory not found" in failed.value.message
 
-
-@contextlib.contextmanager
-def counting_hashes():
-    """The paths of the files DVC hashes while the block runs."""
-    import dvc_data.hashfile.hash as dvc_hash
-
-    tried: list[str] = []
-    real = dvc_hash._hash_file
-
-    def counted(path, *args, **kwargs):
-        if not str(path).startswith("memory://"):
-            tried.append(str(path))
-        return real(path, *args, **kwargs)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(dvc_hash, "_hash_file", counted)
-        yield tried
 
 
 @pytest.fixture
