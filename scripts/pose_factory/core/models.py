@@ -207,15 +207,9 @@ class Annotation(TypedDict):
 # --- the working set's index.json (schemas/index.schema.json) --------------------------------------------
 
 
-class IndexRow(TypedDict):
-    """One sample of the working set: its files there, where they came from, and the metadata to filter on."""
+class IndexFields(TypedDict):
+    """What index.json keeps of a sample's annotation (its IndexRow's metadata, read by materialize)."""
 
-    index: int
-    name: str
-    batch_id: str
-    sample_id: str
-    files: dict[str, str]
-    source: dict[str, str]
     azimuth_deg: float
     elevation_deg: float
     distance_m: float
@@ -225,6 +219,17 @@ class IndexRow(TypedDict):
     frame: int
     visible_fraction: float | None
     bbox: list[float] | None
+
+
+class IndexRow(IndexFields):
+    """One sample of the working set: its files there, where they came from, and the metadata to filter on."""
+
+    index: int
+    name: str
+    batch_id: str
+    sample_id: str
+    files: dict[str, str]
+    source: dict[str, str]
 
 
 class IndexBatch(TypedDict):

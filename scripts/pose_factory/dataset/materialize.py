@@ -32,7 +32,7 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 
@@ -42,7 +42,7 @@ from pose_factory.core.fsutil import clone_file, make_read_only_at, recover_swap
 from pose_factory.core.layout import CURATION, MANIFEST_NAME
 
 if TYPE_CHECKING:
-    from pose_factory.core.models import Annotation, IndexRow, Manifest, ManifestSample, WorkingIndex
+    from pose_factory.core.models import Annotation, IndexFields, IndexRow, Manifest, ManifestSample, WorkingIndex
     from pose_factory.core.settings import Settings
 
 INDEX_VERSION = 1
@@ -142,20 +142,6 @@ def _annotation_keeps(annotation: Annotation, filters: dict[str, Any], job_tags:
         if not set(filters["tags"]) <= tags:
             return False
     return True
-
-
-class IndexFields(TypedDict):
-    """What index.json keeps of a sample's annotation (its IndexRow's metadata)."""
-
-    azimuth_deg: float
-    elevation_deg: float
-    distance_m: float
-    focal_length_mm: float
-    rig: str
-    pose_set: str
-    frame: int
-    visible_fraction: float | None
-    bbox: list[float] | None
 
 
 def _index_fields(annotation: Annotation) -> IndexFields:
