@@ -39,6 +39,7 @@ from pose_factory.core.errors import (
 from pose_factory.core.fsutil import (
     atomic_write_path,
     check_relative_path,
+    content_digests,
     make_read_only,
     md5_bytes,
     recover_swap,
@@ -167,20 +168,37 @@ def _verify_staged(staging: Path, entries: list[FileEntry], there: set[str]
     return [e for e in entries if e["path"] not in good], {rel: digests[rel] for rel in good}
 
 
+class _Arrived:
+    """Digests of downloaded files, each computed as soon as the file is whole (sha256 for the manifest and md5
+    for DVC, in one read), while the next files are still downloading: the one pass over the bytes a pull
+    makes, overlapped with the transfer instead of after it."""
+
+    def __init__(self, staging: Path, todo: list[FileEntry]):
+        self.base = str(staging) + os.sep
+        self.sizes = {e["path"]: e["size"] for e in todo}
+        self.digests: Digests = {}
+
+    def __call__(self, rel: str) -> None:
+        self.digests[rel] = content_digests(contract.read_file(self.base + rel, self.sizes[rel]), with_md5=True)
+
+
 def _download_boto3(storage: Storage, settings: Settings, prefix: str, staging: Path, todo: list[FileEntry],
-                    bar) -> None:
+                    bar, arrived: _Arrived) -> None:
     def fetch(entry: FileEntry) -> None:
         killpoint.reached("pull:transfer")
         storage.download_file(prefix + entry["path"], staging / entry["path"])
+        arrived(entry["path"])
         bar.advance(entry["size"])
 
     # Downloads are mostly waiting on the network: twice the upload concurrency costs the store little.
     run_parallel(fetch, todo, settings.concurrency * 2)
 
 
-def _check_downloaded(staging: Path, todo: list[FileEntry], where: str) -> Digests:
-    """Hash what was just downloaded (sha256 for the manifest and md5 for DVC, in one read); return the digests."""
-    digests = contract.hash_files(staging, [e["path"] for e in todo], with_md5=True)
+def _check_downloaded(staging: Path, todo: list[FileEntry], where: str, arrived: Digests) -> Digests:
+    """Compare what was just downloaded with the manifest (digests from `arrived`, the rest hashed now);
+    return the digests."""
+    rest = [e["path"] for e in todo if e["path"] not in arrived]
+    digests = {**arrived, **(contract.hash_files(staging, rest, with_md5=True) if rest else {})}
     problems = []
     for entry in todo:
         size, sha, _ = digests[entry["path"]]
@@ -274,12 +292,14 @@ def _stage(storage: Storage, settings: Settings, batch_id: str, manifest: Manife
     prefix = batch_prefix(settings, batch_id)
     where = f"{storage.description}: {prefix}"
     try:
+        arrived = _Arrived(staging, todo)
         with progress.task(f"pull {batch_id}", total, "bytes") as bar:
             if engine == "rclone" and todo:
-                rclone.copy_files(storage, settings, prefix, staging, [e["path"] for e in todo], bar, total)
+                rclone.copy_files(storage, settings, prefix, staging, [e["path"] for e in todo], bar, total,
+                                  on_copied=arrived)
             elif todo:
-                _download_boto3(storage, settings, prefix, staging, todo, bar)
-        verified.update(_check_downloaded(staging, todo, where))
+                _download_boto3(storage, settings, prefix, staging, todo, bar, arrived)
+        verified.update(_check_downloaded(staging, todo, where, arrived.digests))
         with atomic_write_path(staging / MANIFEST_NAME) as tmp:
             tmp.write_bytes(manifest_bytes)
         contract.verify_batch(staging, manifest, known=verified)  # nothing extra, nothing missing, no symlink
