@@ -16,6 +16,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+# `import dvc` binds DVC's log handlers to the sys.stdout/sys.stderr of that moment. Imported first inside a test,
+# they would write to that test's capture, closed once it ends; imported here, they outlive every test.
+import dvc  # noqa: E402, F401
+
 import helpers  # noqa: E402
 from pose_factory.cli import main as cli_main  # noqa: E402
 from pose_factory.devtools.s3local import LocalS3Server  # noqa: E402

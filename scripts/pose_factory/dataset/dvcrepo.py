@@ -118,6 +118,21 @@ def prewarm() -> threading.Thread:
     return thread
 
 
+def _dvc_console_to_stderr() -> None:
+    """Point DVC's console handlers at this moment's stderr.
+
+    `import dvc` binds its handlers to whatever sys.stdout and sys.stderr were at the time (its
+    dvc.logger.setup()): a thread importing it early, or a caller that swapped the streams and has since
+    closed them, would leave DVC writing to stdout (into `--json` output) or to a closed file. Its chatter
+    belongs on stderr, where -v shows it.
+    """
+    for name in ("dvc", "dvc_objects", "dvc_data"):
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, logging.StreamHandler) and handler.stream is not sys.stderr:
+                with handler.lock or contextlib.nullcontext():
+                    handler.stream = sys.stderr  # not setStream(): it flushes the old stream, perhaps closed
+
+
 @contextmanager
 def open_repo(root: Path) -> Iterator[Any]:
     """DVC's own Repo, in-process: one import instead of a dvc process per small step.
@@ -127,6 +142,7 @@ def open_repo(root: Path) -> Iterator[Any]:
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
 
+    _dvc_console_to_stderr()
     logger = logging.getLogger("dvc")
     level = logger.level
     # DVC's hints ("To track the changes with git, run ...") are for its own CLI; our summary says it. With -v
