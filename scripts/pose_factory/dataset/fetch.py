@@ -128,22 +128,39 @@ def _install(odb_dir: str, oid: str, downloaded: str, where: str) -> None:
         os.unlink(downloaded)
 
 
-def _download(remote: dvcremote.DvcRemote, settings: Settings, oids: list[str], objects: Path, engine: str,
-              progress: Progress, total_bytes: int) -> None:
-    """Copy these objects from the remote into objects/<xx>/<rest>."""
+def _download(remote: dvcremote.DvcRemote, settings: Settings, oids: list[str], objects: Path, odb_dir: str,
+              engine: str, progress: Progress, total_bytes: int) -> None:
+    """Copy these objects from the remote into the cache: each is downloaded into objects/<xx>/<rest> and
+    installed (md5 checked, read-only, moved in) as soon as it is whole, while the next ones download."""
     relative = [f"{oid[:2]}/{oid[2:]}" for oid in oids]
+    base = str(objects) + os.sep
+
+    def install(rel: str) -> None:
+        _install(odb_dir, rel.replace("/", ""), base + rel.replace("/", os.sep), remote.url)
+        killpoint.reached("fetch:object")
+
     with progress.task("fetch objects", total_bytes, "bytes") as bar:
         if engine == "rclone":
             source, env = remote.rclone_source(settings)
-            rclone.transfer(source, env, objects, relative, bar, total_bytes, settings=settings, step="fetch")
-            return
+            installed = rclone.transfer(source, env, objects, relative, bar, total_bytes, settings=settings,
+                                        step="fetch", on_copied=install)
+        else:
+            def one(rel: str) -> None:
+                killpoint.reached("fetch:transfer")
+                remote.storage.download_file(remote.prefix + rel, objects / rel)
+                install(rel)
 
-        def one(rel: str) -> None:
-            killpoint.reached("fetch:transfer")
-            remote.storage.download_file(remote.prefix + rel, objects / rel)
-
-        run_parallel(one, relative, settings.concurrency * 2)
-        bar.advance(total_bytes)
+            run_parallel(one, relative, settings.concurrency * 2)
+            bar.advance(total_bytes)
+            installed = set(relative)
+    for rel in relative:
+        if rel in installed:
+            continue
+        if not os.path.isfile(base + rel.replace("/", os.sep)):
+            raise IntegrityError(f"the DVC remote has no object {rel.replace('/', '')}, which this version lists",
+                                 where=remote.url, hint="push the version again (`dvc push`) from a machine that "
+                                                        "has it")
+        install(rel)
 
 
 def _fetch_dir_objects(remote: dvcremote.DvcRemote | None, odb_dir: str, targets: list[_Target],
@@ -262,19 +279,10 @@ def fetch(settings: Settings, batch_ids: list[str] | None = None, *, engine: str
                 objects.mkdir(parents=True, exist_ok=True)
                 sizes = sum(t.size for t in todo)
                 try:
-                    _download(remote, settings, wanted, objects, report.engine, progress, sizes)
+                    _download(remote, settings, wanted, objects, odb_dir, report.engine, progress, sizes)
                 except StorageError as exc:
                     exc.hint = "run `pose-sync fetch` again (it resumes); `dvc pull` is the other way"
                     raise
-                base = str(objects) + os.sep
-                for md5 in wanted:
-                    downloaded = f"{base}{md5[:2]}{os.sep}{md5[2:]}"
-                    if not os.path.isfile(downloaded):
-                        raise IntegrityError(f"the DVC remote has no object {md5}, which this version lists",
-                                             where=remote.url, hint="push the version again (`dvc push`) from a "
-                                                                    "machine that has it")
-                    _install(odb_dir, md5, downloaded, remote.url)
-                    killpoint.reached("fetch:object")
                 report.objects_downloaded = len(wanted)
             killpoint.reached("fetch:after-objects")
             by_dvc = dvccache.cache_unsupported(repo) is not None
