@@ -59,38 +59,6 @@ def test_rclone_progress_comes_from_its_json_stats_and_its_errors_are_kept(tmp_p
 
 
 
-def test_rclone_hands_each_file_over_whole_as_it_lands_and_a_failed_handler_is_raised(tmp_path):
-    from pose_factory.bucket import rclone
-    from pose_factory.core.settings import load_settings
-
-    source = tmp_path / "source"
-    names = [f"part/{i:03d}.bin" for i in range(60)]
-    for i, name in enumerate(names):
-        (source / name).parent.mkdir(parents=True, exist_ok=True)
-        (source / name).write_bytes(bytes([i]) * (50_000 + i))
-    settings = load_settings(root=tmp_path)
-    env = rclone._env_for("unused", {"type": "local"})
-    dest = tmp_path / "staging" / "dest"
-    dest.parent.mkdir()
-    seen: dict[str, bytes] = {}
-
-    def read(rel: str) -> None:
-        seen[rel] = (dest / rel).read_bytes()  # whole, under its final name, when rclone reports it
-
-    handed = rclone.transfer(str(source), env, dest, names, Recorder(), 0, settings=settings, step="test",
-                             on_copied=read)
-    assert handed == set(names)
-    assert all(seen[name] == (source / name).read_bytes() for name in names)
-
-    def fail(rel: str) -> None:
-        raise OSError(5, "input/output error", rel)
-
-    with pytest.raises(OSError, match="input/output error"):
-        rclone.transfer(str(source), env, tmp_path / "staging" / "again", names, Recorder(), 0, settings=settings,
-                        step="test", on_copied=fail)
-
-
-
 @pytest.fixture
 def local_repo(project, cli, monkeypatch):
     """A data-only dataset repository on the embedded local bucket (local DVC remote)."""

@@ -11,13 +11,11 @@ import errno
 import json
 import logging
 import os
-import queue
 import re
 import shutil
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
 from pathlib import Path
 
 from pose_factory.bucket.backends import LocalFolderStorage, Storage
@@ -148,41 +146,30 @@ TRANSFER_FLAGS = ["--no-check-dest", "--ignore-checksum", "--use-server-modtime"
 
 
 def copy_files(storage: Storage, settings: Settings, prefix: str, dest: Path, relative_paths: list[str], bar,
-               total_bytes: int, on_copied: Callable[[str], None] | None = None) -> set[str]:
-    """Copy the listed files from `<bucket>/<prefix>` into dest with rclone (see transfer for on_copied).
+               total_bytes: int) -> None:
+    """Copy the listed files from `<bucket>/<prefix>` into dest with rclone.
 
     The list of files and rclone's pid are kept beside dest (inside staging), never in /tmp, so a killed
     pull leaves nothing outside the data folder; the next pull overwrites or removes them.
     """
     source, env = source_for(storage, settings, prefix)
-    return transfer(source, env, dest, relative_paths, bar, total_bytes, settings=settings, step="pull",
-                    on_copied=on_copied)
+    transfer(source, env, dest, relative_paths, bar, total_bytes, settings=settings, step="pull")
 
 
 def transfer(source: str, env: dict[str, str], dest: Path, relative_paths: list[str], bar, total_bytes: int, *,
-             settings: Settings, step: str, transfers: int | None = None,
-             on_copied: Callable[[str], None] | None = None) -> set[str]:
-    """Run `rclone copy SOURCE DEST --files-from LIST` with the flags above; bar follows rclone's stats.
-
-    on_copied(rel) is called, in one thread beside the transfer, for each listed file as soon as rclone says
-    it is in place ("Copied", logged once the file is whole under its final name), so the caller's reading
-    of a file overlaps the download of the next ones. Returns the files it was called for; the caller does
-    the rest itself (a file rclone did not report, or every file when the callback failed: its error is
-    raised here, after rclone ended).
-    """
+             settings: Settings, step: str, transfers: int | None = None) -> None:
+    """Run `rclone copy SOURCE DEST --files-from LIST` with the flags above; bar follows rclone's stats."""
     listing, pid_file = dest.with_name(dest.name + ".files-from"), dest.with_name(dest.name + ".rclone-pid")
     stop_orphan(pid_file, str(dest))
     listing.write_text("\n".join(relative_paths) + "\n")
     workers = str(transfers or TRANSFERS)
     command = [binary(), "copy", source, str(dest), "--files-from", str(listing), "--transfers", workers,
                "--checkers", workers, *TRANSFER_FLAGS, "--retries", "1",
-               "--low-level-retries", str(settings.max_attempts), "--use-json-log",
-               "--log-level", "INFO" if on_copied else "NOTICE",
+               "--low-level-retries", str(settings.max_attempts), "--use-json-log", "--log-level", "NOTICE",
                "--stats", "1s", "--stats-log-level", "NOTICE", "--stats-one-line"]
-    arrivals = _Arrivals(on_copied, relative_paths) if on_copied else None
     try:
         process = start(command, env=env, stderr=subprocess.PIPE, pid_file=pid_file)
-        stats = _Stats(process, bar, arrivals)
+        stats = _Stats(process, bar)
         killpoint.reached(f"{step}:rclone-started")
         try:
             process.wait()
@@ -193,8 +180,6 @@ def transfer(source: str, env: dict[str, str], dest: Path, relative_paths: list[
         finally:
             stats.join()
     finally:
-        if arrivals is not None:
-            arrivals.close()  # after the reader: every reported file is queued before the end mark
         listing.unlink(missing_ok=True)
         pid_file.unlink(missing_ok=True)
     if process.returncode != 0:
@@ -205,44 +190,6 @@ def transfer(source: str, env: dict[str, str], dest: Path, relative_paths: list[
                            hint="run the command again (it resumes), or use --engine boto3")
     if total_bytes > stats.reported:
         bar.advance(total_bytes - stats.reported)
-    return arrivals.done() if arrivals else set()
-
-
-class _Arrivals:
-    """Hands the files rclone reports as copied to a callback, in one worker thread, in arrival order."""
-
-    def __init__(self, on_copied: Callable[[str], None], wanted: list[str]):
-        self._on_copied = on_copied
-        self._wanted = set(wanted)
-        self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
-        self._done: set[str] = set()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._work, daemon=True)
-        self._thread.start()
-
-    def copied(self, rel: str) -> None:
-        if rel in self._wanted:
-            self._wanted.discard(rel)  # rclone may report a file twice (a retried transfer): once is enough
-            self._queue.put(rel)
-
-    def _work(self) -> None:
-        while (rel := self._queue.get()) is not None:
-            if self._error is not None:
-                continue  # drain: after a failure the caller redoes everything that is not in done()
-            try:
-                self._on_copied(rel)
-                self._done.add(rel)
-            except BaseException as exc:  # noqa: BLE001 - raised in the caller's thread by done()
-                self._error = exc
-
-    def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join()
-
-    def done(self) -> set[str]:
-        if self._error is not None:
-            raise self._error
-        return self._done
 
 
 class _Stats:
@@ -250,9 +197,8 @@ class _Stats:
 
     KEEP = 50
 
-    def __init__(self, process: subprocess.Popen, bar, arrivals: _Arrivals | None = None):
+    def __init__(self, process: subprocess.Popen, bar):
         self.bar = bar
-        self.arrivals = arrivals
         self.reported = 0
         self.errors: list[str] = []
         self._thread = threading.Thread(target=self._read, args=(process.stderr,), daemon=True)
@@ -271,8 +217,6 @@ class _Stats:
                 if stats["bytes"] > self.reported:
                     self.bar.advance(stats["bytes"] - self.reported)
                     self.reported = stats["bytes"]
-            elif self.arrivals and record.get("level") == "info" and str(record.get("msg")).startswith("Copied"):
-                self.arrivals.copied(str(record.get("object")))  # INFO lines are asked for these only
             elif record.get("msg"):
                 text = str(record["msg"]).strip()
                 if record.get("object"):

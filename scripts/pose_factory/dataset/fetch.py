@@ -131,7 +131,7 @@ def _install(odb_dir: str, oid: str, downloaded: str, where: str) -> None:
 def _download(remote: dvcremote.DvcRemote, settings: Settings, oids: list[str], objects: Path, odb_dir: str,
               engine: str, progress: Progress, total_bytes: int) -> None:
     """Copy these objects from the remote into the cache: each is downloaded into objects/<xx>/<rest> and
-    installed (md5 checked, read-only, moved in) as soon as it is whole, while the next ones download."""
+    installed (md5 checked, read-only, moved in): by the boto3 thread that downloaded it, or after rclone."""
     relative = [f"{oid[:2]}/{oid[2:]}" for oid in oids]
     base = str(objects) + os.sep
 
@@ -142,8 +142,8 @@ def _download(remote: dvcremote.DvcRemote, settings: Settings, oids: list[str], 
     with progress.task("fetch objects", total_bytes, "bytes") as bar:
         if engine == "rclone":
             source, env = remote.rclone_source(settings)
-            installed = rclone.transfer(source, env, objects, relative, bar, total_bytes, settings=settings,
-                                        step="fetch", on_copied=install)
+            rclone.transfer(source, env, objects, relative, bar, total_bytes, settings=settings, step="fetch")
+            installed: set[str] = set()  # see pull._Arrived: rclone's objects are installed once it ends
         else:
             def one(rel: str) -> None:
                 killpoint.reached("fetch:transfer")
