@@ -26,7 +26,7 @@ from typing import Any
 
 from pose_factory.core import contract, schemas
 from pose_factory.core.errors import PoseFactoryError, SchemaError, ValidationFailed
-from pose_factory.core.fsutil import atomic_write_path, content_digests
+from pose_factory.core.fsutil import atomic_write_path, content_digests, die_with_parent
 from pose_factory.core.layout import MANIFEST_NAME
 from pose_factory.core.schemas import Problem
 
@@ -596,7 +596,7 @@ def _check_shard_in_worker(shard: _Shard | int, send, parent: int) -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _die_with(parent)
+    die_with_parent(parent)
     try:
         outcome: Any = _check_shard(_FORKED_SHARDS[shard] if isinstance(shard, int) else shard)
     except Exception as exc:  # re-raised in the parent, which reports it
@@ -609,21 +609,6 @@ def _check_shard_in_worker(shard: _Shard | int, send, parent: int) -> None:
         send.send(RuntimeError(f"{type(outcome).__name__}: {outcome}"))
     finally:
         send.close()
-
-
-def _die_with(parent: int) -> None:
-    """On Linux, have the kernel kill this process when its parent dies (a SIGKILLed validate leaves nothing
-    running). Elsewhere a process whose parent died ends when it finds nobody to send its result to."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-    import signal
-
-    pr_set_pdeathsig = 1
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
-    if os.getppid() != parent:  # the parent died before the request above was made
-        os._exit(1)
 
 
 def _check_shard(shard: _Shard, advance=None) -> _ShardResult:
