@@ -142,6 +142,7 @@ WORKINGS = {
     "by tags (the job's and the sample's)": {"batches": [A, B], "filters": {"tags": ["outdoor", "hero"]}},
     "curation ignored": {"batches": [A, B], "curation": "ignore", "link_mode": "copy"},
     "curation respected": {"batches": [A, B]},
+    "one modality": {"batches": [A], "modalities": ["openpose_json"]},
 }
 
 
@@ -221,23 +222,57 @@ def test_a_batch_that_contributes_no_sample_is_still_listed_with_its_manifest(mi
 
 
 @pytest.mark.integration
-def test_fields_read_by_the_helper_process_give_the_same_index(mirror, monkeypatch):
-    """Big sets have their annotations read by a second process while the files are linked."""
+@pytest.mark.parametrize("helper", ["forked", "fresh interpreter"])
+def test_a_helper_process_gives_the_same_set_and_index(mirror, monkeypatch, helper):
+    """Big sets are built by two processes: on Linux a forked helper links some folders and reads the
+    annotations; elsewhere a fresh interpreter reads the annotations only."""
     from pose_factory.dataset import materialize as materialize_module
 
-    monkeypatch.setattr(materialize_module, "FIELDS_PROCESS_MIN_SAMPLES", 1)
+    if helper == "forked":
+        monkeypatch.setattr(materialize_module, "FORK_MIN_FILES", 1)
+    else:
+        monkeypatch.setattr(materialize_module, "_can_fork", lambda: False)
+        monkeypatch.setattr(materialize_module, "FIELDS_PROCESS_MIN_SAMPLES", 1)
     read_here = []  # annotations this process reads itself: only if the helper failed
     real_index_fields = materialize_module._index_fields
     monkeypatch.setattr(materialize_module, "_index_fields", lambda a: read_here.append(a) or real_index_fields(a))
     reject(mirror, B, "000003")
     working = {"batches": [B, A], "naming": {"prefix": "x", "digits": 4}}
-    build(mirror, working)
+    result = build(mirror, working)
     assert read_here == []
+    assert result.link_counts == {"hardlink": 7 * 6}
     out = mirror / "working" / "current_batch"
     expected_json, expected_csv = reference_index(mirror, working)
     assert (out / "index.json").read_bytes() == expected_json and (out / "index.csv").read_text() == expected_csv
     assert sorted(p.name for p in out.iterdir()) == ["depth", "index.csv", "index.json", "normal", "openpose_json",
                                                      "pose", "rgb", "seg"]  # the helper's files are gone
+    for row in json.loads(expected_json)["samples"]:
+        for modality, rel in row["files"].items():
+            raw = mirror / "raw" / row["source"][modality]
+            assert (out / rel).stat().st_ino == raw.stat().st_ino and not raw.stat().st_mode & 0o222
+
+
+@pytest.mark.integration
+def test_a_forked_helper_that_fails_fails_the_build_and_keeps_the_set(mirror, monkeypatch):
+    from pose_factory.dataset import materialize as materialize_module
+
+    build(mirror, {"batches": [A]})
+    before = (mirror / "working" / "current_batch" / "index.json").read_bytes()
+    monkeypatch.setattr(materialize_module, "FORK_MIN_FILES", 1)
+    real_link_folder = materialize_module.link_folder
+    parent = os.getpid()
+
+    def link_folder_failing_in_the_helper(mode, pairs, dest_folder, counts):
+        if os.getpid() != parent:
+            raise OSError(28, "No space left on device", dest_folder)
+        real_link_folder(mode, pairs, dest_folder, counts)
+
+    monkeypatch.setattr(materialize_module, "link_folder", link_folder_failing_in_the_helper)
+    with pytest.raises(OSError) as raised:
+        build(mirror, {"batches": [A, B]})
+    assert raised.value.errno == 28 and raised.value.filename.endswith(("/seg", "/rgb"))
+    assert (mirror / "working" / "current_batch" / "index.json").read_bytes() == before
+    assert sorted(p.name for p in (mirror / "working").iterdir()) == ["current_batch"]
 
 
 # Builds the working set of two batches in a real process, its annotations read by the helper process, and
@@ -248,7 +283,10 @@ from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 from pose_factory.dataset import materialize
 
-materialize.FIELDS_PROCESS_MIN_SAMPLES = 1
+materialize.FORK_MIN_FILES = 1  # a forked helper (Linux) ...
+materialize.FIELDS_PROCESS_MIN_SAMPLES = 1  # ... or a fresh interpreter
+if sys.argv[3] == "fresh interpreter":
+    materialize._can_fork = lambda: False
 data = Path(sys.argv[2])
 materialize.materialize(data / "params.yaml", data / "raw", data / "reports", data / "working" / "current_batch",
                         curation_dir=data / "curation")
@@ -256,22 +294,24 @@ materialize.materialize(data / "params.yaml", data / "raw", data / "reports", da
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("helper", ["forked", "fresh interpreter"])
 @pytest.mark.parametrize("point", ["materialize:linking:2", "materialize:built"])
-def test_a_build_killed_while_the_helper_reads_annotations_keeps_the_set_and_the_rerun_converges(mirror, point):
+def test_a_build_killed_while_the_helper_works_keeps_the_set_and_the_rerun_converges(mirror, point, helper):
     import psutil
 
     build(mirror, {"batches": [A]})
     before = (mirror / "working" / "current_batch" / "index.json").read_bytes()
     working = {"batches": [A, B]}
     (mirror / "params.yaml").write_text(json.dumps({"batches": [A, B], "working": working}))
-    killed = subprocess.run([sys.executable, "-c", KILLED_BUILD, str(REPO / "scripts"), str(mirror)],
+    killed = subprocess.run([sys.executable, "-c", KILLED_BUILD, str(REPO / "scripts"), str(mirror), helper],
                             env={**os.environ, "POSE_FACTORY_KILL_AT": point}, capture_output=True, timeout=120)
     assert killed.returncode == -9, killed.stderr
     assert (mirror / "working" / "current_batch" / "index.json").read_bytes() == before
     [leftover] = [p for p in (mirror / "working").iterdir() if p.name != "current_batch"]
-    # The helper writes nothing; it ends on its own once it has answered (to nobody).
+    # A forked helper is killed with its parent (its command line is the parent's, naming the mirror); a fresh
+    # interpreter writes nothing and ends on its own once it has answered (to nobody; it names a file there).
     deadline = time.monotonic() + 60
-    while any(str(leftover) in " ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"])):
+    while any(str(mirror) in " ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"])):
         assert time.monotonic() < deadline, "the helper outlived its build"
         time.sleep(0.05)
     build(mirror, working)

@@ -27,10 +27,12 @@ import io
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -38,7 +40,7 @@ import orjson
 
 from pose_factory.core import contract, killpoint, schemas
 from pose_factory.core.errors import ConfigError, PoseFactoryError, RepositoryError, ToolError
-from pose_factory.core.fsutil import clone_file, make_read_only_at, recover_swap, swap_dir
+from pose_factory.core.fsutil import clone_file, die_with_parent, make_read_only_at, recover_swap, swap_dir
 from pose_factory.core.layout import CURATION, MANIFEST_NAME
 
 if TYPE_CHECKING:
@@ -204,24 +206,98 @@ def _select(batch_id: str, batch_dir: str, manifest: Manifest, filters: dict[str
     return selected, left_out
 
 
-# From this many samples whose annotations are still to read, they are read by a second process while this
-# one links the files (two cores at work instead of one); below it, starting that process costs more than
-# it saves.
+# From this many files to put in place, a second process takes part of the work where it can be forked (Linux):
+# it links some of the modality folders and reads the annotations index.json needs while this process links the
+# rest (two cores at work instead of one). Forked, it starts in about a millisecond with this process's memory.
+FORK_MIN_FILES = 20_000
+# Where it cannot be forked (macOS), a fresh interpreter reads the annotations only, and only from this many on:
+# below it, starting that interpreter costs more than it saves.
 FIELDS_PROCESS_MIN_SAMPLES = 3_000
 
 
-@contextlib.contextmanager
-def _index_fields_for(selected: list[Selected], raw_base: str, scratch: Path):
-    """Yield a function that returns index.json's annotation fields for every selected sample, in order.
+def _can_fork() -> bool:
+    """Whether a helper may be forked: on Linux, while this process runs one thread (forking copies only the
+    calling thread; macOS's system libraries are not safe to use in a forked child at all)."""
+    threading = sys.modules.get("threading")
+    return sys.platform.startswith("linux") and (threading is None or threading.active_count() == 1)
 
-    Fields the selection already read are kept; the others are read by a helper process that starts now and
-    works while the caller links files, or here, when there are few of them or that process fails. The helper
-    reads its list from a file in `scratch` (the build folder; gone when the context ends) and answers on its
-    standard output: it writes nothing, and if this process dies it ends on its own once it has read them.
+
+class _ForkedHelper:
+    """A forked child that runs `work` and answers with the JSON of what it returns, or of the error it raised.
+
+    It dies with this process (fsutil.die_with_parent: a killed build leaves nothing running) and never runs
+    this process's cleanup (it ends with os._exit). `result()` waits for its answer; `close()` ends it if it
+    is still running.
+    """
+
+    def __init__(self, work: Callable[[], Any]) -> None:
+        read_end, write_end = os.pipe()
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:  # the child
+            code = 1
+            try:
+                os.close(read_end)
+                die_with_parent(parent)
+                try:
+                    answer: Any = {"result": work()}
+                except OSError as exc:  # raised again in the parent, as if it had been raised there
+                    answer = {"os_error": [exc.errno, exc.strerror, exc.filename]}
+                except Exception as exc:
+                    answer = {"error": f"{type(exc).__name__}: {exc}"}
+                data = memoryview(orjson.dumps(answer))
+                while data:
+                    data = data[os.write(write_end, data):]
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(write_end)
+        self.pid: int | None = pid
+        self.fd = read_end
+
+    def result(self) -> Any:
+        """What `work` returned in the child; its OSError raised again here."""
+        chunks = []
+        while chunk := os.read(self.fd, 1 << 20):
+            chunks.append(chunk)
+        _, status = os.waitpid(self.pid, 0) if self.pid else (0, 0)
+        self.pid = None
+        try:
+            answer = orjson.loads(b"".join(chunks))
+        except orjson.JSONDecodeError:
+            answer = None
+        if not isinstance(answer, dict):
+            raise PoseFactoryError(f"the helper process ended without its result (exit status {status})",
+                                   where="materialize", hint="run it again; the previous working set is unchanged")
+        if "os_error" in answer:
+            raise OSError(*answer["os_error"])
+        if "error" in answer:
+            raise PoseFactoryError(f"the helper process failed: {answer['error']}", where="materialize",
+                                   hint="run it again; the previous working set is unchanged")
+        return answer["result"]
+
+    def close(self) -> None:
+        if self.pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
+            self.pid = None
+        os.close(self.fd)
+
+
+@contextlib.contextmanager
+def _index_fields_for(selected: list[Selected], raw_base: str, scratch: str):
+    """Yield a function that returns index.json's annotation fields of the selected samples not read yet, in order.
+
+    They are read by a fresh interpreter that starts now and works while the caller links files (where no helper
+    can be forked, from FIELDS_PROCESS_MIN_SAMPLES of them on), or here, when there are few of them or that
+    process fails. The helper reads its list from a file in `scratch` (the build folder; gone when the context
+    ends) and answers on its standard output: it writes nothing, and if this process dies it ends on its own
+    once it has read them.
     """
     todo = [os.path.join(raw_base, item.batch_id, item.sample["annotation"]) for item in selected
             if item.fields is None]
-    listing = scratch / ".annotations.txt"
+    listing = Path(scratch) / ".annotations.txt"
     helper = None
     if len(todo) >= FIELDS_PROCESS_MIN_SAMPLES:
         import subprocess
@@ -241,10 +317,8 @@ def _index_fields_for(selected: list[Selected], raw_base: str, scratch: Path):
                 with contextlib.suppress(orjson.JSONDecodeError):
                     read = orjson.loads(answer)
         if not isinstance(read, list) or len(read) != len(todo):
-            loads, read_file = orjson.loads, contract.read_file
-            read = [_index_fields(loads(read_file(path))) for path in todo]
-        found = iter(read)
-        return [item.fields if item.fields is not None else next(found) for item in selected]
+            read = _read_index_fields(todo)
+        return read
 
     try:
         yield fields
@@ -258,12 +332,17 @@ def _index_fields_for(selected: list[Selected], raw_base: str, scratch: Path):
         listing.unlink(missing_ok=True)
 
 
+def _read_index_fields(paths: list[str]) -> list[IndexFields]:
+    """The index fields of each annotation listed, read here."""
+    loads, read = orjson.loads, contract.read_file
+    return [_index_fields(loads(read(path))) for path in paths]
+
+
 def write_index_fields(paths_file: str) -> None:
     """(In the helper process of _index_fields_for.) Print the index fields of each annotation listed, as JSON."""
     paths = [os.fsdecode(path) for path in Path(paths_file).read_bytes().split(b"\n")]
-    loads, read = orjson.loads, contract.read_file
     with contract.gc_paused():
-        fields = [_index_fields(loads(read(path))) for path in paths]
+        fields = _read_index_fields(paths)
     sys.stdout.buffer.write(orjson.dumps(fields))
     sys.stdout.buffer.flush()
 
@@ -447,64 +526,113 @@ def _materialize(params_file: Path, raw_dir: Path, reports_dir: Path, out_dir: P
     counts = {"hardlink": 0, "symlink": 0, "copy": 0, "clone": 0}
     naming = working["naming"]
     names = [f"{naming['prefix']}{index:0{naming['digits']}d}" for index in range(len(selected))]
+    index_head: dict[str, Any] = {  # index.json without its samples
+        "version": INDEX_VERSION,
+        "batches": [{"batch_id": b, "manifest_sha256": manifest_sha256[b]} for b in batch_ids],
+        "modalities": modalities,
+        "link_mode": working["link_mode"],
+        "working": working,
+    }
     try:
-        with contract.gc_paused(), _index_fields_for(selected, str(raw_dir), build) as fields:
-            plans = _link_all(selected, names, modalities, str(raw_dir), str(build), working["link_mode"], counts,
-                              progress)
-            rows = _index_rows(selected, names, plans, fields())
-            index_doc: WorkingIndex = {
-                "version": INDEX_VERSION,
-                "batches": [{"batch_id": b, "manifest_sha256": manifest_sha256[b]} for b in batch_ids],
-                "modalities": modalities,
-                "link_mode": working["link_mode"],
-                "working": working,
-                "samples": rows,
-            }
-            (build / "index.json").write_bytes(
-                orjson.dumps(index_doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n")
-            (build / "index.csv").write_text(_index_csv(rows, modalities))
+        with contract.gc_paused():
+            _build_set(selected, names, index_head, str(raw_dir), str(build), counts, progress)
         killpoint.reached("materialize:built")
         swap_dir(build, out_dir, step="materialize")  # atomic exchange: ComfyUI always sees a whole set
     except BaseException:
         shutil.rmtree(build, ignore_errors=True)
         raise
-    return MaterializeResult(out_dir, len(rows), batch_ids, modalities, {k: v for k, v in counts.items() if v},
+    return MaterializeResult(out_dir, len(selected), batch_ids, modalities, {k: v for k, v in counts.items() if v},
                              left_out, fresh_look)
 
 
-def _link_all(selected: list[Selected], names: list[str], modalities: list[str], raw_base: str, build_base: str,
-              mode: str, counts: dict[str, int], progress) -> list[tuple[str, str, str]]:
-    """Put every selected file into the build folder, one modality folder at a time; return (modality, folder,
-    extension) of each."""
-    batch_base = {item.batch_id: os.path.join(raw_base, item.batch_id, "") for item in selected}
-    plans = []
-    for modality in modalities:
-        folder, extension, _ = contract.MODALITIES[modality]
-        pairs = []
-        for item, name in zip(selected, names, strict=True):
-            head, _, tail = item.sample["files"][modality].rpartition("/")
-            pairs.append((batch_base[item.batch_id] + head, tail, name + extension))
-        plans.append((modality, folder, extension, pairs))
-    counter = progress.task("materialize", len(selected) * len(modalities), "files") if progress \
+# What reading one annotation (for index.json) and writing index.json and index.csv cost, in files linked.
+READ_COST_IN_LINKS = 2
+INDEX_COST_IN_LINKS = 1.5
+
+
+def _build_set(selected: list[Selected], names: list[str], index_head: dict[str, Any], raw_base: str, build_base: str,
+               counts: dict[str, int], progress) -> None:
+    """Put every selected file into the build folder, one modality folder at a time, and write index.json and
+    index.csv there.
+
+    From FORK_MIN_FILES files on (Linux), a forked helper reads the annotations still to read, writes the index
+    and links the last folders, while this process links the others; the split gives each about the same work.
+    """
+    mode, modalities = index_head["link_mode"], index_head["modalities"]
+    folders = [(modality, *contract.MODALITIES[modality][:2]) for modality in modalities]
+    for _modality, folder, _extension in folders:
+        os.mkdir(os.path.join(build_base, folder))
+    todo = [os.path.join(raw_base, item.batch_id, item.sample["annotation"]) for item in selected
+            if item.fields is None]
+    helper_folders: list[tuple[str, str, str]] = []
+    helper = None
+    if len(selected) * len(folders) >= FORK_MIN_FILES and _can_fork():
+        helper_load = (READ_COST_IN_LINKS * len(todo) + INDEX_COST_IN_LINKS * len(selected)) / len(selected)
+        helper_folders = folders[len(folders) - max(0, round((len(folders) - helper_load) / 2)):]
+
+        def helper_work() -> dict[str, int]:
+            helper_counts = dict.fromkeys(counts, 0)
+            for modality, folder, _extension in helper_folders:
+                link_folder(mode, _pairs(selected, names, modality, raw_base), os.path.join(build_base, folder),
+                            helper_counts)
+            _write_index(build_base, index_head, selected, names, folders, _read_index_fields(todo))
+            return helper_counts
+
+        helper = _ForkedHelper(helper_work)
+    counter = progress.task("materialize", len(selected) * len(folders), "files") if progress \
         else contextlib.nullcontext()
-    with counter as bar:
-        for _modality, folder, _extension, pairs in plans:
-            dest_folder = os.path.join(build_base, folder)
-            os.mkdir(dest_folder)
-            link_folder(mode, pairs, dest_folder, counts)
-            killpoint.reached("materialize:linking")
-            if bar:
-                bar.advance(len(pairs))
-    return [(modality, folder, extension) for modality, folder, extension, _pairs in plans]
+    try:
+        with _index_fields_for(selected if helper is None else [], raw_base, build_base) as read_fields, \
+                counter as bar:
+            for modality, folder, _extension in folders[:len(folders) - len(helper_folders)]:
+                pairs = _pairs(selected, names, modality, raw_base)
+                link_folder(mode, pairs, os.path.join(build_base, folder), counts)
+                killpoint.reached("materialize:linking")
+                if bar:
+                    bar.advance(len(pairs))
+            if helper is None:
+                _write_index(build_base, index_head, selected, names, folders, read_fields())
+            else:
+                for key, value in helper.result().items():
+                    counts[key] += value
+                if bar:
+                    bar.advance(len(selected) * len(helper_folders))
+    finally:
+        if helper is not None:
+            helper.close()
 
 
-def _index_rows(selected: list[Selected], names: list[str], plans: list[tuple[str, str, str]],
+def _pairs(selected: list[Selected], names: list[str], modality: str, raw_base: str) -> list[tuple[str, str, str]]:
+    """(source folder, source name, name in the set) of each selected sample's file of one modality."""
+    batch_base = {item.batch_id: os.path.join(raw_base, item.batch_id, "") for item in selected}
+    extension = contract.MODALITIES[modality][1]
+    pairs = []
+    for item, name in zip(selected, names, strict=True):
+        head, _, tail = item.sample["files"][modality].rpartition("/")
+        pairs.append((batch_base[item.batch_id] + head, tail, name + extension))
+    return pairs
+
+
+def _write_index(build_base: str, index_head: dict[str, Any], selected: list[Selected], names: list[str],
+                 folders: list[tuple[str, str, str]], read: list[IndexFields]) -> None:
+    """Write index.json and index.csv into the build folder; `read`: the fields of the samples not read yet."""
+    found = iter(read)
+    fields = [item.fields if item.fields is not None else next(found) for item in selected]
+    rows = _index_rows(selected, names, folders, fields)
+    index_doc: WorkingIndex = {**index_head, "samples": rows}  # type: ignore[typeddict-item]
+    with open(os.path.join(build_base, "index.json"), "wb") as out:
+        out.write(orjson.dumps(index_doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n")
+    with open(os.path.join(build_base, "index.csv"), "w") as out:
+        out.write(_index_csv(rows, index_head["modalities"]))
+
+
+def _index_rows(selected: list[Selected], names: list[str], folders: list[tuple[str, str, str]],
                 fields: list[IndexFields]) -> list[IndexRow]:
     """index.json's samples: name, files, sources and the annotation's fields, in working-set order."""
     rows: list[IndexRow] = []
     for index, (item, name, annotation_fields) in enumerate(zip(selected, names, fields, strict=True)):
         files, source = {}, {}
-        for modality, folder, extension in plans:
+        for modality, folder, extension in folders:
             files[modality] = f"{folder}/{name}{extension}"
             source[modality] = f"{item.batch_id}/{item.sample['files'][modality]}"
         rows.append({"index": index, "name": name, "batch_id": item.batch_id, "sample_id": item.sample["sample_id"],
@@ -521,9 +649,10 @@ def _index_csv(rows: list[IndexRow], modalities: list[str]) -> str:
     writer = csv.writer(buffer, lineterminator="\n")
     head, tail = INDEX_CSV_COLUMNS[:4], INDEX_CSV_COLUMNS[4:]
     writer.writerow([*head, *modalities, *tail])
+    # itemgetter of two or more keys returns a tuple (of one, the value itself: hence the extra key, dropped)
+    head_of, tail_of, by_modality = itemgetter(*head), itemgetter(*tail), itemgetter(*modalities, modalities[0])
     cells: list[Mapping[str, Any]] = list(rows)  # read by column name
-    writer.writerows([*(row[k] for k in head), *(row["files"][m] for m in modalities), *(row[k] for k in tail)]
-                     for row in cells)
+    writer.writerows([head_of(row) + by_modality(row["files"])[:-1] + tail_of(row) for row in cells])
     return buffer.getvalue()
 
 
