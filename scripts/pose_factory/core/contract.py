@@ -293,17 +293,18 @@ def walk_files(folder: Path) -> tuple[set[str], list[str]]:
     files: set[str] = set()
     symlinks: list[str] = []
     pending = [("", str(folder))]
+    add = files.add
     while pending:
         prefix, path = pending.pop()
         with os.scandir(path) as entries:
             for entry in entries:
-                rel = prefix + entry.name
-                if entry.is_symlink():
-                    symlinks.append(rel)
+                # A regular file (the usual entry: one test) is neither a symlink nor a folder.
+                if entry.is_file(follow_symlinks=False):
+                    add(prefix + entry.name)
+                elif entry.is_symlink():
+                    symlinks.append(prefix + entry.name)
                 elif entry.is_dir():
-                    pending.append((rel + "/", entry.path))
-                elif entry.is_file():
-                    files.add(rel)
+                    pending.append((prefix + entry.name + "/", entry.path))
     return files, sorted(symlinks)
 
 
