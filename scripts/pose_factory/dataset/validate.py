@@ -21,6 +21,8 @@ import sys
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
+from itertools import repeat
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -211,7 +213,8 @@ def _check_sample(batch: _Batch, entry: dict[str, Any], index: int, report: Vali
             report.error(MANIFEST_NAME, f"{where}.files", "only the batch's modalities",
                          "extra " + ", ".join(sorted(have - wanted)))
     extensions = batch.extensions
-    if not all(rel in listed and rel.endswith(extensions.get(modality, "")) for modality, rel in files.items()):
+    paths = files.values()  # all listed, each with its modality's extension ("" for an unknown one), tested in C
+    if not (all(map(listed.__contains__, paths)) and all(map(str.endswith, paths, map(extensions.get, files, _NONE)))):
         for modality, rel in sorted(files.items()):
             if rel not in listed:
                 report.error(MANIFEST_NAME, f"{where}.files.{modality}", "a path listed in files", rel)
@@ -222,7 +225,7 @@ def _check_sample(batch: _Batch, entry: dict[str, Any], index: int, report: Vali
         report.error(MANIFEST_NAME, f"{where}.annotation", "a path listed in files", label)
 
     annotation = _document(batch, label, "sample", report)
-    keypoints = None
+    keypoints, points_clean = None, False
     if annotation is not None:
         if annotation["sample_id"] != sid:
             report.error(label, "$.sample_id", f"{sid!r} (manifest)", repr(annotation["sample_id"]))
@@ -235,7 +238,8 @@ def _check_sample(batch: _Batch, entry: dict[str, Any], index: int, report: Vali
             report.error(label, "$.files", "the same files as the manifest's sample entry", "different paths")
         persons = annotation["persons"]
         keypoints = persons[0]["keypoints_2d"] if persons else None
-        if not _points_clean(annotation, width, height):
+        points_clean = _points_clean(annotation, width, height)
+        if not points_clean:
             for n, person in enumerate(persons):
                 _check_keypoints(person["keypoints_2d"], width, height, label, f"$.persons[{n}].keypoints_2d",
                                  report)
@@ -247,7 +251,7 @@ def _check_sample(batch: _Batch, entry: dict[str, Any], index: int, report: Vali
     rel = files.get("openpose_json")
     if rel and rel in listed:
         openpose = _document(batch, rel, "openpose", report)
-        if openpose is not None and not _openpose_clean(openpose, keypoints, batch):
+        if openpose is not None and not _openpose_clean(openpose, keypoints, batch, points_clean=points_clean):
             _check_openpose(openpose, keypoints, rel, batch, report)
 
     if batch.png:
@@ -255,6 +259,9 @@ def _check_sample(batch: _Batch, entry: dict[str, Any], index: int, report: Vali
             problem = batch.png.get(rel)
             if problem:
                 report.error(rel, problem[0], problem[1], problem[2])
+
+
+_NONE = repeat("")  # the default of extensions.get, for every modality
 
 
 def _points_clean(annotation: dict[str, Any], width: int, height: int) -> bool:
@@ -299,13 +306,26 @@ def _points_clean(annotation: dict[str, Any], width: int, height: int) -> bool:
     return True
 
 
-def _openpose_clean(openpose: Any, keypoints: list[list[float]] | None, batch: _Batch) -> bool:
-    """True when _check_openpose would report nothing: the same tests in one pass, without messages."""
+def _openpose_clean(openpose: Any, keypoints: list[list[float]] | None, batch: _Batch, *,
+                    points_clean: bool = False) -> bool:
+    """True when _check_openpose would report nothing: the same tests in one pass, without messages.
+
+    `points_clean`: the annotation's points passed _points_clean (18 of them, each inside the canvas or 0, 0 when
+    unlabelled). Then one OpenPose person that is exactly what those points give under the batch's keypoints mode
+    passes every test below, and one list comparison says so.
+    """
     width, height = batch.width, batch.height
     frame = openpose[0] if isinstance(openpose, list) else openpose
     if (frame["canvas_width"], frame["canvas_height"]) != (width, height):
         return False
     people = frame["people"]
+    if points_clean and keypoints is not None and len(people) == 1:
+        every = batch.openpose_keypoints != "detector"
+        expected: list[float] = []
+        for x, y, v in keypoints:
+            expected += (x, y, 1.0) if v == 2 or (every and v) else _UNLABELLED
+        if people[0]["pose_keypoints_2d"] == expected:
+            return True
     for person in people:
         flat = person["pose_keypoints_2d"]
         if len(flat) != BODY_KEYPOINTS * 3:
@@ -329,6 +349,9 @@ def _openpose_clean(openpose: Any, keypoints: list[list[float]] | None, batch: _
                     abs(ox - x) > KEYPOINT_TOLERANCE_PX or abs(oy - y) > KEYPOINT_TOLERANCE_PX)):
                 return False
     return True
+
+
+_UNLABELLED = (0, 0, 0)
 
 
 def _check_openpose(openpose: Any, keypoints: list[list[float]] | None, rel: str, batch: _Batch,
@@ -493,6 +516,11 @@ class _ShardResult:
     stats: dict[str, Any]
 
 
+# The share of a run of samples that checking every path of the batch takes (measured at 70,000 files: 0.06 s
+# against 0.6 s for half of the samples).
+FIRST_SHARD_CUT = 0.1
+
+
 def _shards(batch_dir: Path, manifest: dict[str, Any], listed: dict[str, Any], present: list[str],
             count: int, *, whole_listing: bool) -> list[_Shard]:
     """Split the samples into `count` runs; each file goes with the first run whose samples name it, and
@@ -503,7 +531,11 @@ def _shards(batch_dir: Path, manifest: dict[str, Any], listed: dict[str, Any], p
     width, height = manifest["image"]["width"], manifest["image"]["height"]
     keypoints = manifest["conventions"].get("openpose", {}).get("keypoints", "all")
     on_disk = set(present)
-    runs = [(len(samples) * n // count, len(samples) * (n + 1) // count) for n in range(count)]
+    # The first run is this process's, which also checks the paths (contract.path_problems) while the others
+    # work: it takes that much less, so that all finish together.
+    weights = [1.0 - (FIRST_SHARD_CUT if count > 1 else 0.0)] + [1.0] * (count - 1)
+    cuts = [0] + [round(len(samples) * sum(weights[:n + 1]) / sum(weights)) for n in range(count)]
+    runs = list(zip(cuts, cuts[1:], strict=False))
     named = [[rel for entry in samples[first:last] for rel in (entry["annotation"], *entry["files"].values())]
              for first, last in runs]
     every_name = {rel for names in named for rel in names}
@@ -664,9 +696,11 @@ def count_coverage(stats: dict[str, Counter], annotation: dict[str, Any]) -> Non
     stats["azimuth"][round(float(camera["azimuth_deg"]), 3)] += 1
     stats["elevation"][round(float(camera["elevation_deg"]), 3)] += 1
     stats["rig_pose"][(annotation["pose"]["rig"], annotation["pose"]["set"])] += 1
-    if annotation["persons"]:
-        for joint, point in enumerate(annotation["persons"][0]["keypoints_2d"]):
-            stats["visibility"][(joint, int(point[2]))] += 1
+    if annotation["persons"]:  # (joint, visibility) of each keypoint, counted in C
+        stats["visibility"].update(enumerate(map(int, map(_THIRD, annotation["persons"][0]["keypoints_2d"]))))
+
+
+_THIRD = itemgetter(2)
 
 
 def coverage_stats(stats: dict[str, Counter], joints: list[str]) -> dict[str, Any]:
