@@ -29,10 +29,22 @@ def add_validate_arguments(parser: argparse.ArgumentParser) -> None:
                         help="processes to check with (default: one per core, at most 4, from 10,000 files on)")
 
 
+def _no_collection_at_exit() -> None:
+    """Spare the interpreter's last garbage collection at exit: after a stage it walks every object still alive
+    (modules, schemas, caches) to free what the process is about to give back anyway, 0.02 s of each run.
+    Nothing here relies on it: files are closed by `with`, standard output is flushed by the interpreter."""
+    import atexit
+    import gc
+
+    atexit.unregister(gc.freeze)  # once, however often a process (a test) runs a stage
+    atexit.register(gc.freeze)
+
+
 def validate(args: argparse.Namespace, progress: Progress) -> int:
     """Validate one batch; with --report write the stage's metrics, report and plots."""
     from pose_factory.dataset.validate import raise_if_failed, validate_batch, write_report
 
+    _no_collection_at_exit()
     report = validate_batch(Path(args.batch_dir), progress=progress, workers=args.workers)
     if args.report:
         write_report(report, Path(args.report))
@@ -62,6 +74,7 @@ def materialize(args: argparse.Namespace, progress: Progress) -> int:
     """Build the working set and swap it in."""
     from pose_factory.dataset.materialize import materialize as build
 
+    _no_collection_at_exit()
     result = build(Path(args.params), Path(args.raw), Path(args.reports), Path(args.out), progress=progress,
                    curation_dir=Path(args.curation))
     links = ", ".join(f"{count} {mode}" for mode, count in result.link_counts.items())
