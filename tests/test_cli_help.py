@@ -49,3 +49,17 @@ def test_every_positional_argument_has_help_and_defaults_are_shown():
         assert shown in " ".join(generate.split()), shown
     assert "(default: False)" not in generate and "(default: None)" not in generate
     assert "(default: 24)" in " ".join(parsers["review"].format_help().split())
+
+
+def test_the_stage_commands_parse_alone_as_in_the_whole_parser():
+    """`pose-sync validate` and `materialize` build only their own parser (a faster start): the same one."""
+    from pose_factory.cli import STAGE_COMMANDS, stage_command_parser
+
+    whole = commands()
+    for name in STAGE_COMMANDS:
+        [alone] = [child for action in stage_command_parser(name)._actions
+                   if isinstance(action, argparse._SubParsersAction) for child in action.choices.values()]
+        assert alone.format_help() == whole[name].format_help(), name
+        argv = [name, "BATCH", "--json", "-q", "--config", "c.yaml"] if name == "validate" \
+            else [name, "--out", "o", "-v"]
+        assert stage_command_parser(name).parse_args(argv) == build_parser().parse_args(argv), name

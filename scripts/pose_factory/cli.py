@@ -738,21 +738,49 @@ class HelpFormatter(argparse.HelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _common_options() -> argparse.ArgumentParser:
+    """The options every command takes (a parent parser)."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", metavar="FILE", help="settings file (default: config/local.yaml if present)")
     common.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     common.add_argument("-v", "--verbose", action="store_true",
                         help="show what runs: the git, dvc and rclone commands and their whole output, DVC's own log")
+    return common
+
+
+# The dvc.yaml stages' commands, parsed without building every other command's parser first (0.01 s of their
+# start; tests/test_cli_help.py checks the two parsers agree).
+STAGE_COMMANDS = {"validate": (cmd_validate, stages.VALIDATE_HELP, stages.add_validate_arguments),
+                  "materialize": (cmd_materialize, stages.MATERIALIZE_HELP, stages.add_materialize_arguments)}
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pose-sync", description="Version synthetic pose batches from R2 with "
+                                     "git + DVC and hand them to ComfyUI.", formatter_class=HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"pose-sync {__version__}")
+    return parser
+
+
+def stage_command_parser(name: str) -> argparse.ArgumentParser:
+    """The parser of `pose-sync validate` or `pose-sync materialize` alone, as build_parser makes it."""
+    parser = _top_parser()
+    handler, help_text, add_arguments = STAGE_COMMANDS[name]
+    command = parser.add_subparsers(dest="command", metavar="COMMAND").add_parser(
+        name, parents=[_common_options()], help=help_text, description=help_text, formatter_class=HelpFormatter)
+    command.set_defaults(handler=handler, backend=None, needs_project=False)
+    add_arguments(command)
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common_options()
     # Only for commands that read or write the bucket (or say which one they would use).
     storage = argparse.ArgumentParser(add_help=False)
     storage.add_argument("--backend", choices=["auto", "local", "r2"], default=None,
                          help="storage to use: auto (default: R2 when credentials are set, else the local "
                               "folder), local, or r2")
 
-    parser = argparse.ArgumentParser(prog="pose-sync", description="Version synthetic pose batches from R2 with "
-                                     "git + DVC and hand them to ComfyUI.", formatter_class=HelpFormatter)
-    parser.add_argument("--version", action="version", version=f"pose-sync {__version__}")
+    parser = _top_parser()
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def adder(subparsers) -> Callable[..., argparse.ArgumentParser]:
@@ -808,8 +836,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("batch", metavar="BATCH_DIR|BATCH_ID",
                    help=f"a batch folder, or the id of a batch in {MIRROR} or {ARCHIVE}")
 
-    stages.add_validate_arguments(add("validate", cmd_validate, stages.VALIDATE_HELP, anywhere=True))
-    stages.add_materialize_arguments(add("materialize", cmd_materialize, stages.MATERIALIZE_HELP, anywhere=True))
+    for name, (handler, help_text, add_arguments) in STAGE_COMMANDS.items():
+        add_arguments(add(name, handler, help_text, anywhere=True))
 
     p = add("prepare-batch", cmd_prepare_batch, "Make one batch the working set and run `dvc repro`")
     p.add_argument("batch_id", metavar="BATCH_ID", help="a batch in params.yaml's batches:")
@@ -969,7 +997,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    words = sys.argv[1:] if argv is None else argv
+    parser = stage_command_parser(words[0]) if words and words[0] in STAGE_COMMANDS else build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
         getattr(args, "group_parser", parser).print_help()
