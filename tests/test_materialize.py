@@ -231,7 +231,7 @@ def test_a_helper_process_gives_the_same_set_and_index(mirror, monkeypatch, help
     if helper == "forked":
         monkeypatch.setattr(materialize_module, "FORK_MIN_FILES", 1)
     else:
-        monkeypatch.setattr(materialize_module, "_can_fork", lambda: False)
+        monkeypatch.setattr(materialize_module, "can_fork", lambda: False)
         monkeypatch.setattr(materialize_module, "FIELDS_PROCESS_MIN_SAMPLES", 1)
     read_here = []  # annotations this process reads itself: only if the helper failed
     real_index_fields = materialize_module._index_fields
@@ -286,7 +286,7 @@ from pose_factory.dataset import materialize
 materialize.FORK_MIN_FILES = 1  # a forked helper (Linux) ...
 materialize.FIELDS_PROCESS_MIN_SAMPLES = 1  # ... or a fresh interpreter
 if sys.argv[3] == "fresh interpreter":
-    materialize._can_fork = lambda: False
+    materialize.can_fork = lambda: False
 data = Path(sys.argv[2])
 materialize.materialize(data / "params.yaml", data / "raw", data / "reports", data / "working" / "current_batch",
                         curation_dir=data / "curation")

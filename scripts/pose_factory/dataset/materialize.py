@@ -27,10 +27,9 @@ import io
 import json
 import os
 import shutil
-import signal
 import sys
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from operator import itemgetter
 from pathlib import Path
@@ -40,7 +39,8 @@ import orjson
 
 from pose_factory.core import contract, killpoint, schemas
 from pose_factory.core.errors import ConfigError, PoseFactoryError, RepositoryError, ToolError
-from pose_factory.core.fsutil import clone_file, die_with_parent, make_read_only_at, recover_swap, swap_dir
+from pose_factory.core.forked import ForkedHelper, can_fork
+from pose_factory.core.fsutil import clone_file, make_read_only_at, recover_swap, swap_dir
 from pose_factory.core.layout import CURATION, MANIFEST_NAME
 
 if TYPE_CHECKING:
@@ -213,76 +213,6 @@ FORK_MIN_FILES = 20_000
 # Where it cannot be forked (macOS), a fresh interpreter reads the annotations only, and only from this many on:
 # below it, starting that interpreter costs more than it saves.
 FIELDS_PROCESS_MIN_SAMPLES = 3_000
-
-
-def _can_fork() -> bool:
-    """Whether a helper may be forked: on Linux, while this process runs one thread (forking copies only the
-    calling thread; macOS's system libraries are not safe to use in a forked child at all)."""
-    threading = sys.modules.get("threading")
-    return sys.platform.startswith("linux") and (threading is None or threading.active_count() == 1)
-
-
-class _ForkedHelper:
-    """A forked child that runs `work` and answers with the JSON of what it returns, or of the error it raised.
-
-    It dies with this process (fsutil.die_with_parent: a killed build leaves nothing running) and never runs
-    this process's cleanup (it ends with os._exit). `result()` waits for its answer; `close()` ends it if it
-    is still running.
-    """
-
-    def __init__(self, work: Callable[[], Any]) -> None:
-        read_end, write_end = os.pipe()
-        parent = os.getpid()
-        pid = os.fork()
-        if pid == 0:  # the child
-            code = 1
-            try:
-                os.close(read_end)
-                die_with_parent(parent)
-                try:
-                    answer: Any = {"result": work()}
-                except OSError as exc:  # raised again in the parent, as if it had been raised there
-                    answer = {"os_error": [exc.errno, exc.strerror, exc.filename]}
-                except Exception as exc:
-                    answer = {"error": f"{type(exc).__name__}: {exc}"}
-                data = memoryview(orjson.dumps(answer))
-                while data:
-                    data = data[os.write(write_end, data):]
-                code = 0
-            finally:
-                os._exit(code)
-        os.close(write_end)
-        self.pid: int | None = pid
-        self.fd = read_end
-
-    def result(self) -> Any:
-        """What `work` returned in the child; its OSError raised again here."""
-        chunks = []
-        while chunk := os.read(self.fd, 1 << 20):
-            chunks.append(chunk)
-        _, status = os.waitpid(self.pid, 0) if self.pid else (0, 0)
-        self.pid = None
-        try:
-            answer = orjson.loads(b"".join(chunks))
-        except orjson.JSONDecodeError:
-            answer = None
-        if not isinstance(answer, dict):
-            raise PoseFactoryError(f"the helper process ended without its result (exit status {status})",
-                                   where="materialize", hint="run it again; the previous working set is unchanged")
-        if "os_error" in answer:
-            raise OSError(*answer["os_error"])
-        if "error" in answer:
-            raise PoseFactoryError(f"the helper process failed: {answer['error']}", where="materialize",
-                                   hint="run it again; the previous working set is unchanged")
-        return answer["result"]
-
-    def close(self) -> None:
-        if self.pid:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGKILL)
-            os.waitpid(self.pid, 0)
-            self.pid = None
-        os.close(self.fd)
 
 
 @contextlib.contextmanager
@@ -571,7 +501,7 @@ def _build_set(selected: list[Selected], names: list[str], index_head: dict[str,
     mine = [(modality, folder, 0, samples) for modality, folder, _extension in folders]
     theirs: list[tuple[str, str, int, int]] = []
     helper = None
-    if samples * len(folders) >= FORK_MIN_FILES and _can_fork():
+    if samples * len(folders) >= FORK_MIN_FILES and can_fork():
         extra = READ_COST_IN_LINKS * len(todo) + INDEX_COST_IN_LINKS * samples
         share = max(0, round((samples * len(folders) - extra) / 2))
         while share and mine:  # the helper's links are taken from the end
@@ -590,7 +520,7 @@ def _build_set(selected: list[Selected], names: list[str], index_head: dict[str,
             _write_index(build_base, index_head, selected, names, folders, _read_index_fields(todo))
             return helper_counts
 
-        helper = _ForkedHelper(helper_work)
+        helper = ForkedHelper(helper_work, "materialize")
     counter = progress.task("materialize", samples * len(folders), "files") if progress \
         else contextlib.nullcontext()
     try:
