@@ -313,11 +313,13 @@ def walk_files(folder: Path) -> tuple[set[str], list[str]]:
 _PLAIN_PATH = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*(?:/[A-Za-z0-9_-][A-Za-z0-9_.-]*)*")
 
 
-def check_listing(batch_dir: Path, manifest: Manifest) -> tuple[list[Problem], dict[str, FileEntry], list[str]]:
+def check_listing(batch_dir: Path, manifest: Manifest, walked: tuple[set[str], list[str]] | None = None
+                  ) -> tuple[list[Problem], dict[str, FileEntry], list[str]]:
     """How the folder's files differ from the manifest's list, before reading any of them.
 
     Returns (problems: listed twice, symlinks, missing, not in the manifest; the manifest's entries by path;
     the listed paths present on disk, in the manifest's order). An unsafe listed path raises UnsafeKeyError.
+    `walked`: what walk_files(batch_dir) returned, when the caller had it made already.
     """
     problems: list[Problem] = []
     listed: dict[str, FileEntry] = {}
@@ -333,12 +335,14 @@ def check_listing(batch_dir: Path, manifest: Manifest) -> tuple[list[Problem], d
         if rel in listed:
             problems.append(Problem(rel, "listed twice", "one entry", "two"))
         listed[rel] = entry
-    on_disk, symlinks = walk_files(batch_dir)
+    on_disk, symlinks = walked or walk_files(batch_dir)
     for rel in symlinks:
         problems.append(Problem(rel, "symlink in a batch", "a regular file", "a symlink"))
     on_disk.discard(MANIFEST_NAME)
     on_disk.discard(COMPLETE_MARKER_NAME)
     listed_paths = listed.keys()
+    if listed_paths == on_disk:  # the usual batch: nothing missing, nothing more
+        return problems, listed, list(listed_paths)
     for rel in sorted(listed_paths - on_disk):
         if not any(p.file == rel for p in problems):
             problems.append(Problem(rel, "missing", "a file", "nothing"))
