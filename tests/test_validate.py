@@ -193,6 +193,7 @@ def test_several_processes_give_the_same_report_as_one(batch, tmp_path):
     (batch / "seg/000002.png").unlink()
     _flip(batch / "normal/000000.png")
     (batch / "depth/extra.png").write_bytes(b"x")
+    (batch / "rgb/link.png").symlink_to("000000.png")
 
     reports = []
     for workers in ("1", "3"):
@@ -207,10 +208,19 @@ def test_several_processes_give_the_same_report_as_one(batch, tmp_path):
         str(REPO / "scripts"), str(batch)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert spawned.returncode == 0, spawned.stderr
     reports.append(json.loads(spawned.stdout))
-    assert reports[0] == reports[1] == reports[2]
+    # A big batch's folder is listed by a forked helper while the manifest is parsed.
+    listed_aside = subprocess.run([sys.executable, "-c", (
+        "import json, sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); "
+        "from pose_factory.dataset import validate; validate.LISTER_MIN_MANIFEST_BYTES = 0; "
+        "print(json.dumps(validate.validate_batch(Path(sys.argv[2]), workers=3).as_json()))"),
+        str(REPO / "scripts"), str(batch)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert listed_aside.returncode == 0, listed_aside.stderr
+    reports.append(json.loads(listed_aside.stdout))
+    assert reports[0] == reports[1] == reports[2] == reports[3]
     problems = {(p["file"], p["field"]) for p in reports[0]["problems"]}
     assert {("pose/000003.png", "bytes"), ("seg/000002.png", "missing"), ("normal/000000.png", "sha256 differs"),
             ("depth/extra.png", "not in the manifest"), ("annotations/000000.json", "$.persons[0].keypoints_2d[4]"),
+            ("rgb/link.png", "symlink in a batch"),
             ("openpose_json/000003.json", "$[0].canvas_width/canvas_height")} <= problems
     assert sum(p["file"] == "pose/000003.png" for p in reports[0]["problems"]) == 2  # once per sample naming it
     assert reports[0]["warnings"] >= 1 and reports[0]["stats"]["visibility"]
@@ -431,3 +441,46 @@ def test_paths_taken_at_a_glance_are_ones_the_full_check_accepts():
         except UnsafeKeyError:
             safe = False
         assert safe or not contract._PLAIN_PATH.fullmatch(path), path
+
+
+def test_coverage_counted_cheaply_gives_what_counting_each_keypoint_gave(template_batch):
+    """count_coverage keeps raw angles and one key per visibility pattern; coverage_stats must give the rows the
+    straightforward count gave (angles rounded to 0.001 degree, each joint's visibility counted)."""
+    from collections import Counter
+
+    from pose_factory.dataset import validate
+
+    base = json.loads((template_batch / "annotations/000000.json").read_text())
+    angles = [0, 0.0, 359.9996, 359.9994, 12.3456, 12.3454, 0.0004, 90]
+    annotations = []
+    for n, azimuth in enumerate(angles):
+        a = json.loads(json.dumps(base))
+        a["camera"]["azimuth_deg"], a["camera"]["elevation_deg"] = azimuth, angles[-1 - n]
+        a["pose"]["rig"] = "mannequin-a" if n % 3 else "mannequin-b"
+        a["persons"][0]["keypoints_2d"][n % 18][2] = n % 3
+        annotations.append(a)
+    annotations.append({**json.loads(json.dumps(base)), "persons": []})
+    expected = {"azimuth": Counter(), "elevation": Counter(), "visibility": Counter(), "rig_pose": Counter()}
+    for a in annotations:  # the straightforward count
+        expected["azimuth"][round(float(a["camera"]["azimuth_deg"]), 3)] += 1
+        expected["elevation"][round(float(a["camera"]["elevation_deg"]), 3)] += 1
+        expected["rig_pose"][(a["pose"]["rig"], a["pose"]["set"])] += 1
+        for joint, point in enumerate(a["persons"][0]["keypoints_2d"] if a["persons"] else []):
+            expected["visibility"][(joint, int(point[2]))] += 1
+    joints = [f"j{n}" for n in range(18)]
+    halves = validate.new_coverage(), validate.new_coverage()  # counted in two processes, then merged
+    for n, a in enumerate(annotations):
+        validate.count_coverage(halves[n % 2], a)
+    merged = validate.new_coverage()
+    for half in halves:
+        for key, counts in half.items():
+            merged[key].update(counts)
+    got = validate.coverage_stats(merged, joints)
+    visibility = [{"joint": name, "visible": expected["visibility"][(j, 2)], "occluded": expected["visibility"][(j, 1)],
+                   "unlabelled": expected["visibility"][(j, 0)]} for j, name in enumerate(joints)]
+    assert json.dumps(got) == json.dumps({  # as text: 0 is not 0.0
+        "azimuth": [{"azimuth_deg": k, "samples": v} for k, v in sorted(expected["azimuth"].items())],
+        "elevation": [{"elevation_deg": k, "samples": v} for k, v in sorted(expected["elevation"].items())],
+        "visibility": visibility,
+        "rig_pose": [{"rig": r, "pose_set": p, "samples": v} for (r, p), v in sorted(expected["rig_pose"].items())],
+    })

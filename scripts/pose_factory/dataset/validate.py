@@ -28,6 +28,7 @@ from typing import Any
 
 from pose_factory.core import contract, schemas
 from pose_factory.core.errors import PoseFactoryError, SchemaError, ValidationFailed
+from pose_factory.core.forked import ForkedHelper, can_fork
 from pose_factory.core.fsutil import atomic_write_path, content_digests, die_with_parent
 from pose_factory.core.layout import MANIFEST_NAME
 from pose_factory.core.schemas import Problem
@@ -417,17 +418,30 @@ def _validate_batch(batch_dir: Path, progress, workers: int | None) -> Validatio
     if not manifest_path.is_file():
         report.error(MANIFEST_NAME, "$", "a manifest at the root of the batch folder", "no manifest.json")
         return report
+    manifest_bytes = manifest_path.read_bytes()
+    # A big batch's folder is listed by a forked helper while this process parses the manifest (Linux).
+    lister = ForkedHelper(lambda: _walk_for_json(batch_dir), "validate") \
+        if len(manifest_bytes) >= LISTER_MIN_MANIFEST_BYTES and can_fork() else None
     try:
-        manifest, found = schemas.parse_and_check(manifest_path.read_bytes(), MANIFEST_NAME, "manifest")
-    except SchemaError as exc:
-        report.error(MANIFEST_NAME, "$", "valid JSON", exc.message)
-        return report
-    if found:
-        report.errors.extend(found)
-        return report  # the checks below rely on the manifest's shape
+        try:
+            manifest, found = schemas.parse_and_check(manifest_bytes, MANIFEST_NAME, "manifest")
+        except SchemaError as exc:
+            report.error(MANIFEST_NAME, "$", "valid JSON", exc.message)
+            return report
+        if found:
+            report.errors.extend(found)
+            return report  # the checks below rely on the manifest's shape
+        if lister is not None:
+            files, symlinks = lister.result()
+            walked: tuple[set[str], list[str]] | None = (set(files), symlinks)
+        else:
+            walked = None
+    finally:
+        if lister is not None:
+            lister.close()
     report.batch_id = manifest["batch_id"]
     try:
-        listing, listed, present = contract.check_listing(batch_dir, manifest)
+        listing, listed, present = contract.check_listing(batch_dir, manifest, walked)
     except PoseFactoryError as exc:  # an unsafe path: nothing else can be trusted
         report.errors.extend(contract.path_problems([entry["path"] for entry in manifest["files"]]))
         if batch_dir.name != manifest["batch_id"]:
@@ -481,6 +495,16 @@ def _validate_batch(batch_dir: Path, progress, workers: int | None) -> Validatio
     return report
 
 
+# From this size of manifest (about 10,000 files), the folder is listed by a forked helper (see _validate_batch).
+LISTER_MIN_MANIFEST_BYTES = 2_000_000
+
+
+def _walk_for_json(batch_dir: Path) -> list[list[str]]:
+    """(In the lister.) contract.walk_files's answer as JSON can carry it: [files, symlinks]."""
+    files, symlinks = contract.walk_files(batch_dir)
+    return [list(files), symlinks]
+
+
 def _worker_count(files: int, requested: int | None) -> int:
     if requested:
         return max(1, requested)
@@ -530,7 +554,7 @@ def _shards(batch_dir: Path, manifest: dict[str, Any], listed: dict[str, Any], p
     count = max(1, min(count, len(samples)))
     width, height = manifest["image"]["width"], manifest["image"]["height"]
     keypoints = manifest["conventions"].get("openpose", {}).get("keypoints", "all")
-    on_disk = set(present)
+    on_disk = listed.keys() if len(present) == len(listed) else set(present)  # (present: listed files on disk)
     # The first run is this process's, which also checks the paths (contract.path_problems) while the others
     # work: it takes that much less, so that all finish together.
     weights = [1.0 - (FIRST_SHARD_CUT if count > 1 else 0.0)] + [1.0] * (count - 1)
@@ -691,27 +715,39 @@ def new_coverage() -> dict[str, Counter]:
 
 
 def count_coverage(stats: dict[str, Counter], annotation: dict[str, Any]) -> None:
-    """Count one sample's camera angles, rig and pose set, and the visibility of its person's keypoints."""
-    camera = annotation["camera"]
-    stats["azimuth"][round(float(camera["azimuth_deg"]), 3)] += 1
-    stats["elevation"][round(float(camera["elevation_deg"]), 3)] += 1
-    stats["rig_pose"][(annotation["pose"]["rig"], annotation["pose"]["set"])] += 1
-    if annotation["persons"]:  # (joint, visibility) of each keypoint, counted in C
-        stats["visibility"].update(enumerate(map(int, map(_THIRD, annotation["persons"][0]["keypoints_2d"]))))
+    """Count one sample's camera angles, rig and pose set, and the visibility of its person's keypoints.
+
+    Counted as cheaply as can be (coverage_stats rounds the angles and spreads the visibilities over joints): each
+    angle as written, and the visibility of all keypoints as one key.
+    """
+    camera, pose = annotation["camera"], annotation["pose"]
+    stats["azimuth"][camera["azimuth_deg"]] += 1
+    stats["elevation"][camera["elevation_deg"]] += 1
+    stats["rig_pose"][(pose["rig"], pose["set"])] += 1
+    if annotation["persons"]:
+        stats["visibility"][tuple(map(_THIRD, annotation["persons"][0]["keypoints_2d"]))] += 1
 
 
 _THIRD = itemgetter(2)
 
 
 def coverage_stats(stats: dict[str, Counter], joints: list[str]) -> dict[str, Any]:
-    """The counts as the report's `stats`: one row per angle, joint and (rig, pose set)."""
+    """The counts as the report's `stats`: one row per angle (to 0.001 degree), joint and (rig, pose set)."""
+    angles: dict[str, Counter] = {"azimuth": Counter(), "elevation": Counter()}
+    for key, rounded in angles.items():
+        for angle, samples in stats[key].items():
+            rounded[round(float(angle), 3)] += samples
+    by_joint: Counter = Counter()
+    for visibilities, samples in stats["visibility"].items():
+        for joint, v in enumerate(visibilities):
+            by_joint[(joint, int(v))] += samples
     visibility = []
     for joint, name in enumerate(joints):
-        counts = {v: stats["visibility"][(joint, v)] for v in (0, 1, 2)}
+        counts = {v: by_joint[(joint, v)] for v in (0, 1, 2)}
         visibility.append({"joint": name, "visible": counts[2], "occluded": counts[1], "unlabelled": counts[0]})
     return {
-        "azimuth": [{"azimuth_deg": k, "samples": v} for k, v in sorted(stats["azimuth"].items())],
-        "elevation": [{"elevation_deg": k, "samples": v} for k, v in sorted(stats["elevation"].items())],
+        "azimuth": [{"azimuth_deg": k, "samples": v} for k, v in sorted(angles["azimuth"].items())],
+        "elevation": [{"elevation_deg": k, "samples": v} for k, v in sorted(angles["elevation"].items())],
         "visibility": visibility,
         "rig_pose": [{"rig": r, "pose_set": p, "samples": v} for (r, p), v in sorted(stats["rig_pose"].items())],
     }
