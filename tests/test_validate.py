@@ -443,6 +443,19 @@ def test_paths_taken_at_a_glance_are_ones_the_full_check_accepts():
         assert safe or not contract._PLAIN_PATH.fullmatch(path), path
 
 
+def test_paths_taken_all_at_once_are_exactly_those_taken_one_by_one():
+    """contract.all_plain (a whole manifest's paths in a few passes) agrees with _PLAIN_PATH path by path."""
+    import random
+
+    rng = random.Random(5)
+    alphabet = ["a", "b", "Z", "0", "-", "_", ".", "/", "\n", "é", " ", "\\"]
+    for _ in range(20_000):
+        paths = ["".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 6))) for _ in range(rng.randrange(0, 4))]
+        if rng.random() < 0.5:  # plain ones, with a little damage now and then
+            paths = [rng.choice(["rgb/000001.png", "a/b.c", "-x", "a..b", "x_y/z-w"]) for _ in paths] + paths[:1]
+        assert contract.all_plain(paths) == all(contract._PLAIN_PATH.fullmatch(p) for p in paths), paths
+
+
 def test_coverage_counted_cheaply_gives_what_counting_each_keypoint_gave(template_batch):
     """count_coverage keeps raw angles and one key per visibility pattern; coverage_stats must give the rows the
     straightforward count gave (angles rounded to 0.001 degree, each joint's visibility counted)."""

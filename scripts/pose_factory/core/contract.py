@@ -311,6 +311,18 @@ def walk_files(folder: Path) -> tuple[set[str], list[str]]:
 # Paths check_relative_path certainly accepts (segments of letters, digits, '_', '-' and '.', none starting with
 # '.'), matched in one step; anything else goes through the full check.
 _PLAIN_PATH = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*(?:/[A-Za-z0-9_-][A-Za-z0-9_.-]*)*")
+_NOT_PLAIN_CHARACTER = re.compile(r"[^A-Za-z0-9_./\n-]")
+
+
+def all_plain(paths: list[str]) -> bool:
+    """Whether every path matches _PLAIN_PATH, tested on all of them joined by newlines (70,000 paths in a few
+    passes in C): only plain characters; no path holding a newline (the count of lines is the count of paths);
+    no empty path, empty segment or segment starting with a dot, at the start or end of a line or inside one."""
+    joined = "\n".join(paths)
+    return (not paths or bool(joined) and joined.count("\n") == len(paths) - 1
+            and not joined.startswith(("\n", ".", "/")) and not joined.endswith(("\n", "/"))
+            and not any(seam in joined for seam in ("\n\n", "//", "/.", "\n.", "\n/", "/\n"))
+            and not _NOT_PLAIN_CHARACTER.search(joined))
 
 
 def check_listing(batch_dir: Path, manifest: Manifest, walked: tuple[set[str], list[str]] | None = None
@@ -322,19 +334,27 @@ def check_listing(batch_dir: Path, manifest: Manifest, walked: tuple[set[str], l
     `walked`: what walk_files(batch_dir) returned, when the caller had it made already.
     """
     problems: list[Problem] = []
-    listed: dict[str, FileEntry] = {}
-    plain = _PLAIN_PATH.fullmatch
-    where = f"{batch_dir / MANIFEST_NAME}: files[].path"
-    for entry in manifest["files"]:
-        rel = entry["path"]
-        if not plain(rel):
-            check_relative_path(rel, where=where)
-        if rel in (MANIFEST_NAME, COMPLETE_MARKER_NAME):
-            raise UnsafeKeyError(f"the manifest lists {rel} as a batch file", where=str(batch_dir / MANIFEST_NAME),
-                                 hint="manifest.json and _complete.json are not listed in files")
-        if rel in listed:
-            problems.append(Problem(rel, "listed twice", "one entry", "two"))
-        listed[rel] = entry
+    entries = manifest["files"]
+    paths = [entry["path"] for entry in entries]
+    listed: dict[str, FileEntry] = dict(zip(paths, entries, strict=True))
+    # The usual manifest is accepted in a few steps over all its paths at once; anything else is looked at path by
+    # path, which names what is wrong.
+    if not (len(listed) == len(paths) and MANIFEST_NAME not in listed and COMPLETE_MARKER_NAME not in listed
+            and all_plain(paths)):
+        listed = {}
+        plain = _PLAIN_PATH.fullmatch
+        where = f"{batch_dir / MANIFEST_NAME}: files[].path"
+        for entry in entries:
+            rel = entry["path"]
+            if not plain(rel):
+                check_relative_path(rel, where=where)
+            if rel in (MANIFEST_NAME, COMPLETE_MARKER_NAME):
+                raise UnsafeKeyError(f"the manifest lists {rel} as a batch file",
+                                     where=str(batch_dir / MANIFEST_NAME),
+                                     hint="manifest.json and _complete.json are not listed in files")
+            if rel in listed:
+                problems.append(Problem(rel, "listed twice", "one entry", "two"))
+            listed[rel] = entry
     on_disk, symlinks = walked or walk_files(batch_dir)
     for rel in symlinks:
         problems.append(Problem(rel, "symlink in a batch", "a regular file", "a symlink"))
