@@ -253,6 +253,27 @@ def test_a_helper_process_gives_the_same_set_and_index(mirror, monkeypatch, help
 
 
 @pytest.mark.integration
+def test_a_previous_set_removed_by_two_processes_leaves_only_the_new_one(mirror, monkeypatch):
+    from pose_factory.dataset import materialize as materialize_module
+
+    build(mirror, {"batches": [A], "naming": {"prefix": "old_", "digits": 4}})
+    monkeypatch.setattr(materialize_module, "FORK_MIN_FILES", 1)
+    removed_in = []  # the folders this process removed itself: half of them
+    real_remove_tree = materialize_module.remove_tree
+    parent = os.getpid()
+    monkeypatch.setattr(materialize_module, "remove_tree",
+                        lambda path: (os.getpid() == parent and removed_in.append(path.name), real_remove_tree(path)))
+    working = {"batches": [A, B]}
+    build(mirror, working)
+    assert sorted(p.name for p in (mirror / "working").iterdir()) == ["current_batch"]
+    out = mirror / "working" / "current_batch"
+    expected_json, _ = reference_index(mirror, working)
+    assert (out / "index.json").read_bytes() == expected_json and not list(out.rglob("old_*"))
+    assert sorted(name for name in removed_in if not name.startswith(".")) == ["depth", "openpose_json", "rgb"]
+    assert len(removed_in) == 4  # and the folder that held them
+
+
+@pytest.mark.integration
 def test_a_forked_helper_that_fails_fails_the_build_and_keeps_the_set(mirror, monkeypatch):
     from pose_factory.dataset import materialize as materialize_module
 

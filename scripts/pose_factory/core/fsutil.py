@@ -284,12 +284,14 @@ def exchange_dirs(a: Path, b: Path) -> bool:
     return False
 
 
-def swap_dir(new: Path, final: Path, *, step: str | None = None) -> None:
+def swap_dir(new: Path, final: Path, *, step: str | None = None,
+             remove: Callable[[Path], None] = remove_tree) -> None:
     """Replace the folder final (if any) with new; the old version leaves only once the new one is in place.
 
     `step` names the command for its kill points, so tests can prove every instant is safe: `<step>:mid-swap`
     (the new folder not in place yet, the old one still is), `<step>:set-aside` (without an atomic exchange:
     the old one set aside, the name empty), `<step>:swapped` (the new one in place, the old one not deleted).
+    `remove` deletes the old version (by default remove_tree).
     """
     recover_swap(final)
     if step:
@@ -297,7 +299,7 @@ def swap_dir(new: Path, final: Path, *, step: str | None = None) -> None:
     if final.is_dir() and not final.is_symlink() and exchange_dirs(new, final):
         if step:
             killpoint.reached(f"{step}:swapped")
-        remove_tree(new)  # the previous version, now where the new one was
+        remove(new)  # the previous version, now where the new one was
         return
     aside = _aside(final, create=True)
     if final.exists() or final.is_symlink():
@@ -307,7 +309,7 @@ def swap_dir(new: Path, final: Path, *, step: str | None = None) -> None:
     move_dir(new, final, step=step)
     if step:
         killpoint.reached(f"{step}:swapped")
-    remove_tree(aside)
+    remove(aside)
     _drop_scratch(final)
 
 

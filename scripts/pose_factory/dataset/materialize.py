@@ -40,7 +40,7 @@ import orjson
 from pose_factory.core import contract, killpoint, schemas
 from pose_factory.core.errors import ConfigError, PoseFactoryError, RepositoryError, ToolError
 from pose_factory.core.forked import ForkedHelper, can_fork
-from pose_factory.core.fsutil import clone_file, make_read_only_at, recover_swap, swap_dir
+from pose_factory.core.fsutil import clone_file, make_read_only_at, recover_swap, remove_tree, swap_dir
 from pose_factory.core.layout import CURATION, MANIFEST_NAME
 
 if TYPE_CHECKING:
@@ -467,7 +467,9 @@ def _materialize(params_file: Path, raw_dir: Path, reports_dir: Path, out_dir: P
         with contract.gc_paused():
             _build_set(selected, names, index_head, str(raw_dir), str(build), counts, progress)
         killpoint.reached("materialize:built")
-        swap_dir(build, out_dir, step="materialize")  # atomic exchange: ComfyUI always sees a whole set
+        # atomic exchange: ComfyUI always sees a whole set; a big previous set is removed by two processes
+        swap_dir(build, out_dir, step="materialize",
+                 remove=_remove_set if len(selected) * len(modalities) >= FORK_MIN_FILES else remove_tree)
     except BaseException:
         shutil.rmtree(build, ignore_errors=True)
         raise
@@ -542,6 +544,30 @@ def _build_set(selected: list[Selected], names: list[str], index_head: dict[str,
     finally:
         if helper is not None:
             helper.close()
+
+
+def _remove_set(path: Path) -> None:
+    """Delete a previous working set (after the swap): a forked helper removes every other folder of it while
+    this process removes the others (Linux; elsewhere all here). Killed halfway, what is left is a build
+    folder, which the next run removes (recover_leftovers)."""
+    folders = sorted(p for p in path.iterdir() if p.is_dir() and not p.is_symlink()) if path.is_dir() else []
+    theirs = folders[1::2] if len(folders) >= 2 and can_fork() else []
+
+    def remove_theirs() -> None:
+        for folder in theirs:
+            remove_tree(folder)
+
+    helper = ForkedHelper(remove_theirs, "materialize") if theirs else None
+    try:
+        for folder in folders:
+            if folder not in theirs:
+                remove_tree(folder)
+        if helper is not None:
+            helper.result()
+    finally:
+        if helper is not None:
+            helper.close()
+    remove_tree(path)
 
 
 def _pairs(selected: list[Selected], names: list[str], modality: str, raw_base: str) -> list[tuple[str, str, str]]:
