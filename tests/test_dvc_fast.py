@@ -187,25 +187,3 @@ def test_dvc_commands_on_a_fast_added_batch(project, tmp_path, monkeypatch, cli)
     assert set(after) < set(before)
     contract.verify_batch(folder, manifests[1])
     assert cli("verify", BATCH).code == 0
-
-
-@pytest.mark.parametrize("setting", [None, "../elsewhere/cache", "ABSOLUTE", "LOCAL"])
-def test_the_cache_folder_read_from_config_is_the_one_dvc_uses(tmp_path, setting):
-    """fetch puts objects where the project's config files say DVC keeps them, before it imports DVC."""
-    from dvc.repo import Repo
-
-    from pose_factory.dataset import dvcrepo
-
-    root = tmp_path / "project"
-    root.mkdir()
-    git(root, "init", "-q")
-    dvc(root, "init", "-q")
-    if setting == "ABSOLUTE":
-        dvc(root, "config", "cache.dir", str(tmp_path / "absolute-cache"))
-    elif setting == "LOCAL":
-        dvc(root, "config", "cache.dir", "shared-cache")
-        dvc(root, "config", "--local", "cache.dir", "../local-cache")  # config.local wins
-    elif setting:
-        dvc(root, "config", "cache.dir", setting)
-    with Repo(str(root)) as repo:
-        assert dvcrepo.cache_objects_dir(root).resolve() == Path(repo.cache.local.path).resolve()

@@ -149,19 +149,6 @@ def test_fetch_brings_back_an_older_version_after_git_checkout(local_repo, cli, 
     assert json.loads(dvc(root, "status", "--json").stdout) == {}
 
 
-def test_fetch_stops_when_dvc_keeps_its_cache_where_the_project_config_does_not_say(local_repo, cli, tmp_path,
-                                                                                    monkeypatch):
-    root = pushed_repository(local_repo, cli, tmp_path)
-    clone = clone_of(root, tmp_path / "clone", monkeypatch)
-    global_config = tmp_path / "dvc-global"
-    global_config.mkdir()
-    (global_config / "config").write_text(f"[cache]\n    dir = {tmp_path / 'global-cache'}\n")
-    monkeypatch.setenv("DVC_GLOBAL_CONFIG_DIR", str(global_config))
-    result = cli("fetch")
-    assert result.code == 10 and "outside this project" in result.err and "dvc pull" in result.err, result.err
-    assert not (clone / MIRROR / BATCH).exists()  # nothing checked out from a cache DVC would not read
-
-
 FETCH_POINTS = ["fetch:after-dir-objects", "fetch:object:3", "fetch:after-objects", "fetch:link:5",
                 "fetch:mid-swap", "fetch:after-swap"]
 

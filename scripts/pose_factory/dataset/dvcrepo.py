@@ -100,12 +100,10 @@ class RemoteInfo:
                 "to_commit": list(self.to_commit)}
 
 
-@contextmanager
-def prewarmed() -> Iterator[None]:
-    """Import what open_repo and the fast `dvc add` need, in a thread, while a pull or fetch lists and
-    downloads (waiting on the network, mostly): DVC's modules take 0.3 s to import, a tenth of a 2,000-file
-    pull. The thread is joined on the way out (an import still running at interpreter shutdown can fail
-    noisily)."""
+def prewarm() -> threading.Thread:
+    """Import what open_repo and the fast `dvc add` need, in a thread, while a transfer keeps this process
+    waiting anyway: DVC's modules take 0.2 s to import, a tenth of a 2,000-file pull. Join the thread before
+    the process ends (an import still running at interpreter shutdown can fail noisily)."""
 
     def load() -> None:
         with contextlib.suppress(Exception):  # a broken install shows up, with its message, at the real import
@@ -117,10 +115,7 @@ def prewarmed() -> Iterator[None]:
 
     thread = threading.Thread(target=load, name="dvc-prewarm", daemon=True)
     thread.start()
-    try:
-        yield
-    finally:
-        thread.join()
+    return thread
 
 
 def _dvc_console_to_stderr() -> None:
@@ -507,23 +502,12 @@ def _config_value(root: Path, section: str, key: str) -> str | None:
     return None
 
 
-def cache_dir(root: Path) -> Path:
-    """DVC's cache folder as the project's config files set it (`cache.dir`, relative to .dvc/ as DVC reads it;
-    an absolute one wins), read without importing DVC; fetch checks it against DVC's own answer."""
-    configured = _config_value(root, "cache", "dir")
-    return root / ".dvc" / (os.path.expanduser(configured) if configured else "cache")
-
-
-def cache_objects_dir(root: Path) -> Path:
-    """Where DVC keeps a file's object: <cache>/files/md5/<xx>/<rest> (DVC 3's layout)."""
-    return cache_dir(root) / "files" / "md5"
-
-
 def cache_copies(root: Path, folder: Path) -> bool:
     """Whether `dvc add` of a folder costs its size again on disk (the cache copies instead of linking)."""
     first = (_config_value(root, "cache", "type") or "reflink,copy").split(",")[0].strip()
-    cache = cache_dir(root)
-    probe_cache = next(p for p in (cache, *cache.parents) if p.exists())
+    configured = _config_value(root, "cache", "dir")
+    cache_dir = root / ".dvc" / (configured or "cache")  # relative to .dvc/, as DVC reads it; absolute wins
+    probe_cache = next(p for p in (cache_dir, *cache_dir.parents) if p.exists())
     probe_folder = next(p for p in (folder, *folder.parents) if p.exists())
     if probe_cache.stat().st_dev != probe_folder.stat().st_dev:
         return True  # no link across filesystems: DVC falls back to copying

@@ -236,58 +236,55 @@ def fetch(settings: Settings, batch_ids: list[str] | None = None, *, engine: str
     dvcrepo.require_repository(settings.root)
     progress = progress or Progress(enabled=False)
     report = FetchReport()
-    # DVC is needed only once the objects are in its cache (to link them and record its state): its modules are
-    # imported in a thread meanwhile, and its cache folder comes from the config files, as DVC reads them.
-    with journal.locked(settings, "fetch"), dvcrepo.prewarmed():
+    with journal.locked(settings, "fetch"):
         journal.settle(settings)
         targets = _targets(settings, batch_ids)
+        report.cache_type_set = _ensure_cache_type(settings) if targets else None
         remote = dvcremote.default_remote(settings)
         report.remote = remote.url if remote else ""
         if remote is not None:
             report.engine = resolve_engine(engine, remote.storage)
         work = settings.layout.fetch_dir
         remove_tree(work)  # what a killed fetch left: nothing in it was trusted yet
-        odb_dir = str(dvcrepo.cache_objects_dir(settings.root))
-        todo = []
-        for target in targets:
-            recover_swap(target.folder)
-            if not force and dvccache.sealed(settings.seal_dir, target.folder, target.dir_md5):
-                report.batches.append(FetchedBatch(target.batch_id, "up-to-date", _rel(settings, target.folder)))
-                continue
-            todo.append(target)
-        _fetch_dir_objects(remote, odb_dir, todo, work / "dirs")
-        killpoint.reached("fetch:after-dir-objects")
-        todo, in_step = _refuse_changed(settings, todo, force)
-        needed: dict[str, None] = {}
-        for target in todo:
-            assert target.files is not None
-            for _, md5 in target.files.values():
-                if md5 not in needed and not _trusted(dvccache.object_path(odb_dir, md5)):
-                    needed[md5] = None
-        wanted = list(needed)
-        if wanted:
-            if remote is None:
-                raise RepositoryError(f"{len(wanted)} object(s) are missing from the DVC cache and there is no "
-                                      "DVC remote pose-sync can read", where=settings.root.as_posix(),
-                                      hint="run `pose-sync init`, or `dvc pull` for another kind of remote")
-            objects = work / "objects"
-            objects.mkdir(parents=True, exist_ok=True)
-            sizes = sum(t.size for t in todo)
-            try:
-                _download(remote, settings, wanted, objects, odb_dir, report.engine, progress, sizes)
-            except StorageError as exc:
-                exc.hint = "run `pose-sync fetch` again (it resumes); `dvc pull` is the other way"
-                raise
-            report.objects_downloaded = len(wanted)
-        killpoint.reached("fetch:after-objects")
-        report.cache_type_set = _ensure_cache_type(settings) if targets else None
         with dvcrepo.open_repo(settings.root) as repo:
-            _same_cache(repo, odb_dir)
+            odb_dir = repo.cache.local.path
+            todo = []
+            for target in targets:
+                recover_swap(target.folder)
+                if not force and dvccache.sealed(settings.seal_dir, target.folder, target.dir_md5):
+                    report.batches.append(FetchedBatch(target.batch_id, "up-to-date", _rel(settings, target.folder)))
+                    continue
+                todo.append(target)
+            _fetch_dir_objects(remote, odb_dir, todo, work / "dirs")
+            killpoint.reached("fetch:after-dir-objects")
+            todo, in_step = _refuse_changed(settings, todo, force)
             for target in in_step:
                 assert target.files is not None
                 record_checkout(repo, target.folder, target.files, target.dir_md5, settings.seal_dir)
                 report.batches.append(FetchedBatch(target.batch_id, "up-to-date", _rel(settings, target.folder),
                                                    len(target.files)))
+            needed: dict[str, None] = {}
+            for target in todo:
+                assert target.files is not None
+                for _, md5 in target.files.values():
+                    if md5 not in needed and not _trusted(dvccache.object_path(odb_dir, md5)):
+                        needed[md5] = None
+            wanted = list(needed)
+            if wanted:
+                if remote is None:
+                    raise RepositoryError(f"{len(wanted)} object(s) are missing from the DVC cache and there is no "
+                                          "DVC remote pose-sync can read", where=settings.root.as_posix(),
+                                          hint="run `pose-sync init`, or `dvc pull` for another kind of remote")
+                objects = work / "objects"
+                objects.mkdir(parents=True, exist_ok=True)
+                sizes = sum(t.size for t in todo)
+                try:
+                    _download(remote, settings, wanted, objects, odb_dir, report.engine, progress, sizes)
+                except StorageError as exc:
+                    exc.hint = "run `pose-sync fetch` again (it resumes); `dvc pull` is the other way"
+                    raise
+                report.objects_downloaded = len(wanted)
+            killpoint.reached("fetch:after-objects")
             by_dvc = dvccache.cache_unsupported(repo) is not None
             for target in todo:
                 assert target.files is not None
@@ -304,15 +301,6 @@ def fetch(settings: Settings, batch_ids: list[str] | None = None, *, engine: str
         remove_tree(work)
     report.batches.sort(key=lambda b: b.batch_id)
     return report
-
-
-def _same_cache(repo: Any, odb_dir: str) -> None:
-    """Refuse to go on when DVC keeps its cache elsewhere than the project's config files say (a `cache.dir`
-    in DVC's global or system config): the objects were put where this project's config points."""
-    if os.path.realpath(repo.cache.local.path) != os.path.realpath(odb_dir):
-        raise RepositoryError(f"DVC's cache is at {repo.cache.local.path}, set outside this project's .dvc/config",
-                              where=odb_dir, hint="set cache.dir in .dvc/config (or .dvc/config.local), or use "
-                                                  "`dvc pull`")
 
 
 def _refuse_changed(settings: Settings, targets: list[_Target], force: bool) -> tuple[list[_Target], list[_Target]]:
