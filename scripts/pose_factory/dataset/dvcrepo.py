@@ -11,7 +11,6 @@ import logging
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -100,31 +99,13 @@ class RemoteInfo:
                 "to_commit": list(self.to_commit)}
 
 
-def prewarm() -> threading.Thread:
-    """Import what open_repo and the fast `dvc add` need, in a thread, while a transfer keeps this process
-    waiting anyway: DVC's modules take 0.2 s to import, a tenth of a 2,000-file pull. Join the thread before
-    the process ends (an import still running at interpreter shutdown can fail noisily)."""
-
-    def load() -> None:
-        with contextlib.suppress(Exception):  # a broken install shows up, with its message, at the real import
-            import dvc.repo  # noqa: F401
-            import dvc.utils.serialize  # noqa: F401
-            import dvc_data.hashfile.hash_info  # noqa: F401
-            import dvc_data.hashfile.state  # noqa: F401
-            import dvc_data.hashfile.utils  # noqa: F401
-
-    thread = threading.Thread(target=load, name="dvc-prewarm", daemon=True)
-    thread.start()
-    return thread
-
-
 def _dvc_console_to_stderr() -> None:
     """Point DVC's console handlers at this moment's stderr.
 
     `import dvc` binds its handlers to whatever sys.stdout and sys.stderr were at the time (its
-    dvc.logger.setup()): a thread importing it early, or a caller that swapped the streams and has since
-    closed them, would leave DVC writing to stdout (into `--json` output) or to a closed file. Its chatter
-    belongs on stderr, where -v shows it.
+    dvc.logger.setup()): imported while a caller had swapped the streams (a test's capture, since closed), DVC
+    would write to stdout (into `--json` output) or to a closed file. Its chatter belongs on stderr, where -v
+    shows it.
     """
     for name in ("dvc", "dvc_objects", "dvc_data"):
         for handler in logging.getLogger(name).handlers:

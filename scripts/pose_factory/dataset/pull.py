@@ -16,8 +16,6 @@ from __future__ import annotations
 import os
 import shutil
 import stat
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import date
 from pathlib import Path
@@ -462,16 +460,6 @@ def _refill_from_bucket(storage: Storage, settings: Settings, batch_id: str, rec
 
 # --- the command -------------------------------------------------------------------------------------------
 
-@contextmanager
-def _prewarmed_dvc() -> Iterator[None]:
-    """DVC's modules imported beside the pull's first steps (listing, manifest, transfer), not after them."""
-    thread = dvcrepo.prewarm()
-    try:
-        yield
-    finally:
-        thread.join()
-
-
 def pull(storage: Storage, settings: Settings, batch_ids: list[str], *, engine: str = "auto",
          allow_incomplete: bool = False, commit: bool = False, repair: bool = False,
          progress: Progress | None = None) -> PullReport:
@@ -480,7 +468,7 @@ def pull(storage: Storage, settings: Settings, batch_ids: list[str], *, engine: 
     dvcrepo.require_repository(settings.root)
     progress = progress or Progress(enabled=False)
     report = PullReport(engine=engine)
-    with journal.locked(settings, "pull"), _prewarmed_dvc():
+    with journal.locked(settings, "pull"):
         check_ready(settings)  # settling may write params.yaml too
         report.recovered = journal.settle(settings)
         storage.ensure_bucket()
