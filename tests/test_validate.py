@@ -200,22 +200,16 @@ def test_several_processes_give_the_same_report_as_one(batch, tmp_path):
         result = run_script(["validate", str(batch), "--json", "--workers", workers], cwd=tmp_path)
         assert result.returncode == 11, result.stderr
         reports.append(json.loads(result.stdout))
-    # Where processes cannot be forked (macOS), they are started afresh and given their part pickled.
-    spawned = subprocess.run([sys.executable, "-c", (
-        "import json, sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); "
-        "from pose_factory.dataset import validate; validate._can_fork = lambda: False; "
-        "print(json.dumps(validate.validate_batch(Path(sys.argv[2]), workers=3).as_json()))"),
-        str(REPO / "scripts"), str(batch)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    assert spawned.returncode == 0, spawned.stderr
-    reports.append(json.loads(spawned.stdout))
-    # A big batch's folder is listed by a forked helper while the manifest is parsed.
-    listed_aside = subprocess.run([sys.executable, "-c", (
-        "import json, sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); "
-        "from pose_factory.dataset import validate; validate.LISTER_MIN_MANIFEST_BYTES = 0; "
-        "print(json.dumps(validate.validate_batch(Path(sys.argv[2]), workers=3).as_json()))"),
-        str(REPO / "scripts"), str(batch)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    assert listed_aside.returncode == 0, listed_aside.stderr
-    reports.append(json.loads(listed_aside.stdout))
+    # Where processes cannot be forked (macOS), they are started afresh and given their part pickled; and a big
+    # batch's folder is listed by a forked helper while the manifest is parsed.
+    for setting in ("validate._can_fork = lambda: False", "validate.LISTER_MIN_MANIFEST_BYTES = 0"):
+        run = subprocess.run([sys.executable, "-c", (
+            "import json, sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); "
+            f"from pose_factory.dataset import validate; {setting}; "
+            "print(json.dumps(validate.validate_batch(Path(sys.argv[2]), workers=3).as_json()))"),
+            str(REPO / "scripts"), str(batch)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert run.returncode == 0, (setting, run.stderr)
+        reports.append(json.loads(run.stdout))
     assert reports[0] == reports[1] == reports[2] == reports[3]
     problems = {(p["file"], p["field"]) for p in reports[0]["problems"]}
     assert {("pose/000003.png", "bytes"), ("seg/000002.png", "missing"), ("normal/000000.png", "sha256 differs"),
