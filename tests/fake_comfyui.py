@@ -179,6 +179,9 @@ class FakeComfyUI:
         self.uploads: list[dict] = []
         self.prompts: list[dict] = []
         self.requests: list[tuple[str, str]] = []
+        # Called with (method, path) before a request is answered: lets a test make something happen between two
+        # of the client's questions.
+        self.before_answer: Callable[[str, str], None] | None = None
         self.interrupts: list[dict] = []
         self.ws_clients: list[str] = []
         self.history: dict[str, dict] = {}
@@ -697,6 +700,8 @@ class FakeComfyUI:
                 parts = urlsplit(self.path)
                 path = parts.path[4:] if parts.path.startswith("/api/") else parts.path  # add_routes: /api too
                 fake.requests.append((self.command, path))
+                if fake.before_answer is not None:
+                    fake.before_answer(self.command, path)
                 return path, {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
 
             def do_GET(self) -> None:

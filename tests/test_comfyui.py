@@ -312,6 +312,34 @@ def test_a_run_killed_after_sending_follows_that_prompt_on_the_rerun(repo, comfy
     assert record["prompt_id"] == comfy.prompts[0]["prompt_id"]
 
 
+def test_a_prompt_of_a_killed_run_finishing_while_the_rerun_looks_for_it_is_collected_not_resent(repo, comfy):
+    """The earlier prompt finishes between the rerun's questions about it: whatever it asks first, the answer to
+    the second one is given after the prompt left the queue for the history."""
+    comfy.step_delay = 0.05
+    write_config(repo, controlnet_graph(steps=2000), CONTROLNET)
+    args = ["comfyui", "queue", "--server", comfy.url, "--limit", "1", "-q", "--json"]
+    killed = run_script(args, cwd=repo, env={"POSE_FACTORY_KILL_AT": "comfyui-queue:after-submit"})
+    assert killed.returncode == -9 and comfy.running_id() is not None
+    questions: list[str] = []
+
+    def finish_before_the_second_question(method: str, path: str) -> None:
+        if method == "GET" and (path == "/queue" or path.startswith("/history/")):
+            questions.append(path)
+            if len(questions) == 2:
+                comfy.step_delay = 0.0
+                assert comfy.wait_idle(timeout=10)
+
+    comfy.before_answer = finish_before_the_second_question
+    rerun = run_script(args, cwd=repo)
+    assert rerun.returncode == 0, rerun.stderr
+    report = json.loads(rerun.stdout)
+    assert len(questions) >= 2 and comfy.running_id() is None
+    assert (report["done"], report["followed"]) == (1, 1), report
+    assert len(comfy.prompts) == 1, "the prompt that finished meanwhile was sent a second time"
+    record = json.loads((outputs_dir(repo) / "000000.json").read_text())
+    assert record["prompt_id"] == comfy.prompts[0]["prompt_id"]
+
+
 def _state(*folders: Path) -> dict[str, tuple[str, int]]:
     """Every file's sha256 and modification time: a rewrite with the same bytes shows too."""
     return {str(p): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)

@@ -532,21 +532,21 @@ class _Run:
             marker.unlink()
             return False
         prompt = _Prompt(prompt_id, row, out_dir)
-        entry = self.client.history(prompt_id)
-        if entry is not None:
-            if (entry.get("status") or {}).get("status_str") == "success":
-                self.result.followed += 1
-                self._collect(prompt, entry)
-                return True
-            marker.unlink()
-            return False  # it failed or was interrupted: send it again
+        # The queue first, then the history: ComfyUI moves a finished prompt from one to the other under one lock
+        # (PromptQueue.task_done), so a prompt that is in neither was lost. Asked the other way round, a prompt
+        # finishing between the two questions looked lost and was sent a second time.
         running, waiting = self.client.queue_ids()
         if prompt_id in running or prompt_id in waiting:
             self.result.followed += 1
             self.pending[prompt_id] = prompt
             return True
+        entry = self.client.history(prompt_id)
+        if entry is not None and (entry.get("status") or {}).get("status_str") == "success":
+            self.result.followed += 1
+            self._collect(prompt, entry)
+            return True
         marker.unlink()
-        return False
+        return False  # it failed, was interrupted or was lost (a restarted server): send it again
 
     def _graph(self, row: dict[str, Any]) -> dict[str, Any]:
         """The workflow for one sample: its images (uploaded, or in the linked folder) and its values."""
