@@ -8,6 +8,7 @@ import contextlib
 import io
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -110,6 +111,13 @@ def run_script(args: list[str], *, cwd: Path, env: dict[str, str] | None = None,
     full_env.update(env or {})
     return subprocess.run([sys.executable, str(REPO / "scripts" / "pose_sync.py"), *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def ctrl_c_reaches_it() -> None:
+    """For Popen's preexec_fn, in a test that presses Ctrl-C: SIGINT does what it does in a terminal. A shell that
+    starts the suite in the background (`make test &`, a CI step) hands every process SIGINT ignored, and Python then
+    never raises KeyboardInterrupt: the test would wait for an answer that cannot come."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def git(root: Path, *args: str) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, build_pipeline_repository, copy_repository, dvc, git, quiet_cli
+from helpers import REPO, build_pipeline_repository, copy_repository, ctrl_c_reaches_it, dvc, git, quiet_cli
 from pose_factory.core import contract
 
 pytestmark = pytest.mark.integration
@@ -173,7 +173,7 @@ def start_curate(root: Path, *args: str) -> tuple[subprocess.Popen, str]:
     env = {**os.environ, "POSE_FACTORY_ROOT": str(root), "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen([sys.executable, str(REPO / "scripts" / "pose_sync.py"), "curate", *args,
                                 "--no-browser"], cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+                               text=True, preexec_fn=ctrl_c_reaches_it)
     for line in process.stdout:
         if line.startswith("open http://127.0.0.1:"):
             return process, line.split()[1]

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import REPO, run_script
+from helpers import REPO, ctrl_c_reaches_it, run_script
 from pose_factory.core import contract
 
 W = H = 64
@@ -271,7 +271,7 @@ def _start_harness(batch: Path, tmp_path: Path, spawn: bool, fail: bool = False)
     env = {**os.environ, "PIDS_DIR": str(pids), "SPAWN": "1" if spawn else "", "FAIL": "1" if fail else ""}
     proc = subprocess.Popen([sys.executable, str(harness), "validate", str(batch), "--workers", "3"], cwd=tmp_path,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=ctrl_c_reaches_it)
     return proc, pids
 
 
