@@ -499,7 +499,7 @@ class FakeComfyUI:
                 self._running = item
                 self._interrupt.clear()  # PromptExecutor.execute: interrupt_processing(False)
             self._queue_updated()
-            time.sleep(self.exec_delay)
+            self._interrupt.wait(self.exec_delay)  # starting up; an interrupt meanwhile stops it at its first node
             history_result, success, messages = self._execute(item)
             with self._lock:
                 # PromptQueue.task_done: the entry; then the worker tells the client it is idle
