@@ -136,7 +136,13 @@ def test_the_digests_are_sha256_and_md5(tmp_path):
     path = tmp_path / "blob"
     path.write_bytes(data)
     assert fsutil.sha256_bytes(data) == hashlib.sha256(data).hexdigest() == fsutil.file_sha256(path)
-    assert fsutil.md5_bytes(data) == hashlib.md5(data).hexdigest() == fsutil.file_md5(path)
+    md5 = hashlib.md5(data).hexdigest()
+    assert fsutil.md5_bytes(data) == md5 == fsutil.file_md5(path) == fsutil.path_md5(str(path))
+    sized = tmp_path / "sized"
+    for size in (0, 1, (1 << 20) - 1, 1 << 20, (1 << 20) + 1, 3 << 20):  # path_md5 reads 1 MiB at a time
+        content = os.urandom(size)
+        sized.write_bytes(content)
+        assert fsutil.path_md5(str(sized)) == hashlib.md5(content).hexdigest()
     with path.open("rb") as handle:
         assert fsutil.file_md5(handle) == hashlib.md5(data).hexdigest()
     assert fsutil.content_digests(data) == (len(data), hashlib.sha256(data).hexdigest(), "")

@@ -79,6 +79,20 @@ def file_md5(file: Path | BufferedIOBase) -> str:
     return _file_digest(file, lambda: hashlib.md5(usedforsecurity=False))
 
 
+def path_md5(path: str) -> str:
+    """The md5 of the file at a path given as a string, read in 1 MiB chunks through plain os calls: per file
+    about half the cost of file_md5 on small files (no Path, no file object, no 256 KiB buffer), which counts at
+    70,000 of them."""
+    digest = hashlib.md5(usedforsecurity=False)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        while chunk := os.read(fd, 1 << 20):
+            digest.update(chunk)
+    finally:
+        os.close(fd)
+    return digest.hexdigest()
+
+
 # --- the read-only mirror -------------------------------------------------------------------------------
 
 _WRITE_BITS = stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH

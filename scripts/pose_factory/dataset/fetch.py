@@ -25,7 +25,7 @@ from pose_factory.bucket import rclone
 from pose_factory.bucket.backends import ObjectMissingError, run_parallel
 from pose_factory.core import killpoint
 from pose_factory.core.errors import IntegrityError, RepositoryError, StorageError
-from pose_factory.core.fsutil import file_md5, recover_swap, remove_tree, swap_dir
+from pose_factory.core.fsutil import path_md5, recover_swap, remove_tree, swap_dir
 from pose_factory.core.progress import Progress
 from pose_factory.core.settings import Settings
 from pose_factory.dataset import dvccache, dvcremote, dvcrepo, journal
@@ -107,16 +107,21 @@ def _trusted(path: str) -> bool:
     return stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == dvccache.CACHE_MODE
 
 
-def _install(odb_dir: str, oid: str, downloaded: str, where: str) -> None:
+def _install(odb_dir: str, oid: str, downloaded: str, where: str, made: set[str] | None = None) -> None:
     """Move a downloaded object into the cache once its md5 is its name; read-only, as DVC keeps it.
-    Paths are strings: this runs once per object (70,000 pathlib joins cost a second)."""
-    if file_md5(Path(downloaded)) != oid.removesuffix(".dir"):
+    Paths are strings: this runs once per object (70,000 pathlib joins cost a second). `made` holds the cache
+    folders known to exist (256 of them for any number of objects): one makedirs each, not one per object."""
+    if path_md5(downloaded) != oid.removesuffix(".dir"):
         os.unlink(downloaded)
         raise IntegrityError(f"the DVC remote holds a damaged object {oid}", where=where,
                              hint="push that version again from a machine that has it (`dvc push`)")
     os.chmod(downloaded, dvccache.CACHE_MODE)
     target = dvccache.object_path(odb_dir, oid)
-    os.makedirs(os.path.dirname(target), exist_ok=True)
+    folder = os.path.dirname(target)
+    if made is None or folder not in made:
+        os.makedirs(folder, exist_ok=True)
+        if made is not None:
+            made.add(folder)
     try:
         os.replace(downloaded, target)
     except OSError:  # the cache on another filesystem
@@ -134,9 +139,10 @@ def _download(remote: dvcremote.DvcRemote, settings: Settings, oids: list[str], 
     installed (md5 checked, read-only, moved in): by the boto3 thread that downloaded it, or after rclone."""
     relative = [f"{oid[:2]}/{oid[2:]}" for oid in oids]
     base = str(objects) + os.sep
+    made: set[str] = set()
 
     def install(rel: str) -> None:
-        _install(odb_dir, rel.replace("/", ""), base + rel.replace("/", os.sep), remote.url)
+        _install(odb_dir, rel.replace("/", ""), base + rel.replace("/", os.sep), remote.url, made)
         killpoint.reached("fetch:object")
 
     with progress.task("fetch objects", total_bytes, "bytes") as bar:
