@@ -17,6 +17,7 @@ import pytest
 from faultproxy import FaultProxy
 from helpers import dvc, git, make_repository, publish_generated, run_script, s3_env
 from pose_factory.core import contract
+from pose_factory.dataset import dvccache
 
 pytestmark = pytest.mark.integration
 
@@ -99,14 +100,22 @@ def test_prune_keeps_a_batch_until_its_version_is_committed_and_pushed_and_survi
     # Checked, not assumed: one object gone from the DVC remote, or there with other bytes of the same size
     # (a bad upload), keeps the batch.
     remote, key = remote_object(root, "rgb/000001.png")
+    dir_key = remote.key(dvccache.read_dvc_file(root / MIRROR / f"{BATCH}.dvc")["md5"])
+    object_path, dir_path = (k.removeprefix(remote.prefix.removesuffix("files/md5/")) for k in (key, dir_key))
     original = remote.storage.read_bytes(key)
     remote.storage.delete(key)
     result, rows = prune(cli, BATCH)
     assert result.code == 10 and "1 object(s)" in rows[0]["reason"] and "dvc push" in rows[0]["reason"], rows
+    # `dvc push` skips a version whose .dir object the remote has: the advice says to delete that first
+    assert f"delete {dir_path} from the DVC remote" in rows[0]["reason"], rows
     remote.storage.put_bytes(key, bytes(b ^ 0xFF for b in original))
     result, rows = prune(cli, BATCH)
     assert result.code == 10 and "not in the DVC remote" in rows[0]["reason"], rows
-    remote.storage.put_bytes(key, original)
+    assert f"delete {object_path} and {dir_path} from the DVC remote" in rows[0]["reason"], rows
+    for stale in (key, dir_key):  # the advice, followed
+        remote.storage.delete(stale)
+    dvc(root, "push", "-q")
+    assert remote.storage.read_bytes(key) == original
     result, rows = prune(cli, "--dry-run")
     assert result.code == 0 and rows[0]["action"] == "would-prune" and rows[0]["objects_deleted"] == len(before)
     assert objects(project, bucket) == before

@@ -183,3 +183,41 @@ def _md5(path: Path) -> str:
     import hashlib
 
     return hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest()
+
+
+def test_an_object_missing_or_damaged_in_the_dvc_remote_is_refused_and_the_hint_mends_it(repo, backend, cli,
+                                                                                         tmp_path, monkeypatch):
+    from pose_factory.core.settings import load_settings
+    from pose_factory.dataset import dvccache, dvcremote
+
+    root = pushed_repository(repo, cli, tmp_path)
+    manifest = contract.load_manifest(root / MIRROR / BATCH)
+    entry = manifest["files"][0]
+    md5 = contract.hash_files(root / MIRROR / BATCH, [entry["path"]], with_md5=True)[entry["path"]][2]
+    dir_md5 = dvccache.read_dvc_file(root / MIRROR / f"{BATCH}.dvc")["md5"]
+    remote = dvcremote.default_remote(load_settings())
+    good = remote.storage.read_bytes(remote.key(md5))
+    remote.storage.delete(remote.key(md5))
+    clone = clone_of(root, tmp_path / "clone", monkeypatch)
+    cached = clone / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
+    for damaged in (False, True):
+        if damaged:  # one bit flipped: same size, other md5
+            remote.storage.put_bytes(remote.key(md5), good[:-1] + bytes([good[-1] ^ 1]))
+        result = cli("fetch")
+        problem = "holds a damaged object" if damaged else "has no object"
+        assert result.code == 7 and f"{problem} {md5}" in result.err and "Traceback" not in result.err, result.err
+        assert not (clone / MIRROR / BATCH).exists(), "no batch folder from a version that could not be checked"
+        assert not cached.exists(), "nothing but checked bytes enters DVC's cache"
+        hint = result.err.split("hint: ")[1]
+        assert f"files/md5/{dir_md5[:2]}/{dir_md5[2:]}" in hint and "dvc push" in hint
+        assert (f"files/md5/{md5[:2]}/{md5[2:]}" in hint) == damaged
+    # As the hint says: `dvc push` skips a version whose .dir object the remote has, so both go first.
+    remote.storage.delete(remote.key(md5))
+    dvc(root, "push", "-q")
+    assert not remote.has(md5), "dvc push skipped the version: the remote has its .dir object"
+    remote.storage.delete(remote.key(dir_md5))
+    dvc(root, "push", "-q")
+    assert remote.storage.read_bytes(remote.key(md5)) == good
+    result = cli("fetch", "--json")
+    assert result.code == 0, result.err
+    contract.verify_batch(clone / MIRROR / BATCH, manifest)

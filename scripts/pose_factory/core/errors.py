@@ -105,6 +105,15 @@ class IntegrityError(PoseFactoryError):
     exit_code = ExitCode.INTEGRITY
 
 
+class RemoteObjectError(IntegrityError):
+    """An object a version lists that the DVC remote lacks, or holds damaged (its md5 is not its name)."""
+
+    def __init__(self, oid: str, *, damaged: bool, where: str | None = None, hint: str | None = None):
+        problem = "holds a damaged object" if damaged else "has no object"
+        super().__init__(f"the DVC remote {problem} {oid}, which this version lists", where=where, hint=hint)
+        self.oid, self.damaged = oid, damaged
+
+
 class BatchNotFoundError(PoseFactoryError):
     """A batch id names no batch in the place it was looked for."""
 

@@ -20,6 +20,17 @@ from pose_factory.core.settings import R2Credentials, Settings, r2_credentials
 OBJECTS = "files/md5/"
 
 
+def repair_hint(delete: list[str]) -> str:
+    """How to mend the DVC remote: delete these objects (damaged ones, and the .dir object of a version that lacks
+    files), then push again. `dvc push` takes a remote that has a version's .dir object to have all of its files,
+    and one that has an object to have it intact, and skips them."""
+    push = "`dvc push` from a machine that has this version"
+    if not delete:
+        return push
+    paths = " and ".join(f"{OBJECTS}{oid[:2]}/{oid[2:]}" for oid in dict.fromkeys(delete))
+    return f"delete {paths} from the DVC remote, then {push} (it skips what the remote has)"
+
+
 @dataclass
 class DvcRemote:
     """The default DVC remote: its name, URL, and a Storage with the key prefix of its objects."""

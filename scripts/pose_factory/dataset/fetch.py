@@ -24,7 +24,7 @@ from typing import Any
 from pose_factory.bucket import rclone
 from pose_factory.bucket.backends import ObjectMissingError, run_parallel
 from pose_factory.core import killpoint
-from pose_factory.core.errors import IntegrityError, RepositoryError, StorageError
+from pose_factory.core.errors import IntegrityError, RemoteObjectError, RepositoryError, StorageError
 from pose_factory.core.fsutil import path_md5, recover_swap, remove_tree, swap_dir
 from pose_factory.core.progress import Progress
 from pose_factory.core.settings import Settings
@@ -107,14 +107,18 @@ def _trusted(path: str) -> bool:
     return stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == dvccache.CACHE_MODE
 
 
+def _object_error(oid: str, where: str, *, damaged: bool) -> RemoteObjectError:
+    """The error for an object the remote lacks or holds damaged; fetch() adds the .dir objects to its hint."""
+    return RemoteObjectError(oid, damaged=damaged, where=where, hint=dvcremote.repair_hint([oid] if damaged else []))
+
+
 def _install(odb_dir: str, oid: str, downloaded: str, where: str, made: set[str] | None = None) -> None:
     """Move a downloaded object into the cache once its md5 is its name; read-only, as DVC keeps it.
     Paths are strings: this runs once per object (70,000 pathlib joins cost a second). `made` holds the cache
     folders known to exist (256 of them for any number of objects): one makedirs each, not one per object."""
     if path_md5(downloaded) != oid.removesuffix(".dir"):
         os.unlink(downloaded)
-        raise IntegrityError(f"the DVC remote holds a damaged object {oid}", where=where,
-                             hint="push that version again from a machine that has it (`dvc push`)")
+        raise _object_error(oid, where, damaged=True)
     os.chmod(downloaded, dvccache.CACHE_MODE)
     target = dvccache.object_path(odb_dir, oid)
     folder = os.path.dirname(target)
@@ -153,7 +157,10 @@ def _download(remote: dvcremote.DvcRemote, settings: Settings, oids: list[str], 
         else:
             def one(rel: str) -> None:
                 killpoint.reached("fetch:transfer")
-                remote.storage.download_file(remote.prefix + rel, objects / rel)
+                try:
+                    remote.storage.download_file(remote.prefix + rel, objects / rel)
+                except ObjectMissingError:
+                    raise _object_error(rel.replace("/", ""), remote.url, damaged=False) from None
                 install(rel)
 
             run_parallel(one, relative, settings.concurrency * 2)
@@ -163,9 +170,7 @@ def _download(remote: dvcremote.DvcRemote, settings: Settings, oids: list[str], 
         if rel in installed:
             continue
         if not os.path.isfile(base + rel.replace("/", os.sep)):
-            raise IntegrityError(f"the DVC remote has no object {rel.replace('/', '')}, which this version lists",
-                                 where=remote.url, hint="push the version again (`dvc push`) from a machine that "
-                                                        "has it")
+            raise _object_error(rel.replace("/", ""), remote.url, damaged=False)
         install(rel)
 
 
@@ -288,6 +293,11 @@ def fetch(settings: Settings, batch_ids: list[str] | None = None, *, engine: str
                     _download(remote, settings, wanted, objects, odb_dir, report.engine, progress, sizes)
                 except StorageError as exc:
                     exc.hint = "run `pose-sync fetch` again (it resumes); `dvc pull` is the other way"
+                    raise
+                except RemoteObjectError as exc:  # name the .dir object of each version that lists it, too
+                    listing = [t.dir_md5 for t in todo
+                               if t.files and any(md5 == exc.oid for _, md5 in t.files.values())]
+                    exc.hint = dvcremote.repair_hint([exc.oid, *listing] if exc.damaged else listing)
                     raise
                 report.objects_downloaded = len(wanted)
             killpoint.reached("fetch:after-objects")

@@ -102,7 +102,7 @@ def _listing(settings: Settings, remote: dvcremote.DvcRemote, dir_md5: str) -> d
         except ObjectMissingError:
             raise _Keep("the DVC remote does not hold the version committed in git (run `dvc push`)") from None
         if md5_bytes(data) != dir_md5.removesuffix(".dir"):
-            raise _Keep(f"the DVC remote's listing {dir_md5} is damaged")
+            raise _Keep(f"the DVC remote's listing {dir_md5} is damaged ({dvcremote.repair_hint([dir_md5])})")
     return dvccache.read_listing(data, remote.key(dir_md5))
 
 
@@ -155,8 +155,12 @@ def _verify(storage: Storage, settings: Settings, remote: dvcremote.DvcRemote, f
     dir_missing = dir_md5 not in found or found[dir_md5][1] not in (None, dir_md5.removesuffix(".dir"))
     if missing or dir_missing:
         count = len(missing) + dir_missing
+        # What `dvc push` would skip must go first: objects there with other bytes, and the .dir object of a
+        # version whose files are not all there.
+        there = [plan.files[rel][1] for rel in missing if plan.files[rel][1] in found]
+        delete = there + ([] if dir_missing or not missing else [dir_md5])
         raise _Keep(f"{count} object(s) of the version committed in {plan.commit[:12]} are not in the DVC remote, "
-                    f"e.g. {missing[0] if missing else plan.out['md5']} (run `dvc push`)")
+                    f"e.g. {missing[0] if missing else plan.out['md5']} ({dvcremote.repair_hint(delete)})")
     manifest_sha = sha256_bytes(plan.manifest_bytes)
     try:
         if sha256_bytes(remote.storage.read_bytes(remote.key(plan.files[MANIFEST_NAME][1]))) != manifest_sha:
