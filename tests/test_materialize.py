@@ -339,3 +339,61 @@ def test_a_build_killed_while_the_helper_works_keeps_the_set_and_the_rerun_conve
     expected_json, _ = reference_index(mirror, working)
     assert (mirror / "working" / "current_batch" / "index.json").read_bytes() == expected_json
     assert sorted(p.name for p in (mirror / "working").iterdir()) == ["current_batch"]
+
+
+def _random_json(rng, depth: int = 0):
+    """A JSON value with the awkward parts: escapes, braces and colons inside strings, nesting, numbers."""
+    kind = rng.randrange(7 if depth < 3 else 4)
+    if kind == 0:
+        return rng.choice(["", "created_at", '"created_at": "x"', "{[:,]}", "a\\b\"c\n\t\u00e9\u2028", "\u0000\u001f"])
+    if kind == 1:
+        return rng.choice([0, -1, 2.5e-3, 10**20, True, False, None])
+    if kind == 2:
+        return "".join(rng.choice('ab{}[]:,"\\ \n\u00e9') for _ in range(rng.randrange(12)))
+    if kind == 3:
+        return rng.random()
+    if kind in (4, 5):
+        keys = ["created_at", "files", "a", '{"created_at"', "x\"y"]
+        return {rng.choice(keys) + str(rng.randrange(3) if rng.random() < 0.5 else ""): _random_json(rng, depth + 1)
+                for _ in range(rng.randrange(4))}
+    return [_random_json(rng, depth + 1) for _ in range(rng.randrange(4))]
+
+
+def test_a_top_level_string_read_from_the_head_is_the_parsers_or_none():
+    import random
+
+    rng = random.Random(20261201)
+    answered = 0
+    for _ in range(3000):
+        document = _random_json(rng)
+        if rng.random() < 0.6:  # a top-level created_at, with keys before and after it
+            before = document if isinstance(document, dict) else {}
+            document = {"zz" if rng.random() < 0.5 else "a": _random_json(rng), **before,
+                        "created_at": rng.choice(["2026-12-01T00:00:00Z", "x\"}", 5, None, {"created_at": "no"}])}
+        text = json.dumps(document, ensure_ascii=rng.random() < 0.5, indent=rng.choice([None, 1]),
+                          sort_keys=rng.random() < 0.5).encode()
+        for cut in (len(text), rng.randrange(len(text) + 1)):  # the whole document, and a head of it
+            found = contract.head_string(text[:cut], "created_at")
+            parsed = json.loads(text)
+            if found is not None:
+                answered += 1
+                assert isinstance(parsed, dict) and parsed["created_at"] == found, (text, cut)
+            elif cut == len(text) and isinstance(parsed, dict) and isinstance(parsed.get("created_at"), str):
+                raise AssertionError(f"the whole document holds it: {text!r}")
+    assert answered > 500  # the check above ran on many answers, not only on Nones
+
+
+def test_latest_compares_created_at_from_the_head_and_parses_a_manifest_whose_key_comes_later(mirror):
+    # A (older by created_at) gets its created_at moved behind 100 kB of another key: read from the whole manifest.
+    manifest_path = mirror / "raw" / A / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    assert contract.head_string(manifest_path.read_bytes(), "created_at") == manifest["created_at"]
+    created = manifest.pop("created_at")
+    manifest_path.chmod(0o644)
+    manifest_path.write_text(json.dumps({**manifest, "notes": "n" * 100_000, "zz_created_at_last": 1,
+                                         "created_at": "2026-12-31T00:00:00Z"}, sort_keys=False))
+    assert contract.head_string(manifest_path.read_bytes()[:contract.HEAD_BYTES], "created_at") is None
+    result = build(mirror, {"batches": "latest"})
+    assert result.batches == [A], "A's created_at, found past the head, makes it the latest now"
+    manifest_path.write_text(json.dumps({**manifest, "created_at": created}))
+    assert build(mirror, {"batches": "latest"}).batches == [B]

@@ -218,6 +218,47 @@ def parse_manifest_bytes(data: bytes, label: str) -> Manifest:
     return manifest
 
 
+# One JSON token after optional whitespace: a string, a punctuation mark, or a number / literal.
+_JSON_TOKEN = re.compile(rb'[ \t\r\n]*(?:("(?:[^"\\\x00-\x1f]|\\.)*")|([{}\[\]:,])'
+                         rb'|(-?[0-9][0-9.eE+-]*|true|false|null))')
+HEAD_BYTES = 65536
+
+
+def head_string(data: bytes, key: str) -> str | None:
+    """The string value of a top-level key of a JSON object, from the document's first bytes, or None when the key
+    does not come within them (or the document is not an object, or the value is not a string): then the caller
+    parses the whole document. Exact, not a search: the bytes are read as JSON tokens from the first, so a key of
+    a nested object, or text inside a string, is never taken for it. A key given twice would be answered with its
+    first value where a parser keeps the last; the manifests read this way are written by json / orjson, which
+    never repeat a key, and keep their keys sorted (created_at comes before files and samples)."""
+    wanted = json.dumps(key).encode()
+    pos, depth, key_next, current = 0, 0, False, b""
+    while True:
+        match = _JSON_TOKEN.match(data, pos)
+        if match is None:
+            return None  # the end of the head (or not JSON): parse it whole
+        pos = match.end()
+        string, mark, _ = match.groups()
+        if mark in (b"{", b"["):
+            if depth == 0 and mark != b"{":
+                return None
+            depth += 1
+            key_next = depth == 1
+        elif mark in (b"}", b"]"):
+            depth -= 1
+            if depth == 0:
+                return None
+        elif depth == 1 and mark == b",":
+            key_next = True
+        elif depth == 1 and string is not None:
+            if key_next:
+                current, key_next = string, False
+            elif current == wanted:
+                return json.loads(string)
+        elif depth == 1 and mark is None and current == wanted:
+            return None  # not a string: the schema check reports it
+
+
 def _fold(path: str) -> str:
     """What a case-insensitive, normalisation-insensitive file system (macOS APFS, Windows) compares."""
     if path.isascii():  # the usual case, 70,000 times per batch: NFC changes nothing, casefold is lower
