@@ -116,6 +116,11 @@ def test_prune_keeps_a_batch_until_its_version_is_committed_and_pushed_and_survi
         remote.storage.delete(stale)
     dvc(root, "push", "-q")
     assert remote.storage.read_bytes(key) == original
+    listing = remote.storage.read_bytes(dir_key)  # a damaged .dir object: the advice names it alone
+    remote.storage.put_bytes(dir_key, listing[:-1] + b" ")
+    result, rows = prune(cli, BATCH)
+    assert result.code == 10 and f"delete {dir_path} from the DVC remote" in rows[0]["reason"], rows
+    remote.storage.put_bytes(dir_key, listing)
     result, rows = prune(cli, "--dry-run")
     assert result.code == 0 and rows[0]["action"] == "would-prune" and rows[0]["objects_deleted"] == len(before)
     assert objects(project, bucket) == before

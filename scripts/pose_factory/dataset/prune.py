@@ -155,10 +155,10 @@ def _verify(storage: Storage, settings: Settings, remote: dvcremote.DvcRemote, f
     dir_missing = dir_md5 not in found or found[dir_md5][1] not in (None, dir_md5.removesuffix(".dir"))
     if missing or dir_missing:
         count = len(missing) + dir_missing
-        # What `dvc push` would skip must go first: objects there with other bytes, and the .dir object of a
-        # version whose files are not all there.
+        # What `dvc push` would skip must go first: objects there with other bytes, and the .dir object when it is
+        # there (damaged, or listing files that are not all there).
         there = [plan.files[rel][1] for rel in missing if plan.files[rel][1] in found]
-        delete = there + ([] if dir_missing or not missing else [dir_md5])
+        delete = there + ([dir_md5] if dir_md5 in found else [])
         raise _Keep(f"{count} object(s) of the version committed in {plan.commit[:12]} are not in the DVC remote, "
                     f"e.g. {missing[0] if missing else plan.out['md5']} ({dvcremote.repair_hint(delete)})")
     manifest_sha = sha256_bytes(plan.manifest_bytes)
