@@ -213,6 +213,41 @@ def test_cli_prints_exports_and_stops_on_sigterm(tmp_path, creds):
             proc.wait()
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_weed_ends_with_the_process_that_started_it_even_when_that_is_killed(tmp_path, creds):
+    script = ("import sys, time\n"
+              "from pose_factory.devtools.s3local import LocalS3Server\n"
+              f"server = LocalS3Server({str(tmp_path / 's3')!r}, {creds[0]!r}, {creds[1]!r}).start()\n"
+              "print(server.pid, server.endpoint_url, flush=True)\n"
+              "time.sleep(600)\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "scripts")}
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env)
+    weed = None
+    try:
+        weed, url = proc.stdout.readline().split()
+        assert port_is_open(url)
+        proc.kill()  # SIGKILL: no atexit, no finally
+        proc.wait()
+        deadline = time.monotonic() + 30  # a killed Go process can take a moment to close its sockets
+        while not (_ended(weed) and not port_is_open(url)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _ended(weed), "weed outlived the process that started it"
+        assert not port_is_open(url)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if weed and not _ended(weed):
+            os.kill(int(weed), signal.SIGKILL)
+
+
+def _ended(pid: str) -> bool:
+    """The process is gone, or a zombie that its new parent has not reaped yet."""
+    try:
+        return "\nState:\tZ" in Path(f"/proc/{pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+
+
 # -- the fault proxy ----------------------------------------------------------------------------
 
 

@@ -220,6 +220,17 @@ class LocalS3Server:
         # the s3.config file is the single source of credentials.
         env.update({"GOMEMLIMIT": "512MiB", "TMPDIR": str(tmp_dir)})
         log = open(self._log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
+        # A killed test run or benchmark (SIGKILL, or SIGTERM, which skips atexit) must not leave weed holding its
+        # ports and up to GOMEMLIMIT of memory: on Linux the kernel kills it with us. The death that counts is
+        # that of the thread which starts it, so only the main thread asks for it.
+        preexec = None
+        if sys.platform.startswith("linux") and threading.current_thread() is threading.main_thread():
+            from pose_factory.core.fsutil import die_with_parent
+
+            parent = os.getpid()
+
+            def preexec() -> None:
+                die_with_parent(parent)
         try:
             self._proc = subprocess.Popen(
                 self._cmd,
@@ -230,6 +241,7 @@ class LocalS3Server:
                 stderr=subprocess.STDOUT,
                 # Own session: a terminal Ctrl-C reaches only us, and stop() shuts weed down in order.
                 start_new_session=True,
+                preexec_fn=preexec,
             )
         finally:
             log.close()
