@@ -492,3 +492,53 @@ def test_live_a_pod_stops_itself_with_its_pod_scoped_key(live):
     pod = client.create_pod(_cpu_pod(name, LIVE_PYTHON_IMAGE, args, {"C": program, "API": client.base}))
     final = _wait_status(client, pod["id"], {"EXITED", "ERROR"}, 900)
     assert final is not None and final["status"] == "EXITED", f"the pod did not stop itself: {final}"
+
+
+# --- local job records ------------------------------------------------------------------------------------------
+GOOD_RECORD = {"version": 2, "job_id": "job-good", "run": "a1b2c3", "batch_id": "2026-11-30_run-cycle", "samples": 4,
+               "pods": 1, "state": "done", "reason": None, "submitted_at": "2026-11-30T10:00:00.000000Z",
+               "finished_at": "2026-11-30T10:05:00.000000Z", "gpu_type": "NVIDIA GeForce RTX 4090",
+               "shutdown": "terminate", "plain_secrets": [], "assembled": True, "pods_may_be_running": [],
+               "cost_usd": 0.06, "shards": [{"index": 0, "first": 0, "count": 4, "state": "done", "attempts": [
+                   {"attempt": 1, "pod_name": "pose-factory-job-good-a1b2c3-s0-a1", "pod_id": "p1",
+                    "created_at": "2026-11-30T10:00:01.000000Z", "cost_per_hr": 0.69,
+                    "ended_at": "2026-11-30T10:05:00.000000Z", "down": True, "pod_state": "TERMINATED",
+                    "outcome": "done"}]}]}
+# A record of the first version (one pod, before jobs had shards), as `job submit` wrote it then.
+V1_RECORD = {"version": 1, "job_id": "job-old", "pod_id": "p0", "submitted_at": "2026-11-28T09:00:00.000000Z",
+             "state": "done", "batch_id": "2026-11-28_walk", "gpu_type": "NVIDIA GeForce RTX 4090", "cost_per_hr": 0.69,
+             "finished_at": "2026-11-28T09:10:00.000000Z", "reason": "done", "pod_shutdown": True}
+
+
+def test_a_damaged_job_record_is_named_with_its_field_and_hides_no_other_job(project, cli):
+    jobs = project.root / "data" / "jobs"
+    jobs.mkdir(parents=True)
+    (jobs / "job-good.json").write_text(json.dumps(GOOD_RECORD))
+    (jobs / "job-old.json").write_text(json.dumps(V1_RECORD))
+    damaged = {"job-cut": json.dumps(GOOD_RECORD)[:120],  # cut short
+               "job-list": "[1, 2]",
+               "job-pods": json.dumps({**GOOD_RECORD, "job_id": "job-pods", "pods": "two"}),
+               "job-moved": json.dumps(GOOD_RECORD),  # another job's record under this name
+               "job-attempt": json.dumps({**GOOD_RECORD, "job_id": "job-attempt", "shards": [
+                   {**GOOD_RECORD["shards"][0], "attempts": [{"attempt": 1}]}]})}
+    for name, text in damaged.items():
+        (jobs / f"{name}.json").write_text(text)
+    fields = {"job-cut": "line 1, column", "job-list": "$: expected an object", "job-pods": "$.pods",
+              "job-moved": "$.job_id: expected 'job-moved'", "job-attempt": "$.shards[0].attempts[0]"}
+
+    listed = cli("job", "status")
+    assert listed.code == 0 and "Traceback" not in listed.err, listed.err
+    assert "job-good" in listed.out and "job-old" in listed.out
+    for name, field in fields.items():
+        line = next(line for line in listed.out.splitlines() if f"{name}.json" in line)
+        assert line.startswith("  unreadable record") and field in line and "only pose-sync writes" in line, line
+    report = json.loads(cli("job", "status", "--json").out)
+    assert sorted(r["job_id"] for r in report["jobs"]) == ["job-good", "job-old"]
+    old = next(r for r in report["jobs"] if r["job_id"] == "job-old")
+    assert old["version"] == 2 and len(old["shards"]) == 1 and old["shards"][0]["attempts"][0]["pod_id"] == "p0"
+    assert sorted(Path(u["file"]).stem for u in report["unreadable"]) == sorted(damaged)
+    for name, field in fields.items():
+        one = cli("job", "status", name)
+        assert one.code == 6 and field in one.err and f"{name}.json" in one.err and "Traceback" not in one.err
+        assert "hint: only pose-sync writes" in one.err
+    assert cli("job", "status", "job-good").code == 0

@@ -30,7 +30,7 @@ from pose_factory.core.envnames import (
     ENV_ROOT,
     ENV_SECRET_KEY,
 )
-from pose_factory.core.errors import ExitCode, RepositoryError, UsageError
+from pose_factory.core.errors import ExitCode, RepositoryError, SchemaError, UsageError
 from pose_factory.core.layout import (
     ARCHIVE,
     CONTACT_SHEET_PAGES,
@@ -384,13 +384,19 @@ def cmd_job_watch(args: argparse.Namespace, settings: Settings, progress: Progre
 def cmd_job_status(args: argparse.Namespace, settings: Settings, progress: Progress) -> int:
     from pose_factory.integrations import runpod
 
-    records = runpod.job_records(settings)
+    unreadable: list[SchemaError] = []
+    records = runpod.job_records(settings, unreadable)
     if args.job_id:
         records = [r for r in records if r["job_id"] == args.job_id]
+        for problem in unreadable:
+            if problem.where and Path(problem.where).stem == args.job_id:
+                raise problem
+        unreadable = []
     loose = [r for r in records if r.get("pods_may_be_running")]
     if args.json:
-        _emit_json({"version": runpod.JSON_VERSION, "jobs": records})
-    elif not records:
+        _emit_json({"version": runpod.JSON_VERSION, "jobs": records,
+                    "unreadable": [{"file": p.where, "error": p.message} for p in unreadable]})
+    elif not records and not unreadable:
         _out("no jobs submitted from this project")
     if records and not args.json:
         rows = [("JOB", "STATE", "SHARDS DONE", "PODS", "COST", "BATCH", "REASON")]
@@ -403,6 +409,12 @@ def cmd_job_status(args: argparse.Namespace, settings: Settings, progress: Progr
         for r in loose:
             _out(f"  {r['job_id']}: POD(S) MAY STILL BE RUNNING (shutdown never confirmed): "
                  f"{', '.join(r['pods_may_be_running'])}; `pose-sync job cancel {r['job_id']}`")
+    if not args.json:
+        for problem in unreadable:  # the others are still listed: one damaged record hides nothing
+            where = problem.where or ""
+            found = " ".join(line.strip().removeprefix("- ").removeprefix(f"{where}: ")
+                             for line in problem.message.splitlines())
+            _out(f"  unreadable record {_name(where)}: {_name(found)}; {problem.hint}")
     return ExitCode.PODS_MAY_BE_RUNNING if loose else ExitCode.OK
 
 

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 SCHEMA_FILES = {
     "config": "config.schema.json",
     "job": "job.schema.json",
+    "job-record": "job-record.schema.json",
     "manifest": "manifest.schema.json",
     "sample": "sample.schema.json",
     "openpose": "openpose.schema.json",

@@ -49,6 +49,7 @@ from pose_factory.core.errors import (
     PoseFactoryError,
     RunPodApiError,
     RunPodError,
+    SchemaError,
     UsageError,
 )
 from pose_factory.core.fsutil import atomic_write_path
@@ -372,12 +373,31 @@ def _upgrade(record: dict[str, Any]) -> dict[str, Any]:
                         "attempts": [attempt]}], "pods_may_be_running": []}
 
 
+def _load_record(path: Path) -> dict[str, Any]:
+    """A local job record, checked against schemas/job-record.schema.json (a version-1 record upgraded first): a
+    damaged or hand-edited one is a SchemaError naming the file and the field, never a traceback."""
+    hint = (f"only pose-sync writes {path.name}: put the version from a backup back, or move the file out of "
+            f"{path.parent.name}/ to forget the job (`pose-sync job list` still shows any pod of it RunPod runs)")
+    try:
+        record = schemas.load_json(path)
+    except SchemaError as exc:
+        exc.hint = hint
+        raise
+    if isinstance(record, dict) and record.get("version", 1) == 1 and isinstance(record.get("job_id"), str):
+        record = _upgrade(record)
+    schemas.check(record, "job-record", str(path), hint=hint)
+    if record["job_id"] != path.stem:
+        raise SchemaError(f"$.job_id: expected {path.stem!r} (the file's name), found {record['job_id']!r}",
+                          where=str(path), hint=hint)
+    return record
+
+
 def _record(settings: Settings, job_id: str) -> dict[str, Any]:
     path = _records_dir(settings) / f"{job_id}.json"
     if not path.is_file():
         raise UsageError(f"no job {job_id!r} was submitted from here", where=str(path.parent),
                          hint="`pose-sync job status` lists the jobs")
-    return _upgrade(json.loads(path.read_text()))
+    return _load_record(path)
 
 
 def _save_record(settings: Settings, record: dict[str, Any]) -> None:
@@ -387,9 +407,18 @@ def _save_record(settings: Settings, record: dict[str, Any]) -> None:
         tmp.write_text(json.dumps(record, indent=1) + "\n")
 
 
-def job_records(settings: Settings) -> list[dict[str, Any]]:
+def job_records(settings: Settings, unreadable: list[SchemaError] | None = None) -> list[dict[str, Any]]:
+    """Every local job record that reads; one that does not is left out (added to `unreadable` when given), so a
+    damaged record never hides the others."""
     folder = _records_dir(settings)
-    return [_upgrade(json.loads(p.read_text())) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+    records = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            records.append(_load_record(path))
+        except SchemaError as exc:
+            if unreadable is not None:
+                unreadable.append(exc)
+    return records
 
 
 def _attempts(record: dict[str, Any]) -> list[dict[str, Any]]:
