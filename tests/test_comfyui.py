@@ -459,3 +459,17 @@ def test_an_unreachable_server_has_its_own_exit_code(project, cli):
     url = f"http://127.0.0.1:{free_port()}"
     result = cli("comfyui", "check", "--server", url)
     assert result.code == 14 and url in result.err and "--server" in result.err
+
+
+def test_a_damaged_working_set_index_stops_the_queue_with_its_field_before_any_prompt(repo, cli, comfy):
+    write_config(repo, API_WORKFLOW, SIMPLE)
+    index_file = repo / "data" / "working" / "current_batch" / "index.json"
+    index = json.loads(index_file.read_text())
+    index_file.unlink()  # (the set's files may be read-only links; the index is replaced, as a hand edit would)
+    index_file.write_text(json.dumps({**index, "samples": [{"name": "000000"}]}))
+    result = cli("comfyui", "queue", "--server", comfy.url, "--limit", "1")
+    assert result.code == 6 and "$.samples[0]" in result.err and "index.json" in result.err, result.err
+    assert "dvc repro" in result.err and "Traceback" not in result.err
+    assert comfy.prompts == [] and comfy.uploads == []
+    dvc(repo, "repro", "-q")  # as the hint says: dvc.lock records the set, so DVC rebuilds it
+    assert json.loads(index_file.read_text()) == index

@@ -397,3 +397,37 @@ def test_latest_compares_created_at_from_the_head_and_parses_a_manifest_whose_ke
     assert result.batches == [A], "A's created_at, found past the head, makes it the latest now"
     manifest_path.write_text(json.dumps({**manifest, "created_at": created}))
     assert build(mirror, {"batches": "latest"}).batches == [B]
+
+
+@pytest.mark.parametrize("metrics", [b'{"errors": 0', b"[0]", b'{"errors": "0"}', b'{"errors": true}', b"{}"],
+                         ids=["cut-short", "a-list", "a-string", "a-boolean", "no-count"])
+def test_a_validation_report_without_a_readable_error_count_stops_the_build_and_keeps_the_set(mirror, metrics):
+    from pose_factory.core.errors import RepositoryError
+
+    build(mirror, {"batches": [A]})
+    before = (mirror / "working" / "current_batch" / "index.json").read_bytes()
+    (mirror / "reports" / A / "metrics.json").write_bytes(metrics)
+    with pytest.raises(RepositoryError) as stopped:
+        build(mirror, {"batches": [A]})
+    assert "has no error count" in stopped.value.message and stopped.value.where.endswith("metrics.json")
+    assert "dvc repro" in stopped.value.hint
+    assert (mirror / "working" / "current_batch" / "index.json").read_bytes() == before
+
+
+def test_a_damaged_working_set_index_is_named_with_its_field_and_how_to_rebuild_it(mirror):
+    from pose_factory.core.errors import SchemaError
+    from pose_factory.dataset.materialize import describe
+
+    out = mirror / "working" / "current_batch"
+    build(mirror, {"batches": [A]})
+    assert describe(out)["batches"] == [A]
+    index = json.loads((out / "index.json").read_text())
+    for damaged, field in ((b'{"version": 1, "samples": [', "malformed JSON"),
+                           (json.dumps({**index, "samples": "all"}).encode(), "$.samples"),
+                           (json.dumps({k: v for k, v in index.items() if k != "modalities"}).encode(),
+                            "$.modalities")):
+        (out / "index.json").write_bytes(damaged)
+        with pytest.raises(SchemaError) as stopped:
+            describe(out)
+        assert field in stopped.value.message and stopped.value.where == str(out / "index.json")
+        assert "dvc repro" in stopped.value.hint

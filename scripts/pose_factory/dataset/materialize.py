@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import orjson
 
 from pose_factory.core import contract, killpoint, schemas
-from pose_factory.core.errors import ConfigError, PoseFactoryError, RepositoryError, ToolError
+from pose_factory.core.errors import ConfigError, PoseFactoryError, RepositoryError, SchemaError, ToolError
 from pose_factory.core.forked import ForkedHelper, can_fork
 from pose_factory.core.fsutil import clone_file, make_read_only_at, recover_swap, remove_tree, swap_dir
 from pose_factory.core.layout import CURATION, MANIFEST_NAME
@@ -424,7 +424,15 @@ def _materialize(params_file: Path, raw_dir: Path, reports_dir: Path, out_dir: P
         if not metrics.is_file():
             raise RepositoryError(f"{batch_id} has not been validated", where=str(metrics),
                                   hint="run `dvc repro`: it validates every batch before materialising")
-        if json.loads(metrics.read_text()).get("errors", 1) != 0:
+        again = "run `dvc repro`: it validates the batch again (DVC sees that its report changed)"
+        try:
+            errors = schemas.load_json(metrics).get("errors")
+        except (SchemaError, AttributeError):
+            errors = None
+        if not isinstance(errors, int) or isinstance(errors, bool):
+            raise RepositoryError(f"{batch_id}'s validation report has no error count", where=str(metrics),
+                                  hint=again)
+        if errors != 0:
             raise RepositoryError(f"{batch_id} failed validation: it is not put in the working set", where=str(metrics),
                                   hint=f"see {reports_dir / batch_id / 'report.json'}")
     modalities = working["modalities"]
@@ -628,13 +636,26 @@ def _index_csv(rows: list[IndexRow], modalities: list[str]) -> str:
     return buffer.getvalue()
 
 
-def describe(out_dir: Path) -> dict[str, Any]:
-    """What the current working set holds (from its index.json)."""
+def read_index(out_dir: Path) -> WorkingIndex:
+    """The working set's index.json, checked against schemas/index.schema.json: one edited by hand, damaged, or
+    written by another version of pose-sync is an error naming the file and the field, and how to rebuild it."""
     index_file = out_dir / "index.json"
     if not index_file.is_file():
         raise PoseFactoryError("there is no working set yet", where=str(out_dir),
                                hint="run `dvc repro` or `pose-sync prepare-batch BATCH_ID`")
-    index = json.loads(index_file.read_text())
+    hint = "rebuild the working set: `dvc repro` (dvc.lock records the set, so DVC sees the change and rebuilds it)"
+    try:
+        index = schemas.load_json(index_file)
+    except SchemaError as exc:
+        exc.hint = hint
+        raise
+    schemas.check(index, "index", str(index_file), hint=hint)
+    return index
+
+
+def describe(out_dir: Path) -> dict[str, Any]:
+    """What the current working set holds (from its index.json)."""
+    index = read_index(out_dir)
     return {"path": str(out_dir), "samples": len(index["samples"]), "modalities": index["modalities"],
             "batches": [b["batch_id"] for b in index["batches"]], "link_mode": index["link_mode"]}
 

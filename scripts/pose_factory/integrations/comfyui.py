@@ -27,13 +27,14 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from pose_factory.core import killpoint
 from pose_factory.core.errors import ComfyUIError, ConfigError, PoseFactoryError, ServiceUnreachableError, UsageError
 from pose_factory.core.fsutil import atomic_write_path, sha256_bytes
 from pose_factory.core.settings import Settings
 from pose_factory.dataset import dvcrepo
+from pose_factory.dataset.materialize import read_index
 
 if TYPE_CHECKING:
     from websocket import WebSocket
@@ -419,10 +420,7 @@ def queue(settings: Settings, *, workflow: str | None, server: str, limit: int |
     mapping = load_mapping(settings, workflow)
     working = settings.layout.working_set
     index_file = working / "index.json"
-    if not index_file.is_file():
-        raise PoseFactoryError("there is no working set", where=str(working),
-                               hint="run `dvc repro` or `pose-sync prepare-batch BATCH_ID` first")
-    index = json.loads(index_file.read_text())
+    index = cast(dict[str, Any], read_index(working))  # the rows as _Run reads them: plain dicts
     missing = sorted(set(mapping.inputs.values()) - set(index["modalities"]))
     if missing:
         raise ConfigError(f"workflows.{mapping.name} maps {', '.join(missing)}, which the working set lacks",
