@@ -542,3 +542,16 @@ def test_a_damaged_job_record_is_named_with_its_field_and_hides_no_other_job(pro
         assert one.code == 6 and field in one.err and f"{name}.json" in one.err and "Traceback" not in one.err
         assert "hint: only pose-sync writes" in one.err
     assert cli("job", "status", "job-good").code == 0
+
+
+def test_a_version_1_record_is_watched_and_cancelled_with_the_settings_shutdown(cloud, cli):
+    project, _ = cloud
+    jobs = project.root / "data" / "jobs"
+    jobs.mkdir(parents=True)
+    (jobs / "job-old.json").write_text(json.dumps(V1_RECORD))
+    cancelled = cli("job", "cancel", "job-old")
+    assert cancelled.code == 0 and "Traceback" not in cancelled.err, cancelled.err
+    assert "job job-old: done; 1 pod(s) confirmed down (terminate)" in cancelled.out, cancelled.out
+    watched = cli("job", "watch", "job-old")
+    assert "Traceback" not in watched.err and "(terminate)" in watched.out, watched.err + watched.out
+    assert record(cli, "job-old")["version"] == 2  # saved as it was read: upgraded

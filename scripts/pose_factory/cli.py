@@ -370,8 +370,8 @@ def cmd_job_watch(args: argparse.Namespace, settings: Settings, progress: Progre
     record = outcome.record
     pods = [a for shard in record["shards"] for a in shard["attempts"] if a["pod_id"]]
     batch = f"; batch {record['batch_id']}" if outcome.ok else ""
-    _out(f"job {args.job_id}: {outcome.reason}; {len(pods)} pod(s), all shut down ({record['shutdown']}); "
-         f"~${record['cost_usd']:.2f}{batch}")
+    _out(f"job {args.job_id}: {outcome.reason}; {len(pods)} pod(s), all shut down "
+         f"({runpod.shutdown_of(record, settings)}); ~${record['cost_usd']:.2f}{batch}")
     if not outcome.ok:
         return ExitCode.RUNPOD
     if args.pull:
@@ -449,7 +449,8 @@ def cmd_job_cancel(args: argparse.Namespace, settings: Settings, progress: Progr
 
     record = runpod.cancel(open_storage(settings, "r2"), settings, args.job_id)
     pods = [a["pod_name"] for shard in record["shards"] for a in shard["attempts"]]
-    _out(f"job {args.job_id}: {record['state']}; {len(pods)} pod(s) confirmed down ({record['shutdown']})")
+    _out(f"job {args.job_id}: {record['state']}; {len(pods)} pod(s) confirmed down "
+         f"({runpod.shutdown_of(record, settings)})")
     return 0
 
 

@@ -421,6 +421,11 @@ def job_records(settings: Settings, unreadable: list[SchemaError] | None = None)
     return records
 
 
+def shutdown_of(record: dict[str, Any], settings: Settings) -> str:
+    """How the job's pods are shut down: as recorded at submit (a version-1 record has none: the settings')."""
+    return record.get("shutdown") or settings.runpod.shutdown
+
+
 def _attempts(record: dict[str, Any]) -> list[dict[str, Any]]:
     return [a for shard in record["shards"] for a in shard["attempts"]]
 
@@ -596,7 +601,7 @@ def _shut_down(runpod: RunPodClient | None, settings: Settings, record: dict[str
     targets = _sweep_targets(runpod, record)
     if runpod is None:
         return {name: "no RunPod client" for name in targets}
-    unconfirmed = shut_down_pods(runpod, targets, record.get("shutdown") or settings.runpod.shutdown, budget_s)
+    unconfirmed = shut_down_pods(runpod, targets, shutdown_of(record, settings), budget_s)
     _mark_down(record, set(targets) - set(unconfirmed))
     return unconfirmed
 
@@ -695,7 +700,8 @@ def _watch_round(runpod: RunPodClient, storage: Storage, settings: Settings, rec
         attempt["outcome"] = reason
         if not attempt["down"]:  # done or failed, its pod has nothing left to do: shut it down now (one try;
             # the sweep at the end retries whatever RunPod did not confirm)
-            if not shut_down_pods(runpod, {attempt["pod_name"]: attempt["pod_id"]}, record["shutdown"], 0):
+            this_pod = {attempt["pod_name"]: attempt["pod_id"]}
+            if not shut_down_pods(runpod, this_pod, shutdown_of(record, settings), 0):
                 _mark_down(record, {attempt["pod_name"]})
         if verdict == "done":
             shard["state"] = "done"
