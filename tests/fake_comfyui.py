@@ -135,8 +135,11 @@ class _WebSocket:
     def send_json(self, obj) -> None:
         try:
             self.send(0x1, json.dumps(obj).encode())
-        except OSError:
-            pass  # server.py send_socket_catch_exception: a gone client is not an error
+        except (OSError, ValueError):
+            # server.py send_socket_catch_exception: a gone client is not an error. ValueError: the handler thread
+            # of a client that just left closed the stream between the sender's look-up and this write (it made
+            # a prompt of a killed client fail now and then, as real ComfyUI never does)
+            pass
 
     def receive(self) -> tuple[int | None, bytes]:
         head = self.rfile.read(2)

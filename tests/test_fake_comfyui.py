@@ -266,3 +266,16 @@ def test_combo_inputs_are_checked_in_both_forms(comfy):
     body = requests.post(comfy.url + "/prompt", json={"prompt": graph}, timeout=10).json()
     assert body["node_errors"] == {}
     assert wait_history(comfy.url, body["prompt_id"])["outputs"]["4"]["images"][0]["type"] == "temp"
+
+
+def test_an_event_for_a_client_that_just_left_is_dropped_as_comfyui_drops_it():
+    """The socket's stream may already be closed by its handler thread when an event is written: that client is
+    gone, which is no error of the prompt (server.py send_socket_catch_exception)."""
+    import types
+
+    from fake_comfyui import _WebSocket
+
+    closed = io.BytesIO()
+    closed.close()
+    handler = types.SimpleNamespace(rfile=io.BytesIO(), wfile=closed, connection=None)
+    _WebSocket(handler).send_json({"type": "progress", "data": {}})  # raised ValueError before
