@@ -23,7 +23,7 @@ from typing import Any
 
 from pose_factory.bucket import rclone
 from pose_factory.bucket.backends import ObjectMissingError, run_parallel
-from pose_factory.core import killpoint
+from pose_factory.core import contract, killpoint
 from pose_factory.core.errors import IntegrityError, RemoteObjectError, RepositoryError, StorageError
 from pose_factory.core.fsutil import path_md5, recover_swap, remove_tree, swap_dir
 from pose_factory.core.progress import Progress
@@ -166,12 +166,19 @@ def _download(remote: dvcremote.DvcRemote, settings: Settings, oids: list[str], 
             run_parallel(one, relative, settings.concurrency * 2)
             bar.advance(total_bytes)
             installed = set(relative)
-    for rel in relative:
-        if rel in installed:
-            continue
-        if not os.path.isfile(base + rel.replace("/", os.sep)):
-            raise _object_error(rel.replace("/", ""), remote.url, damaged=False)
-        install(rel)
+    def install_present(rels: list[str]) -> None:
+        for rel in rels:
+            if not os.path.isfile(base + rel.replace("/", os.sep)):
+                raise _object_error(rel.replace("/", ""), remote.url, damaged=False)
+            install(rel)
+
+    rest = [rel for rel in relative if rel not in installed]
+    # Reading and md5 release the GIL: objects of some size are checked in two threads once rclone has
+    # ended and the cores are free (contract.MD5_THREADED_AVERAGE; 2,000 objects of 41 KB: 0.16 -> 0.11 s).
+    if len(rest) >= 8 and total_bytes / max(1, len(relative)) >= contract.MD5_THREADED_AVERAGE:
+        run_parallel(install_present, [rest[i:i + 64] for i in range(0, len(rest), 64)], min(2, os.cpu_count() or 1))
+    else:
+        install_present(rest)
 
 
 def _fetch_dir_objects(remote: dvcremote.DvcRemote | None, odb_dir: str, targets: list[_Target],

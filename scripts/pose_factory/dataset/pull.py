@@ -160,7 +160,8 @@ def _verify_staged(staging: Path, entries: list[FileEntry], there: set[str]
     """Split manifest entries into (still to fetch, digests of those already verified in staging); `there`:
     the listed files staging holds (_clean_staging)."""
     present = [e for e in entries if e["path"] in there]
-    digests = contract.hash_files(staging, [e["path"] for e in present], with_md5=True) if present else {}
+    digests = contract.hash_files(staging, [e["path"] for e in present], with_md5=True,
+                                  sizes={e["path"]: e["size"] for e in present}) if present else {}
     good = {e["path"] for e in present if digests[e["path"]][0] == e["size"] and digests[e["path"]][1] == e["sha256"]}
     for entry in present:
         if entry["path"] not in good:
@@ -201,7 +202,8 @@ def _check_downloaded(staging: Path, todo: list[FileEntry], where: str, arrived:
     """Compare what was just downloaded with the manifest (digests from `arrived`, the rest hashed now);
     return the digests."""
     rest = [e["path"] for e in todo if e["path"] not in arrived]
-    digests = {**arrived, **(contract.hash_files(staging, rest, with_md5=True) if rest else {})}
+    sizes = {e["path"]: e["size"] for e in todo}
+    digests = {**arrived, **(contract.hash_files(staging, rest, with_md5=True, sizes=sizes) if rest else {})}
     problems = []
     for entry in todo:
         size, sha, _ = digests[entry["path"]]
