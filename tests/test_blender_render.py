@@ -31,9 +31,14 @@ def _job(samples: int = 2, size: int = 64) -> dict:
 
 @pytest.mark.integration
 @needs_blender
-def test_blender_batch_is_valid_and_seg_matches_depth(tmp_path):
+def test_blender_batch_is_valid_and_seg_matches_depth(tmp_path, monkeypatch):
+    system_tmp = tmp_path / "system-tmp"
+    system_tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(system_tmp))
     settings = load_settings(root=tmp_path)
     batch_dir = blender_render.render_with_blender(_job(), tmp_path / "out", settings, "2026-11-29_blender-test")
+    # render_job.py ends Blender with os._exit, which skips Blender's removal of its session folder.
+    assert not list(system_tmp.iterdir()), "Blender left its session folder (blender_XXXXXX) in TMPDIR"
     report = validate_batch(batch_dir)
     assert report.ok, report.as_json()
     manifest = json.loads((batch_dir / "manifest.json").read_text())

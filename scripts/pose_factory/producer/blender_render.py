@@ -162,13 +162,19 @@ def run_blender(spec_path: Path, raw_dir: Path, *, timeout_s: float, expect: str
     cmd = [blender_executable(), "-b", "--factory-startup", "-noaudio", "-P", str(RENDER_SCRIPT), "--",
            str(spec_path), str(raw_dir)]
     log_command(logging.getLogger(__name__), cmd)
+    # Blender makes a session folder (blender_XXXXXX) in TMPDIR and removes it only on a normal quit, which
+    # render_job.py skips (os._exit) and a timeout or kill never reaches: it goes in a folder of ours instead.
+    session_tmp = tempfile.mkdtemp(prefix=".blender-tmp-", dir=spec_path.parent)
+    env = {**os.environ, "TMPDIR": session_tmp, "TEMP": session_tmp, "TMP": session_tmp}
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
     except subprocess.TimeoutExpired as exc:
         raise ToolError(f"blender did not finish within {timeout_s:.0f} s", where="blender render",
                         hint="render fewer samples per job, a smaller image or fewer Cycles samples") from exc
     except OSError as exc:
         raise ToolError(f"could not start blender: {exc}", where=cmd[0]) from exc
+    finally:
+        shutil.rmtree(session_tmp, ignore_errors=True)
     if (raw_dir / "error.json").is_file():
         problem = json.loads((raw_dir / "error.json").read_text())
         raise _scene_error(problem)
