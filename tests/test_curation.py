@@ -410,3 +410,40 @@ def test_curate_stops_cleanly_on_ctrl_c_and_names_a_missing_batch(repo):
     (repo / "config" / "local.yaml").write_text("curation:\n  reasons: [" + ", ".join(["x"] * 10) + "]\n")
     too_many = quiet_cli("curation", B)
     assert too_many.code == 2 and "curation.reasons" in too_many.err
+
+
+def test_the_thumbnail_cache_keeps_the_ones_used_last_within_its_limit(repo, tmp_path):
+    from pose_factory.core.settings import load_settings
+    from pose_factory.dataset.curation import open_batch
+    from pose_factory.dataset.curation_server import TRIM_TO, Thumbnails
+
+    settings = load_settings(root=repo)
+    assert settings.curation.thumbnail_cache_mb == 512, "the default the README names"
+    batch = open_batch(settings, B)
+    ids = sorted(batch.samples)
+    cache = tmp_path / "cache"
+    thumbs = Thumbnails(cache)
+    files = {}
+    for age, sid in enumerate(reversed(ids)):  # ids[0] made longest ago
+        assert thumbs.get(batch, sid, "overlay")
+        [files[sid]] = [p for p in (cache / "thumbs").rglob("*-overlay-*.png") if p not in files.values()]
+        os.utime(files[sid], (1_000_000 - age * 100, 1_000_000 - age * 100))
+    assert thumbs.get(batch, ids[0], "overlay"), "a cached thumbnail is served"  # and is now the last used
+    stale = files[ids[0]].with_name(f".{files[ids[0]].name}.abc.partial")
+    fresh = stale.with_name(stale.name.replace("abc", "def"))
+    stale.write_bytes(b"x")
+    os.utime(stale, (1_000_000, 1_000_000))
+    fresh.write_bytes(b"x")
+    size = {sid: path.stat().st_size for sid, path in files.items()}
+    # Room for three: the one just used and the two made last.
+    keep = [ids[0], ids[-1], ids[-2]]
+    limit = int(sum(size[sid] for sid in keep) / TRIM_TO) + 1
+    assert sum(size.values()) > limit
+    trimmed = Thumbnails(cache, limit_bytes=limit)
+    assert {sid for sid, path in files.items() if path.exists()} == set(keep)
+    assert not stale.exists() and fresh.exists(), "a partial file is deleted once it is old, never while written"
+    # A new thumbnail that takes the cache over its limit trims it again; the new one stays.
+    assert trimmed.get(batch, ids[1], "overlay")
+    remaining = list((cache / "thumbs").rglob("*.png"))
+    assert files[ids[1]].exists() and files[ids[0]].exists()
+    assert sum(p.stat().st_size for p in remaining) <= limit

@@ -63,7 +63,8 @@ DEFAULTS: dict[str, Any] = {
                "api_backoff_s": 0.5, "create_lookup_s": 10, "self_shutdown_s": 300, "worker_max_restarts": 3,
                "secrets": {}},
     "curation": {"reasons": ["limb through the floor", "skeleton does not match the render", "ugly camera angle",
-                             "figure cut off by the frame", "other"]},
+                             "figure cut off by the frame", "other"],
+                 "thumbnail_cache_mb": 512},
 }
 
 
@@ -119,6 +120,7 @@ class CurationSettings:
     """`curation:` in the config."""
 
     reasons: list[str]
+    thumbnail_cache_mb: int
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@
 The page (curate_page/) shows one batch as a grid of thumbnails (RGB with the skeleton drawn over it; other
 modalities on demand), driven by the keyboard; every decision it sends is written at once by
 `curation.record_decision`. Thumbnails are made on request, once, and cached in `data/cache/thumbs/`
-(git-ignored), keyed by the sha256 of their source file, so a re-rendered sample gets new ones.
+(git-ignored), keyed by the sha256 of their source file, so a re-rendered sample gets new ones. The cache is
+kept under `curation.thumbnail_cache_mb`: the thumbnails used longest ago go first.
 
 The server is for this user only: bound to 127.0.0.1, every request must carry the random token printed in the
 URL, a POST must be same-origin JSON (a web page elsewhere cannot post decisions), the Host header must be the
@@ -21,6 +22,7 @@ import os
 import re
 import secrets
 import threading
+import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -30,7 +32,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import orjson
 
 from pose_factory.core.errors import ConfigError, PoseFactoryError, UsageError
-from pose_factory.core.fsutil import atomic_write_path, check_relative_path, sha256_bytes
+from pose_factory.core.fsutil import PARTIAL_SUFFIX, atomic_write_path, check_relative_path, sha256_bytes
 from pose_factory.core.settings import Settings
 from pose_factory.dataset.curation import (
     CURATION_JSON_VERSION,
@@ -46,6 +48,10 @@ from pose_factory.dataset.curation import (
 IMAGE_MODALITIES = ("rgb", "pose", "depth", "normal", "seg")
 THUMB_KINDS = ("overlay", *IMAGE_MODALITIES)
 THUMB_PX = 192
+# A trim goes this far below the limit, so that it runs once every few thousand new thumbnails, not at each.
+TRIM_TO = 0.8
+# A partial file (a thumbnail being written) older than this was left by a killed server.
+STALE_PARTIAL_S = 600
 PAGE_ASSETS = Path(__file__).with_name("curate_page")
 _ASSET_TYPES = {"curate.html": "text/html; charset=utf-8", "curate.js": "text/javascript; charset=utf-8",
                 "curate.css": "text/css; charset=utf-8"}
@@ -73,11 +79,50 @@ def _sample_rows(batch: CurationBatch) -> list[dict[str, Any]]:
 # --- thumbnails -----------------------------------------------------------------------------------------
 
 class Thumbnails:
-    """Small PNGs made on first request and cached by the sha256 of their source (so a re-render gets new ones)."""
+    """Small PNGs made on first request and cached by the sha256 of their source (so a re-render gets new ones).
 
-    def __init__(self, cache_dir: Path, px: int = THUMB_PX):
+    The cache holds at most `limit_bytes`: each thumbnail served gets its mtime renewed, and once new ones take
+    the cache over its limit, the ones used longest ago are deleted (down to TRIM_TO of the limit). Without
+    this it grew by every sample of every batch and version ever looked at (about 18 KB a thumbnail, six kinds
+    a sample). Deleting is safe at any instant: a thumbnail asked for again is made again.
+    """
+
+    def __init__(self, cache_dir: Path, px: int = THUMB_PX, limit_bytes: int = 512 * 1000 * 1000):
         self.folder = cache_dir / "thumbs"
         self.px = px
+        self.limit_bytes = limit_bytes
+        self._lock = threading.Lock()
+        self._bytes = self.trim()
+
+    def trim(self) -> int:
+        """Delete the thumbnails used longest ago while the cache is over its limit, and the partial files a
+        killed server left; return the bytes the cache holds now."""
+        kept: list[tuple[float, int, str]] = []  # (mtime, size, path)
+        now = time.time()
+        try:
+            folders = [entry.path for entry in os.scandir(self.folder) if entry.is_dir(follow_symlinks=False)]
+        except FileNotFoundError:
+            return 0
+        for folder in folders:
+            with contextlib.suppress(FileNotFoundError), os.scandir(folder) as entries:
+                for entry in entries:
+                    with contextlib.suppress(FileNotFoundError):
+                        st = entry.stat(follow_symlinks=False)
+                        if entry.name.endswith(PARTIAL_SUFFIX):
+                            if now - st.st_mtime > STALE_PARTIAL_S:
+                                os.unlink(entry.path)
+                            continue
+                        kept.append((st.st_mtime, st.st_size, entry.path))
+        total = sum(size for _, size, _ in kept)
+        if total > self.limit_bytes:
+            kept.sort()
+            for _, size, path in kept:
+                if total <= self.limit_bytes * TRIM_TO:
+                    break
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                total -= size
+        return total
 
     def source(self, batch: CurationBatch, sample_id: str, modality: str) -> tuple[Path, str] | None:
         """A sample's file of one modality, checked to be inside the batch folder, and its sha256."""
@@ -112,10 +157,16 @@ class Thumbnails:
             image_path, skeleton_path = found[0], None
         cached = self.folder / key[:2] / f"{key}-{kind}-{self.px}.png"
         with contextlib.suppress(FileNotFoundError):
-            return cached.read_bytes()
+            data = cached.read_bytes()
+            os.utime(cached)  # used now: the last to go when the cache is trimmed
+            return data
         data = self._render(image_path, skeleton_path)
         with atomic_write_path(cached) as tmp:
             tmp.write_bytes(data)
+        with self._lock:
+            self._bytes += len(data)
+            if self._bytes > self.limit_bytes:
+                self._bytes = self.trim()
         return data
 
     def _render(self, image_path: Path, skeleton_path: Path | None = None) -> bytes:
@@ -147,7 +198,8 @@ class CurationApp:
         self.batch = batch
         self.reasons = list(settings.curation.reasons or [])
         self.token = secrets.token_urlsafe(24)
-        self.thumbnails = Thumbnails(settings.cache_dir)
+        self.thumbnails = Thumbnails(settings.cache_dir,
+                                     limit_bytes=settings.curation.thumbnail_cache_mb * 1000 * 1000)
         self.rows = _sample_rows(batch)
         self.path = decisions_file(settings.curation_dir, batch.batch_id)
         self.decided = 0
