@@ -176,6 +176,29 @@ def test_interrupted_publish_is_not_complete_and_resumes(backend, batch, cli, mo
             proxy.stop()
 
 
+def test_a_publish_deletes_the_partial_files_a_killed_publish_left_in_a_local_bucket(project, batch, cli):
+    storage = open_storage(load_settings())
+    assert isinstance(storage, LocalFolderStorage)
+    folder = storage.root / "batches" / BATCH_ID / "rgb"
+    folder.mkdir(parents=True)
+    left = folder / ".000000.png.x1y2z3.partial"  # as atomic_write_path names them
+    writing = folder / ".000001.png.a1b2c3.partial"
+    for path in (left, writing):
+        path.write_bytes(b"half an image")
+    hour_ago = datetime.now().timestamp() - 3600
+    os.utime(left, (hour_ago, hour_ago))
+    other = storage.root / "batches" / "2026-11-21_other" / ".manifest.json.q1w2e3.partial"
+    other.parent.mkdir(parents=True)
+    other.write_bytes(b"{")
+    os.utime(other, (hour_ago, hour_ago))
+    result = cli("publish", batch)
+    assert result.code == 0, result.err
+    assert not left.exists(), "a partial file of a killed publish of this batch is deleted"
+    assert writing.exists(), "a young one may belong to a publish still running"
+    assert other.exists(), "another batch's folder is not touched"
+    assert "batches/" + BATCH_ID + "/_complete.json" in bucket_keys()
+
+
 def test_transient_5xx_and_dropped_connections_are_retried(project, batch, cli, monkeypatch, s3_server):
     bucket = "retry-bucket"
     s3_server.create_bucket(bucket)

@@ -11,6 +11,7 @@ again (botocore retries failed requests, not bodies that break while they are re
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import random
@@ -34,7 +35,14 @@ from pose_factory.core.errors import (
     StorageError,
     UnsafeKeyError,
 )
-from pose_factory.core.fsutil import PARTIAL_SUFFIX, STREAM_CHUNK, atomic_write_path, check_relative_path, file_md5
+from pose_factory.core.fsutil import (
+    PARTIAL_SUFFIX,
+    STALE_PARTIAL_S,
+    STREAM_CHUNK,
+    atomic_write_path,
+    check_relative_path,
+    file_md5,
+)
 from pose_factory.core.settings import R2Credentials, Settings, resolve_backend
 
 T = TypeVar("T")
@@ -129,6 +137,11 @@ class Storage(ABC):
     def ensure_bucket(self) -> None:  # noqa: B027 (optional hook: most backends need nothing)
         """Make sure the bucket can be used: the local folder is created, an R2 bucket must exist."""
 
+    def remove_partials(self, prefix: str, older_than_s: float = 0) -> int:
+        """Delete what killed uploads left under prefix that readers never see; return how many. An S3 upload
+        leaves nothing a listing shows (R2 aborts unfinished multipart uploads itself after 7 days)."""
+        return 0
+
 
 class LocalFolderStorage(Storage):
     """A folder acting as the bucket: `<root>/<key>`. Writes are atomic, so readers never see half a file.
@@ -182,7 +195,8 @@ class LocalFolderStorage(Storage):
     def ensure_bucket(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
 
-    def list_objects(self, prefix: str) -> Iterator[ObjectInfo]:
+    def _files(self, prefix: str) -> Iterator[tuple[str, os.DirEntry[str]]]:
+        """(key, entry) of every regular file whose key starts with prefix, partial files included."""
         # Start at the deepest folder the prefix names: listing one batch must not walk every other one.
         folder_key = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
         if folder_key:
@@ -194,7 +208,6 @@ class LocalFolderStorage(Storage):
                 raise self._refuse_symlink(start.relative_to(self.root).as_posix(), start)
         if not start.is_dir():
             return
-        found: list[ObjectInfo] = []
         pending = [start]
         while pending:
             with os.scandir(pending.pop()) as entries:
@@ -207,10 +220,26 @@ class LocalFolderStorage(Storage):
                         raise self._refuse_symlink(key, full)
                     if entry.is_dir(follow_symlinks=False):
                         pending.append(full)
-                    elif entry.is_file(follow_symlinks=False) and not entry.name.endswith(PARTIAL_SUFFIX):
-                        # Sizes only: hashing here would read every object of the batch once more.
-                        found.append(ObjectInfo(key, entry.stat(follow_symlinks=False).st_size, None))
+                    elif entry.is_file(follow_symlinks=False):
+                        yield key, entry
+
+    def list_objects(self, prefix: str) -> Iterator[ObjectInfo]:
+        # Sizes only: hashing here would read every object of the batch once more.
+        found = [ObjectInfo(key, entry.stat(follow_symlinks=False).st_size, None)
+                 for key, entry in self._files(prefix) if not entry.name.endswith(PARTIAL_SUFFIX)]
         yield from sorted(found, key=lambda info: info.key)
+
+    def remove_partials(self, prefix: str, older_than_s: float = STALE_PARTIAL_S) -> int:
+        """Delete the partial files (an object being written) a killed upload left under prefix; return how many.
+        Only those older than older_than_s: a younger one may belong to an upload still running."""
+        removed, now = 0, time.time()
+        for _, entry in list(self._files(prefix)):
+            if entry.name.endswith(PARTIAL_SUFFIX):
+                with contextlib.suppress(FileNotFoundError):
+                    if now - entry.stat(follow_symlinks=False).st_mtime > older_than_s:
+                        os.unlink(entry.path)
+                        removed += 1
+        return removed
 
     def list_folders(self, prefix: str) -> list[str]:
         folder = self.root.joinpath(*[p for p in prefix.split("/") if p])

@@ -112,6 +112,7 @@ def publish_batch(storage: Storage, settings: Settings, batch_dir: Path, *, prog
     marker_key, manifest_key = prefix + COMPLETE_MARKER_NAME, prefix + MANIFEST_NAME
 
     storage.ensure_bucket()
+    storage.remove_partials(prefix)  # what an earlier, killed publish of this batch left
     remote = {info.key: info for info in storage.list_objects(prefix)}
     existing_marker = read_marker(storage, marker_key) if marker_key in remote else None
     if existing_marker and existing_marker.get("manifest_sha256") != marker["manifest_sha256"]:
@@ -427,6 +428,7 @@ def publish_shard(storage: Storage, settings: Settings, shard_dir: Path, record_
     digests = contract.verify_batch(shard_dir, manifest, with_md5=True)
     prefix = batch_prefix(settings, batch_id)
     storage.ensure_bucket()
+    storage.remove_partials(prefix)
     remote = {info.key: info for info in storage.list_objects(prefix)}
     to_upload = [(prefix + rel, rel, size, sha) for rel, (size, sha, md5) in digests.items()
                  if not _same_object(storage, remote.get(prefix + rel), size, sha, md5)]

@@ -24,6 +24,9 @@ from pose_factory.core.errors import BusyError, DiskError, UnsafeKeyError
 STREAM_CHUNK = 1024 * 1024
 
 PARTIAL_SUFFIX = ".partial"
+# A partial file (atomic_write_path's, being written) older than this was left by a killed process: cleaners
+# delete only those, so that they never pull one from under a writer still running.
+STALE_PARTIAL_S = 600
 
 _BAD_KEY_CHARS = re.compile(r"[\\\x00-\x1f\x7f]")
 

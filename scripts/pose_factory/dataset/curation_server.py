@@ -32,7 +32,13 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import orjson
 
 from pose_factory.core.errors import ConfigError, PoseFactoryError, UsageError
-from pose_factory.core.fsutil import PARTIAL_SUFFIX, atomic_write_path, check_relative_path, sha256_bytes
+from pose_factory.core.fsutil import (
+    PARTIAL_SUFFIX,
+    STALE_PARTIAL_S,
+    atomic_write_path,
+    check_relative_path,
+    sha256_bytes,
+)
 from pose_factory.core.settings import Settings
 from pose_factory.dataset.curation import (
     CURATION_JSON_VERSION,
@@ -50,8 +56,6 @@ THUMB_KINDS = ("overlay", *IMAGE_MODALITIES)
 THUMB_PX = 192
 # A trim goes this far below the limit, so that it runs once every few thousand new thumbnails, not at each.
 TRIM_TO = 0.8
-# A partial file (a thumbnail being written) older than this was left by a killed server.
-STALE_PARTIAL_S = 600
 PAGE_ASSETS = Path(__file__).with_name("curate_page")
 _ASSET_TYPES = {"curate.html": "text/html; charset=utf-8", "curate.js": "text/javascript; charset=utf-8",
                 "curate.css": "text/css; charset=utf-8"}
