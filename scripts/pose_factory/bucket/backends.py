@@ -137,7 +137,7 @@ class Storage(ABC):
     def ensure_bucket(self) -> None:  # noqa: B027 (optional hook: most backends need nothing)
         """Make sure the bucket can be used: the local folder is created, an R2 bucket must exist."""
 
-    def remove_partials(self, prefix: str, older_than_s: float = 0) -> int:
+    def remove_partials(self, prefix: str, older_than_s: float = STALE_PARTIAL_S) -> int:
         """Delete what killed uploads left under prefix that readers never see; return how many. An S3 upload
         leaves nothing a listing shows (R2 aborts unfinished multipart uploads itself after 7 days)."""
         return 0

@@ -160,9 +160,13 @@ class Thumbnails:
             key = found[1]
             image_path, skeleton_path = found[0], None
         cached = self.folder / key[:2] / f"{key}-{kind}-{self.px}.png"
-        with contextlib.suppress(FileNotFoundError):
+        try:
             data = cached.read_bytes()
-            os.utime(cached)  # used now: the last to go when the cache is trimmed
+        except FileNotFoundError:
+            pass
+        else:
+            with contextlib.suppress(OSError):  # a thumbnail just trimmed, or a cache we may not write to
+                os.utime(cached)  # used now: the last to go when the cache is trimmed
             return data
         data = self._render(image_path, skeleton_path)
         with atomic_write_path(cached) as tmp:

@@ -166,6 +166,7 @@ def _download(remote: dvcremote.DvcRemote, settings: Settings, oids: list[str], 
             run_parallel(one, relative, settings.concurrency * 2)
             bar.advance(total_bytes)
             installed = set(relative)
+
     def install_present(rels: list[str]) -> None:
         for rel in rels:
             if not os.path.isfile(base + rel.replace("/", os.sep)):
@@ -176,7 +177,8 @@ def _download(remote: dvcremote.DvcRemote, settings: Settings, oids: list[str], 
     # Reading and md5 release the GIL: objects of some size are checked in two threads once rclone has
     # ended and the cores are free (contract.MD5_THREADED_AVERAGE; 2,000 objects of 41 KB: 0.16 -> 0.11 s).
     if len(rest) >= 8 and total_bytes / max(1, len(relative)) >= contract.MD5_THREADED_AVERAGE:
-        run_parallel(install_present, [rest[i:i + 64] for i in range(0, len(rest), 64)], min(2, os.cpu_count() or 1))
+        chunks = [rest[i:i + 64] for i in range(0, len(rest), 64)]
+        run_parallel(install_present, chunks, min(2, os.cpu_count() or 1))
     else:
         install_present(rest)
 
