@@ -206,7 +206,7 @@ def json_depth(document: Any) -> int:
     return deepest
 
 
-def parse_json(data: bytes | str, label: str, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
+def parse_json(data: bytes | str, label: str, *, max_depth: int = MAX_JSON_DEPTH, hint: str | None = None) -> Any:
     """Parse untrusted JSON; anything a strict, bounded parser refuses is a SchemaError naming the file.
 
     orjson stops at 1,024 levels without recursing in Python, refuses integers beyond 64 bits, NaN and
@@ -221,8 +221,8 @@ def parse_json(data: bytes | str, label: str, *, max_depth: int = MAX_JSON_DEPTH
             raise _too_deep(label, max_depth) from None
         where = f" at line {exc.lineno}, column {exc.colno}" if exc.doc else ""
         raise SchemaError(f"malformed JSON{where}: {exc.msg}", where=label,
-                          hint="fix the JSON syntax (a trailing comma or a missing quote is common), or the "
-                               "file is binary or corrupt") from None
+                          hint=hint or "fix the JSON syntax (a trailing comma or a missing quote is common), or the "
+                                       "file is binary or corrupt") from None
     if json_depth(document) > max_depth:
         raise _too_deep(label, max_depth)
     return document

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from pose_factory.core import layout
-from pose_factory.core.errors import PoseFactoryError, RepositoryError, UsageError
+from pose_factory.core import layout, schemas
+from pose_factory.core.errors import PoseFactoryError, RepositoryError, SchemaError, UsageError
 from pose_factory.core.layout import MANIFEST_NAME
 from pose_factory.dataset import curation, dvcrepo
 
@@ -74,9 +74,12 @@ class Version:
         data = self.read_bytes(layout.PARAMS_FILE.as_posix())
         if not data:
             return {}
+        from pose_factory.dataset.params import check_shape
+
         label = f"{layout.PARAMS_FILE} at {self.label}"
         hint = "fix it (or compare other revisions)"
-        return load_yaml(yaml_text(data, label, error=RepositoryError), label, error=RepositoryError, hint=hint) or {}
+        values = load_yaml(yaml_text(data, label, error=RepositoryError), label, error=RepositoryError, hint=hint)
+        return check_shape(values if values is not None else {}, label, RepositoryError)
 
     def batches(self) -> dict[str, str]:
         """{batch id: 'raw' | 'archive'} in this version."""
@@ -99,14 +102,30 @@ class Version:
                                   where=f"{folder}/{batch_id}.dvc",
                                   hint="commit .dvc/config (DVC needs it at every revision), and fetch the data: "
                                        "`dvc fetch --all-commits`")
-        return (orjson.loads(data), data) if data else None
+        if not data:
+            return None
+        # Checked as a pull checks it: a manifest changed by hand (or cut short) is named, not a traceback.
+        # A file edited in place through its hardlink changed DVC's cached copy too, so HEAD shows it as well.
+        hint = (f"`pose-sync pull {batch_id} --repair` restores a pulled batch and DVC's cache (or compare other "
+                "revisions)")
+        label = f"{folder}/{batch_id}/{MANIFEST_NAME} at {self.label}"
+        manifest = schemas.parse_json(data, label, hint=hint)
+        schemas.check(manifest, "manifest", label, hint=hint)
+        return manifest, data
 
     def batch_file(self, batch_id: str, place: str, rel: str) -> bytes | None:
         return self.read_bytes(f"{self.folder(place)}/{batch_id}/{rel}")
 
     def metrics(self, batch_id: str) -> dict[str, Any] | None:
-        data = self.read_bytes(f"{layout.VALIDATION_REPORTS.as_posix()}/{batch_id}/metrics.json")
-        return orjson.loads(data) if data else None
+        path = f"{layout.VALIDATION_REPORTS.as_posix()}/{batch_id}/metrics.json"
+        data = self.read_bytes(path)
+        if not data:
+            return None
+        label, hint = f"{path} at {self.label}", "`dvc repro` writes the validation reports again"
+        metrics = schemas.parse_json(data, label, hint=hint)
+        if not isinstance(metrics, dict):
+            raise SchemaError(f"$: expected an object, found {type(metrics).__name__}", where=label, hint=hint)
+        return metrics
 
 
 def _changed_fields(old: Any, new: Any, path: str = "$") -> list[dict[str, Any]]:
@@ -225,8 +244,12 @@ def _sample_hashes(manifest: Manifest) -> dict[str, dict[str, str]]:
 def keypoints_of(version: Version, batch_id: str, place: str, annotation: str) -> list[list[float]] | None:
     """The first person's 2D keypoints ([x, y, visibility] per joint) in a sample's annotation, if any."""
     data = version.batch_file(batch_id, place, annotation)
-    doc = orjson.loads(data) if data else None
-    return doc["persons"][0]["keypoints_2d"] if doc and doc.get("persons") else None
+    if not data:
+        return None
+    label = f"{version.folder(place)}/{batch_id}/{annotation} at {version.label}"
+    doc = schemas.parse_json(data, label)
+    schemas.check(doc, "sample", label)
+    return doc["persons"][0]["keypoints_2d"] if doc.get("persons") else None
 
 
 def _joint_movement(before: Version, after: Version, batch_id: str, places: tuple[str, str],

@@ -18,6 +18,7 @@ from io import StringIO
 from pathlib import Path
 from typing import Any
 
+from pose_factory.core.errors import PoseFactoryError
 from pose_factory.core.settings import Settings
 
 BATCH_LISTS = ("batches", "archived")  # the top-level lists the tool keeps; everything else is the user's
@@ -387,16 +388,25 @@ def check_readable(settings: Settings) -> dict[str, Any]:
         problem = " ".join(str(exc).split())[:200]
         raise ConfigError(f"params.yaml is not valid YAML: {problem}", where=where,
                           hint="fix it (`git diff params.yaml` shows what changed since the last commit)") from None
+    return check_shape(data, where)
+
+
+def check_shape(data: Any, where: str, error: type[PoseFactoryError] | None = None) -> dict[str, Any]:
+    """params.yaml's values (as parsed) when they are a mapping whose `batches:` and `archived:` are lists of
+    batch ids, else an error (ConfigError unless another is given) naming the key. Any version's params.yaml
+    goes through it before its keys are used (check_readable, diff)."""
+    from pose_factory.core.errors import ConfigError
+
+    error = error or ConfigError
     if not isinstance(data, dict):
-        raise ConfigError(f"expected a mapping at the top of params.yaml, found {type(data).__name__}", where=where,
-                          hint="it holds `batches:`, `archived:` and `working:`; `git diff params.yaml` shows what "
-                               "changed")
+        raise error(f"expected a mapping at the top of params.yaml, found {type(data).__name__}", where=where,
+                    hint="it holds `batches:`, `archived:` and `working:`; `git diff params.yaml` shows what changed")
     for key in ("batches", "archived"):
         value = data.get(key)
         if value is not None and (not isinstance(value, list) or not all(isinstance(v, str) for v in value)):
-            raise ConfigError(f"key '{key}': expected a list of batch ids, found {type(value).__name__}",
-                              where=f"{where}: {key}", hint=f"write it as `{key}:` followed by `  - <batch id>` lines"
-                                                            f" (or `{key}: []`)")
+            raise error(f"key '{key}': expected a list of batch ids, found {type(value).__name__}",
+                        where=f"{where}: {key}", hint=f"write it as `{key}:` followed by `  - <batch id>` lines"
+                                                      f" (or `{key}: []`)")
     return data
 
 

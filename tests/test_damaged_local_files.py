@@ -1,0 +1,87 @@
+"""Local files that a crash, a bad merge or a clumsy edit damaged: every command that reads one names the file,
+says what is wrong and what to do, and changes nothing. None ends in a traceback.
+
+These cases were found by damaging each local file of a `make demo` project in turn (cut in half, binary
+garbage, a JSON or YAML list or number where a mapping belongs) and running the user's commands on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from helpers import build_pipeline_repository, copy_repository
+
+pytestmark = pytest.mark.integration
+
+RUN, WALK = "2026-11-02_run", "2026-11-02_walk"
+MIRROR = Path("data/raw/pose-factory")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """Two pulled batches, `dvc repro` run and committed: made once for the module."""
+    return build_pipeline_repository(tmp_path_factory.mktemp("damaged"), [(RUN, 1, 3), (WALK, 2, 3)])
+
+
+@pytest.fixture
+def repo(built, tmp_path, monkeypatch) -> Path:
+    return copy_repository(built, tmp_path / "project", monkeypatch).root
+
+
+def damage(path: Path, data: bytes) -> None:
+    """Write a new file in its place, as an editor saves one (a mirror file is read-only and hardlinked into
+    DVC's cache: writing into it would change the cache's copy too)."""
+    path.unlink(missing_ok=True)
+    path.write_bytes(data)
+
+
+def half(path: Path) -> bytes:
+    data = path.read_bytes()
+    return data[: len(data) // 2]
+
+
+def refused(result, code: int, *fragments: str) -> str:
+    assert result.code == code and "Traceback" not in result.err, (result.code, result.err)
+    for fragment in fragments:
+        assert fragment in result.err, result.err
+    return result.err
+
+
+@pytest.mark.parametrize("text", [b"5\n", b"- a\n- b\n", b"batches: 5\n"])
+def test_diff_and_show_name_a_params_file_that_is_not_a_mapping_of_lists(repo, cli, tmp_path, text):
+    damage(repo / "params.yaml", text)
+    for command in (["diff"], ["show", WALK, "--out", str(tmp_path / "sheet")]):
+        refused(cli(*command), 10, "params.yaml at workspace")
+    assert not (tmp_path / "sheet").exists()
+
+
+@pytest.mark.parametrize("how", ["half", "list"])
+def test_diff_names_a_mirror_manifest_changed_by_hand(repo, cli, how):
+    manifest = repo / MIRROR / RUN / "manifest.json"
+    damage(manifest, half(manifest) if how == "half" else b"[]")
+    err = refused(cli("diff"), 6, f"{MIRROR}/{RUN}/manifest.json at workspace")
+    assert f"pose-sync pull {RUN} --repair" in err
+
+
+def test_diff_names_a_damaged_annotation_of_a_changed_sample(repo, cli):
+    annotation = sorted((repo / MIRROR / RUN / "annotations").iterdir())[0]
+    manifest = repo / MIRROR / RUN / "manifest.json"
+    damaged = b'{"persons": 5}'
+    damage(annotation, damaged)
+    # diff reads the annotations of the samples whose files the manifest records differently.
+    document = json.loads(manifest.read_text())
+    for item in document["files"]:
+        if item["path"].endswith(f"annotations/{annotation.name}"):
+            item["sha256"], item["size"] = hashlib.sha256(damaged).hexdigest(), len(damaged)
+    damage(manifest, json.dumps(document).encode())
+    refused(cli("diff"), 6, f"annotations/{annotation.name} at workspace")
+
+
+@pytest.mark.parametrize("data", [b'{"errors": ', b"\xff\xfe{", b"[1, 2]"])
+def test_diff_names_a_damaged_validation_report_and_the_fix(repo, cli, data):
+    damage(repo / "data" / "reports" / "validate" / WALK / "metrics.json", data)
+    refused(cli("diff"), 6, f"{WALK}/metrics.json at workspace", "dvc repro")
