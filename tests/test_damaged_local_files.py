@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import build_pipeline_repository, copy_repository
+from helpers import build_pipeline_repository, copy_repository, git
 
 pytestmark = pytest.mark.integration
 
@@ -85,3 +85,48 @@ def test_diff_names_a_damaged_annotation_of_a_changed_sample(repo, cli):
 def test_diff_names_a_damaged_validation_report_and_the_fix(repo, cli, data):
     damage(repo / "data" / "reports" / "validate" / WALK / "metrics.json", data)
     refused(cli("diff"), 6, f"{WALK}/metrics.json at workspace", "dvc repro")
+
+
+def test_a_dvc_file_cut_short_is_named_by_pull_and_fetch_and_status_goes_on(repo, cli):
+    dvc_file = repo / MIRROR / f"{RUN}.dvc"
+    damage(dvc_file, half(dvc_file))  # md5 kept, path lost: DVC's own loader fails on it with a KeyError
+    before = git(repo, "status", "--porcelain")
+    for command in (["pull", RUN], ["fetch"], ["pull", RUN, "--repair"]):
+        refused(cli(*command), 10, f"{RUN}.dvc", "does not record a folder", f"git checkout -- {RUN}.dvc")
+    status = cli("status", "--json")
+    assert status.code == 0 and "Traceback" not in status.err, status.err
+    states = {b["batch_id"]: b for b in json.loads(status.out)["batches"]}
+    assert states[RUN]["workspace"] == "damaged .dvc file" and states[RUN]["pushed"] is False
+    assert (states[RUN]["state"], states[RUN]["next"]) == ("damaged-dvc-file", f"git checkout -- {MIRROR}/{RUN}.dvc")
+    assert states[WALK]["workspace"] is None, "the other batch is still answered for"
+    assert git(repo, "status", "--porcelain") == before, "nothing was changed"
+    git(repo, "checkout", "--", str(dvc_file.relative_to(repo)))  # as the hint says
+    assert cli("pull", RUN).code == 0
+
+
+@pytest.mark.parametrize("data", [b"[]", b"5", b'"sealed"'])
+def test_a_seal_that_is_valid_json_but_no_seal_is_ignored(repo, cli, data):
+    seal = repo / "data" / "raw" / ".pose-sync" / "seals" / f"{RUN}.json"
+    assert seal.is_file()
+    damage(seal, data)
+    status = cli("status")
+    assert status.code == 0 and "Traceback" not in status.err, status.err
+    assert cli("pull", RUN).code == 0
+    assert cli("fetch").code == 0
+
+
+def test_a_dvc_config_that_is_not_text_is_named_by_dvc(repo, cli):
+    damage(repo / ".dvc" / "config", b"\x00\xff[core\x81")
+    for command in (["fetch"], ["prune-bucket", "--dry-run"]):
+        result = cli(*command)
+        assert result.code != 0 and "Traceback" not in result.err and "config" in result.err, result.err
+
+
+def test_a_gitignore_with_bytes_that_are_not_utf8_is_kept_as_it_is(repo, cli):
+    gitignore = repo / MIRROR / ".gitignore"
+    original = gitignore.read_bytes()
+    damage(gitignore, b"# caf\xe9 (latin-1)\n" + original)
+    result = cli("archive", RUN)
+    assert result.code == 0 and "Traceback" not in result.err, result.err
+    assert gitignore.read_bytes().startswith(b"# caf\xe9 (latin-1)\n"), "the line git reads as bytes is kept"
+    assert f"/{RUN}".encode() not in gitignore.read_bytes()

@@ -387,13 +387,11 @@ def _add_one(repo: Any, folder: Path, md5s: Md5s, step: str) -> tuple[Added, lis
 def read_dvc_file(dvc_file: Path) -> dict[str, Any]:
     """The output a batch's .dvc file records (md5 of its .dir object, size, nfiles, path): dvcrepo.recorded_out,
     the one reader of .dvc files, or RepositoryError when it records no folder."""
-    from pose_factory.core.errors import RepositoryError
-    from pose_factory.dataset.dvcrepo import recorded_out
+    from pose_factory.dataset.dvcrepo import damaged_dvc_file_error, recorded_out
 
     out = recorded_out(dvc_file)
     if out is None or not out["md5"].endswith(".dir"):
-        raise RepositoryError("the .dvc file does not record a folder", where=str(dvc_file),
-                              hint=f"restore it from git: git checkout -- {dvc_file.name}")
+        raise damaged_dvc_file_error(dvc_file)
     return out
 
 
@@ -443,8 +441,8 @@ def _seal_holds(seal_dir: Path, folder: Path) -> dict[str, Any] | None:
     """The seal of the folder's batch when every folder it names is as it was sealed, else None."""
     try:
         document = json.loads(_seal_path(seal_dir, folder.name).read_bytes())
-        if document.get("version") != SEAL_VERSION:
-            return None
+        if not isinstance(document, dict) or document.get("version") != SEAL_VERSION:
+            return None  # damaged: the folder is then asked of DVC, and the seal written again
         for rel, ino, mtime_ns in document["folders"]:
             st = os.stat(os.path.join(folder, rel) if rel else folder)
             if st.st_ino != ino or st.st_mtime_ns != mtime_ns:

@@ -10,12 +10,12 @@ remote set in DVC's global config) is None here, and the callers fall back to DV
 
 from __future__ import annotations
 
-import configparser
 from dataclasses import dataclass
 from pathlib import Path
 
 from pose_factory.bucket.backends import LocalFolderStorage, S3Storage, Storage
 from pose_factory.core.settings import R2Credentials, Settings, r2_credentials
+from pose_factory.dataset import dvcrepo
 
 OBJECTS = "files/md5/"
 
@@ -59,34 +59,19 @@ class DvcRemote:
         return rclone.remote_source(settings.rclone_remote, self.credentials, self.storage.bucket, self.prefix)
 
 
-def _read_config(root: Path) -> tuple[configparser.ConfigParser, configparser.ConfigParser]:
-    parsers = []
-    for name in ("config.local", "config"):
-        parser = configparser.ConfigParser()
-        try:
-            parser.read(root / ".dvc" / name)
-        except configparser.Error:
-            parser = configparser.ConfigParser()
-        parsers.append(parser)
-    return parsers[0], parsers[1]
-
-
-def _value(parsers: tuple[configparser.ConfigParser, ...], section: str, key: str) -> str | None:
-    for parser in parsers:  # config.local wins over config, as in DVC
-        if parser.has_option(section, key):
-            return parser.get(section, key).strip().strip("'\"")
-    return None
-
-
 def default_remote(settings: Settings) -> DvcRemote | None:
     """The default DVC remote when it is an s3:// remote we have credentials for, or a local folder."""
     root = settings.root
-    parsers = _read_config(root)
-    name = _value(parsers, "core", "remote")
+    parsers = dvcrepo.read_config(root)
+
+    def _value(section: str, key: str) -> str | None:
+        return dvcrepo.config_value(root, section, key, parsers)
+
+    name = _value("core", "remote")
     if not name:
         return None
     section = f"'remote \"{name}\"'"
-    url = _value(parsers, section, "url")
+    url = _value(section, "url")
     if not url:
         return None
     if url.startswith("s3://"):
@@ -94,7 +79,7 @@ def default_remote(settings: Settings) -> DvcRemote | None:
         credentials = r2_credentials(required=False)
         if credentials is None or not bucket:
             return None
-        endpoint = _value(parsers, section, "endpointurl")
+        endpoint = _value(section, "endpointurl")
         if endpoint and endpoint.rstrip("/") != credentials.endpoint_url.rstrip("/"):
             from dataclasses import replace
 

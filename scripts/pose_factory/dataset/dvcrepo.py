@@ -4,6 +4,7 @@ track batches and keep `params.yaml` in step with what is in the mirror.
 
 from __future__ import annotations
 
+import configparser
 import contextlib
 import io
 import json
@@ -331,12 +332,14 @@ def ensure_gitignored(folder: Path, name: str) -> None:
 
     gitignore = folder / ".gitignore"
     entry = _gitignore_entry(name)
-    text = gitignore.read_text(encoding="utf-8") if gitignore.exists() else ""
+    # git reads .gitignore as bytes: lines that are not UTF-8 are kept as they are (surrogateescape).
+    text = gitignore.read_text(encoding="utf-8", errors="surrogateescape") if gitignore.exists() else ""
     if entry in (line.strip() for line in text.splitlines()):
         return
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_write_path(gitignore) as tmp:
-        tmp.write_text(text + ("" if not text or text.endswith("\n") else "\n") + entry + "\n", encoding="utf-8")
+        tmp.write_text(text + ("" if not text or text.endswith("\n") else "\n") + entry + "\n", encoding="utf-8",
+                       errors="surrogateescape")
 
 
 def remove_gitignore_entry(folder: Path, name: str) -> None:
@@ -347,7 +350,7 @@ def remove_gitignore_entry(folder: Path, name: str) -> None:
     if not gitignore.exists():
         return
     entry = _gitignore_entry(name)
-    lines = gitignore.read_text(encoding="utf-8").splitlines(keepends=True)
+    lines = gitignore.read_text(encoding="utf-8", errors="surrogateescape").splitlines(keepends=True)
     kept = [line for line in lines if line.strip() != entry]
     if len(kept) == len(lines):
         return
@@ -355,7 +358,7 @@ def remove_gitignore_entry(folder: Path, name: str) -> None:
         gitignore.unlink()
         return
     with atomic_write_path(gitignore) as tmp:
-        tmp.write_text("".join(kept), encoding="utf-8")
+        tmp.write_text("".join(kept), encoding="utf-8", errors="surrogateescape")
 
 
 def workspace_status(root: Path, dvc_files: list[Path]) -> dict[Path, str]:
@@ -363,20 +366,34 @@ def workspace_status(root: Path, dvc_files: list[Path]) -> dict[Path, str]:
 
     Problems as DVC names them: "modified" (files changed, added or removed), "deleted" (the folder is
     not in the workspace), "not in cache" (the cache lost an object, as when a file hardlinked into the
-    cache was edited in place: DVC then drops the damaged object from the cache).
+    cache was edited in place: DVC then drops the damaged object from the cache); and DAMAGED_DVC_FILE for a
+    .dvc file that records no folder (cut short, edited by hand), which DVC is not asked about.
     """
     if not dvc_files:
         return {}
-    by_name = {f.relative_to(root).as_posix(): f for f in dvc_files}
+    # A .dvc file DVC cannot read would end DVC's status with a traceback, for every batch asked about.
+    problems: dict[Path, str] = {f: DAMAGED_DVC_FILE for f in dvc_files if recorded_out(f) is None}
+    by_name = {f.relative_to(root).as_posix(): f for f in dvc_files if f not in problems}
+    if not by_name:
+        return problems
     with open_repo(root) as repo:
         report = repo.status(targets=list(by_name))
-    problems: dict[Path, str] = {}
     for key, changes in report.items():
         for change in changes if isinstance(changes, list) else []:
             outs = change.get("changed outs", {}) if isinstance(change, dict) else {}
             for problem in outs.values():
                 problems[by_name.get(key, root / key)] = problem
     return problems
+
+
+DAMAGED_DVC_FILE = "damaged .dvc file"
+
+
+def damaged_dvc_file_error(dvc_file: Path) -> RepositoryError:
+    """The error for a .dvc file that records no folder: what to do about it."""
+    return RepositoryError("the .dvc file does not record a folder (cut short or edited by hand)", where=str(dvc_file),
+                           hint=f"restore it from git: `git checkout -- {dvc_file.name}` (in its folder); a batch "
+                                "that was never committed: delete it and pull the batch again")
 
 
 def recorded_out(dvc_file: Path) -> dict[str, Any] | None:
@@ -399,15 +416,17 @@ def parse_recorded_out(text: str) -> dict[str, Any] | None:
         out = yaml.safe_load(text)["outs"][0]
     except (ValueError, yaml.YAMLError, KeyError, IndexError, TypeError):
         return None
-    return out if isinstance(out, dict) and isinstance(out.get("md5"), str) else None
+    # DVC itself needs both: a .dvc file without `path` makes its loader fail with a KeyError.
+    if not isinstance(out, dict) or not isinstance(out.get("md5"), str) or not isinstance(out.get("path"), str):
+        return None
+    return out
 
 
 def tracked_files(root: Path, dvc_file: Path) -> list[tuple[str, str]]:
     """(relative path, md5) of every file the .dvc file records for its folder, from DVC's .dir object."""
     out = recorded_out(dvc_file)
     if out is None:
-        raise RepositoryError("the .dvc file does not record a folder", where=str(dvc_file),
-                              hint="restore it from git: git checkout -- " + dvc_file.name)
+        raise damaged_dvc_file_error(dvc_file)
     dir_md5 = out["md5"]
     with open_repo(root) as repo:
         listing = Path(repo.cache.local.oid_to_path(dir_md5))
@@ -468,16 +487,24 @@ def checkout(root: Path, dvc_files: list[Path], *, force: bool = False) -> None:
         repo.checkout(targets=targets, force=force)
 
 
-def _config_value(root: Path, section: str, key: str) -> str | None:
-    """A value from .dvc/config.local or .dvc/config (DVC's own precedence), read without importing DVC."""
-    import configparser
-
+def read_config(root: Path) -> tuple[configparser.ConfigParser, ...]:
+    """.dvc/config.local, then .dvc/config (DVC's precedence), parsed without importing DVC. A file that cannot
+    be read as UTF-8 INI counts as empty here: DVC reports it, naming the file, when the project is opened."""
+    parsers = []
     for name in ("config.local", "config"):
         parser = configparser.ConfigParser()
         try:
-            parser.read(root / ".dvc" / name)
-        except configparser.Error:
-            continue
+            parser.read(root / ".dvc" / name, encoding="utf-8")
+        except (configparser.Error, UnicodeDecodeError):
+            parser = configparser.ConfigParser()
+        parsers.append(parser)
+    return tuple(parsers)
+
+
+def config_value(root: Path, section: str, key: str,
+                 parsers: tuple[configparser.ConfigParser, ...] | None = None) -> str | None:
+    """A value from .dvc/config.local or .dvc/config (read_config, or the parsers it gave)."""
+    for parser in parsers if parsers is not None else read_config(root):
         if parser.has_option(section, key):
             return parser.get(section, key).strip().strip("'\"")  # DVC quotes values that hold a comma
     return None
@@ -485,8 +512,8 @@ def _config_value(root: Path, section: str, key: str) -> str | None:
 
 def cache_copies(root: Path, folder: Path) -> bool:
     """Whether `dvc add` of a folder costs its size again on disk (the cache copies instead of linking)."""
-    first = (_config_value(root, "cache", "type") or "reflink,copy").split(",")[0].strip()
-    configured = _config_value(root, "cache", "dir")
+    first = (config_value(root, "cache", "type") or "reflink,copy").split(",")[0].strip()
+    configured = config_value(root, "cache", "dir")
     cache_dir = root / ".dvc" / (configured or "cache")  # relative to .dvc/, as DVC reads it; absolute wins
     probe_cache = next(p for p in (cache_dir, *cache_dir.parents) if p.exists())
     probe_folder = next(p for p in (folder, *folder.parents) if p.exists())

@@ -90,7 +90,7 @@ def _targets(settings: Settings, batch_ids: list[str] | None) -> list[_Target]:
 
 def _ensure_cache_type(settings: Settings) -> str | None:
     """A fresh clone has no .dvc/config.local: set the link type `pose-sync init` would, else DVC copies."""
-    if dvcrepo._config_value(settings.root, "cache", "type"):  # noqa: SLF001 (DVC's own precedence)
+    if dvcrepo.config_value(settings.root, "cache", "type"):
         return None
     chosen = dvcrepo.cache_type(settings.root)
     with dvcrepo.open_repo(settings.root) as repo, repo.config.edit("local") as mine:

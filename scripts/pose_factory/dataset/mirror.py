@@ -57,6 +57,8 @@ NEXT_COMMAND: dict[str, str | None] = {
     "unregistered-archive": "pose-sync archive {batch}",
     "not-checked-out": "pose-sync fetch {batch}",
     "modified": "pose-sync pull {batch} --repair",  # a file changed in place: see README, verify and repair
+    # The .dvc file records no folder (cut short, edited by hand): the committed one is in git.
+    "damaged-dvc-file": "git checkout -- {dvc_file}",
 }
 
 
@@ -105,8 +107,9 @@ class BatchState:
     def next(self) -> str | None:
         """The command that resolves this state (NEXT_COMMAND)."""
         pruned = self.pruned or {}
+        dvc_file = pruned.get("dvc_file") or f"{ARCHIVE if self.archived else MIRROR}/{self.batch_id}.dvc"
         return next_command(self.state, self.batch_id, commit=str(pruned.get("git_commit", ""))[:12],
-                            dvc_file=str(pruned.get("dvc_file", "")))
+                            dvc_file=str(dvc_file))
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "next": self.next}
@@ -120,6 +123,8 @@ def _summary_state(s: BatchState) -> str:
         return "untracked-archive" if s.archived else "untracked"
     if s.workspace == "deleted":
         return "not-checked-out"
+    if s.workspace == dvcrepo.DAMAGED_DVC_FILE:
+        return "damaged-dvc-file"
     if s.workspace:
         return "modified"
     if not s.registered:
@@ -195,7 +200,7 @@ def status(storage: Storage, settings: Settings, *, deep: bool = False) -> list[
 
 
 def _recorded(dvc_files: list[Path]) -> dict[Path, str]:
-    """The .dir md5 each .dvc file records (those DVC cannot read are left to DVC's own status)."""
+    """The .dir md5 each .dvc file records (a damaged one is left out: workspace_status names it)."""
     found = {}
     for dvc_file in dvc_files:
         try:
@@ -207,11 +212,15 @@ def _recorded(dvc_files: list[Path]) -> dict[Path, str]:
 
 def _not_pushed(settings: Settings, dvc_files: list[Path], dir_md5s: dict[Path, str]) -> set[str]:
     """Batch ids whose recorded version is not in the default DVC remote: its .dir object is missing there."""
+    # A damaged .dvc file records no version to look for (status shows it as damaged): not pushed, so that
+    # nothing (prune-bucket) counts on it; DVC is not asked about it, which would fail for every batch.
+    damaged = {f.name.removesuffix(".dvc") for f in dvc_files if dvcrepo.recorded_out(f) is None}
+    dvc_files = [f for f in dvc_files if f.name.removesuffix(".dvc") not in damaged]
     if not dvc_files:
-        return set()
+        return damaged
     remote = dvcremote.default_remote(settings)
     if remote is None or any(f not in dir_md5s for f in dvc_files):
-        return dvcrepo.not_pushed(settings.root, dvc_files)
+        return damaged | dvcrepo.not_pushed(settings.root, dvc_files)
     from pose_factory.bucket.backends import run_parallel
 
     missing: set[str] = set()
@@ -221,7 +230,7 @@ def _not_pushed(settings: Settings, dvc_files: list[Path], dir_md5s: dict[Path, 
             missing.add(dvc_file.name.removesuffix(".dvc"))
 
     run_parallel(check, dvc_files, settings.concurrency)
-    return missing
+    return missing | damaged
 
 
 def status_json(states: list[BatchState], *, deep: bool = False) -> dict[str, Any]:

@@ -478,6 +478,9 @@ def pull(storage: Storage, settings: Settings, batch_ids: list[str], *, engine: 
         failures: dict[str, PoseFactoryError] = {}
         for batch_id in batch_ids:
             try:
+                dvc_file = settings.mirror_dir / f"{batch_id}.dvc"
+                if dvc_file.exists() and dvcrepo.recorded_out(dvc_file) is None:
+                    raise dvcrepo.damaged_dvc_file_error(dvc_file)  # neither pose-sync nor DVC can go on from it
                 if repair:
                     report.batches.append(repair_batch(storage, settings, batch_id))
                     continue
