@@ -130,3 +130,10 @@ def test_a_gitignore_with_bytes_that_are_not_utf8_is_kept_as_it_is(repo, cli):
     assert result.code == 0 and "Traceback" not in result.err, result.err
     assert gitignore.read_bytes().startswith(b"# caf\xe9 (latin-1)\n"), "the line git reads as bytes is kept"
     assert f"/{RUN}".encode() not in gitignore.read_bytes()
+
+
+def test_a_dotenv_that_is_not_utf8_is_named_without_showing_its_content(repo, cli):
+    (repo / ".env").write_bytes(b"CLOUDFLARE_R2_SECRET_ACCESS_KEY=s3cr3t-value\nNOTE=caf\xe9\n")
+    for command in (["status"], ["list"], ["config"]):
+        err = refused(cli(*command), 2, ".env", "not UTF-8", "save it as UTF-8")
+        assert "s3cr3t" not in err

@@ -55,7 +55,14 @@ def read_dotenv(path: Path) -> dict[str, str]:
     """
     from dotenv import dotenv_values
 
-    return {key: value for key, value in dotenv_values(path).items() if value is not None}
+    try:
+        values = dotenv_values(path)
+    except UnicodeDecodeError as exc:  # the message names the byte, never the file's content (it holds secrets)
+        from pose_factory.core.errors import ConfigError
+
+        raise ConfigError(f"the file is not UTF-8 text (byte {exc.start} cannot be read)", where=str(path),
+                          hint="save it as UTF-8: KEY=value lines (see README: 'Connect a real R2 bucket')") from None
+    return {key: value for key, value in values.items() if value is not None}
 
 
 def apply(environ: os._Environ | dict | None = None, cwd: Path | None = None) -> None:
