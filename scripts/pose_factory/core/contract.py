@@ -215,15 +215,13 @@ def load_manifest(batch_dir: Path) -> Manifest:
     if not (batch_dir / MANIFEST_NAME).is_file():
         raise IntegrityError("no manifest.json in the batch folder", where=str(batch_dir),
                              hint="a batch folder holds manifest.json at its root; was the right folder given?")
-    manifest = schemas.load_json(batch_dir / MANIFEST_NAME, label)
-    schemas.check(manifest, "manifest", label)
-    return manifest
+    return parse_manifest_bytes((batch_dir / MANIFEST_NAME).read_bytes(), label)
 
 
-def parse_manifest_bytes(data: bytes, label: str) -> Manifest:
-    """Parse (bounded, see schemas.parse_json) and schema-check manifest bytes fetched from a bucket."""
-    manifest = schemas.parse_json(data, label)
-    schemas.check(manifest, "manifest", label)
+def parse_manifest_bytes(data: bytes, label: str, *, hint: str | None = None) -> Manifest:
+    """Parse (bounded, see schemas.parse_json) and schema-check manifest bytes fetched from a bucket, or read from
+    a version of the repository."""
+    manifest: Manifest = schemas.load_checked(data, label, "manifest", hint=hint)
     return manifest
 
 

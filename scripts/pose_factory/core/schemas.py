@@ -180,7 +180,18 @@ def summarise(items: list[Any], shown: int = SHOWN_PROBLEMS) -> str:
 
 def check(document: Any, schema_name: str, file_label: str, *, hint: str | None = None) -> None:
     """Raise SchemaError listing the violations, if any."""
-    found = problems(document, schema_name, file_label)
+    _raise_for(problems(document, schema_name, file_label), schema_name, file_label, hint)
+
+
+def load_checked(data: bytes, label: str, schema_name: str, *, hint: str | None = None) -> Any:
+    """Untrusted JSON parsed and checked against its schema (parse_and_check), or SchemaError naming the file,
+    the field and the fix."""
+    document, found = parse_and_check(data, label, schema_name, hint=hint)
+    _raise_for(found, schema_name, label, hint)
+    return document
+
+
+def _raise_for(found: list[Problem], schema_name: str, file_label: str, hint: str | None) -> None:
     if not found:
         return
     first = found[0]
@@ -228,7 +239,8 @@ def parse_json(data: bytes | str, label: str, *, max_depth: int = MAX_JSON_DEPTH
     return document
 
 
-def parse_and_check(data: bytes, label: str, schema_name: str) -> tuple[Any, list[Problem]]:
+def parse_and_check(data: bytes, label: str, schema_name: str, *, hint: str | None = None
+                    ) -> tuple[Any, list[Problem]]:
     """(document, its schema violations) of untrusted JSON, as parse_json then problems() would give them.
 
     The depth is not walked when the text has too few brackets to nest that deep, or when the document is
@@ -240,7 +252,7 @@ def parse_and_check(data: bytes, label: str, schema_name: str) -> tuple[Any, lis
     try:
         document = orjson.loads(data)
     except orjson.JSONDecodeError:
-        document = parse_json(data, label)  # raises the SchemaError that names the problem
+        document = parse_json(data, label, hint=hint)  # raises the SchemaError that names the problem
     if fast_validator(schema_name).is_valid(document):
         bound = depth_bound(schema_name)
         if (bound is not None and bound <= MAX_JSON_DEPTH) or _shallow(data) or json_depth(document) <= MAX_JSON_DEPTH:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from pose_factory.core import layout, schemas
+from pose_factory.core import contract, layout, schemas
 from pose_factory.core.errors import PoseFactoryError, RepositoryError, SchemaError, UsageError
 from pose_factory.core.layout import MANIFEST_NAME
 from pose_factory.dataset import curation, dvcrepo
@@ -108,10 +108,8 @@ class Version:
         # A file edited in place through its hardlink changed DVC's cached copy too, so HEAD shows it as well.
         hint = (f"`pose-sync pull {batch_id} --repair` restores a pulled batch and DVC's cache (or compare other "
                 "revisions)")
-        label = f"{folder}/{batch_id}/{MANIFEST_NAME} at {self.label}"
-        manifest = schemas.parse_json(data, label, hint=hint)
-        schemas.check(manifest, "manifest", label, hint=hint)
-        return manifest, data
+        return contract.parse_manifest_bytes(data, f"{folder}/{batch_id}/{MANIFEST_NAME} at {self.label}",
+                                             hint=hint), data
 
     def batch_file(self, batch_id: str, place: str, rel: str) -> bytes | None:
         return self.read_bytes(f"{self.folder(place)}/{batch_id}/{rel}")
@@ -246,9 +244,7 @@ def keypoints_of(version: Version, batch_id: str, place: str, annotation: str) -
     data = version.batch_file(batch_id, place, annotation)
     if not data:
         return None
-    label = f"{version.folder(place)}/{batch_id}/{annotation} at {version.label}"
-    doc = schemas.parse_json(data, label)
-    schemas.check(doc, "sample", label)
+    doc = schemas.load_checked(data, f"{version.folder(place)}/{batch_id}/{annotation} at {version.label}", "sample")
     return doc["persons"][0]["keypoints_2d"] if doc.get("persons") else None
 
 

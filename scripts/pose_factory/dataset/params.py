@@ -18,7 +18,7 @@ from io import StringIO
 from pathlib import Path
 from typing import Any
 
-from pose_factory.core.errors import PoseFactoryError
+from pose_factory.core.errors import ConfigError, PoseFactoryError
 from pose_factory.core.settings import Settings
 
 BATCH_LISTS = ("batches", "archived")  # the top-level lists the tool keeps; everything else is the user's
@@ -375,8 +375,6 @@ def check_readable(settings: Settings) -> dict[str, Any]:
     mapping, or `batches:` / `archived:` that are not lists of batch ids. Changes nothing."""
     from ruamel.yaml.error import YAMLError
 
-    from pose_factory.core.errors import ConfigError
-
     path = settings.params_file
     where = str(path)
     try:
@@ -395,8 +393,6 @@ def check_shape(data: Any, where: str, error: type[PoseFactoryError] | None = No
     """params.yaml's values (as parsed) when they are a mapping whose `batches:` and `archived:` are lists of
     batch ids, else an error (ConfigError unless another is given) naming the key. Any version's params.yaml
     goes through it before its keys are used (check_readable, diff)."""
-    from pose_factory.core.errors import ConfigError
-
     error = error or ConfigError
     if not isinstance(data, dict):
         raise error(f"expected a mapping at the top of params.yaml, found {type(data).__name__}", where=where,
@@ -414,8 +410,6 @@ def check_editable(settings: Settings) -> None:
     """Raise ConfigError unless params.yaml passes check_readable and can be rewritten. Read-only: commands
     that change the mirror run it before they download or move anything."""
     import os
-
-    from pose_factory.core.errors import ConfigError
 
     path = settings.params_file
     if not path.exists():
