@@ -174,6 +174,11 @@ def test_mapping_and_format_errors_name_the_fix(repo, cli):
     write_config(repo, API_WORKFLOW, {**SIMPLE, "inputs": {"10.picture": "pose"}})
     result = cli("comfyui", "queue", "--server", "http://127.0.0.1:9")
     assert result.code == 2 and "node 10 (LoadImage)" in result.err and "'picture'" in result.err
+    # Nodes that are not ComfyUI's {class_type, inputs}: named before anything is sent, never a traceback.
+    for node in ({"class_type": "LoadImage", "inputs": 5}, {"class_type": 7, "inputs": {}}):
+        write_config(repo, {**API_WORKFLOW, "10": node}, SIMPLE)
+        result = cli("comfyui", "queue", "--server", "http://127.0.0.1:9")
+        assert result.code == 2 and "not an API-format workflow" in result.err and "Traceback" not in result.err
 
 
 def test_queue_runs_a_controlnet_graph_records_every_sample_and_resumes(repo, cli, comfy):

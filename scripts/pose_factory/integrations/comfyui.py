@@ -86,8 +86,13 @@ def load_mapping(settings: Settings, name: str | None) -> Mapping:
                           hint=f"fix workflows.{name}.workflow in {where}") from None
     except json.JSONDecodeError as exc:
         raise ConfigError(f"malformed JSON at line {exc.lineno}: {exc.msg}", where=str(workflow_file)) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"the file is not UTF-8 text (byte {exc.start})", where=str(workflow_file),
+                          hint=UI_FORMAT_HINT) from None
+    # ComfyUI's own check of a prompt (execution.validate_prompt) wants a class_type and an inputs object.
     if not isinstance(graph, dict) or "nodes" in graph or "links" in graph or not graph or not all(
-            isinstance(node, dict) and "class_type" in node for node in graph.values()):
+            isinstance(node, dict) and isinstance(node.get("class_type"), str)
+            and isinstance(node.get("inputs", {}), dict) for node in graph.values()):
         raise ConfigError("not an API-format workflow ({node id: {class_type, inputs}})", where=str(workflow_file),
                           hint=UI_FORMAT_HINT)
     mapping = Mapping(name, workflow_file, graph, dict(entry.get("inputs") or {}), dict(entry.get("values") or {}),
