@@ -278,6 +278,11 @@ def test_refusals_at_submit_leave_no_pod_running(cloud, cli, tmp_path, monkeypat
     settings_file(project.root, runpod, image=SLEEPER_IMAGE)
     result = cli("job", "submit", write_job(tmp_path, samples=0))
     assert result.code == 6 and "$.samples" in result.err
+    with monkeypatch.context() as without_r2:  # the job file is checked before credentials are asked for
+        without_r2.delenv("CLOUDFLARE_R2_SECRET_ACCESS_KEY")
+        result = cli("job", "submit", write_job(tmp_path, samples=0))
+        assert result.code == 6 and "$.samples" in result.err and "CLOUDFLARE_R2" not in result.err
+        assert cli("job", "submit", write_job(tmp_path)).code == 3  # a valid job: now the credentials are missing
     assert cli("job", "submit", write_job(tmp_path), "--pods", "4").code == 2  # more pods than samples
     runpod.no_capacity.add("NVIDIA GeForce RTX 4090")
     result = cli("job", "submit", write_job(tmp_path))

@@ -335,7 +335,8 @@ def cmd_job_submit(args: argparse.Namespace, settings: Settings, progress: Progr
     from pose_factory.bucket.backends import open_storage
     from pose_factory.integrations import runpod
 
-    record = runpod.submit(open_storage(settings, "r2"), settings, Path(args.job_file), pods=args.pods)
+    job = runpod.load_job(Path(args.job_file))  # a broken job file is named before missing credentials are
+    record = runpod.submit(open_storage(settings, "r2"), settings, job, pods=args.pods)
     pods = [a for shard in record["shards"] for a in shard["attempts"]]
     _out(f"job {record['job_id']} submitted: {len(pods)} pod(s) ({record['gpu_type']}, "
          f"${sum(a['cost_per_hr'] or 0 for a in pods):.2f}/h) rendering batch {record['batch_id']}: "

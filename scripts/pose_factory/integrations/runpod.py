@@ -471,12 +471,17 @@ def _start_attempt(runpod: RunPodClient, settings: Settings, record: dict[str, A
     return attempt
 
 
-def submit(storage: Storage, settings: Settings, job_file: Path, *, pods: int = 1) -> dict[str, Any]:
-    """Validate the job, upload it, start `pods` pods that render a shard each; return the local job record."""
+def load_job(job_file: Path) -> Job:
+    """The job file, checked against its schema: read before any credentials are asked for."""
+    job: Job = schemas.load_json(job_file)
+    schemas.check(job, "job", str(job_file))
+    return job
+
+
+def submit(storage: Storage, settings: Settings, job: Job, *, pods: int = 1) -> dict[str, Any]:
+    """Upload a job `load_job` read, start `pods` pods that render a shard each; return the local job record."""
     from pose_factory.producer.generate import batch_id_for
 
-    job = schemas.load_json(job_file)
-    schemas.check(job, "job", str(job_file))
     limit = min(job["samples"], settings.runpod.max_pods)
     if not 1 <= pods <= limit:
         raise UsageError(f"--pods {pods}: a job of {job['samples']} samples runs on 1 to {limit} pods",
@@ -492,6 +497,7 @@ def submit(storage: Storage, settings: Settings, job_file: Path, *, pods: int = 
     storage.ensure_bucket()
     storage.put_bytes(job_key(settings, job["job_id"]), contract.dumps(job))
     env, plain = pod_env(settings, credentials)
+    record: dict[str, Any]  # the job record written to data/jobs/
     record = {"version": RECORD_VERSION, "job_id": job["job_id"], "run": secrets.token_hex(3),
               "batch_id": batch_id_for(job, settings), "samples": job["samples"], "pods": pods, "state": "submitting",
               "reason": None, "submitted_at": contract.utc_now_precise(), "finished_at": None,
