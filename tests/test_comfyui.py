@@ -179,6 +179,9 @@ def test_mapping_and_format_errors_name_the_fix(repo, cli):
         write_config(repo, {**API_WORKFLOW, "10": node}, SIMPLE)
         result = cli("comfyui", "queue", "--server", "http://127.0.0.1:9")
         assert result.code == 2 and "not an API-format workflow" in result.err and "Traceback" not in result.err
+    (repo / "config" / "workflows" / "pose.json").write_bytes(b'{"10": {"class_type": "Load\xffImage"}}')
+    result = cli("comfyui", "queue", "--server", "http://127.0.0.1:9")
+    assert result.code == 2 and "pose.json" in result.err and "not UTF-8 text (byte 27)" in result.err
 
 
 def test_queue_runs_a_controlnet_graph_records_every_sample_and_resumes(repo, cli, comfy):

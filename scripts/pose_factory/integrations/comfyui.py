@@ -88,7 +88,7 @@ def load_mapping(settings: Settings, name: str | None) -> Mapping:
         raise ConfigError(f"malformed JSON at line {exc.lineno}: {exc.msg}", where=str(workflow_file)) from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"the file is not UTF-8 text (byte {exc.start})", where=str(workflow_file),
-                          hint=UI_FORMAT_HINT) from None
+                          hint="map the JSON file ComfyUI writes with 'Save (API Format)' / 'Export (API)'") from None
     # ComfyUI's own check of a prompt (execution.validate_prompt) wants a class_type and an inputs object.
     if not isinstance(graph, dict) or "nodes" in graph or "links" in graph or not graph or not all(
             isinstance(node, dict) and isinstance(node.get("class_type"), str)
