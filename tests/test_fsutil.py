@@ -166,3 +166,26 @@ def test_atomic_writes_get_the_mode_a_plain_open_would_give(tmp_path, umask):
     assert stat.S_IMODE((tmp_path / "report.json").stat().st_mode) == expected
     assert stat.S_IMODE((tmp_path / "bucket" / "batches" / "x" / "manifest.json").stat().st_mode) == expected
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".partial")] == []
+
+
+def test_work_folders_a_killed_command_left_are_removed_and_held_ones_kept(tmp_path):
+    def leftover(name: str) -> Path:  # as a killed generate leaves it: part of a batch, read-only files
+        path = tmp_path / name
+        (path / "rgb").mkdir(parents=True)
+        (path / "rgb" / "000000.png").write_bytes(b"png")
+        os.chmod(path / "rgb" / "000000.png", 0o444)
+        os.chmod(path / "rgb", 0o555)
+        return path
+
+    with fsutil.held_work_dir(tmp_path, ".2026-11-02_run.", ".partial") as held:
+        (held / "rgb").mkdir()
+        dead = [leftover(".2026-11-02_run.ab_12cd9.partial"), leftover(".2026-11-01_walk.zz99yy00.blender")]
+        others = [tmp_path / ".2026-11-02_run.partial", tmp_path / "my.notes12.partial", tmp_path / "2026-11-02_run"]
+        for path in others:  # not work folders: a user's, a batch
+            path.mkdir()
+        assert sorted(fsutil.remove_dead_work_dirs(tmp_path)) == sorted(p.name for p in dead)
+        assert held.is_dir() and (held / "rgb").is_dir()  # its command is running: never touched
+        assert not any(p.exists() for p in dead) and all(p.is_dir() for p in others)
+    # Its command has ended without renaming it (as a kill would): the next one removes it.
+    with fsutil.held_work_dir(tmp_path, ".2026-11-02_run.", ".partial") as again:
+        assert not held.exists() and again.is_dir() and again != held

@@ -128,3 +128,19 @@ def test_every_schema_is_a_valid_draft_2020_12_schema():
         document = json.loads((schemas.SCHEMA_DIR / file_name).read_text())
         Draft202012Validator.check_schema(document)
         assert document["$schema"].endswith("2020-12/schema"), file_name
+
+
+@pytest.mark.integration
+def test_a_generate_killed_at_any_sample_is_cleaned_up_by_the_next(tmp_path, project):
+    args = ["generate", "--out", str(tmp_path / "out"), "--project", "jump", "--samples", "3", "--size", "32x32",
+            "--batch-id", "2026-11-02_jump", "-q"]
+    for nth in (1, 3):  # after the first sample, after the last (before the manifest is sealed)
+        killed = run_script(args, cwd=project.root, env={"POSE_FACTORY_KILL_AT": f"generate:sample:{nth}"})
+        assert killed.returncode == -9, killed.stderr
+        left = [p.name for p in (tmp_path / "out").iterdir()]
+        assert len(left) == 1 and left[0].startswith(".2026-11-02_jump.") and left[0].endswith(".partial")
+    done = run_script(args, cwd=project.root)
+    assert done.returncode == 0, done.stderr
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["2026-11-02_jump"]  # the killed runs' folders: gone
+    batch = tmp_path / "out" / "2026-11-02_jump"
+    contract.verify_batch(batch, contract.load_manifest(batch))

@@ -390,6 +390,70 @@ def exclusive_lock(path: Path, purpose: str, *, wait_s: float = 2.0) -> Iterator
         os.close(fd)  # releases the lock; the file stays, so a waiting process keeps a valid lock target
 
 
+# The hidden folders a batch is built in beside its final place (generate, the Blender renderer):
+# `.<batch id>.<mkdtemp's 8 characters>.partial` (the batch) and `.blender` (the renderer's scratch).
+_WORK_DIR_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.(?:partial|blender)")
+
+
+def remove_dead_work_dirs(parent: Path) -> list[str]:
+    """Remove the work folders (held_work_dir) in parent whose process has ended; return their names.
+
+    A work folder is held by a file lock on the folder itself for as long as its command (and any child it
+    forked) runs; the kernel drops it when they end, however they end. So one nobody holds was left by a killed
+    command, whatever its age, and one being written is never touched.
+    """
+    import fcntl
+
+    try:
+        names = [entry.name for entry in os.scandir(parent)
+                 if _WORK_DIR_NAME.fullmatch(entry.name) and entry.is_dir(follow_symlinks=False)]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    removed = []
+    for name in names:
+        try:
+            fd = os.open(parent / name, os.O_RDONLY)
+        except OSError:
+            continue  # gone meanwhile (another cleaner), or not ours to open
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # its command is still running
+            remove_tree(parent / name)  # while holding the lock: see held_work_dir
+            removed.append(name)
+        finally:
+            os.close(fd)
+    return removed
+
+
+@contextmanager
+def held_work_dir(parent: Path, prefix: str, suffix: str) -> Iterator[Path]:
+    """A new, empty work folder in parent (`<prefix><8 characters><suffix>`), held (see remove_dead_work_dirs)
+    while the block runs, after removing those killed commands left there. Removing or renaming it is the
+    caller's: this only holds it."""
+    import fcntl
+
+    parent.mkdir(parents=True, exist_ok=True)
+    remove_dead_work_dirs(parent)
+    while True:
+        path = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=parent))
+        fd = os.open(path, os.O_RDONLY)
+        # A cleaner that opened the folder before this lock removes it while holding the lock: this waits for it,
+        # then sees the folder gone and makes another.
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if os.path.samestat(os.fstat(fd), os.stat(path)):
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        yield path
+    finally:
+        os.close(fd)
+
+
 def lock_holder(path: Path) -> tuple[int, str] | None:
     """(pid, purpose) of the live process holding the lock at path, or None when nobody holds it."""
     import fcntl

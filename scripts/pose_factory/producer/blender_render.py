@@ -32,7 +32,7 @@ from pose_factory.core import contract, schemas
 from pose_factory.core.console import log_command
 from pose_factory.core.envnames import ENV_ASSETS, ENV_BLENDER, ENV_BLENDER_THREADS
 from pose_factory.core.errors import PoseFactoryError, SceneError, ToolError, UsageError
-from pose_factory.core.fsutil import check_relative_path, file_sha256
+from pose_factory.core.fsutil import check_relative_path, file_sha256, held_work_dir
 from pose_factory.core.progress import Progress
 from pose_factory.core.settings import Settings
 from pose_factory.producer import encode, figure
@@ -475,36 +475,37 @@ def _render_job(job: Job, out_root: Path, settings: Settings, batch_id: str | No
         raise PoseFactoryError("a batch with this id already exists", where=str(final_dir),
                                hint="pass replace=True to replace it, or another batch id")
     out_root.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{batch_id}.", suffix=".partial", dir=out_root))
-    scratch = Path(tempfile.mkdtemp(prefix=f".{batch_id}.", suffix=".blender", dir=out_root))
     progress = progress or Progress(enabled=False)
-    try:
-        for modality in job["render"]["modalities"]:
-            (work / contract.MODALITIES[modality][0]).mkdir()
-        (work / "annotations").mkdir()
-        if prepared is not None:
+    # Both held while it runs: a render killed at any instant leaves them, and the next one here removes them.
+    with held_work_dir(out_root, f".{batch_id}.", ".partial") as work, \
+            held_work_dir(out_root, f".{batch_id}.", ".blender") as scratch:
+        try:
+            for modality in job["render"]["modalities"]:
+                (work / contract.MODALITIES[modality][0]).mkdir()
+            (work / "annotations").mkdir()
+            if prepared is not None:
+                started = time.perf_counter()
+                done = _render_user_scene(job, prepared, scratch, work, batch_id, timeout_s, progress, indices)
+                _seal(work, final_dir, job, batch_id, done["samples"], done["info"], time.perf_counter() - started)
+                return final_dir
+            plans = [_sample_plan(job, i) for i in indices]
+            spec_path = scratch / "scene.json"
+            spec_path.write_text(json.dumps(scene_spec(job, plans)))
+            raw_dir = scratch / "raw"
+            pixels = job["image"]["width"] * job["image"]["height"] * int(job["render"].get("samples", DEFAULT_SPP))
+            timeout = timeout_s if timeout_s is not None else 120.0 + len(plans) * (30.0 + pixels / 2e4)
             started = time.perf_counter()
-            done = _render_user_scene(job, prepared, scratch, work, batch_id, timeout_s, progress, indices)
-            _seal(work, final_dir, job, batch_id, done["samples"], done["info"], time.perf_counter() - started)
-            return final_dir
-        plans = [_sample_plan(job, i) for i in indices]
-        spec_path = scratch / "scene.json"
-        spec_path.write_text(json.dumps(scene_spec(job, plans)))
-        raw_dir = scratch / "raw"
-        pixels = job["image"]["width"] * job["image"]["height"] * int(job["render"].get("samples", DEFAULT_SPP))
-        timeout = timeout_s if timeout_s is not None else 120.0 + len(plans) * (30.0 + pixels / 2e4)
-        started = time.perf_counter()
-        run_blender(spec_path, raw_dir, timeout_s=timeout)
-        info = json.loads((raw_dir / "blender.json").read_text())
-        samples = []
-        with progress.task(f"convert {batch_id}", len(plans), "samples") as bar:
-            for plan in plans:
-                samples.append(_convert_sample(plan, raw_dir / plan["sid"], work, job, batch_id))
-                bar.advance()
-        _seal(work, final_dir, job, batch_id, samples, info, time.perf_counter() - started)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+            run_blender(spec_path, raw_dir, timeout_s=timeout)
+            info = json.loads((raw_dir / "blender.json").read_text())
+            samples = []
+            with progress.task(f"convert {batch_id}", len(plans), "samples") as bar:
+                for plan in plans:
+                    samples.append(_convert_sample(plan, raw_dir / plan["sid"], work, job, batch_id))
+                    bar.advance()
+            _seal(work, final_dir, job, batch_id, samples, info, time.perf_counter() - started)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
     return final_dir

@@ -12,7 +12,6 @@ import os
 import platform
 import re
 import shutil
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import date
@@ -22,9 +21,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from pose_factory import __version__
-from pose_factory.core import contract, schemas
+from pose_factory.core import contract, killpoint, schemas
 from pose_factory.core.errors import PoseFactoryError, UsageError
-from pose_factory.core.fsutil import swap_dir
+from pose_factory.core.fsutil import held_work_dir, swap_dir
 from pose_factory.core.layout import MANIFEST_NAME
 from pose_factory.core.progress import Progress
 from pose_factory.core.settings import Settings
@@ -219,31 +218,34 @@ def generate_batch(job: Job, out_root: Path, settings: Settings, *, batch_id: st
         raise PoseFactoryError("a batch with this id already exists", where=str(final_dir),
                                hint="pass --force to replace it, or --batch-id for another id")
     out_root.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{batch_id}.", suffix=".partial", dir=out_root))
-    try:
-        for modality in job["render"]["modalities"]:
-            (work / contract.MODALITIES[modality][0]).mkdir()
-        (work / "annotations").mkdir()
-        wanted = indices if indices is not None else range(job["samples"])
-        tasks = [_SampleTask(i, job, batch_id, str(work)) for i in wanted]
-        workers = workers or min(os.cpu_count() or 1, max(1, len(tasks) // 4))
-        progress = progress or Progress(enabled=False)
-        with progress.task(f"generate {batch_id}", len(tasks), "samples") as bar:
-            if workers > 1:
-                with ProcessPoolExecutor(workers) as pool:
+    # Held while it runs: a generate killed at any instant leaves its folder, and the next one here removes it.
+    with held_work_dir(out_root, f".{batch_id}.", ".partial") as work:
+        try:
+            for modality in job["render"]["modalities"]:
+                (work / contract.MODALITIES[modality][0]).mkdir()
+            (work / "annotations").mkdir()
+            wanted = indices if indices is not None else range(job["samples"])
+            tasks = [_SampleTask(i, job, batch_id, str(work)) for i in wanted]
+            workers = workers or min(os.cpu_count() or 1, max(1, len(tasks) // 4))
+            progress = progress or Progress(enabled=False)
+            with progress.task(f"generate {batch_id}", len(tasks), "samples") as bar:
+                if workers > 1:
+                    with ProcessPoolExecutor(workers) as pool:
+                        samples = []
+                        for entry in pool.map(_render_sample, tasks, chunksize=4):
+                            samples.append(entry)
+                            bar.advance()
+                            killpoint.reached("generate:sample")
+                else:
                     samples = []
-                    for entry in pool.map(_render_sample, tasks, chunksize=4):
-                        samples.append(entry)
+                    for task in tasks:
+                        samples.append(_render_sample(task))
                         bar.advance()
-            else:
-                samples = []
-                for task in tasks:
-                    samples.append(_render_sample(task))
-                    bar.advance()
-        manifest = seal_batch(work, final_dir, job, batch_id, samples, software_block())
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+                        killpoint.reached("generate:sample")
+            manifest = seal_batch(work, final_dir, job, batch_id, samples, software_block())
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
     totals = manifest["totals"]
     return GenerateResult(batch_id, final_dir, totals["samples"], totals["files"], totals["bytes"])
 
