@@ -189,3 +189,6 @@ def test_work_folders_a_killed_command_left_are_removed_and_held_ones_kept(tmp_p
     # Its command has ended without renaming it (as a kill would): the next one removes it.
     with fsutil.held_work_dir(tmp_path, ".2026-11-02_run.", ".partial") as again:
         assert not held.exists() and again.is_dir() and again != held
+    with fsutil.held_work_dir(tmp_path, ".pose-factory-worker.", ".scratch", remove=True) as scratch:
+        (scratch / "out").mkdir()
+    assert not scratch.exists()  # removed at the end, as a TemporaryDirectory is

@@ -361,6 +361,30 @@ def test_a_container_that_keeps_crashing_mid_render_is_recorded_as_failed(cloud,
     assert status["state"] == "failed" and status["restarts"] == 4
 
 
+def test_a_worker_killed_mid_render_leaves_nothing_after_the_containers_next_run(cloud, tmp_path):
+    from pose_factory.bucket.batches import COMPLETE_MARKER_NAME, batch_prefix
+    from pose_factory.bucket.jobs import job_key
+    from pose_factory.core.settings import r2_credentials
+    from pose_factory.integrations.runpod import pod_env
+
+    storage, settings = storage_and_settings()
+    job = default_job("run-cycle", 2, (48, 48), seed=7)
+    storage.put_bytes(job_key(settings, job["job_id"]), json.dumps(job).encode())
+    container = tmp_path / "container"
+    (container / "tmp").mkdir(parents=True)  # the container's temporary folder, which a restart keeps
+    env = {**pod_env(settings, r2_credentials(required=True))[0], "HOME": str(container),
+           "TMPDIR": str(container / "tmp"), "POSE_FACTORY_ROOT": ""}
+    args = ["worker", "run", job["job_id"], "--batch-id", "2026-11-30_run-cycle"]
+    killed = run_script(args, cwd=container, env={**env, "POSE_FACTORY_KILL_AT": "generate:sample"})
+    assert killed.returncode == -9, killed.stderr
+    [left] = os.listdir(container / "tmp")
+    assert left.startswith(".pose-factory-worker.") and left.endswith(".scratch")
+    again = run_script(args, cwd=container, env=env)
+    assert again.returncode == 0, again.stderr
+    assert os.listdir(container / "tmp") == []  # the killed run's scratch too
+    assert storage.head(batch_prefix(settings, "2026-11-30_run-cycle") + COMPLETE_MARKER_NAME) is not None
+
+
 def test_the_worker_reads_no_project_and_needs_its_request(tmp_path):
     from pose_factory.producer.worker import Shard
 

@@ -391,8 +391,9 @@ def exclusive_lock(path: Path, purpose: str, *, wait_s: float = 2.0) -> Iterator
 
 
 # The hidden folders a batch is built in beside its final place (generate, the Blender renderer):
-# `.<batch id>.<mkdtemp's 8 characters>.partial` (the batch) and `.blender` (the renderer's scratch).
-_WORK_DIR_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.(?:partial|blender)")
+# `.<batch id>.<mkdtemp's 8 characters>.partial` (the batch) and `.blender` (the renderer's scratch); and the
+# worker's `.pose-factory-worker.<8 characters>.scratch` in the temporary folder, which a restarted container keeps.
+_WORK_DIR_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.(?:partial|blender|scratch)")
 
 
 def remove_dead_work_dirs(parent: Path) -> list[str]:
@@ -428,10 +429,10 @@ def remove_dead_work_dirs(parent: Path) -> list[str]:
 
 
 @contextmanager
-def held_work_dir(parent: Path, prefix: str, suffix: str) -> Iterator[Path]:
+def held_work_dir(parent: Path, prefix: str, suffix: str, *, remove: bool = False) -> Iterator[Path]:
     """A new, empty work folder in parent (`<prefix><8 characters><suffix>`), held (see remove_dead_work_dirs)
-    while the block runs, after removing those killed commands left there. Removing or renaming it is the
-    caller's: this only holds it."""
+    while the block runs, after removing those killed commands left there. With `remove`, it is removed at the
+    end of the block, as a TemporaryDirectory is; else removing or renaming it is the caller's."""
     import fcntl
 
     parent.mkdir(parents=True, exist_ok=True)
@@ -451,7 +452,11 @@ def held_work_dir(parent: Path, prefix: str, suffix: str) -> Iterator[Path]:
     try:
         yield path
     finally:
-        os.close(fd)
+        try:
+            if remove:
+                remove_tree(path)
+        finally:
+            os.close(fd)
 
 
 def lock_holder(path: Path) -> tuple[int, str] | None:

@@ -44,6 +44,7 @@ from pose_factory.core.errors import (
     SchemaError,
     UsageError,
 )
+from pose_factory.core.fsutil import held_work_dir
 from pose_factory.core.progress import Progress, Task
 from pose_factory.core.settings import Settings
 
@@ -295,10 +296,13 @@ def run_worker(storage: Storage, settings: Settings, job_id: str, shard: Shard =
                 raise PoseFactoryError(f"the container restarted {restarts} times before the shard was done",
                                        where=f"pod {pod_id}", hint="see the pod's logs (out of memory? a crash in "
                                        "Blender?); raise runpod.worker_max_restarts to allow more")
-            with tempfile.TemporaryDirectory(prefix="pose-factory-worker-") as scratch:
-                prepared = _prepare(job, settings, storage, Path(scratch))
+            # Held while it runs: the folder a worker killed mid-render left (a container restart keeps the temporary
+            # folder) is removed by the next one, where TemporaryDirectory would leave it behind.
+            with held_work_dir(Path(tempfile.gettempdir()), ".pose-factory-worker.", ".scratch",
+                               remove=True) as scratch:
+                prepared = _prepare(job, settings, storage, scratch)
                 status.write(state="rendering")
-                batch_dir = _render(job, batch_id, shard, Path(scratch), settings, status.progress, prepared)
+                batch_dir = _render(job, batch_id, shard, scratch, settings, status.progress, prepared)
                 status.write(state="publishing", samples_done=len(samples))
                 if shard.count == 1:
                     publish_batch(storage, settings, batch_dir)
