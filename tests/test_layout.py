@@ -3,8 +3,10 @@ settings agree with it."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
 from pose_factory.cli import build_parser
@@ -60,6 +62,15 @@ def test_what_is_made_on_demand_is_git_ignored():
                    layout.REVIEW_PAGES, layout.CONTACT_SHEET_PAGES):
         assert f"/{folder.as_posix()}/" in ignored, folder
     assert f"/{layout.WORKING.as_posix()}/*" in ignored  # the working set and ComfyUI's outputs
+
+
+@pytest.mark.integration
+def test_what_a_write_killed_half_way_leaves_is_never_committed():
+    # atomic_write_path's temporary file beside params.yaml or a .dvc file, asked of git itself
+    mirror = layout.MIRROR.as_posix()
+    for leftover in (".params.yaml.k2x9_q1a.partial", f"{mirror}/.2026-11-02_run.dvc.abcd1234.partial"):
+        assert subprocess.run(["git", "check-ignore", "--no-index", "-q", leftover], cwd=REPO).returncode == 0
+    assert subprocess.run(["git", "check-ignore", "--no-index", "-q", "params.yaml"], cwd=REPO).returncode == 1
 
 
 def test_settings_give_the_layout_of_their_project(project):
