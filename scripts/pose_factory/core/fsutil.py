@@ -419,9 +419,12 @@ def remove_dead_work_dirs(parent: Path) -> list[str]:
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue  # its command is still running
-            remove_tree(parent / name)  # while holding the lock: see held_work_dir
+            except OSError:
+                continue  # its command is still running (or this file system has no locks: nothing can be told)
+            try:
+                remove_tree(parent / name)  # while holding the lock: see held_work_dir
+            except OSError:
+                continue  # not ours to remove (another user's): left as it is
             removed.append(name)
         finally:
             os.close(fd)
@@ -442,7 +445,10 @@ def held_work_dir(parent: Path, prefix: str, suffix: str, *, remove: bool = Fals
         fd = os.open(path, os.O_RDONLY)
         # A cleaner that opened the folder before this lock removes it while holding the lock: this waits for it,
         # then sees the folder gone and makes another.
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # a file system without locks (some network ones): unheld, and no cleaner can lock it either
+            break
         try:
             if os.path.samestat(os.fstat(fd), os.stat(path)):
                 break
